@@ -1,0 +1,88 @@
+// embed.wgsl: getting tokens and patches into the residual stream.
+//
+// embed_gather: out[t, c] = table[ids[t] - row0, c] for ids in this chunk's rows
+//               [row0, row0 + rows) (big tables are split into chunks, one dispatch each).
+//   Bindings: 0 params, 1 ids u32 [n], 2 table W4 [rows, d4 / 4], 3 out f32 [n, d]
+//   One invocation per (t, c), WG_SIZE per workgroup, fold.
+// im2col: the patch-embedding convolution as a GEMM input. Patch n of a grid x grid layout,
+//   column (ch, ky, kx) in the conv weight's order.
+//   Bindings: 0 params, 4 pixels f32 [3, img, img], 3 out f32 [grid * grid, 3 * patch * patch]
+// clip_embed: out[0] = cls + pos[0]; out[1 + i] = patches[i] + pos[1 + i].
+//   Bindings: 0 params, 4 patches f32 [n, d], 5 cls f32 [d], 6 pos f32 [n + 1, d], 3 out
+#include "common"
+
+const WG_SIZE: u32 = 64u;
+
+struct Params {
+    n: u32,
+    d: u32,
+    d4: u32,
+    row0: u32,
+    rows: u32,
+    grid: u32,
+    patch_size: u32,
+    img: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> table: array<W4>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> src: array<f32>;
+@group(0) @binding(5) var<storage, read> cls: array<f32>;
+@group(0) @binding(6) var<storage, read> pos: array<f32>;
+
+fn index(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return linear_wg(wid, nwg) * WG_SIZE + lid;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn embed_gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(lid, wid, nwg);
+    if i >= p.n * p.d {
+        return;
+    }
+    let t = i / p.d;
+    let c = i % p.d;
+    let id = ids[t];
+    if id < p.row0 || id >= p.row0 + p.rows {
+        return;
+    }
+    let e = (id - p.row0) * p.d4 + c;
+    out[i] = w4(table[e / 4u])[e % 4u];
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn im2col(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(lid, wid, nwg);
+    let kdim = 3u * p.patch_size * p.patch_size;
+    if i >= p.grid * p.grid * kdim {
+        return;
+    }
+    let n = i / kdim;
+    let kk = i % kdim;
+    let ch = kk / (p.patch_size * p.patch_size);
+    let ky = (kk / p.patch_size) % p.patch_size;
+    let kx = kk % p.patch_size;
+    let py = n / p.grid;
+    let px = n % p.grid;
+    out[i] = src[ch * p.img * p.img + (py * p.patch_size + ky) * p.img + px * p.patch_size + kx];
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn clip_embed(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(lid, wid, nwg);
+    if i >= (p.n + 1u) * p.d {
+        return;
+    }
+    let t = i / p.d;
+    let c = i % p.d;
+    if t == 0u {
+        out[i] = cls[c] + pos[c];
+    } else {
+        out[i] = src[(t - 1u) * p.d + c] + pos[i];
+    }
+}

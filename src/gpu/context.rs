@@ -1,0 +1,334 @@
+//! Adapter and device selection, capability detection and the pipeline cache.
+
+use super::shader::{self, Defines};
+use anyhow::{anyhow, bail, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// What the engine may use on this device. Everything optional has a fallback path.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    /// Native `f16` arithmetic in shaders (`enable f16;`). Fallback: f16 weights packed in u32,
+    /// unpacked with `unpack2x16float`.
+    pub f16: bool,
+    /// Subgroup reductions. Fallback: workgroup-memory trees.
+    pub subgroups: bool,
+    /// Largest storage-buffer binding.
+    pub max_binding: u64,
+    /// Largest weight chunk: weights larger than this are split by rows. The binding limit,
+    /// or less when `VLM_RUN_MAX_BINDING` asks for it (to exercise the split path).
+    pub weight_chunk: u64,
+    /// Largest buffer.
+    pub max_buffer: u64,
+    /// Largest workgroup count per dispatch dimension.
+    pub max_workgroups_per_dim: u32,
+    /// Workgroup memory in bytes.
+    pub workgroup_memory: u32,
+}
+
+/// Choices a caller (or the environment) can make about the device.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Use shader-f16 when present (`None`: auto; env `VLM_RUN_F16=0|1`).
+    pub f16: Option<bool>,
+    /// Use subgroups when present (`None`: auto; env `VLM_RUN_SUBGROUPS=0|1`).
+    pub subgroups: Option<bool>,
+    /// Split weights into chunks of at most this many bytes, below the adapter's binding
+    /// limit (env `VLM_RUN_MAX_BINDING`). Used to exercise the row-splitting path.
+    pub max_binding: Option<u64>,
+}
+
+impl GpuOptions {
+    /// Options read from `VLM_RUN_F16`, `VLM_RUN_SUBGROUPS` and `VLM_RUN_MAX_BINDING`.
+    pub fn from_env() -> Result<Self> {
+        fn flag(name: &str) -> Result<Option<bool>> {
+            match std::env::var(name) {
+                Err(_) => Ok(None),
+                Ok(v) => match v.as_str() {
+                    "1" | "on" | "true" => Ok(Some(true)),
+                    "0" | "off" | "false" => Ok(Some(false)),
+                    "" | "auto" => Ok(None),
+                    _ => bail!("{name}={v:?}: expected 0, 1 or auto"),
+                },
+            }
+        }
+        let max_binding = match std::env::var("VLM_RUN_MAX_BINDING") {
+            Err(_) => None,
+            Ok(v) => Some(
+                v.parse::<u64>()
+                    .map_err(|_| anyhow!("VLM_RUN_MAX_BINDING={v:?}: expected a byte count"))?,
+            ),
+        };
+        Ok(Self {
+            f16: flag("VLM_RUN_F16")?,
+            subgroups: flag("VLM_RUN_SUBGROUPS")?,
+            max_binding,
+        })
+    }
+}
+
+type PipelineKey = (&'static str, String, String);
+
+/// The device, its queue and what it can do. Cheap to share behind an `Arc`.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Caps,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+const NO_ADAPTER_HELP: &str = "no GPU adapter found (Vulkan, Metal or DX12). On headless Linux \
+install the Mesa CPU driver: `apt-get install mesa-vulkan-drivers libvulkan1`; \
+otherwise install your GPU's Vulkan driver";
+
+impl Gpu {
+    /// Open the best adapter with its own limits and optional features.
+    pub fn new(opts: &GpuOptions) -> Result<Arc<Self>> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
+            flags: wgpu::InstanceFlags::empty(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        }))
+        .map_err(|_| anyhow!(NO_ADAPTER_HELP))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+
+        let f16 = features.contains(wgpu::Features::SHADER_F16) && opts.f16.unwrap_or(true);
+        let subgroups = features.contains(wgpu::Features::SUBGROUP) && opts.subgroups.unwrap_or(true);
+        if opts.f16 == Some(true) && !f16 {
+            bail!("VLM_RUN_F16=1 but adapter {:?} lacks shader-f16", info.name);
+        }
+        if opts.subgroups == Some(true) && !subgroups {
+            bail!("VLM_RUN_SUBGROUPS=1 but adapter {:?} lacks subgroups", info.name);
+        }
+        let mut required = wgpu::Features::empty();
+        if f16 {
+            required |= wgpu::Features::SHADER_F16;
+        }
+        if subgroups {
+            required |= wgpu::Features::SUBGROUP;
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("vlm-run"),
+            required_features: required,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| anyhow!("could not open GPU device on {:?}: {e}", info.name))?;
+
+        let error = Arc::new(Mutex::new(None));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e.to_string().lines().next().unwrap_or("GPU error").to_string());
+            }
+        }));
+
+        let max_binding =
+            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let weight_chunk = max_binding.min(opts.max_binding.unwrap_or(u64::MAX));
+        let caps = Caps {
+            f16,
+            subgroups,
+            max_binding,
+            weight_chunk,
+            max_buffer: limits.max_buffer_size,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            workgroup_memory: limits.max_compute_workgroup_storage_size,
+        };
+        Ok(Arc::new(Self {
+            device,
+            queue,
+            info,
+            caps,
+            pipelines: Mutex::new(HashMap::new()),
+            error,
+        }))
+    }
+
+    /// A one-line description of the adapter and the paths in use.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}); f16 {}, subgroups {}, max binding {} MiB",
+            self.info.name,
+            self.info.backend,
+            if self.caps.f16 { "on" } else { "off" },
+            if self.caps.subgroups { "on" } else { "off" },
+            self.caps.max_binding >> 20
+        )
+    }
+
+    /// The defines every kernel gets from the device: the f16 and subgroup variants.
+    pub fn base_defines(&self) -> Defines {
+        let mut d = Defines::new();
+        if self.caps.f16 {
+            d.flag("F16");
+        }
+        if self.caps.subgroups {
+            d.flag("SUBGROUPS");
+        }
+        d
+    }
+
+    /// A compute pipeline for `entry` in shader family `family` with `defines`, compiled once.
+    pub fn pipeline(
+        &self,
+        family: &'static str,
+        entry: &str,
+        defines: &Defines,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = (family, entry.to_string(), defines.key());
+        let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let source = shader::preprocess(family, defines)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(family),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("shader {family}.wgsl entry {entry} ({}) failed: {e}", defines.key());
+        }
+        let pipeline = Arc::new(pipeline);
+        cache.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// A storage buffer of `bytes`, checked against the device limits first.
+    pub fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let bytes = bytes.max(4).next_multiple_of(4);
+        if bytes > self.caps.max_buffer {
+            bail!(
+                "{label}: {bytes} bytes exceeds the device's max buffer size of {} bytes",
+                self.caps.max_buffer
+            );
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data`.
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        let buf = self.storage_buffer(label, data.len() as u64)?;
+        if data.len() % 4 == 0 {
+            self.queue.write_buffer(&buf, 0, data);
+        } else {
+            let mut padded = data.to_vec();
+            padded.resize(data.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(&buf, 0, &padded);
+        }
+        Ok(buf)
+    }
+
+    /// A small uniform buffer holding `data` (padded to 16 bytes).
+    pub fn uniform_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let size = (data.len() as u64).max(16).next_multiple_of(16);
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buf, 0, data);
+        buf
+    }
+
+    /// Copy `bytes` from the start of `src` to the CPU. Waits for the GPU.
+    pub fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes.next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes.next_multiple_of(4));
+        self.queue.submit([enc.finish()]);
+        self.map_and_read(&staging, bytes)
+    }
+
+    /// Map a MAP_READ buffer whose copy has been submitted, and return its first `bytes`.
+    pub fn map_and_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let slice = staging.slice(..bytes.next_multiple_of(4));
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
+        rx.recv()
+            .map_err(|_| anyhow!("GPU readback was dropped"))?
+            .map_err(|e| anyhow!("GPU readback failed: {e}"))?;
+        self.check()?;
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| anyhow!("GPU readback failed: {e}"))?[..bytes as usize]
+            .to_vec();
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Read `n` f32 values from `src`.
+    pub fn read_f32(&self, src: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(src, 0, 4 * n as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Encode `kernels` in order into one compute pass, submit, and wait.
+    pub fn run(&self, kernels: &[&super::Kernel]) -> Result<()> {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for k in kernels {
+                k.encode(&mut pass);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
+        self.check()
+    }
+
+    /// Turn an error that the device reported asynchronously into a `Result`.
+    pub fn check(&self) -> Result<()> {
+        let slot = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match slot {
+            Some(e) => Err(anyhow!("GPU error: {e}")),
+            None => Ok(()),
+        }
+    }
+}

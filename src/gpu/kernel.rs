@@ -1,0 +1,78 @@
+//! A kernel is one compute dispatch: a cached pipeline, a bind group made once, and a grid.
+
+use super::shader::Defines;
+use super::Gpu;
+use anyhow::Result;
+use std::sync::Arc;
+
+/// One dispatch, ready to encode many times (bind group and parameters are made once).
+pub struct Kernel {
+    pub label: &'static str,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    pub workgroups: [u32; 3],
+}
+
+impl Kernel {
+    /// Build a dispatch of `entry` in `family`. Binding 0 is the uniform `params`; bindings
+    /// `buffers` gives (binding, buffer) pairs; a uniform such as [`Step`] may be among them.
+    pub fn new(
+        gpu: &Gpu,
+        family: &'static str,
+        entry: &'static str,
+        defines: &Defines,
+        params: &[u8],
+        buffers: &[(u32, &wgpu::Buffer)],
+        workgroups: [u32; 3],
+    ) -> Result<Self> {
+        let pipeline = gpu.pipeline(family, entry, defines)?;
+        let params = gpu.uniform_init(entry, params);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: params.as_entire_binding(),
+        }];
+        for (binding, b) in buffers {
+            entries.push(wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            anyhow::bail!("binding {family}.wgsl::{entry}: {e}");
+        }
+        Ok(Self {
+            label: entry,
+            pipeline,
+            bind_group,
+            workgroups,
+        })
+    }
+
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Values that change from one forward pass to the next, in one small uniform buffer that
+/// the kernels which need them bind: where in the KV cache this pass writes, how many cache
+/// rows are valid, and the random number for sampling.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Step {
+    /// First KV-cache row written by this pass.
+    pub kv_offset: u32,
+    /// Valid KV-cache rows after this pass.
+    pub kv_len: u32,
+    /// Uniform random number in [0, 1) for sampling.
+    pub rand: f32,
+    pub _pad: u32,
+}

@@ -1,0 +1,169 @@
+//! Attention: a fused prefill kernel (online softmax, causal or not) and the three decode
+//! kernels (scores, softmax over the valid cache rows, weighted values).
+
+use super::{bytes, Kernel};
+use crate::gpu::{fold_workgroups, Gpu, Tensor};
+use anyhow::{bail, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    kv_len: u32,
+    heads: u32,
+    kv_heads: u32,
+    q_stride: u32,
+    kv_stride: u32,
+    o_stride: u32,
+    causal: u32,
+    q_pos0: u32,
+    ctx: u32,
+    scale: f32,
+    pad: u32,
+}
+
+/// Head layout shared by the attention ops.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub hd: usize,
+}
+
+impl Heads {
+    fn check(&self, q: &Tensor, k: &Tensor) -> Result<()> {
+        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            bail!("attention: {} heads cannot share {} KV heads", self.heads, self.kv_heads);
+        }
+        if q.cols < self.heads * self.hd || k.cols < self.kv_heads * self.hd {
+            bail!("attention: q or k is narrower than its heads");
+        }
+        Ok(())
+    }
+
+    fn defines(&self, gpu: &Gpu) -> Result<crate::gpu::shader::Defines> {
+        // Keys per workgroup-memory tile: K and V tiles of KT x hd f32 must fit.
+        let kt = (gpu.caps.workgroup_memory as usize / (8 * self.hd)).min(16);
+        if kt == 0 {
+            bail!(
+                "attention: head dim {} needs more than the device's {} bytes of workgroup memory",
+                self.hd,
+                gpu.caps.workgroup_memory
+            );
+        }
+        Ok(gpu.base_defines().with("HD", self.hd).with("KT", kt))
+    }
+}
+
+/// Fused attention for `q.rows` query rows over the first `kv_len` rows of k and v.
+/// Causal: query row i sits at position `q_pos0 + i` and sees keys up to that position.
+#[allow(clippy::too_many_arguments)]
+pub fn prefill(
+    gpu: &Gpu,
+    h: Heads,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv_len: usize,
+    causal: bool,
+    q_pos0: usize,
+    out: &Tensor,
+) -> Result<Kernel> {
+    h.check(q, k)?;
+    if kv_len > k.rows || out.rows < q.rows || out.cols < h.heads * h.hd {
+        bail!("attention: {kv_len} keys of {} rows, output {}x{}", k.rows, out.rows, out.cols);
+    }
+    let p = Params {
+        m: q.rows as u32,
+        kv_len: kv_len as u32,
+        heads: h.heads as u32,
+        kv_heads: h.kv_heads as u32,
+        q_stride: q.cols as u32,
+        kv_stride: k.cols as u32,
+        o_stride: out.cols as u32,
+        causal: causal as u32,
+        q_pos0: q_pos0 as u32,
+        ctx: 0,
+        scale: 1.0 / (h.hd as f32).sqrt(),
+        pad: 0,
+    };
+    let grid = [(q.rows as u32).div_ceil(32), h.heads as u32, 1];
+    let bindings = [(1, &q.buf), (2, &k.buf), (3, &v.buf), (4, &out.buf)];
+    Kernel::new(gpu, "attention", "attention", &h.defines(gpu)?, bytes(&p), &bindings, grid)
+}
+
+/// Decode attention of one query row over the KV cache rows `0 .. step.kv_len`.
+/// `scores` is [heads, ctx] scratch; after the pass it holds the attention probabilities.
+pub fn decode(
+    gpu: &Gpu,
+    h: Heads,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    scores: &Tensor,
+    step: &wgpu::Buffer,
+    out: &Tensor,
+) -> Result<Vec<Kernel>> {
+    h.check(q, k_cache)?;
+    let ctx = k_cache.rows;
+    if scores.rows != h.heads || scores.cols != ctx {
+        bail!("attention: scores must be {}x{ctx}", h.heads);
+    }
+    let p = Params {
+        m: 1,
+        heads: h.heads as u32,
+        kv_heads: h.kv_heads as u32,
+        kv_stride: k_cache.cols as u32,
+        ctx: ctx as u32,
+        scale: 1.0 / (h.hd as f32).sqrt(),
+        ..Default::default()
+    };
+    let d = h.defines(gpu)?;
+    let scores_k = Kernel::new(
+        gpu,
+        "attention",
+        "attn_scores",
+        &d,
+        bytes(&p),
+        &[(1, &q.buf), (2, &k_cache.buf), (5, &scores.buf), (6, step)],
+        [(ctx as u32).div_ceil(32), h.heads as u32, 1],
+    )?;
+    let soft = softmax(gpu, scores, Some(step))?;
+    let values_k = Kernel::new(
+        gpu,
+        "attention",
+        "attn_values",
+        &d,
+        bytes(&p),
+        &[(5, &scores.buf), (3, &v_cache.buf), (4, &out.buf), (6, step)],
+        [(h.hd as u32).div_ceil(32), h.heads as u32, 1],
+    )?;
+    Ok(vec![scores_k, soft, values_k])
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SoftmaxParams {
+    rows: u32,
+    n: u32,
+    stride: u32,
+    pad: u32,
+}
+
+/// Softmax over each row of x in place: over all columns, or over the first `step.kv_len`.
+pub fn softmax(gpu: &Gpu, x: &Tensor, step_len: Option<&wgpu::Buffer>) -> Result<Kernel> {
+    let p = SoftmaxParams {
+        rows: x.rows as u32,
+        n: x.cols as u32,
+        stride: x.cols as u32,
+        pad: 0,
+    };
+    let mut defines = gpu.base_defines();
+    let mut bindings = vec![(1, &x.buf)];
+    if let Some(step) = step_len {
+        defines.flag("STEP_LEN");
+        bindings.push((2, step));
+    }
+    let grid = fold_workgroups(x.rows as u32, gpu.caps.max_workgroups_per_dim);
+    Kernel::new(gpu, "softmax", "softmax", &defines, bytes(&p), &bindings, grid)
+}

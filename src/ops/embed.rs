@@ -1,0 +1,90 @@
+//! Token embedding gather, and the CLIP patch embedding (im2col, then a GEMM, then CLS and
+//! position embeddings).
+
+use super::{bytes, check_len, Kernel};
+use crate::gpu::{fold_workgroups, Gpu, Tensor, Weight};
+use anyhow::{bail, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    d: u32,
+    d4: u32,
+    row0: u32,
+    rows: u32,
+    grid: u32,
+    patch_size: u32,
+    img: u32,
+}
+
+fn grid(gpu: &Gpu, n: usize) -> [u32; 3] {
+    fold_workgroups((n as u32).div_ceil(64), gpu.caps.max_workgroups_per_dim)
+}
+
+/// out[t] = table[ids[t]] for the `out.rows` ids; one dispatch per row chunk of the table.
+/// Ids outside the table leave their row untouched (callers validate ids on the CPU).
+pub fn gather(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Result<Vec<Kernel>> {
+    if out.cols != table.cols {
+        bail!("embed: table width {} vs output width {}", table.cols, out.cols);
+    }
+    let n = out.rows * out.cols;
+    table
+        .chunks
+        .iter()
+        .map(|c| {
+            let p = Params {
+                n: out.rows as u32,
+                d: table.cols as u32,
+                d4: table.cols4 as u32,
+                row0: c.row0 as u32,
+                rows: c.rows as u32,
+                ..Default::default()
+            };
+            let bindings = [(1, ids), (2, &c.buf), (3, &out.buf)];
+            Kernel::new(gpu, "embed", "embed_gather", &gpu.base_defines(), bytes(&p), &bindings, grid(gpu, n))
+        })
+        .collect()
+}
+
+/// Pixels [3, img, img] to patch rows [grid², 3·patch²] in the conv weight's (c, ky, kx) order.
+pub fn im2col(gpu: &Gpu, pixels: &wgpu::Buffer, img: usize, patch: usize, out: &Tensor) -> Result<Kernel> {
+    let g = img / patch;
+    if out.rows != g * g || out.cols != 3 * patch * patch {
+        bail!("im2col: output must be {}x{}", g * g, 3 * patch * patch);
+    }
+    check_len("pixels", pixels, 3 * img * img)?;
+    let p = Params {
+        grid: g as u32,
+        patch_size: patch as u32,
+        img: img as u32,
+        ..Default::default()
+    };
+    let bindings = [(4, pixels), (3, &out.buf)];
+    let n = out.rows * out.cols;
+    Kernel::new(gpu, "embed", "im2col", &gpu.base_defines(), bytes(&p), &bindings, grid(gpu, n))
+}
+
+/// out[0] = cls + pos[0]; out[1 + i] = patches[i] + pos[1 + i].
+pub fn clip_embed(
+    gpu: &Gpu,
+    patches: &Tensor,
+    cls: &wgpu::Buffer,
+    pos: &wgpu::Buffer,
+    out: &Tensor,
+) -> Result<Kernel> {
+    let d = patches.cols;
+    if out.rows != patches.rows + 1 || out.cols != d {
+        bail!("clip_embed: output must be {}x{d}", patches.rows + 1);
+    }
+    check_len("class_embedding", cls, d)?;
+    check_len("position_embedding", pos, (patches.rows + 1) * d)?;
+    let p = Params {
+        n: patches.rows as u32,
+        d: d as u32,
+        ..Default::default()
+    };
+    let bindings = [(4, &patches.buf), (5, cls), (6, pos), (3, &out.buf)];
+    let n = out.rows * d;
+    Kernel::new(gpu, "embed", "clip_embed", &gpu.base_defines(), bytes(&p), &bindings, grid(gpu, n))
+}

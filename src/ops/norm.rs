@@ -1,0 +1,51 @@
+//! LayerNorm (CLIP) and RMSNorm (Llama).
+
+use super::{bytes, check_len, Kernel};
+use crate::gpu::{fold_workgroups, Gpu, Tensor};
+use anyhow::{bail, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    d: u32,
+    in_row0: u32,
+    eps: f32,
+}
+
+/// Normalise rows `in_row0 .. in_row0 + y.rows` of x into y. `beta` selects LayerNorm;
+/// without it the op is RMSNorm.
+pub fn norm(
+    gpu: &Gpu,
+    x: &Tensor,
+    in_row0: usize,
+    gamma: &wgpu::Buffer,
+    beta: Option<&wgpu::Buffer>,
+    eps: f32,
+    y: &Tensor,
+) -> Result<Kernel> {
+    let d = x.cols;
+    if y.cols != d || in_row0 + y.rows > x.rows {
+        bail!("norm: rows {in_row0}.. of {}x{d} into {}x{}", x.rows, y.rows, y.cols);
+    }
+    check_len("norm gamma", gamma, d)?;
+    let params = Params {
+        rows: y.rows as u32,
+        d: d as u32,
+        in_row0: in_row0 as u32,
+        eps,
+    };
+    let grid = fold_workgroups(y.rows as u32, gpu.caps.max_workgroups_per_dim);
+    let mut defines = gpu.base_defines();
+    let mut bindings = vec![(1, &x.buf), (2, gamma), (4, &y.buf)];
+    let entry = match beta {
+        Some(b) => {
+            check_len("norm beta", b, d)?;
+            defines.flag("LAYER_NORM");
+            bindings.push((3, b));
+            "layer_norm"
+        }
+        None => "rms_norm",
+    };
+    Kernel::new(gpu, "norm", entry, &defines, bytes(&params), &bindings, grid)
+}

@@ -1,0 +1,426 @@
+//! Every kernel against a CPU reference, over odd shapes (not multiples of any tile), in
+//! every (f16, subgroups) variant the adapter offers. Weights are f16 on the GPU, so the
+//! references use the same f16-rounded weights; the tolerances cover f32 summation order.
+
+mod common;
+use common::*;
+use vlm_run::gpu::{Gpu, GpuOptions, Step, Tensor, Weight};
+use vlm_run::ops::{self, attention::Heads, matmul::Act};
+
+fn cpu_linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f64;
+            for t in 0..k {
+                s += x[i * k + t] as f64 * w[j * k + t] as f64;
+            }
+            y[i * n + j] = s as f32 + bias.map_or(0.0, |b| b[j]);
+        }
+    }
+    y
+}
+
+fn gelu(x: f32) -> f32 {
+    // erf by a high-order series/continued fraction is overkill here: use libm-free erf via f64.
+    0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32)
+}
+
+fn erf(x: f64) -> f64 {
+    // Taylor series for |x| < 3, asymptotic 1 beyond (ample for the test's range).
+    if x.abs() > 5.0 {
+        return x.signum();
+    }
+    let mut sum = 0.0;
+    let mut term = x;
+    let mut n = 0.0;
+    while term.abs() > 1e-17 || n < 5.0 {
+        sum += term / (2.0 * n + 1.0);
+        n += 1.0;
+        term *= -x * x / n;
+        if n > 200.0 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+fn step_buffer(gpu: &Gpu, step: Step) -> wgpu::Buffer {
+    gpu.uniform_init("step", bytemuck::bytes_of(&step))
+}
+
+#[test]
+fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
+    let mut rng = Rng::new(1);
+    for (name, gpu) in variants() {
+        for &(m, k, n) in &[(1usize, 37usize, 19usize), (1, 256, 130), (70, 37, 67), (130, 100, 5), (3, 8, 200)] {
+            let x = rng.vec(m * k, 1.0);
+            let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
+            let w = from_f16_bits(&w16);
+            let b = rng.vec(n, 0.5);
+            let xt = Tensor::from_f32(&gpu, "x", m, k, &x).unwrap();
+            let wt = Weight::upload(&gpu, "w", n, k, &w16).unwrap();
+            let bias = gpu.storage_init("b", bytemuck::cast_slice(&b)).unwrap();
+            let want = cpu_linear(&x, m, k, &w, n, Some(&b));
+            let tol = 2e-5 * k as f32;
+
+            let y = Tensor::new(&gpu, "y", m, n).unwrap();
+            let ks = ops::matmul::linear(&gpu, &xt, &wt, Some(&bias), &y, Act::None, false).unwrap();
+            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+            assert_close(&format!("{name} linear {m}x{k}x{n}"), &y.read(&gpu).unwrap(), &want, tol);
+
+            // Fused GELU epilogue, then accumulate (residual) on top of it.
+            let ks = ops::matmul::linear(&gpu, &xt, &wt, Some(&bias), &y, Act::Gelu, false).unwrap();
+            let acc = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::None, true).unwrap();
+            gpu.run(&ks.iter().chain(acc.iter()).collect::<Vec<_>>()).unwrap();
+            let nobias = cpu_linear(&x, m, k, &w, n, None);
+            let want2: Vec<f32> = want.iter().zip(&nobias).map(|(v, a)| gelu(*v) + a).collect();
+            assert_close(&format!("{name} gelu+acc {m}x{k}x{n}"), &y.read(&gpu).unwrap(), &want2, tol);
+
+            let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::QuickGelu, false).unwrap();
+            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+            let want3: Vec<f32> = nobias.iter().map(|v| v / (1.0 + (-1.702 * v).exp())).collect();
+            assert_close(&format!("{name} quick_gelu {m}x{k}x{n}"), &y.read(&gpu).unwrap(), &want3, tol);
+        }
+    }
+}
+
+#[test]
+fn weights_over_the_binding_limit_are_split_by_rows() {
+    // A 1 KiB binding limit forces a 300x37 weight (row stride 80 bytes) into 25 chunks.
+    let gpu = Gpu::new(&GpuOptions { max_binding: Some(1024), ..Default::default() }).unwrap();
+    let mut rng = Rng::new(2);
+    let (k, n) = (37, 300);
+    let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
+    let w = from_f16_bits(&w16);
+    let wt = Weight::upload(&gpu, "w", n, k, &w16).unwrap();
+    assert_eq!(wt.chunks.len(), 300usize.div_ceil(1024 / 80));
+    for m in [1usize, 9] {
+        let x = rng.vec(m * k, 1.0);
+        let xt = Tensor::from_f32(&gpu, "x", m, k, &x).unwrap();
+        let y = Tensor::new(&gpu, "y", m, n).unwrap();
+        let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::None, false).unwrap();
+        assert_eq!(ks.len(), wt.chunks.len());
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        assert_close("chunked linear", &y.read(&gpu).unwrap(), &cpu_linear(&x, m, k, &w, n, None), 1e-3);
+    }
+    // Embedding gather across chunks.
+    let ids: Vec<u32> = vec![0, 299, 12, 150, 13, 12];
+    let idb = gpu.storage_init("ids", bytemuck::cast_slice(&ids)).unwrap();
+    let out = Tensor::new(&gpu, "out", ids.len(), k).unwrap();
+    let ks = ops::embed::gather(&gpu, &idb, &wt, &out).unwrap();
+    gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+    let want: Vec<f32> = ids.iter().flat_map(|&i| w[i as usize * k..(i as usize + 1) * k].to_vec()).collect();
+    assert_eq!(out.read(&gpu).unwrap(), want);
+}
+
+#[test]
+fn norms_match_cpu() {
+    let mut rng = Rng::new(3);
+    for (name, gpu) in variants() {
+        for &(rows, d) in &[(1usize, 7usize), (5, 96), (3, 1000)] {
+            let x: Vec<f32> = rng.vec((rows + 2) * d, 2.0).iter().map(|v| v + 0.5).collect();
+            let g = rng.vec(d, 1.0);
+            let b = rng.vec(d, 1.0);
+            let xt = Tensor::from_f32(&gpu, "x", rows + 2, d, &x).unwrap();
+            let gb = gpu.storage_init("g", bytemuck::cast_slice(&g)).unwrap();
+            let bb = gpu.storage_init("b", bytemuck::cast_slice(&b)).unwrap();
+            let y = Tensor::new(&gpu, "y", rows, d).unwrap();
+            // Rows 2.. of x (exercises in_row0).
+            let src = &x[2 * d..];
+            let ln = ops::norm::norm(&gpu, &xt, 2, &gb, Some(&bb), 1e-5, &y).unwrap();
+            gpu.run(&[&ln]).unwrap();
+            let mut want = vec![0f32; rows * d];
+            for r in 0..rows {
+                let row = &src[r * d..(r + 1) * d];
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                for i in 0..d {
+                    want[r * d + i] = ((row[i] as f64 - mean) / (var + 1e-5).sqrt()) as f32 * g[i] + b[i];
+                }
+            }
+            assert_close(&format!("{name} layer_norm {rows}x{d}"), &y.read(&gpu).unwrap(), &want, 1e-4);
+            let rn = ops::norm::norm(&gpu, &xt, 2, &gb, None, 1e-6, &y).unwrap();
+            gpu.run(&[&rn]).unwrap();
+            for r in 0..rows {
+                let row = &src[r * d..(r + 1) * d];
+                let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+                for i in 0..d {
+                    want[r * d + i] = (row[i] as f64 / (ms + 1e-6).sqrt()) as f32 * g[i];
+                }
+            }
+            assert_close(&format!("{name} rms_norm {rows}x{d}"), &y.read(&gpu).unwrap(), &want, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn elementwise_kernels_match_cpu() {
+    let mut rng = Rng::new(4);
+    for (name, gpu) in variants() {
+        let (r, c) = (3, 101);
+        let a = rng.vec(r * c, 4.0);
+        let b = rng.vec(r * c, 4.0);
+        let at = Tensor::from_f32(&gpu, "a", r, c, &a).unwrap();
+        let bt = Tensor::from_f32(&gpu, "b", r, c, &b).unwrap();
+        let y = Tensor::new(&gpu, "y", r, c).unwrap();
+        gpu.run(&[&ops::elementwise::add(&gpu, &at, &bt, &y).unwrap()]).unwrap();
+        let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        assert_close(&format!("{name} add"), &y.read(&gpu).unwrap(), &want, 1e-6);
+        gpu.run(&[&ops::elementwise::swiglu(&gpu, &at, &bt, &y).unwrap()]).unwrap();
+        let want: Vec<f32> = a.iter().zip(&b).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+        assert_close(&format!("{name} swiglu"), &y.read(&gpu).unwrap(), &want, 1e-5);
+        let g = Tensor::from_f32(&gpu, "g", r, c, &a).unwrap();
+        gpu.run(&[&ops::elementwise::gelu(&gpu, &g).unwrap()]).unwrap();
+        let want: Vec<f32> = a.iter().map(|&v| gelu(v)).collect();
+        assert_close(&format!("{name} gelu"), &g.read(&gpu).unwrap(), &want, 2e-6 * 4.0);
+        let q = Tensor::from_f32(&gpu, "q", r, c, &a).unwrap();
+        gpu.run(&[&ops::elementwise::quick_gelu(&gpu, &q).unwrap()]).unwrap();
+        let want: Vec<f32> = a.iter().map(|v| v / (1.0 + (-1.702 * v).exp())).collect();
+        assert_close(&format!("{name} quick_gelu"), &q.read(&gpu).unwrap(), &want, 1e-5);
+        // Row copy into a wider buffer at a row offset taken from the step uniform.
+        let dst = Tensor::new(&gpu, "dst", 10, c + 5).unwrap();
+        let step = step_buffer(&gpu, Step { kv_offset: 4, ..Default::default() });
+        let k = ops::elementwise::copy_rows(
+            &gpu,
+            &at,
+            1,
+            2,
+            ops::elementwise::RowDest { buf: &dst.buf, stride: c + 5, row0: 1, col: 3, step: Some(&step) },
+        )
+        .unwrap();
+        gpu.run(&[&k]).unwrap();
+        let got = dst.read(&gpu).unwrap();
+        for rr in 0..2 {
+            for cc in 0..c {
+                assert_eq!(got[(5 + rr) * (c + 5) + 3 + cc], a[(1 + rr) * c + cc]);
+            }
+        }
+    }
+}
+
+#[test]
+fn rope_matches_cpu_rotate_half() {
+    let mut rng = Rng::new(5);
+    for (name, gpu) in variants() {
+        let (rows, heads, hd) = (7, 3, 16);
+        let cols = heads * hd + 4;
+        let x = rng.vec(rows * cols, 1.0);
+        let positions: Vec<u32> = vec![0, 1, 2, 50, 7, 8, 600];
+        let table = ops::rope::rope_table(10000.0, hd, 700);
+        let xt = Tensor::from_f32(&gpu, "x", rows, cols, &x).unwrap();
+        let pb = gpu.storage_init("pos", bytemuck::cast_slice(&positions)).unwrap();
+        let tb = gpu.storage_init("tab", bytemuck::cast_slice(&table)).unwrap();
+        gpu.run(&[&ops::rope::rope(&gpu, &xt, heads, hd, &pb, &tb).unwrap()]).unwrap();
+        let mut want = x.clone();
+        for r in 0..rows {
+            for h in 0..heads {
+                for i in 0..hd / 2 {
+                    let f = 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64);
+                    let ang = positions[r] as f64 * f;
+                    let (s, c) = ang.sin_cos();
+                    let b = r * cols + h * hd;
+                    let (x1, x2) = (x[b + i] as f64, x[b + i + hd / 2] as f64);
+                    want[b + i] = (x1 * c - x2 * s) as f32;
+                    want[b + i + hd / 2] = (x2 * c + x1 * s) as f32;
+                }
+            }
+        }
+        assert_close(&format!("{name} rope"), &xt.read(&gpu).unwrap(), &want, 2e-4);
+    }
+}
+
+fn cpu_attention(
+    q: &[f32], k: &[f32], v: &[f32], m: usize, kv_len: usize, h: Heads, causal: bool, q_pos0: usize,
+) -> Vec<f32> {
+    let (qs, ks) = (h.heads * h.hd, h.kv_heads * h.hd);
+    let mut out = vec![0f32; m * qs];
+    for i in 0..m {
+        for hh in 0..h.heads {
+            let kvh = hh / (h.heads / h.kv_heads);
+            let end = if causal { (q_pos0 + i + 1).min(kv_len) } else { kv_len };
+            let s: Vec<f64> = (0..end)
+                .map(|j| {
+                    (0..h.hd).map(|d| q[i * qs + hh * h.hd + d] as f64 * k[j * ks + kvh * h.hd + d] as f64).sum::<f64>()
+                        / (h.hd as f64).sqrt()
+                })
+                .collect();
+            let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+            for d in 0..h.hd {
+                out[i * qs + hh * h.hd + d] =
+                    (0..end).map(|j| (s[j] - mx).exp() / z * v[j * ks + kvh * h.hd + d] as f64).sum::<f64>() as f32;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
+    let mut rng = Rng::new(6);
+    for (name, gpu) in variants() {
+        for &(m, kv_len, heads, kv_heads, hd, causal, q_pos0) in &[
+            (37usize, 37usize, 4usize, 4usize, 16usize, false, 0usize),
+            (45, 45, 6, 2, 16, true, 0),
+            (5, 50, 6, 3, 32, true, 45),
+            (1, 20, 2, 1, 64, true, 19),
+        ] {
+            let h = Heads { heads, kv_heads, hd };
+            let q = rng.vec(m * heads * hd, 2.0);
+            let k = rng.vec(kv_len * kv_heads * hd, 2.0);
+            let v = rng.vec(kv_len * kv_heads * hd, 1.0);
+            let qt = Tensor::from_f32(&gpu, "q", m, heads * hd, &q).unwrap();
+            let kt = Tensor::from_f32(&gpu, "k", kv_len, kv_heads * hd, &k).unwrap();
+            let vt = Tensor::from_f32(&gpu, "v", kv_len, kv_heads * hd, &v).unwrap();
+            let out = Tensor::new(&gpu, "o", m, heads * hd).unwrap();
+            let kern = ops::attention::prefill(&gpu, h, &qt, &kt, &vt, kv_len, causal, q_pos0, &out).unwrap();
+            gpu.run(&[&kern]).unwrap();
+            let want = cpu_attention(&q, &k, &v, m, kv_len, h, causal, q_pos0);
+            assert_close(&format!("{name} attention m={m} kv={kv_len}"), &out.read(&gpu).unwrap(), &want, 2e-5);
+        }
+    }
+}
+
+#[test]
+fn decode_attention_over_the_cache_matches_cpu() {
+    let mut rng = Rng::new(7);
+    for (name, gpu) in variants() {
+        let (ctx, kv_len, heads, kv_heads, hd) = (90usize, 67usize, 6usize, 2usize, 16usize);
+        let h = Heads { heads, kv_heads, hd };
+        let q = rng.vec(heads * hd, 2.0);
+        let k = rng.vec(ctx * kv_heads * hd, 2.0);
+        let v = rng.vec(ctx * kv_heads * hd, 1.0);
+        let qt = Tensor::from_f32(&gpu, "q", 1, heads * hd, &q).unwrap();
+        let kt = Tensor::from_f32(&gpu, "k", ctx, kv_heads * hd, &k).unwrap();
+        let vt = Tensor::from_f32(&gpu, "v", ctx, kv_heads * hd, &v).unwrap();
+        let scores = Tensor::new(&gpu, "s", heads, ctx).unwrap();
+        let out = Tensor::new(&gpu, "o", 1, heads * hd).unwrap();
+        let step = step_buffer(&gpu, Step { kv_offset: 66, kv_len: kv_len as u32, ..Default::default() });
+        let ks = ops::attention::decode(&gpu, h, &qt, &kt, &vt, &scores, &step, &out).unwrap();
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
+        assert_close(&format!("{name} decode attention"), &out.read(&gpu).unwrap(), &want, 2e-5);
+        // The scores rows are probabilities over the valid keys.
+        let s = scores.read(&gpu).unwrap();
+        for hh in 0..heads {
+            let sum: f32 = s[hh * ctx..hh * ctx + kv_len].iter().sum();
+            assert!((sum - 1.0).abs() < 1e-5, "{name}: row {hh} sums to {sum}");
+        }
+    }
+}
+
+#[test]
+fn softmax_matches_cpu() {
+    let mut rng = Rng::new(8);
+    for (name, gpu) in variants() {
+        let (r, c) = (3, 333);
+        let x = rng.vec(r * c, 10.0);
+        let xt = Tensor::from_f32(&gpu, "x", r, c, &x).unwrap();
+        gpu.run(&[&ops::attention::softmax(&gpu, &xt, None).unwrap()]).unwrap();
+        let mut want = x.clone();
+        for row in want.chunks_mut(c) {
+            let mx = row.iter().cloned().fold(f32::MIN, f32::max);
+            let z: f64 = row.iter().map(|v| ((v - mx) as f64).exp()).sum();
+            for v in row.iter_mut() {
+                *v = (((*v - mx) as f64).exp() / z) as f32;
+            }
+        }
+        assert_close(&format!("{name} softmax"), &xt.read(&gpu).unwrap(), &want, 1e-6);
+    }
+}
+
+#[test]
+fn patch_embedding_matches_cpu_convolution() {
+    let mut rng = Rng::new(9);
+    for (name, gpu) in variants() {
+        let (img, patch, d) = (42usize, 14usize, 24usize);
+        let g = img / patch;
+        let kdim = 3 * patch * patch;
+        let pix = rng.vec(3 * img * img, 1.0);
+        let w16 = to_f16_bits(&rng.vec(d * kdim, 0.1));
+        let w = from_f16_bits(&w16);
+        let cls = rng.vec(d, 1.0);
+        let pos = rng.vec((g * g + 1) * d, 1.0);
+        let pb = gpu.storage_init("pix", bytemuck::cast_slice(&pix)).unwrap();
+        let cols = Tensor::new(&gpu, "cols", g * g, kdim).unwrap();
+        let wt = Weight::upload(&gpu, "w", d, kdim, &w16).unwrap();
+        let patches = Tensor::new(&gpu, "patches", g * g, d).unwrap();
+        let out = Tensor::new(&gpu, "out", g * g + 1, d).unwrap();
+        let cb = gpu.storage_init("cls", bytemuck::cast_slice(&cls)).unwrap();
+        let posb = gpu.storage_init("pos", bytemuck::cast_slice(&pos)).unwrap();
+        let mut ks = vec![ops::embed::im2col(&gpu, &pb, img, patch, &cols).unwrap()];
+        ks.extend(ops::matmul::linear(&gpu, &cols, &wt, None, &patches, Act::None, false).unwrap());
+        ks.push(ops::embed::clip_embed(&gpu, &patches, &cb, &posb, &out).unwrap());
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let mut want = vec![0f32; (g * g + 1) * d];
+        for o in 0..d {
+            want[o] = cls[o] + pos[o];
+        }
+        for py in 0..g {
+            for px in 0..g {
+                for o in 0..d {
+                    let mut s = 0f64;
+                    for c in 0..3 {
+                        for ky in 0..patch {
+                            for kx in 0..patch {
+                                let wv = w[o * kdim + c * patch * patch + ky * patch + kx] as f64;
+                                s += wv * pix[c * img * img + (py * patch + ky) * img + px * patch + kx] as f64;
+                            }
+                        }
+                    }
+                    let t = 1 + py * g + px;
+                    want[t * d + o] = s as f32 + pos[t * d + o];
+                }
+            }
+        }
+        assert_close(&format!("{name} patch embedding"), &out.read(&gpu).unwrap(), &want, 1e-4);
+    }
+}
+
+#[test]
+fn argmax_and_sampling_choose_valid_tokens() {
+    let mut rng = Rng::new(10);
+    for (name, gpu) in variants() {
+        let n = 1003;
+        let mut logits = rng.vec(n, 3.0);
+        logits[777] = 9.0;
+        logits[901] = 9.0; // a tie: the lower index wins
+        let lb = gpu.storage_init("logits", bytemuck::cast_slice(&logits)).unwrap();
+        let tok = gpu.storage_buffer("tok", 4).unwrap();
+        let step = step_buffer(&gpu, Step { rand: 0.5, ..Default::default() });
+        let greedy = ops::sample::Sampling::greedy();
+        gpu.run(&[&ops::sample::choose(&gpu, greedy, &lb, n, &tok, &step).unwrap()]).unwrap();
+        let t: u32 = bytemuck::pod_read_unaligned(&gpu.read_bytes(&tok, 0, 4).unwrap());
+        assert_eq!(t, 777, "{name}");
+
+        // A tiny top-p keeps only the most likely tokens (here the two tied ones).
+        let s = ops::sample::Sampling { temperature: 0.7, top_p: 0.05 };
+        for rand in [0.0f32, 0.3, 0.99] {
+            let step = step_buffer(&gpu, Step { rand, ..Default::default() });
+            gpu.run(&[&ops::sample::choose(&gpu, s, &lb, n, &tok, &step).unwrap()]).unwrap();
+            let t: u32 = bytemuck::pod_read_unaligned(&gpu.read_bytes(&tok, 0, 4).unwrap());
+            assert!(t == 777 || t == 901, "{name}: top-p sample {t}");
+        }
+        // With top-p 1, the inverse CDF at rand picks the token a CPU walk picks.
+        let s = ops::sample::Sampling { temperature: 1.5, top_p: 1.0 };
+        for rand in [0.01f32, 0.25, 0.5, 0.75, 0.999] {
+            let step = step_buffer(&gpu, Step { rand, ..Default::default() });
+            gpu.run(&[&ops::sample::choose(&gpu, s, &lb, n, &tok, &step).unwrap()]).unwrap();
+            let t: u32 = bytemuck::pod_read_unaligned(&gpu.read_bytes(&tok, 0, 4).unwrap());
+            let mx = logits.iter().cloned().fold(f32::MIN, f32::max);
+            let p: Vec<f64> = logits.iter().map(|l| (((l - mx) / 1.5) as f64).exp()).collect();
+            let z: f64 = p.iter().sum();
+            let mut acc = 0.0;
+            let mut want = n - 1;
+            for (i, pi) in p.iter().enumerate() {
+                acc += pi;
+                if acc > rand as f64 * z {
+                    want = i;
+                    break;
+                }
+            }
+            assert!((t as i64 - want as i64).abs() <= 1, "{name}: rand {rand}: got {t}, want {want}");
+        }
+    }
+}
