@@ -5,5 +5,14 @@
 //! [`generate`] (the token loop). [`gpu`] is the runtime, [`ops`] the kernels' Rust side,
 //! `shaders/` the kernels.
 
+pub mod generate;
 pub mod gpu;
+pub mod image;
+pub mod model;
 pub mod ops;
+pub mod prompt;
+pub mod weights;
+
+pub use generate::{Engine, GenerateOptions, Output};
+pub use gpu::GpuOptions;
+pub use ops::sample::Sampling;

@@ -7,7 +7,14 @@ use common::*;
 use vlm_run::gpu::{Gpu, GpuOptions, Step, Tensor, Weight};
 use vlm_run::ops::{self, attention::Heads, matmul::Act};
 
-fn cpu_linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+fn cpu_linear(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -53,7 +60,13 @@ fn step_buffer(gpu: &Gpu, step: Step) -> wgpu::Buffer {
 fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
     let mut rng = Rng::new(1);
     for (name, gpu) in variants() {
-        for &(m, k, n) in &[(1usize, 37usize, 19usize), (1, 256, 130), (70, 37, 67), (130, 100, 5), (3, 8, 200)] {
+        for &(m, k, n) in &[
+            (1usize, 37usize, 19usize),
+            (1, 256, 130),
+            (70, 37, 67),
+            (130, 100, 5),
+            (3, 8, 200),
+        ] {
             let x = rng.vec(m * k, 1.0);
             let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
             let w = from_f16_bits(&w16);
@@ -65,22 +78,47 @@ fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
             let tol = 2e-5 * k as f32;
 
             let y = Tensor::new(&gpu, "y", m, n).unwrap();
-            let ks = ops::matmul::linear(&gpu, &xt, &wt, Some(&bias), &y, Act::None, false).unwrap();
+            let ks =
+                ops::matmul::linear(&gpu, &xt, &wt, Some(&bias), &y, Act::None, false).unwrap();
             gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-            assert_close(&format!("{name} linear {m}x{k}x{n}"), &y.read(&gpu).unwrap(), &want, tol);
+            assert_close(
+                &format!("{name} linear {m}x{k}x{n}"),
+                &y.read(&gpu).unwrap(),
+                &want,
+                tol,
+            );
 
             // Fused GELU epilogue, then accumulate (residual) on top of it.
-            let ks = ops::matmul::linear(&gpu, &xt, &wt, Some(&bias), &y, Act::Gelu, false).unwrap();
+            let ks =
+                ops::matmul::linear(&gpu, &xt, &wt, Some(&bias), &y, Act::Gelu, false).unwrap();
             let acc = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::None, true).unwrap();
-            gpu.run(&ks.iter().chain(acc.iter()).collect::<Vec<_>>()).unwrap();
+            gpu.run(&ks.iter().chain(acc.iter()).collect::<Vec<_>>())
+                .unwrap();
             let nobias = cpu_linear(&x, m, k, &w, n, None);
-            let want2: Vec<f32> = want.iter().zip(&nobias).map(|(v, a)| gelu(*v) + a).collect();
-            assert_close(&format!("{name} gelu+acc {m}x{k}x{n}"), &y.read(&gpu).unwrap(), &want2, tol);
+            let want2: Vec<f32> = want
+                .iter()
+                .zip(&nobias)
+                .map(|(v, a)| gelu(*v) + a)
+                .collect();
+            assert_close(
+                &format!("{name} gelu+acc {m}x{k}x{n}"),
+                &y.read(&gpu).unwrap(),
+                &want2,
+                tol,
+            );
 
             let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::QuickGelu, false).unwrap();
             gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-            let want3: Vec<f32> = nobias.iter().map(|v| v / (1.0 + (-1.702 * v).exp())).collect();
-            assert_close(&format!("{name} quick_gelu {m}x{k}x{n}"), &y.read(&gpu).unwrap(), &want3, tol);
+            let want3: Vec<f32> = nobias
+                .iter()
+                .map(|v| v / (1.0 + (-1.702 * v).exp()))
+                .collect();
+            assert_close(
+                &format!("{name} quick_gelu {m}x{k}x{n}"),
+                &y.read(&gpu).unwrap(),
+                &want3,
+                tol,
+            );
         }
     }
 }
@@ -88,7 +126,11 @@ fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
 #[test]
 fn weights_over_the_binding_limit_are_split_by_rows() {
     // A 1 KiB binding limit forces a 300x37 weight (row stride 80 bytes) into 25 chunks.
-    let gpu = Gpu::new(&GpuOptions { max_binding: Some(1024), ..Default::default() }).unwrap();
+    let gpu = Gpu::new(&GpuOptions {
+        max_binding: Some(1024),
+        ..Default::default()
+    })
+    .unwrap();
     let mut rng = Rng::new(2);
     let (k, n) = (37, 300);
     let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
@@ -102,7 +144,12 @@ fn weights_over_the_binding_limit_are_split_by_rows() {
         let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::None, false).unwrap();
         assert_eq!(ks.len(), wt.chunks.len());
         gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-        assert_close("chunked linear", &y.read(&gpu).unwrap(), &cpu_linear(&x, m, k, &w, n, None), 1e-3);
+        assert_close(
+            "chunked linear",
+            &y.read(&gpu).unwrap(),
+            &cpu_linear(&x, m, k, &w, n, None),
+            1e-3,
+        );
     }
     // Embedding gather across chunks.
     let ids: Vec<u32> = vec![0, 299, 12, 150, 13, 12];
@@ -110,7 +157,10 @@ fn weights_over_the_binding_limit_are_split_by_rows() {
     let out = Tensor::new(&gpu, "out", ids.len(), k).unwrap();
     let ks = ops::embed::gather(&gpu, &idb, &wt, &out).unwrap();
     gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-    let want: Vec<f32> = ids.iter().flat_map(|&i| w[i as usize * k..(i as usize + 1) * k].to_vec()).collect();
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| w[i as usize * k..(i as usize + 1) * k].to_vec())
+        .collect();
     assert_eq!(out.read(&gpu).unwrap(), want);
 }
 
@@ -119,7 +169,11 @@ fn norms_match_cpu() {
     let mut rng = Rng::new(3);
     for (name, gpu) in variants() {
         for &(rows, d) in &[(1usize, 7usize), (5, 96), (3, 1000)] {
-            let x: Vec<f32> = rng.vec((rows + 2) * d, 2.0).iter().map(|v| v + 0.5).collect();
+            let x: Vec<f32> = rng
+                .vec((rows + 2) * d, 2.0)
+                .iter()
+                .map(|v| v + 0.5)
+                .collect();
             let g = rng.vec(d, 1.0);
             let b = rng.vec(d, 1.0);
             let xt = Tensor::from_f32(&gpu, "x", rows + 2, d, &x).unwrap();
@@ -136,10 +190,16 @@ fn norms_match_cpu() {
                 let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
                 let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
                 for i in 0..d {
-                    want[r * d + i] = ((row[i] as f64 - mean) / (var + 1e-5).sqrt()) as f32 * g[i] + b[i];
+                    want[r * d + i] =
+                        ((row[i] as f64 - mean) / (var + 1e-5).sqrt()) as f32 * g[i] + b[i];
                 }
             }
-            assert_close(&format!("{name} layer_norm {rows}x{d}"), &y.read(&gpu).unwrap(), &want, 1e-4);
+            assert_close(
+                &format!("{name} layer_norm {rows}x{d}"),
+                &y.read(&gpu).unwrap(),
+                &want,
+                1e-4,
+            );
             let rn = ops::norm::norm(&gpu, &xt, 2, &gb, None, 1e-6, &y).unwrap();
             gpu.run(&[&rn]).unwrap();
             for r in 0..rows {
@@ -149,7 +209,12 @@ fn norms_match_cpu() {
                     want[r * d + i] = (row[i] as f64 / (ms + 1e-6).sqrt()) as f32 * g[i];
                 }
             }
-            assert_close(&format!("{name} rms_norm {rows}x{d}"), &y.read(&gpu).unwrap(), &want, 1e-4);
+            assert_close(
+                &format!("{name} rms_norm {rows}x{d}"),
+                &y.read(&gpu).unwrap(),
+                &want,
+                1e-4,
+            );
         }
     }
 }
@@ -164,29 +229,64 @@ fn elementwise_kernels_match_cpu() {
         let at = Tensor::from_f32(&gpu, "a", r, c, &a).unwrap();
         let bt = Tensor::from_f32(&gpu, "b", r, c, &b).unwrap();
         let y = Tensor::new(&gpu, "y", r, c).unwrap();
-        gpu.run(&[&ops::elementwise::add(&gpu, &at, &bt, &y).unwrap()]).unwrap();
+        gpu.run(&[&ops::elementwise::add(&gpu, &at, &bt, &y).unwrap()])
+            .unwrap();
         let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
         assert_close(&format!("{name} add"), &y.read(&gpu).unwrap(), &want, 1e-6);
-        gpu.run(&[&ops::elementwise::swiglu(&gpu, &at, &bt, &y).unwrap()]).unwrap();
-        let want: Vec<f32> = a.iter().zip(&b).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-        assert_close(&format!("{name} swiglu"), &y.read(&gpu).unwrap(), &want, 1e-5);
+        gpu.run(&[&ops::elementwise::swiglu(&gpu, &at, &bt, &y).unwrap()])
+            .unwrap();
+        let want: Vec<f32> = a
+            .iter()
+            .zip(&b)
+            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        assert_close(
+            &format!("{name} swiglu"),
+            &y.read(&gpu).unwrap(),
+            &want,
+            1e-5,
+        );
         let g = Tensor::from_f32(&gpu, "g", r, c, &a).unwrap();
-        gpu.run(&[&ops::elementwise::gelu(&gpu, &g).unwrap()]).unwrap();
+        gpu.run(&[&ops::elementwise::gelu(&gpu, &g).unwrap()])
+            .unwrap();
         let want: Vec<f32> = a.iter().map(|&v| gelu(v)).collect();
-        assert_close(&format!("{name} gelu"), &g.read(&gpu).unwrap(), &want, 2e-6 * 4.0);
+        assert_close(
+            &format!("{name} gelu"),
+            &g.read(&gpu).unwrap(),
+            &want,
+            2e-6 * 4.0,
+        );
         let q = Tensor::from_f32(&gpu, "q", r, c, &a).unwrap();
-        gpu.run(&[&ops::elementwise::quick_gelu(&gpu, &q).unwrap()]).unwrap();
+        gpu.run(&[&ops::elementwise::quick_gelu(&gpu, &q).unwrap()])
+            .unwrap();
         let want: Vec<f32> = a.iter().map(|v| v / (1.0 + (-1.702 * v).exp())).collect();
-        assert_close(&format!("{name} quick_gelu"), &q.read(&gpu).unwrap(), &want, 1e-5);
+        assert_close(
+            &format!("{name} quick_gelu"),
+            &q.read(&gpu).unwrap(),
+            &want,
+            1e-5,
+        );
         // Row copy into a wider buffer at a row offset taken from the step uniform.
         let dst = Tensor::new(&gpu, "dst", 10, c + 5).unwrap();
-        let step = step_buffer(&gpu, Step { kv_offset: 4, ..Default::default() });
+        let step = step_buffer(
+            &gpu,
+            Step {
+                kv_offset: 4,
+                ..Default::default()
+            },
+        );
         let k = ops::elementwise::copy_rows(
             &gpu,
             &at,
             1,
             2,
-            ops::elementwise::RowDest { buf: &dst.buf, stride: c + 5, row0: 1, col: 3, step: Some(&step) },
+            ops::elementwise::RowDest {
+                buf: &dst.buf,
+                stride: c + 5,
+                row0: 1,
+                col: 3,
+                step: Some(&step),
+            },
         )
         .unwrap();
         gpu.run(&[&k]).unwrap();
@@ -209,9 +309,14 @@ fn rope_matches_cpu_rotate_half() {
         let positions: Vec<u32> = vec![0, 1, 2, 50, 7, 8, 600];
         let table = ops::rope::rope_table(10000.0, hd, 700);
         let xt = Tensor::from_f32(&gpu, "x", rows, cols, &x).unwrap();
-        let pb = gpu.storage_init("pos", bytemuck::cast_slice(&positions)).unwrap();
-        let tb = gpu.storage_init("tab", bytemuck::cast_slice(&table)).unwrap();
-        gpu.run(&[&ops::rope::rope(&gpu, &xt, heads, hd, &pb, &tb).unwrap()]).unwrap();
+        let pb = gpu
+            .storage_init("pos", bytemuck::cast_slice(&positions))
+            .unwrap();
+        let tb = gpu
+            .storage_init("tab", bytemuck::cast_slice(&table))
+            .unwrap();
+        gpu.run(&[&ops::rope::rope(&gpu, &xt, heads, hd, &pb, &tb).unwrap()])
+            .unwrap();
         let mut want = x.clone();
         for r in 0..rows {
             for h in 0..heads {
@@ -226,30 +331,51 @@ fn rope_matches_cpu_rotate_half() {
                 }
             }
         }
-        assert_close(&format!("{name} rope"), &xt.read(&gpu).unwrap(), &want, 2e-4);
+        assert_close(
+            &format!("{name} rope"),
+            &xt.read(&gpu).unwrap(),
+            &want,
+            2e-4,
+        );
     }
 }
 
 fn cpu_attention(
-    q: &[f32], k: &[f32], v: &[f32], m: usize, kv_len: usize, h: Heads, causal: bool, q_pos0: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    m: usize,
+    kv_len: usize,
+    h: Heads,
+    causal: bool,
+    q_pos0: usize,
 ) -> Vec<f32> {
     let (qs, ks) = (h.heads * h.hd, h.kv_heads * h.hd);
     let mut out = vec![0f32; m * qs];
     for i in 0..m {
         for hh in 0..h.heads {
             let kvh = hh / (h.heads / h.kv_heads);
-            let end = if causal { (q_pos0 + i + 1).min(kv_len) } else { kv_len };
+            let end = if causal {
+                (q_pos0 + i + 1).min(kv_len)
+            } else {
+                kv_len
+            };
             let s: Vec<f64> = (0..end)
                 .map(|j| {
-                    (0..h.hd).map(|d| q[i * qs + hh * h.hd + d] as f64 * k[j * ks + kvh * h.hd + d] as f64).sum::<f64>()
+                    (0..h.hd)
+                        .map(|d| {
+                            q[i * qs + hh * h.hd + d] as f64 * k[j * ks + kvh * h.hd + d] as f64
+                        })
+                        .sum::<f64>()
                         / (h.hd as f64).sqrt()
                 })
                 .collect();
             let mx = s.iter().cloned().fold(f64::MIN, f64::max);
             let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
             for d in 0..h.hd {
-                out[i * qs + hh * h.hd + d] =
-                    (0..end).map(|j| (s[j] - mx).exp() / z * v[j * ks + kvh * h.hd + d] as f64).sum::<f64>() as f32;
+                out[i * qs + hh * h.hd + d] = (0..end)
+                    .map(|j| (s[j] - mx).exp() / z * v[j * ks + kvh * h.hd + d] as f64)
+                    .sum::<f64>() as f32;
             }
         }
     }
@@ -266,7 +392,11 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
             (5, 50, 6, 3, 32, true, 45),
             (1, 20, 2, 1, 64, true, 19),
         ] {
-            let h = Heads { heads, kv_heads, hd };
+            let h = Heads {
+                heads,
+                kv_heads,
+                hd,
+            };
             let q = rng.vec(m * heads * hd, 2.0);
             let k = rng.vec(kv_len * kv_heads * hd, 2.0);
             let v = rng.vec(kv_len * kv_heads * hd, 1.0);
@@ -274,10 +404,17 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
             let kt = Tensor::from_f32(&gpu, "k", kv_len, kv_heads * hd, &k).unwrap();
             let vt = Tensor::from_f32(&gpu, "v", kv_len, kv_heads * hd, &v).unwrap();
             let out = Tensor::new(&gpu, "o", m, heads * hd).unwrap();
-            let kern = ops::attention::prefill(&gpu, h, &qt, &kt, &vt, kv_len, causal, q_pos0, &out).unwrap();
+            let kern =
+                ops::attention::prefill(&gpu, h, &qt, &kt, &vt, kv_len, causal, q_pos0, &out)
+                    .unwrap();
             gpu.run(&[&kern]).unwrap();
             let want = cpu_attention(&q, &k, &v, m, kv_len, h, causal, q_pos0);
-            assert_close(&format!("{name} attention m={m} kv={kv_len}"), &out.read(&gpu).unwrap(), &want, 2e-5);
+            assert_close(
+                &format!("{name} attention m={m} kv={kv_len}"),
+                &out.read(&gpu).unwrap(),
+                &want,
+                2e-5,
+            );
         }
     }
 }
@@ -287,7 +424,11 @@ fn decode_attention_over_the_cache_matches_cpu() {
     let mut rng = Rng::new(7);
     for (name, gpu) in variants() {
         let (ctx, kv_len, heads, kv_heads, hd) = (90usize, 67usize, 6usize, 2usize, 16usize);
-        let h = Heads { heads, kv_heads, hd };
+        let h = Heads {
+            heads,
+            kv_heads,
+            hd,
+        };
         let q = rng.vec(heads * hd, 2.0);
         let k = rng.vec(ctx * kv_heads * hd, 2.0);
         let v = rng.vec(ctx * kv_heads * hd, 1.0);
@@ -296,11 +437,23 @@ fn decode_attention_over_the_cache_matches_cpu() {
         let vt = Tensor::from_f32(&gpu, "v", ctx, kv_heads * hd, &v).unwrap();
         let scores = Tensor::new(&gpu, "s", heads, ctx).unwrap();
         let out = Tensor::new(&gpu, "o", 1, heads * hd).unwrap();
-        let step = step_buffer(&gpu, Step { kv_offset: 66, kv_len: kv_len as u32, ..Default::default() });
+        let step = step_buffer(
+            &gpu,
+            Step {
+                kv_offset: 66,
+                kv_len: kv_len as u32,
+                ..Default::default()
+            },
+        );
         let ks = ops::attention::decode(&gpu, h, &qt, &kt, &vt, &scores, &step, &out).unwrap();
         gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
         let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
-        assert_close(&format!("{name} decode attention"), &out.read(&gpu).unwrap(), &want, 2e-5);
+        assert_close(
+            &format!("{name} decode attention"),
+            &out.read(&gpu).unwrap(),
+            &want,
+            2e-5,
+        );
         // The scores rows are probabilities over the valid keys.
         let s = scores.read(&gpu).unwrap();
         for hh in 0..heads {
@@ -317,7 +470,8 @@ fn softmax_matches_cpu() {
         let (r, c) = (3, 333);
         let x = rng.vec(r * c, 10.0);
         let xt = Tensor::from_f32(&gpu, "x", r, c, &x).unwrap();
-        gpu.run(&[&ops::attention::softmax(&gpu, &xt, None).unwrap()]).unwrap();
+        gpu.run(&[&ops::attention::softmax(&gpu, &xt, None).unwrap()])
+            .unwrap();
         let mut want = x.clone();
         for row in want.chunks_mut(c) {
             let mx = row.iter().cloned().fold(f32::MIN, f32::max);
@@ -326,7 +480,12 @@ fn softmax_matches_cpu() {
                 *v = (((*v - mx) as f64).exp() / z) as f32;
             }
         }
-        assert_close(&format!("{name} softmax"), &xt.read(&gpu).unwrap(), &want, 1e-6);
+        assert_close(
+            &format!("{name} softmax"),
+            &xt.read(&gpu).unwrap(),
+            &want,
+            1e-6,
+        );
     }
 }
 
@@ -365,7 +524,9 @@ fn patch_embedding_matches_cpu_convolution() {
                         for ky in 0..patch {
                             for kx in 0..patch {
                                 let wv = w[o * kdim + c * patch * patch + ky * patch + kx] as f64;
-                                s += wv * pix[c * img * img + (py * patch + ky) * img + px * patch + kx] as f64;
+                                s += wv
+                                    * pix[c * img * img + (py * patch + ky) * img + px * patch + kx]
+                                        as f64;
                             }
                         }
                     }
@@ -374,7 +535,12 @@ fn patch_embedding_matches_cpu_convolution() {
                 }
             }
         }
-        assert_close(&format!("{name} patch embedding"), &out.read(&gpu).unwrap(), &want, 1e-4);
+        assert_close(
+            &format!("{name} patch embedding"),
+            &out.read(&gpu).unwrap(),
+            &want,
+            1e-4,
+        );
     }
 }
 
@@ -386,30 +552,62 @@ fn argmax_and_sampling_choose_valid_tokens() {
         let mut logits = rng.vec(n, 3.0);
         logits[777] = 9.0;
         logits[901] = 9.0; // a tie: the lower index wins
-        let lb = gpu.storage_init("logits", bytemuck::cast_slice(&logits)).unwrap();
+        let lb = gpu
+            .storage_init("logits", bytemuck::cast_slice(&logits))
+            .unwrap();
         let tok = gpu.storage_buffer("tok", 4).unwrap();
-        let step = step_buffer(&gpu, Step { rand: 0.5, ..Default::default() });
+        let step = step_buffer(
+            &gpu,
+            Step {
+                rand: 0.5,
+                ..Default::default()
+            },
+        );
         let greedy = ops::sample::Sampling::greedy();
-        gpu.run(&[&ops::sample::choose(&gpu, greedy, &lb, n, &tok, &step).unwrap()]).unwrap();
+        gpu.run(&[&ops::sample::choose(&gpu, greedy, &lb, n, &tok, &step).unwrap()])
+            .unwrap();
         let t: u32 = bytemuck::pod_read_unaligned(&gpu.read_bytes(&tok, 0, 4).unwrap());
         assert_eq!(t, 777, "{name}");
 
         // A tiny top-p keeps only the most likely tokens (here the two tied ones).
-        let s = ops::sample::Sampling { temperature: 0.7, top_p: 0.05 };
+        let s = ops::sample::Sampling {
+            temperature: 0.7,
+            top_p: 0.05,
+        };
         for rand in [0.0f32, 0.3, 0.99] {
-            let step = step_buffer(&gpu, Step { rand, ..Default::default() });
-            gpu.run(&[&ops::sample::choose(&gpu, s, &lb, n, &tok, &step).unwrap()]).unwrap();
+            let step = step_buffer(
+                &gpu,
+                Step {
+                    rand,
+                    ..Default::default()
+                },
+            );
+            gpu.run(&[&ops::sample::choose(&gpu, s, &lb, n, &tok, &step).unwrap()])
+                .unwrap();
             let t: u32 = bytemuck::pod_read_unaligned(&gpu.read_bytes(&tok, 0, 4).unwrap());
             assert!(t == 777 || t == 901, "{name}: top-p sample {t}");
         }
         // With top-p 1, the inverse CDF at rand picks the token a CPU walk picks.
-        let s = ops::sample::Sampling { temperature: 1.5, top_p: 1.0 };
+        let s = ops::sample::Sampling {
+            temperature: 1.5,
+            top_p: 1.0,
+        };
         for rand in [0.01f32, 0.25, 0.5, 0.75, 0.999] {
-            let step = step_buffer(&gpu, Step { rand, ..Default::default() });
-            gpu.run(&[&ops::sample::choose(&gpu, s, &lb, n, &tok, &step).unwrap()]).unwrap();
+            let step = step_buffer(
+                &gpu,
+                Step {
+                    rand,
+                    ..Default::default()
+                },
+            );
+            gpu.run(&[&ops::sample::choose(&gpu, s, &lb, n, &tok, &step).unwrap()])
+                .unwrap();
             let t: u32 = bytemuck::pod_read_unaligned(&gpu.read_bytes(&tok, 0, 4).unwrap());
             let mx = logits.iter().cloned().fold(f32::MIN, f32::max);
-            let p: Vec<f64> = logits.iter().map(|l| (((l - mx) / 1.5) as f64).exp()).collect();
+            let p: Vec<f64> = logits
+                .iter()
+                .map(|l| (((l - mx) / 1.5) as f64).exp())
+                .collect();
             let z: f64 = p.iter().sum();
             let mut acc = 0.0;
             let mut want = n - 1;
@@ -420,7 +618,10 @@ fn argmax_and_sampling_choose_valid_tokens() {
                     break;
                 }
             }
-            assert!((t as i64 - want as i64).abs() <= 1, "{name}: rand {rand}: got {t}, want {want}");
+            assert!(
+                (t as i64 - want as i64).abs() <= 1,
+                "{name}: rand {rand}: got {t}, want {want}"
+            );
         }
     }
 }

@@ -103,12 +103,16 @@ impl Gpu {
         let features = adapter.features();
 
         let f16 = features.contains(wgpu::Features::SHADER_F16) && opts.f16.unwrap_or(true);
-        let subgroups = features.contains(wgpu::Features::SUBGROUP) && opts.subgroups.unwrap_or(true);
+        let subgroups =
+            features.contains(wgpu::Features::SUBGROUP) && opts.subgroups.unwrap_or(true);
         if opts.f16 == Some(true) && !f16 {
             bail!("VLM_RUN_F16=1 but adapter {:?} lacks shader-f16", info.name);
         }
         if opts.subgroups == Some(true) && !subgroups {
-            bail!("VLM_RUN_SUBGROUPS=1 but adapter {:?} lacks subgroups", info.name);
+            bail!(
+                "VLM_RUN_SUBGROUPS=1 but adapter {:?} lacks subgroups",
+                info.name
+            );
         }
         let mut required = wgpu::Features::empty();
         if f16 {
@@ -132,7 +136,13 @@ impl Gpu {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
             if slot.is_none() {
-                *slot = Some(e.to_string().lines().next().unwrap_or("GPU error").to_string());
+                *slot = Some(
+                    e.to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("GPU error")
+                        .to_string(),
+                );
             }
         }));
 
@@ -213,7 +223,10 @@ impl Gpu {
                 cache: None,
             });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            bail!("shader {family}.wgsl entry {entry} ({}) failed: {e}", defines.key());
+            bail!(
+                "shader {family}.wgsl entry {entry} ({}) failed: {e}",
+                defines.key()
+            );
         }
         let pipeline = Arc::new(pipeline);
         cache.insert(key, pipeline.clone());

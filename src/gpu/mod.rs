@@ -30,7 +30,10 @@ mod tests {
             let [x, y, _] = fold_workgroups(n, 65535);
             assert!(x <= 65535 && y <= 65535);
             assert!(x as u64 * y as u64 >= n as u64, "n={n}");
-            assert!((x as u64) * (y as u64 - 1) < n as u64, "too many rows for n={n}");
+            assert!(
+                (x as u64) * (y as u64 - 1) < n as u64,
+                "too many rows for n={n}"
+            );
         }
         assert_eq!(fold_workgroups(0, 65535), [1, 1, 1]);
     }

@@ -11,10 +11,16 @@ use std::collections::BTreeMap;
 pub const SOURCES: &[(&str, &str)] = &[
     ("common", include_str!("../../shaders/common.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
-    ("activations", include_str!("../../shaders/activations.wgsl")),
+    (
+        "activations",
+        include_str!("../../shaders/activations.wgsl"),
+    ),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("norm", include_str!("../../shaders/norm.wgsl")),
-    ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+    (
+        "elementwise",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
@@ -89,7 +95,12 @@ pub fn preprocess(family: &str, defines: &Defines) -> Result<String> {
     Ok(substitute(&out, defines))
 }
 
-fn expand(name: &str, defines: &Defines, out: &mut String, included: &mut Vec<String>) -> Result<()> {
+fn expand(
+    name: &str,
+    defines: &Defines,
+    out: &mut String,
+    included: &mut Vec<String>,
+) -> Result<()> {
     if included.iter().any(|n| n == name) {
         return Ok(()); // each file at most once
     }

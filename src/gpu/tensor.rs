@@ -28,10 +28,17 @@ impl Tensor {
         })
     }
 
-    pub fn from_f32(gpu: &Gpu, label: &str, rows: usize, cols: usize, data: &[f32]) -> Result<Self> {
+    pub fn from_f32(
+        gpu: &Gpu,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<Self> {
         assert_eq!(data.len(), rows * cols, "{label}");
         let t = Self::new(gpu, label, rows, cols)?;
-        gpu.queue.write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
+        gpu.queue
+            .write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
         Ok(t)
     }
 

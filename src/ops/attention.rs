@@ -33,7 +33,11 @@ pub struct Heads {
 impl Heads {
     fn check(&self, q: &Tensor, k: &Tensor) -> Result<()> {
         if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
-            bail!("attention: {} heads cannot share {} KV heads", self.heads, self.kv_heads);
+            bail!(
+                "attention: {} heads cannot share {} KV heads",
+                self.heads,
+                self.kv_heads
+            );
         }
         if q.cols < self.heads * self.hd || k.cols < self.kv_heads * self.hd {
             bail!("attention: q or k is narrower than its heads");
@@ -71,7 +75,12 @@ pub fn prefill(
 ) -> Result<Kernel> {
     h.check(q, k)?;
     if kv_len > k.rows || out.rows < q.rows || out.cols < h.heads * h.hd {
-        bail!("attention: {kv_len} keys of {} rows, output {}x{}", k.rows, out.rows, out.cols);
+        bail!(
+            "attention: {kv_len} keys of {} rows, output {}x{}",
+            k.rows,
+            out.rows,
+            out.cols
+        );
     }
     let p = Params {
         m: q.rows as u32,
@@ -89,7 +98,15 @@ pub fn prefill(
     };
     let grid = [(q.rows as u32).div_ceil(32), h.heads as u32, 1];
     let bindings = [(1, &q.buf), (2, &k.buf), (3, &v.buf), (4, &out.buf)];
-    Kernel::new(gpu, "attention", "attention", &h.defines(gpu)?, bytes(&p), &bindings, grid)
+    Kernel::new(
+        gpu,
+        "attention",
+        "attention",
+        &h.defines(gpu)?,
+        bytes(&p),
+        &bindings,
+        grid,
+    )
 }
 
 /// Decode attention of one query row over the KV cache rows `0 .. step.kv_len`.
@@ -135,7 +152,12 @@ pub fn decode(
         "attn_values",
         &d,
         bytes(&p),
-        &[(5, &scores.buf), (3, &v_cache.buf), (4, &out.buf), (6, step)],
+        &[
+            (5, &scores.buf),
+            (3, &v_cache.buf),
+            (4, &out.buf),
+            (6, step),
+        ],
         [(h.hd as u32).div_ceil(32), h.heads as u32, 1],
     )?;
     Ok(vec![scores_k, soft, values_k])
@@ -165,5 +187,13 @@ pub fn softmax(gpu: &Gpu, x: &Tensor, step_len: Option<&wgpu::Buffer>) -> Result
         bindings.push((2, step));
     }
     let grid = fold_workgroups(x.rows as u32, gpu.caps.max_workgroups_per_dim);
-    Kernel::new(gpu, "softmax", "softmax", &defines, bytes(&p), &bindings, grid)
+    Kernel::new(
+        gpu,
+        "softmax",
+        "softmax",
+        &defines,
+        bytes(&p),
+        &bindings,
+        grid,
+    )
 }

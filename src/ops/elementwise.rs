@@ -32,32 +32,76 @@ fn same_shape(op: &str, ts: &[&Tensor]) -> Result<usize> {
 /// y = a + b.
 pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<Kernel> {
     let n = same_shape("add", &[a, b, y])?;
-    let p = Params { n: n as u32, ..Default::default() };
+    let p = Params {
+        n: n as u32,
+        ..Default::default()
+    };
     let bindings = [(1, &a.buf), (2, &b.buf), (3, &y.buf)];
-    Kernel::new(gpu, "elementwise", "add", &gpu.base_defines(), bytes(&p), &bindings, grid(gpu, n))
+    Kernel::new(
+        gpu,
+        "elementwise",
+        "add",
+        &gpu.base_defines(),
+        bytes(&p),
+        &bindings,
+        grid(gpu, n),
+    )
 }
 
 /// y = silu(gate) * up.
 pub fn swiglu(gpu: &Gpu, gate: &Tensor, up: &Tensor, y: &Tensor) -> Result<Kernel> {
     let n = same_shape("swiglu", &[gate, up, y])?;
-    let p = Params { n: n as u32, ..Default::default() };
+    let p = Params {
+        n: n as u32,
+        ..Default::default()
+    };
     let bindings = [(1, &gate.buf), (2, &up.buf), (3, &y.buf)];
-    Kernel::new(gpu, "elementwise", "swiglu", &gpu.base_defines(), bytes(&p), &bindings, grid(gpu, n))
+    Kernel::new(
+        gpu,
+        "elementwise",
+        "swiglu",
+        &gpu.base_defines(),
+        bytes(&p),
+        &bindings,
+        grid(gpu, n),
+    )
 }
 
 /// y = gelu(y) (exact, erf) in place.
 pub fn gelu(gpu: &Gpu, y: &Tensor) -> Result<Kernel> {
     let n = y.rows * y.cols;
-    let p = Params { n: n as u32, ..Default::default() };
-    Kernel::new(gpu, "elementwise", "gelu", &gpu.base_defines(), bytes(&p), &[(3, &y.buf)], grid(gpu, n))
+    let p = Params {
+        n: n as u32,
+        ..Default::default()
+    };
+    Kernel::new(
+        gpu,
+        "elementwise",
+        "gelu",
+        &gpu.base_defines(),
+        bytes(&p),
+        &[(3, &y.buf)],
+        grid(gpu, n),
+    )
 }
 
 /// y = quick_gelu(y) in place.
 pub fn quick_gelu(gpu: &Gpu, y: &Tensor) -> Result<Kernel> {
     let n = y.rows * y.cols;
-    let p = Params { n: n as u32, ..Default::default() };
+    let p = Params {
+        n: n as u32,
+        ..Default::default()
+    };
     let d = gpu.base_defines();
-    Kernel::new(gpu, "elementwise", "quick_gelu_inplace", &d, bytes(&p), &[(3, &y.buf)], grid(gpu, n))
+    Kernel::new(
+        gpu,
+        "elementwise",
+        "quick_gelu_inplace",
+        &d,
+        bytes(&p),
+        &[(3, &y.buf)],
+        grid(gpu, n),
+    )
 }
 
 /// Where copied rows land.
@@ -71,9 +115,19 @@ pub struct RowDest<'a> {
 }
 
 /// Copy `rows` rows of `src` starting at `src_row0` (all its columns) into `dst`.
-pub fn copy_rows(gpu: &Gpu, src: &Tensor, src_row0: usize, rows: usize, dst: RowDest) -> Result<Kernel> {
+pub fn copy_rows(
+    gpu: &Gpu,
+    src: &Tensor,
+    src_row0: usize,
+    rows: usize,
+    dst: RowDest,
+) -> Result<Kernel> {
     if src_row0 + rows > src.rows || dst.col + src.cols > dst.stride {
-        bail!("copy_rows: rows {src_row0}..+{rows} of {}x{}", src.rows, src.cols);
+        bail!(
+            "copy_rows: rows {src_row0}..+{rows} of {}x{}",
+            src.rows,
+            src.cols
+        );
     }
     let n = rows * src.cols;
     let p = Params {
@@ -92,5 +146,13 @@ pub fn copy_rows(gpu: &Gpu, src: &Tensor, src_row0: usize, rows: usize, dst: Row
         defines.flag("STEP_OFFSET");
         bindings.push((4, step));
     }
-    Kernel::new(gpu, "elementwise", "copy_rows", &defines, bytes(&p), &bindings, grid(gpu, n))
+    Kernel::new(
+        gpu,
+        "elementwise",
+        "copy_rows",
+        &defines,
+        bytes(&p),
+        &bindings,
+        grid(gpu, n),
+    )
 }

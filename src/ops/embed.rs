@@ -26,7 +26,11 @@ fn grid(gpu: &Gpu, n: usize) -> [u32; 3] {
 /// Ids outside the table leave their row untouched (callers validate ids on the CPU).
 pub fn gather(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Result<Vec<Kernel>> {
     if out.cols != table.cols {
-        bail!("embed: table width {} vs output width {}", table.cols, out.cols);
+        bail!(
+            "embed: table width {} vs output width {}",
+            table.cols,
+            out.cols
+        );
     }
     let n = out.rows * out.cols;
     table
@@ -42,13 +46,27 @@ pub fn gather(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Re
                 ..Default::default()
             };
             let bindings = [(1, ids), (2, &c.buf), (3, &out.buf)];
-            Kernel::new(gpu, "embed", "embed_gather", &gpu.base_defines(), bytes(&p), &bindings, grid(gpu, n))
+            Kernel::new(
+                gpu,
+                "embed",
+                "embed_gather",
+                &gpu.base_defines(),
+                bytes(&p),
+                &bindings,
+                grid(gpu, n),
+            )
         })
         .collect()
 }
 
 /// Pixels [3, img, img] to patch rows [grid², 3·patch²] in the conv weight's (c, ky, kx) order.
-pub fn im2col(gpu: &Gpu, pixels: &wgpu::Buffer, img: usize, patch: usize, out: &Tensor) -> Result<Kernel> {
+pub fn im2col(
+    gpu: &Gpu,
+    pixels: &wgpu::Buffer,
+    img: usize,
+    patch: usize,
+    out: &Tensor,
+) -> Result<Kernel> {
     let g = img / patch;
     if out.rows != g * g || out.cols != 3 * patch * patch {
         bail!("im2col: output must be {}x{}", g * g, 3 * patch * patch);
@@ -62,7 +80,15 @@ pub fn im2col(gpu: &Gpu, pixels: &wgpu::Buffer, img: usize, patch: usize, out: &
     };
     let bindings = [(4, pixels), (3, &out.buf)];
     let n = out.rows * out.cols;
-    Kernel::new(gpu, "embed", "im2col", &gpu.base_defines(), bytes(&p), &bindings, grid(gpu, n))
+    Kernel::new(
+        gpu,
+        "embed",
+        "im2col",
+        &gpu.base_defines(),
+        bytes(&p),
+        &bindings,
+        grid(gpu, n),
+    )
 }
 
 /// out[0] = cls + pos[0]; out[1 + i] = patches[i] + pos[1 + i].
@@ -86,5 +112,13 @@ pub fn clip_embed(
     };
     let bindings = [(4, &patches.buf), (5, cls), (6, pos), (3, &out.buf)];
     let n = out.rows * d;
-    Kernel::new(gpu, "embed", "clip_embed", &gpu.base_defines(), bytes(&p), &bindings, grid(gpu, n))
+    Kernel::new(
+        gpu,
+        "embed",
+        "clip_embed",
+        &gpu.base_defines(),
+        bytes(&p),
+        &bindings,
+        grid(gpu, n),
+    )
 }

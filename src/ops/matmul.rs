@@ -82,11 +82,19 @@ pub fn linear(
         }
         let (entry, grid) = if m == 1 {
             let groups = (chunk.rows as u32).div_ceil(4);
-            ("gemv", fold_workgroups(groups, gpu.caps.max_workgroups_per_dim))
+            (
+                "gemv",
+                fold_workgroups(groups, gpu.caps.max_workgroups_per_dim),
+            )
         } else {
             let grid = [(chunk.rows as u32).div_ceil(64), (m as u32).div_ceil(64), 1];
-            if grid[0] > gpu.caps.max_workgroups_per_dim || grid[1] > gpu.caps.max_workgroups_per_dim {
-                bail!("linear: {m}x{} output exceeds the dispatch limit", chunk.rows);
+            if grid[0] > gpu.caps.max_workgroups_per_dim
+                || grid[1] > gpu.caps.max_workgroups_per_dim
+            {
+                bail!(
+                    "linear: {m}x{} output exceeds the dispatch limit",
+                    chunk.rows
+                );
             }
             ("gemm", grid)
         };

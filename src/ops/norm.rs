@@ -26,7 +26,12 @@ pub fn norm(
 ) -> Result<Kernel> {
     let d = x.cols;
     if y.cols != d || in_row0 + y.rows > x.rows {
-        bail!("norm: rows {in_row0}.. of {}x{d} into {}x{}", x.rows, y.rows, y.cols);
+        bail!(
+            "norm: rows {in_row0}.. of {}x{d} into {}x{}",
+            x.rows,
+            y.rows,
+            y.cols
+        );
     }
     check_len("norm gamma", gamma, d)?;
     let params = Params {
@@ -47,5 +52,13 @@ pub fn norm(
         }
         None => "rms_norm",
     };
-    Kernel::new(gpu, "norm", entry, &defines, bytes(&params), &bindings, grid)
+    Kernel::new(
+        gpu,
+        "norm",
+        entry,
+        &defines,
+        bytes(&params),
+        &bindings,
+        grid,
+    )
 }

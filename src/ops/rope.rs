@@ -52,5 +52,13 @@ pub fn rope(
     let n = (x.rows * heads * hd / 2) as u32;
     let grid = fold_workgroups(n.div_ceil(64), gpu.caps.max_workgroups_per_dim);
     let bindings = [(1, &x.buf), (2, positions), (3, table)];
-    Kernel::new(gpu, "rope", "rope", &gpu.base_defines(), bytes(&p), &bindings, grid)
+    Kernel::new(
+        gpu,
+        "rope",
+        "rope",
+        &gpu.base_defines(),
+        bytes(&p),
+        &bindings,
+        grid,
+    )
 }

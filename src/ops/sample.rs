@@ -24,7 +24,10 @@ pub struct Sampling {
 
 impl Sampling {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_p: 1.0 }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+        }
     }
 }
 
@@ -39,7 +42,10 @@ pub fn choose(
 ) -> Result<Kernel> {
     check_len("logits", logits, n)?;
     if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
-        bail!("temperature must be a finite number >= 0, got {}", s.temperature);
+        bail!(
+            "temperature must be a finite number >= 0, got {}",
+            s.temperature
+        );
     }
     if !(s.top_p > 0.0 && s.top_p <= 1.0) {
         bail!("top-p must be in (0, 1], got {}", s.top_p);
@@ -52,9 +58,25 @@ pub fn choose(
     };
     if s.temperature == 0.0 {
         let b = [(1, logits), (2, token)];
-        Kernel::new(gpu, "sample", "argmax", &gpu.base_defines(), bytes(&p), &b, [1, 1, 1])
+        Kernel::new(
+            gpu,
+            "sample",
+            "argmax",
+            &gpu.base_defines(),
+            bytes(&p),
+            &b,
+            [1, 1, 1],
+        )
     } else {
         let b = [(1, logits), (2, token), (3, step)];
-        Kernel::new(gpu, "sample", "sample", &gpu.base_defines(), bytes(&p), &b, [1, 1, 1])
+        Kernel::new(
+            gpu,
+            "sample",
+            "sample",
+            &gpu.base_defines(),
+            bytes(&p),
+            &b,
+            [1, 1, 1],
+        )
     }
 }

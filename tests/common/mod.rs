@@ -20,7 +20,10 @@ pub fn variants() -> Vec<(String, Arc<Gpu>)> {
             }
         }
     }
-    assert!(!out.is_empty(), "no GPU adapter for the tests (install mesa-vulkan-drivers)");
+    assert!(
+        !out.is_empty(),
+        "no GPU adapter for the tests (install mesa-vulkan-drivers)"
+    );
     out
 }
 
@@ -46,16 +49,23 @@ impl Rng {
 }
 
 pub fn to_f16_bits(v: &[f32]) -> Vec<u16> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect()
+    v.iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect()
 }
 
 pub fn from_f16_bits(v: &[u16]) -> Vec<f32> {
-    v.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect()
+    v.iter()
+        .map(|&b| half::f16::from_bits(b).to_f32())
+        .collect()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[track_caller]

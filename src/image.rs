@@ -1,0 +1,223 @@
+//! Image preprocessing as llava-hf's CLIPImageProcessor does it: RGB, resize the shortest
+//! edge (bicubic, PIL's fixed-point two-pass resampler with antialiasing, so the uint8
+//! picture matches HF's bit for bit), centre crop, rescale and normalise. `--pad-square`
+//! first pads to a square with the mean colour, centred, as original LLaVA does.
+
+use crate::model::config::PreprocessorConfig;
+use anyhow::{bail, Context, Result};
+use image::RgbImage;
+use std::path::Path;
+
+/// Decode an image file into RGB, with errors that name the file.
+pub fn load(path: &Path) -> Result<RgbImage> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let img = image::load_from_memory(&bytes)
+        .with_context(|| format!("{}: not a readable image", path.display()))?;
+    if img.width() == 0 || img.height() == 0 {
+        bail!(
+            "{}: image is empty ({}x{})",
+            path.display(),
+            img.width(),
+            img.height()
+        );
+    }
+    Ok(img.to_rgb8())
+}
+
+/// Pad to a square with `color`, centred (LLaVA's expand2square).
+pub fn pad_square(img: &RgbImage, color: [u8; 3]) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w == h {
+        return img.clone();
+    }
+    let s = w.max(h);
+    let mut out = RgbImage::from_pixel(s, s, image::Rgb(color));
+    let (x0, y0) = ((s - w) / 2, (s - h) / 2);
+    image::imageops::replace(&mut out, img, x0 as i64, y0 as i64);
+    out
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+fn bicubic(x: f64) -> f64 {
+    let a = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    } else {
+        0.0
+    }
+}
+
+/// For each output index: first input index, and fixed-point weights.
+fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = 2.0 * filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| bicubic((x as f64 - center + 0.5) * ss))
+                .collect();
+            let total: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v };
+                    let s = v * (1i64 << PRECISION_BITS) as f64;
+                    (if s < 0.0 { s - 0.5 } else { s + 0.5 }) as i32
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+fn clip8(v: i64) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resize like PIL's `Image.resize(size, BICUBIC)`: horizontal pass, then vertical, each
+/// rounding to uint8.
+pub fn resize_bicubic(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let (iw, ih) = img.dimensions();
+    let src = img.as_raw();
+    let mut cur: Vec<u8> = src.clone();
+    let mut cw = iw as usize;
+    if w != iw {
+        let co = coefficients(iw as usize, w as usize);
+        let mut out = vec![0u8; w as usize * ih as usize * 3];
+        for y in 0..ih as usize {
+            for (x, (x0, k)) in co.iter().enumerate() {
+                for c in 0..3 {
+                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                    for (i, &kw) in k.iter().enumerate() {
+                        acc += cur[(y * cw + x0 + i) * 3 + c] as i64 * kw as i64;
+                    }
+                    out[(y * w as usize + x) * 3 + c] = clip8(acc);
+                }
+            }
+        }
+        cur = out;
+        cw = w as usize;
+    }
+    if h != ih {
+        let co = coefficients(ih as usize, h as usize);
+        let mut out = vec![0u8; cw * h as usize * 3];
+        for (y, (y0, k)) in co.iter().enumerate() {
+            for x in 0..cw {
+                for c in 0..3 {
+                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                    for (i, &kw) in k.iter().enumerate() {
+                        acc += cur[((y0 + i) * cw + x) * 3 + c] as i64 * kw as i64;
+                    }
+                    out[(y * cw + x) * 3 + c] = clip8(acc);
+                }
+            }
+        }
+        cur = out;
+    }
+    RgbImage::from_raw(w, h, cur).expect("sizes agree")
+}
+
+/// Resize (shortest edge) and centre-crop to the model's square input, as uint8.
+pub fn resize_and_crop(img: &RgbImage, shortest_edge: usize, crop: (usize, usize)) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (shortest_edge as f64 * long as f64 / short as f64) as u32;
+    let (nw, nh) = if w <= h {
+        (shortest_edge as u32, new_long)
+    } else {
+        (new_long, shortest_edge as u32)
+    };
+    let resized = resize_bicubic(img, nw, nh);
+    let (ch, cw) = (crop.0 as u32, crop.1 as u32);
+    // HF's centre crop: offsets rounded down; pads with zeros if the image is smaller.
+    let top = (nh as i64 - ch as i64).div_euclid(2);
+    let left = (nw as i64 - cw as i64).div_euclid(2);
+    let mut out = RgbImage::new(cw, ch);
+    for y in 0..ch as i64 {
+        for x in 0..cw as i64 {
+            let (sx, sy) = (x + left, y + top);
+            if sx >= 0 && sy >= 0 && sx < nw as i64 && sy < nh as i64 {
+                out.put_pixel(x as u32, y as u32, *resized.get_pixel(sx as u32, sy as u32));
+            }
+        }
+    }
+    out
+}
+
+/// The model's input: f32 [3, size, size], rescaled and normalised.
+pub fn normalize(img: &RgbImage, cfg: &PreprocessorConfig) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let n = (w * h) as usize;
+    let mut out = vec![0f32; 3 * n];
+    for (i, p) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let v = (p[c] as f64 * cfg.rescale_factor) as f32;
+            out[c * n + i] = (v - cfg.image_mean[c]) / cfg.image_std[c];
+        }
+    }
+    out
+}
+
+/// Everything from a decoded image to the pixel tensor of a `size`-pixel model.
+pub fn preprocess(
+    img: &RgbImage,
+    cfg: &PreprocessorConfig,
+    size: usize,
+    pad: bool,
+) -> Result<Vec<f32>> {
+    let padded;
+    let img = if pad {
+        let mean = cfg
+            .image_mean
+            .map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8);
+        padded = pad_square(img, mean);
+        &padded
+    } else {
+        img
+    };
+    let crop = cfg.crop(size);
+    if crop != (size, size) {
+        bail!("crop size {crop:?} differs from the vision tower's image size {size}");
+    }
+    let edge = cfg.shortest_edge(size);
+    let out = resize_and_crop(img, edge, crop);
+    Ok(normalize(&out, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coefficients_sum_to_one_in_fixed_point() {
+        for (i, o) in [(500, 336), (280, 336), (7, 3), (3, 7)] {
+            for (_, k) in coefficients(i, o) {
+                let s: i64 = k.iter().map(|&v| v as i64).sum();
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= k.len() as i64,
+                    "{i}->{o}: {s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn same_size_resize_is_identity_and_pad_centres() {
+        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 10, y as u8 * 20, 7]));
+        assert_eq!(resize_bicubic(&img, 5, 3), img);
+        let sq = pad_square(&img, [1, 2, 3]);
+        assert_eq!(sq.dimensions(), (5, 5));
+        assert_eq!(sq.get_pixel(0, 0).0, [1, 2, 3]);
+        assert_eq!(sq.get_pixel(2, 1).0, img.get_pixel(2, 0).0);
+    }
+}

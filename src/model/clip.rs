@@ -1,0 +1,218 @@
+//! The CLIP vision tower (ViT): patch embedding, CLS and position embeddings, pre-LayerNorm,
+//! then pre-LN transformer layers with QuickGELU MLPs. LLaVA reads the hidden states of
+//! layer `vision_feature_layer` (−2), so only the layers up to it are loaded and run.
+
+use super::config::ClipVisionConfig;
+use crate::gpu::{Gpu, Kernel, Tensor, Weight};
+use crate::ops::{self, attention::Heads, matmul::Act};
+use crate::weights::{names, Component};
+use anyhow::Result;
+
+/// What loading needs: the device, the checkpoint, and a byte counter for progress.
+pub struct Loader<'a> {
+    pub gpu: &'a Gpu,
+    pub ckpt: &'a crate::weights::Checkpoint,
+    pub on_bytes: &'a dyn Fn(u64),
+}
+
+impl Loader<'_> {
+    pub fn weight(&self, c: Component, name: &str, rows: usize, cols: usize) -> Result<Weight> {
+        let data = self.ckpt.f16(&names(c, name), &[rows, cols])?;
+        (self.on_bytes)(2 * data.len() as u64);
+        Weight::upload(self.gpu, name, rows, cols, &data)
+    }
+
+    /// A small tensor kept in f32 (norm weights, biases, embeddings).
+    pub fn vector(&self, c: Component, name: &str, shape: &[usize]) -> Result<wgpu::Buffer> {
+        let data = self.ckpt.f32(&names(c, name), shape)?;
+        (self.on_bytes)(4 * data.len() as u64);
+        self.gpu.storage_init(name, bytemuck::cast_slice(&data))
+    }
+
+    pub fn linear(
+        &self,
+        c: Component,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        Ok(Linear {
+            w: self.weight(c, &format!("{name}.weight"), out, inp)?,
+            b: if bias {
+                Some(self.vector(c, &format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// A linear layer: f16 weight [out, in] and an optional f32 bias.
+pub struct Linear {
+    pub w: Weight,
+    pub b: Option<wgpu::Buffer>,
+}
+
+impl Linear {
+    pub fn ops(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        y: &Tensor,
+        act: Act,
+        accumulate: bool,
+    ) -> Result<Vec<Kernel>> {
+        ops::matmul::linear(gpu, x, &self.w, self.b.as_ref(), y, act, accumulate)
+    }
+}
+
+struct LayerNorm {
+    w: wgpu::Buffer,
+    b: wgpu::Buffer,
+}
+
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+pub struct ClipVisionTower {
+    pub cfg: ClipVisionConfig,
+    patch_embedding: Weight,
+    class_embedding: wgpu::Buffer,
+    position_embedding: wgpu::Buffer,
+    pre_layrnorm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+}
+
+/// The buffers of one encoder run, allocated once per image size.
+pub struct VisionPass {
+    pub kernels: Vec<Kernel>,
+    /// Hidden states after the last layer run: [1 + patches, hidden] (CLS first).
+    pub out: Tensor,
+}
+
+impl ClipVisionTower {
+    pub fn patches(&self) -> usize {
+        let g = self.cfg.image_size / self.cfg.patch_size;
+        g * g
+    }
+
+    pub fn load(l: &Loader, cfg: &ClipVisionConfig, layers_to_run: usize) -> Result<Self> {
+        let (d, p, m) = (cfg.hidden_size, cfg.patch_size, cfg.intermediate_size);
+        let v = Component::Vision;
+        let n_pos = (cfg.image_size / p).pow(2) + 1;
+        let conv = l.ckpt.f16(
+            &names(v, "embeddings.patch_embedding.weight"),
+            &[d, 3, p, p],
+        )?;
+        (l.on_bytes)(2 * conv.len() as u64);
+        let ln = |name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                w: l.vector(v, &format!("{name}.weight"), &[d])?,
+                b: l.vector(v, &format!("{name}.bias"), &[d])?,
+            })
+        };
+        let mut layers = Vec::new();
+        for i in 0..layers_to_run {
+            let n = |s: &str| format!("encoder.layers.{i}.{s}");
+            layers.push(EncoderLayer {
+                layer_norm1: ln(&n("layer_norm1"))?,
+                q_proj: l.linear(v, &n("self_attn.q_proj"), d, d, true)?,
+                k_proj: l.linear(v, &n("self_attn.k_proj"), d, d, true)?,
+                v_proj: l.linear(v, &n("self_attn.v_proj"), d, d, true)?,
+                out_proj: l.linear(v, &n("self_attn.out_proj"), d, d, true)?,
+                layer_norm2: ln(&n("layer_norm2"))?,
+                fc1: l.linear(v, &n("mlp.fc1"), m, d, true)?,
+                fc2: l.linear(v, &n("mlp.fc2"), d, m, true)?,
+            });
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embedding: Weight::upload(l.gpu, "patch_embedding", d, 3 * p * p, &conv)?,
+            class_embedding: l.vector(v, "embeddings.class_embedding", &[d])?,
+            position_embedding: l.vector(v, "embeddings.position_embedding.weight", &[n_pos, d])?,
+            pre_layrnorm: ln("pre_layrnorm")?,
+            layers,
+        })
+    }
+
+    /// Encode the vision tower over `pixels` ([3, image_size, image_size] f32, normalised).
+    pub fn pass(&self, gpu: &Gpu, pixels: &wgpu::Buffer) -> Result<VisionPass> {
+        let c = &self.cfg;
+        let (d, m, p) = (c.hidden_size, c.intermediate_size, c.patch_size);
+        let n = self.patches();
+        let t = n + 1;
+        let eps = c.layer_norm_eps as f32;
+        let heads = Heads {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_attention_heads,
+            hd: d / c.num_attention_heads,
+        };
+
+        let cols = Tensor::new(gpu, "vision.im2col", n, 3 * p * p)?;
+        let patches = Tensor::new(gpu, "vision.patches", n, d)?;
+        let embed = Tensor::new(gpu, "vision.embed", t, d)?;
+        let x = Tensor::new(gpu, "vision.x", t, d)?;
+        let h = Tensor::new(gpu, "vision.h", t, d)?;
+        let q = Tensor::new(gpu, "vision.q", t, d)?;
+        let k = Tensor::new(gpu, "vision.k", t, d)?;
+        let v = Tensor::new(gpu, "vision.v", t, d)?;
+        let attn = Tensor::new(gpu, "vision.attn", t, d)?;
+        let mlp = Tensor::new(gpu, "vision.mlp", t, m)?;
+
+        let mut ks = vec![ops::embed::im2col(gpu, pixels, c.image_size, p, &cols)?];
+        ks.extend(ops::matmul::linear(
+            gpu,
+            &cols,
+            &self.patch_embedding,
+            None,
+            &patches,
+            Act::None,
+            false,
+        )?);
+        ks.push(ops::embed::clip_embed(
+            gpu,
+            &patches,
+            &self.class_embedding,
+            &self.position_embedding,
+            &embed,
+        )?);
+        let pre = &self.pre_layrnorm;
+        ks.push(ops::norm::norm(
+            gpu,
+            &embed,
+            0,
+            &pre.w,
+            Some(&pre.b),
+            eps,
+            &x,
+        )?);
+        for layer in &self.layers {
+            let ln1 = &layer.layer_norm1;
+            ks.push(ops::norm::norm(gpu, &x, 0, &ln1.w, Some(&ln1.b), eps, &h)?);
+            ks.extend(layer.q_proj.ops(gpu, &h, &q, Act::None, false)?);
+            ks.extend(layer.k_proj.ops(gpu, &h, &k, Act::None, false)?);
+            ks.extend(layer.v_proj.ops(gpu, &h, &v, Act::None, false)?);
+            ks.push(ops::attention::prefill(
+                gpu, heads, &q, &k, &v, t, false, 0, &attn,
+            )?);
+            ks.extend(layer.out_proj.ops(gpu, &attn, &x, Act::None, true)?);
+            let ln2 = &layer.layer_norm2;
+            ks.push(ops::norm::norm(gpu, &x, 0, &ln2.w, Some(&ln2.b), eps, &h)?);
+            ks.extend(layer.fc1.ops(gpu, &h, &mlp, Act::QuickGelu, false)?);
+            ks.extend(layer.fc2.ops(gpu, &mlp, &x, Act::None, true)?);
+        }
+        Ok(VisionPass {
+            kernels: ks,
+            out: x,
+        })
+    }
+}
