@@ -10,6 +10,7 @@ pub const DEFAULT_MODEL: &str = "tests/fixtures/tiny-llava";
 #[derive(Parser, Debug)]
 #[command(
     name = "vlm-run",
+    allow_negative_numbers = true,
     version,
     about = "Answer questions about images with LLaVA-style vision-language models, on any \
              Vulkan, Metal or DX12 GPU.",

@@ -1,0 +1,171 @@
+//! Bad input through the `vlm-run` binary: each case exits non-zero with one line on stderr
+//! that names the file or limit, and never panics.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llava")
+}
+
+/// A writable copy of the fixture model.
+fn copy_fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    dir
+}
+
+/// Run the CLI; assert failure with a one-line error containing every `needles`.
+#[track_caller]
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded; stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
+    }
+}
+
+fn img_a() -> String {
+    fixture().join("a.png").display().to_string()
+}
+
+#[test]
+fn missing_model_directory() {
+    fails_with(&["--model", "/no/such/model", "--image", &img_a(), "--prompt", "hi"], &["/no/such/model", "does not exist"]);
+}
+
+#[test]
+fn truncated_safetensors_shard() {
+    let dir = copy_fixture();
+    let shard = dir.path().join("model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    let m = dir.path().display().to_string();
+    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["model-00002-of-00002.safetensors", "invalid safetensors"]);
+}
+
+#[test]
+fn safetensors_header_with_bad_length_or_offsets() {
+    let dir = copy_fixture();
+    let shard = dir.path().join("model-00001-of-00002.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&shard, &bytes).unwrap();
+    let m = dir.path().display().to_string();
+    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["model-00001-of-00002.safetensors"]);
+
+    // Offsets that point past the data.
+    let dir = copy_fixture();
+    let shard = dir.path().join("model-00001-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    let bad = header.replacen("\"data_offsets\":[0,", "\"data_offsets\":[9,", 1);
+    assert_ne!(bad, header);
+    let mut out = bytes[..8].to_vec();
+    out.extend_from_slice(bad.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&shard, &out).unwrap();
+    let m = dir.path().display().to_string();
+    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["model-00001-of-00002.safetensors", "invalid safetensors"]);
+}
+
+#[test]
+fn tensor_missing_from_the_index() {
+    let dir = copy_fixture();
+    let index = dir.path().join("model.safetensors.index.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    let name = "language_model.model.layers.1.mlp.up_proj.weight";
+    assert!(v["weight_map"].as_object_mut().unwrap().remove(name).is_some());
+    std::fs::write(&index, v.to_string()).unwrap();
+    let m = dir.path().display().to_string();
+    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["layers.1.mlp.up_proj.weight", "not found"]);
+}
+
+#[test]
+fn shape_that_disagrees_with_config() {
+    let dir = copy_fixture();
+    let cfg = dir.path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["text_config"]["intermediate_size"] = serde_json::json!(200);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let m = dir.path().display().to_string();
+    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["gate_proj.weight", "[160, 96]", "[200, 96]"]);
+}
+
+#[test]
+fn image_that_is_not_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.png");
+    std::fs::write(&p, "this is text, not pixels").unwrap();
+    let ps = p.display().to_string();
+    fails_with(&["--image", &ps, "--prompt", "hi"], &["notes.png", "not a readable image"]);
+    let missing = dir.path().join("missing.jpg").display().to_string();
+    fails_with(&["--image", &missing, "--prompt", "hi"], &["missing.jpg", "cannot read image"]);
+}
+
+#[test]
+fn image_of_zero_by_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("empty.gif");
+    // A GIF whose logical screen is 0x0 and that holds no frame.
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x3B]);
+    std::fs::write(&p, &gif).unwrap();
+    let ps = p.display().to_string();
+    fails_with(&["--image", &ps, "--prompt", "hi"], &["empty.gif"]);
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let long = "red circle ".repeat(400);
+    fails_with(&["--image", &img_a(), "--prompt", &long], &["exceeds the model's context of 1024 tokens"]);
+}
+
+#[test]
+fn zero_max_tokens_and_bad_sampling_options() {
+    fails_with(&["--image", &img_a(), "--prompt", "hi", "--max-tokens", "0"], &["--max-tokens"]);
+    fails_with(&["--image", &img_a(), "--prompt", "hi", "--top-p", "0"], &["--top-p"]);
+    fails_with(&["--image", &img_a(), "--prompt", "hi", "--temperature", "-1"], &["--temperature"]);
+}
+
+#[test]
+fn cli_json_gives_the_reference_tokens_and_nothing_else_on_stdout() {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap()).unwrap();
+    let case = &r["cases"][2];
+    let image = fixture().join(case["image"].as_str().unwrap()).display().to_string();
+    let m = fixture().display().to_string();
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+        .args(["--model", &m, "--image", &image, "--prompt", case["prompt"].as_str().unwrap(), "--max-tokens", "16", "--json"])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "stdout must be one JSON line: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["tokens"], case["tokens"]);
+    assert_eq!(v["visual_tokens"], 576);
+    for k in ["text", "prompt_tokens", "kv_cache_bytes"] {
+        assert!(v.get(k).is_some(), "missing {k}");
+    }
+    for k in ["load", "encode", "prefill", "decode"] {
+        assert!(v["timings_ms"][k].as_f64().unwrap() >= 0.0, "timings_ms.{k}");
+    }
+}

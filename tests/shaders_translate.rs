@@ -1,0 +1,77 @@
+//! Every kernel, in every variant the engine builds, parses and validates with naga and
+//! translates to MSL (Metal) and HLSL (DX12), so those backends cannot rot unseen.
+
+use vlm_run::gpu::shader::{preprocess, Defines, KERNEL_FAMILIES};
+
+/// Flags each family is built with besides F16 / SUBGROUPS (each list is one variant).
+fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
+    match family {
+        "matmul" => vec![
+            vec![],
+            vec!["BIAS"],
+            vec!["BIAS", "ACT_GELU"],
+            vec!["BIAS", "ACT_QUICK_GELU"],
+            vec!["ACT_QUICK_GELU"],
+            vec!["ACCUMULATE"],
+            vec!["BIAS", "ACCUMULATE"],
+        ],
+        "norm" => vec![vec![], vec!["LAYER_NORM"]],
+        "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
+        "softmax" => vec![vec![], vec!["STEP_LEN"]],
+        _ => vec![vec![]],
+    }
+}
+
+#[test]
+fn every_kernel_variant_translates_to_msl_and_hlsl() {
+    let mut count = 0;
+    for family in KERNEL_FAMILIES {
+        for extra in family_variants(family) {
+            for (f16, sg) in [(false, false), (true, false), (false, true), (true, true)] {
+                let mut d = Defines::new();
+                if f16 {
+                    d.flag("F16");
+                }
+                if sg {
+                    d.flag("SUBGROUPS");
+                }
+                for f in &extra {
+                    d.flag(f);
+                }
+                d.set("HD", 64).set("KT", 16);
+                let src = preprocess(family, &d).unwrap();
+                let what = format!("{family}.wgsl [{}]", d.key());
+                let module = naga::front::wgsl::parse_str(&src)
+                    .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&src)));
+                let info = naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::all(),
+                )
+                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&src)));
+
+                let msl_opts = naga::back::msl::Options {
+                    lang_version: (2, 4),
+                    ..Default::default()
+                };
+                naga::back::msl::write_string(&module, &info, &msl_opts, &Default::default())
+                    .unwrap_or_else(|e| panic!("{what} -> MSL: {e}"));
+
+                let hlsl_opts = naga::back::hlsl::Options {
+                    shader_model: naga::back::hlsl::ShaderModel::V6_2,
+                    ..Default::default()
+                };
+                let pipeline = naga::back::hlsl::PipelineOptions::default();
+                let mut out = String::new();
+                naga::back::hlsl::Writer::new(&mut out, &hlsl_opts, &pipeline)
+                    .write(&module, &info, None)
+                    .unwrap_or_else(|e| panic!("{what} -> HLSL: {e}"));
+                assert!(out.contains("numthreads"), "{what}: no compute entry in HLSL");
+                count += 1;
+            }
+        }
+    }
+    assert_eq!(count, 4 * (7 + 2 + 2 + 2 + 4));
+}
