@@ -28,7 +28,10 @@ fn fails_with(args: &[&str], needles: &[&str]) {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "{args:?} succeeded; stderr: {stderr}"
+    );
     assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -45,7 +48,17 @@ fn img_a() -> String {
 
 #[test]
 fn missing_model_directory() {
-    fails_with(&["--model", "/no/such/model", "--image", &img_a(), "--prompt", "hi"], &["/no/such/model", "does not exist"]);
+    fails_with(
+        &[
+            "--model",
+            "/no/such/model",
+            "--image",
+            &img_a(),
+            "--prompt",
+            "hi",
+        ],
+        &["/no/such/model", "does not exist"],
+    );
 }
 
 #[test]
@@ -55,7 +68,10 @@ fn truncated_safetensors_shard() {
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
     let m = dir.path().display().to_string();
-    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["model-00002-of-00002.safetensors", "invalid safetensors"]);
+    fails_with(
+        &["--model", &m, "--image", &img_a(), "--prompt", "hi"],
+        &["model-00002-of-00002.safetensors", "invalid safetensors"],
+    );
 }
 
 #[test]
@@ -66,7 +82,10 @@ fn safetensors_header_with_bad_length_or_offsets() {
     bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     std::fs::write(&shard, &bytes).unwrap();
     let m = dir.path().display().to_string();
-    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["model-00001-of-00002.safetensors"]);
+    fails_with(
+        &["--model", &m, "--image", &img_a(), "--prompt", "hi"],
+        &["model-00001-of-00002.safetensors"],
+    );
 
     // Offsets that point past the data.
     let dir = copy_fixture();
@@ -81,30 +100,45 @@ fn safetensors_header_with_bad_length_or_offsets() {
     out.extend_from_slice(&bytes[8 + n..]);
     std::fs::write(&shard, &out).unwrap();
     let m = dir.path().display().to_string();
-    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["model-00001-of-00002.safetensors", "invalid safetensors"]);
+    fails_with(
+        &["--model", &m, "--image", &img_a(), "--prompt", "hi"],
+        &["model-00001-of-00002.safetensors", "invalid safetensors"],
+    );
 }
 
 #[test]
 fn tensor_missing_from_the_index() {
     let dir = copy_fixture();
     let index = dir.path().join("model.safetensors.index.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
     let name = "language_model.model.layers.1.mlp.up_proj.weight";
-    assert!(v["weight_map"].as_object_mut().unwrap().remove(name).is_some());
+    assert!(v["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove(name)
+        .is_some());
     std::fs::write(&index, v.to_string()).unwrap();
     let m = dir.path().display().to_string();
-    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["layers.1.mlp.up_proj.weight", "not found"]);
+    fails_with(
+        &["--model", &m, "--image", &img_a(), "--prompt", "hi"],
+        &["layers.1.mlp.up_proj.weight", "not found"],
+    );
 }
 
 #[test]
 fn shape_that_disagrees_with_config() {
     let dir = copy_fixture();
     let cfg = dir.path().join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     v["text_config"]["intermediate_size"] = serde_json::json!(200);
     std::fs::write(&cfg, v.to_string()).unwrap();
     let m = dir.path().display().to_string();
-    fails_with(&["--model", &m, "--image", &img_a(), "--prompt", "hi"], &["gate_proj.weight", "[160, 96]", "[200, 96]"]);
+    fails_with(
+        &["--model", &m, "--image", &img_a(), "--prompt", "hi"],
+        &["gate_proj.weight", "[160, 96]", "[200, 96]"],
+    );
 }
 
 #[test]
@@ -113,9 +147,15 @@ fn image_that_is_not_an_image() {
     let p = dir.path().join("notes.png");
     std::fs::write(&p, "this is text, not pixels").unwrap();
     let ps = p.display().to_string();
-    fails_with(&["--image", &ps, "--prompt", "hi"], &["notes.png", "not a readable image"]);
+    fails_with(
+        &["--image", &ps, "--prompt", "hi"],
+        &["notes.png", "not a readable image"],
+    );
     let missing = dir.path().join("missing.jpg").display().to_string();
-    fails_with(&["--image", &missing, "--prompt", "hi"], &["missing.jpg", "cannot read image"]);
+    fails_with(
+        &["--image", &missing, "--prompt", "hi"],
+        &["missing.jpg", "cannot read image"],
+    );
 }
 
 #[test]
@@ -133,32 +173,66 @@ fn image_of_zero_by_zero() {
 #[test]
 fn prompt_longer_than_the_context() {
     let long = "red circle ".repeat(400);
-    fails_with(&["--image", &img_a(), "--prompt", &long], &["exceeds the model's context of 1024 tokens"]);
+    fails_with(
+        &["--image", &img_a(), "--prompt", &long],
+        &["exceeds the model's context of 1024 tokens"],
+    );
 }
 
 #[test]
 fn zero_max_tokens_and_bad_sampling_options() {
-    fails_with(&["--image", &img_a(), "--prompt", "hi", "--max-tokens", "0"], &["--max-tokens"]);
-    fails_with(&["--image", &img_a(), "--prompt", "hi", "--top-p", "0"], &["--top-p"]);
-    fails_with(&["--image", &img_a(), "--prompt", "hi", "--temperature", "-1"], &["--temperature"]);
+    fails_with(
+        &["--image", &img_a(), "--prompt", "hi", "--max-tokens", "0"],
+        &["--max-tokens"],
+    );
+    fails_with(
+        &["--image", &img_a(), "--prompt", "hi", "--top-p", "0"],
+        &["--top-p"],
+    );
+    fails_with(
+        &["--image", &img_a(), "--prompt", "hi", "--temperature", "-1"],
+        &["--temperature"],
+    );
 }
 
 #[test]
 fn cli_json_gives_the_reference_tokens_and_nothing_else_on_stdout() {
     let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
+            .unwrap();
     let case = &r["cases"][2];
-    let image = fixture().join(case["image"].as_str().unwrap()).display().to_string();
+    let image = fixture()
+        .join(case["image"].as_str().unwrap())
+        .display()
+        .to_string();
     let m = fixture().display().to_string();
     let runtime = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
-        .args(["--model", &m, "--image", &image, "--prompt", case["prompt"].as_str().unwrap(), "--max-tokens", "16", "--json"])
+        .args([
+            "--model",
+            &m,
+            "--image",
+            &image,
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--max-tokens",
+            "16",
+            "--json",
+        ])
         .env("XDG_RUNTIME_DIR", runtime.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 1, "stdout must be one JSON line: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "stdout must be one JSON line: {stdout}"
+    );
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["tokens"], case["tokens"]);
     assert_eq!(v["visual_tokens"], 576);
@@ -166,6 +240,9 @@ fn cli_json_gives_the_reference_tokens_and_nothing_else_on_stdout() {
         assert!(v.get(k).is_some(), "missing {k}");
     }
     for k in ["load", "encode", "prefill", "decode"] {
-        assert!(v["timings_ms"][k].as_f64().unwrap() >= 0.0, "timings_ms.{k}");
+        assert!(
+            v["timings_ms"][k].as_f64().unwrap() >= 0.0,
+            "timings_ms.{k}"
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! every (f16, subgroups) variant the adapter offers. Weights are f16 on the GPU, so the
 //! references use the same f16-rounded weights; the tolerances cover f32 summation order.
 
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+
 mod common;
 use common::*;
 use vlm_run::gpu::{Gpu, GpuOptions, Step, Tensor, Weight};

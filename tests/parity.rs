@@ -17,13 +17,28 @@ fn fixture() -> PathBuf {
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
+        .unwrap()
 }
 
 fn engines() -> Vec<(&'static str, Engine)> {
     let paths = [
-        ("f16 + subgroups", GpuOptions { f16: None, subgroups: None, max_binding: None }),
-        ("f32 unpack + workgroup memory", GpuOptions { f16: Some(false), subgroups: Some(false), max_binding: None }),
+        (
+            "f16 + subgroups",
+            GpuOptions {
+                f16: None,
+                subgroups: None,
+                max_binding: None,
+            },
+        ),
+        (
+            "f32 unpack + workgroup memory",
+            GpuOptions {
+                f16: Some(false),
+                subgroups: Some(false),
+                max_binding: None,
+            },
+        ),
     ];
     paths
         .into_iter()
@@ -36,10 +51,22 @@ fn preprocessing_matches_hf_pixels_exactly() {
     let cfg = vlm_run::model::config::PreprocessorConfig::load_or_default(&fixture(), 336).unwrap();
     let img = vlm_run::image::load(&fixture().join("a.png")).unwrap();
     let ours = vlm_run::image::resize_and_crop(&img, cfg.shortest_edge(336), cfg.crop(336));
-    let theirs = image::open(fixture().join("reference_pixels_a.png")).unwrap().to_rgb8();
+    let theirs = image::open(fixture().join("reference_pixels_a.png"))
+        .unwrap()
+        .to_rgb8();
     assert_eq!(ours.dimensions(), theirs.dimensions());
-    let diff = ours.as_raw().iter().zip(theirs.as_raw()).filter(|(a, b)| a != b).count();
-    assert_eq!(diff, 0, "{diff} of {} uint8 values differ from HF", ours.as_raw().len());
+    let diff = ours
+        .as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        diff,
+        0,
+        "{diff} of {} uint8 values differ from HF",
+        ours.as_raw().len()
+    );
 }
 
 #[test]
@@ -58,22 +85,44 @@ fn projector_logits_and_greedy_tokens_match_transformers() {
         assert!(d <= PROJECTOR_TOL, "{name}: projector differs by {d}");
 
         for case in r["cases"].as_array().unwrap() {
-            let img = vlm_run::image::load(&fixture().join(case["image"].as_str().unwrap())).unwrap();
+            let img =
+                vlm_run::image::load(&fixture().join(case["image"].as_str().unwrap())).unwrap();
             let prompt = case["prompt"].as_str().unwrap();
             let want_ids: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
-            let opts = GenerateOptions { max_tokens: 16, keep_prefill_logits: true, ..Default::default() };
-            assert_eq!(engine.prompt_ids(prompt, &opts, true).unwrap(), want_ids, "tokenizer");
-            let out = engine.generate(Some(&img), prompt, &opts, &mut |_| {}).unwrap();
-            let want_logits: Vec<f32> = serde_json::from_value(case["last_logits"].clone()).unwrap();
+            let opts = GenerateOptions {
+                max_tokens: 16,
+                keep_prefill_logits: true,
+                ..Default::default()
+            };
+            assert_eq!(
+                engine.prompt_ids(prompt, &opts, true).unwrap(),
+                want_ids,
+                "tokenizer"
+            );
+            let out = engine
+                .generate(Some(&img), prompt, &opts, &mut |_| {})
+                .unwrap();
+            let want_logits: Vec<f32> =
+                serde_json::from_value(case["last_logits"].clone()).unwrap();
             let d = max_abs_diff(out.prefill_logits.as_ref().unwrap(), &want_logits);
-            eprintln!("{name}: {} {prompt:?}: logits max abs diff {d:.2e}", case["image"]);
+            eprintln!(
+                "{name}: {} {prompt:?}: logits max abs diff {d:.2e}",
+                case["image"]
+            );
             assert!(d <= LOGITS_TOL, "{name}: logits differ by {d}");
             let want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
-            assert_eq!(out.tokens, want, "{name}: greedy tokens for {} {prompt:?}", case["image"]);
+            assert_eq!(
+                out.tokens, want,
+                "{name}: greedy tokens for {} {prompt:?}",
+                case["image"]
+            );
             assert_eq!(out.visual_tokens, 576);
             assert_eq!(out.prompt_tokens, want_ids.len() - 1 + 576);
             // f32 KV cache: 2 layers x (K, V) x (prompt + 16) rows x (2 KV heads x 16) x 4 bytes.
-            assert_eq!(out.kv_cache_bytes, (2 * 2 * (out.prompt_tokens + 16) * 32 * 4) as u64);
+            assert_eq!(
+                out.kv_cache_bytes,
+                (2 * 2 * (out.prompt_tokens + 16) * 32 * 4) as u64
+            );
         }
     }
 }
@@ -81,13 +130,26 @@ fn projector_logits_and_greedy_tokens_match_transformers() {
 #[test]
 fn weights_split_by_rows_give_the_same_tokens() {
     // 4 KiB chunks split the 96-wide embed_tokens and lm_head (and every other matrix).
-    let opts = GpuOptions { max_binding: Some(4096), ..Default::default() };
+    let opts = GpuOptions {
+        max_binding: Some(4096),
+        ..Default::default()
+    };
     let engine = Engine::load(&fixture(), &opts, &|_| {}).unwrap();
     let r = reference();
     let case = &r["cases"][1];
     let img = vlm_run::image::load(&fixture().join(case["image"].as_str().unwrap())).unwrap();
-    let gen = GenerateOptions { max_tokens: 16, ..Default::default() };
-    let out = engine.generate(Some(&img), case["prompt"].as_str().unwrap(), &gen, &mut |_| {}).unwrap();
+    let gen = GenerateOptions {
+        max_tokens: 16,
+        ..Default::default()
+    };
+    let out = engine
+        .generate(
+            Some(&img),
+            case["prompt"].as_str().unwrap(),
+            &gen,
+            &mut |_| {},
+        )
+        .unwrap();
     let want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
     assert_eq!(out.tokens, want);
 }
@@ -101,7 +163,10 @@ fn newer_transformers_tensor_names_load_too() {
         std::fs::copy(fixture().join(f), dir.path().join(f)).unwrap();
     }
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
         let bytes = std::fs::read(fixture().join(shard)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for (name, v) in st.tensors() {
@@ -115,15 +180,30 @@ fn newer_transformers_tensor_names_load_too() {
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
     let engine = Engine::load(dir.path(), &GpuOptions::default(), &|_| {}).unwrap();
     let r = reference();
     let case = &r["cases"][0];
     let img = vlm_run::image::load(&fixture().join(case["image"].as_str().unwrap())).unwrap();
-    let gen = GenerateOptions { max_tokens: 16, ..Default::default() };
-    let out = engine.generate(Some(&img), case["prompt"].as_str().unwrap(), &gen, &mut |_| {}).unwrap();
+    let gen = GenerateOptions {
+        max_tokens: 16,
+        ..Default::default()
+    };
+    let out = engine
+        .generate(
+            Some(&img),
+            case["prompt"].as_str().unwrap(),
+            &gen,
+            &mut |_| {},
+        )
+        .unwrap();
     let want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
     assert_eq!(out.tokens, want);
 }
@@ -136,12 +216,20 @@ fn sampling_is_reproducible_by_seed() {
         let opts = GenerateOptions {
             max_tokens: 12,
             seed,
-            sampling: vlm_run::Sampling { temperature: 1.0, top_p: 0.9 },
+            sampling: vlm_run::Sampling {
+                temperature: 1.0,
+                top_p: 0.9,
+            },
             ..Default::default()
         };
-        engine.generate(Some(&img), "Describe it.", &opts, &mut |_| {}).unwrap().tokens
+        engine
+            .generate(Some(&img), "Describe it.", &opts, &mut |_| {})
+            .unwrap()
+            .tokens
     };
     let (a, b) = (run(7), run(7));
     assert_eq!(a, b);
-    assert!(a.iter().all(|&t| (t as usize) < engine.model.llm.cfg.vocab_size));
+    assert!(a
+        .iter()
+        .all(|&t| (t as usize) < engine.model.llm.cfg.vocab_size));
 }

@@ -68,7 +68,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 naga::back::hlsl::Writer::new(&mut out, &hlsl_opts, &pipeline)
                     .write(&module, &info, None)
                     .unwrap_or_else(|e| panic!("{what} -> HLSL: {e}"));
-                assert!(out.contains("numthreads"), "{what}: no compute entry in HLSL");
+                assert!(
+                    out.contains("numthreads"),
+                    "{what}: no compute entry in HLSL"
+                );
                 count += 1;
             }
         }

@@ -255,7 +255,7 @@ impl Gpu {
     /// A storage buffer holding `data`.
     pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
         let buf = self.storage_buffer(label, data.len() as u64)?;
-        if data.len() % 4 == 0 {
+        if data.len().is_multiple_of(4) {
             self.queue.write_buffer(&buf, 0, data);
         } else {
             let mut padded = data.to_vec();

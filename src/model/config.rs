@@ -151,14 +151,14 @@ impl LlavaConfig {
         }
         let v = &self.vision_config;
         let t = &self.text_config;
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             bail!(
                 "image_size {} is not a multiple of patch_size {}",
                 v.image_size,
                 v.patch_size
             );
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             bail!(
                 "vision hidden_size {} does not split into {} heads",
                 v.hidden_size,
@@ -167,7 +167,7 @@ impl LlavaConfig {
         }
         if t.num_attention_heads == 0
             || t.kv_heads() == 0
-            || t.num_attention_heads % t.kv_heads() != 0
+            || !t.num_attention_heads.is_multiple_of(t.kv_heads())
         {
             bail!(
                 "{} attention heads cannot share {} KV heads",
@@ -175,7 +175,7 @@ impl LlavaConfig {
                 t.kv_heads()
             );
         }
-        if t.head_dim() % 2 != 0 || t.head_dim() == 0 {
+        if !t.head_dim().is_multiple_of(2) || t.head_dim() == 0 {
             bail!("head_dim {} must be even", t.head_dim());
         }
         if v.hidden_act != "quick_gelu" {
@@ -348,7 +348,7 @@ fn clip_mean() -> [f32; 3] {
     [0.481_454_66, 0.457_827_5, 0.408_210_73]
 }
 fn clip_std() -> [f32; 3] {
-    [0.268_629_54, 0.261_302_58, 0.275_777_1]
+    [0.268_629_54, 0.261_302_6, 0.275_777_1]
 }
 fn rescale() -> f64 {
     1.0 / 255.0

@@ -32,7 +32,7 @@ pub struct Heads {
 
 impl Heads {
     fn check(&self, q: &Tensor, k: &Tensor) -> Result<()> {
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             bail!(
                 "attention: {} heads cannot share {} KV heads",
                 self.heads,
@@ -111,6 +111,7 @@ pub fn prefill(
 
 /// Decode attention of one query row over the KV cache rows `0 .. step.kv_len`.
 /// `scores` is [heads, ctx] scratch; after the pass it holds the attention probabilities.
+#[allow(clippy::too_many_arguments)]
 pub fn decode(
     gpu: &Gpu,
     h: Heads,

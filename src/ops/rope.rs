@@ -40,7 +40,7 @@ pub fn rope(
     positions: &wgpu::Buffer,
     table: &wgpu::Buffer,
 ) -> Result<Kernel> {
-    if heads * hd > x.cols || hd % 2 != 0 {
+    if heads * hd > x.cols || !hd.is_multiple_of(2) {
         bail!("rope: {heads} heads of {hd} in rows of {}", x.cols);
     }
     let p = Params {
