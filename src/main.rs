@@ -22,15 +22,11 @@ fn run(args: cli::Args) -> Result<()> {
     if args.max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
     }
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        bail!(
-            "--temperature must be a number >= 0, got {}",
-            args.temperature
-        );
-    }
-    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1], got {}", args.top_p);
-    }
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_p: args.top_p,
+    };
+    sampling.validate()?;
     let model_dir = args.model.clone().unwrap_or_else(default_model);
     if !model_dir.is_dir() {
         bail!("model directory {} does not exist", model_dir.display());
@@ -60,10 +56,7 @@ fn run(args: cli::Args) -> Result<()> {
 
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
-        sampling: Sampling {
-            temperature: args.temperature,
-            top_p: args.top_p,
-        },
+        sampling,
         seed: args.seed,
         pad_square: args.pad_square,
         template: args.template.clone(),

@@ -127,6 +127,29 @@ fn projector_logits_and_greedy_tokens_match_transformers() {
     }
 }
 
+/// Greedy tokens of reference case `i` on `engine`, and the reference's.
+fn run_case(engine: &Engine, i: usize) -> (Vec<u32>, Vec<u32>) {
+    let r = reference();
+    let case = &r["cases"][i];
+    let img = vlm_run::image::load(&fixture().join(case["image"].as_str().unwrap())).unwrap();
+    let gen = GenerateOptions {
+        max_tokens: 16,
+        ..Default::default()
+    };
+    let out = engine
+        .generate(
+            Some(&img),
+            case["prompt"].as_str().unwrap(),
+            &gen,
+            &mut |_| {},
+        )
+        .unwrap();
+    (
+        out.tokens,
+        serde_json::from_value(case["tokens"].clone()).unwrap(),
+    )
+}
+
 #[test]
 fn weights_split_by_rows_give_the_same_tokens() {
     // 4 KiB chunks split the 96-wide embed_tokens and lm_head (and every other matrix).
@@ -189,23 +212,8 @@ fn newer_transformers_tensor_names_load_too() {
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
     let engine = Engine::load(dir.path(), &GpuOptions::default(), &|_| {}).unwrap();
-    let r = reference();
-    let case = &r["cases"][0];
-    let img = vlm_run::image::load(&fixture().join(case["image"].as_str().unwrap())).unwrap();
-    let gen = GenerateOptions {
-        max_tokens: 16,
-        ..Default::default()
-    };
-    let out = engine
-        .generate(
-            Some(&img),
-            case["prompt"].as_str().unwrap(),
-            &gen,
-            &mut |_| {},
-        )
-        .unwrap();
-    let want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
-    assert_eq!(out.tokens, want);
+    let (got, want) = run_case(&engine, 0);
+    assert_eq!(got, want);
 }
 
 #[test]

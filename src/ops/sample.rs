@@ -29,6 +29,20 @@ impl Sampling {
             top_p: 1.0,
         }
     }
+
+    /// Reject values the kernels cannot use, naming the CLI option.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!(
+                "--temperature must be a finite number >= 0, got {}",
+                self.temperature
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        Ok(())
+    }
 }
 
 /// Write the chosen token id of `logits[0..n]` to `token[0]`.
@@ -41,15 +55,7 @@ pub fn choose(
     step: &wgpu::Buffer,
 ) -> Result<Kernel> {
     check_len("logits", logits, n)?;
-    if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
-        bail!(
-            "temperature must be a finite number >= 0, got {}",
-            s.temperature
-        );
-    }
-    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-        bail!("top-p must be in (0, 1], got {}", s.top_p);
-    }
+    s.validate()?;
     let p = Params {
         n: n as u32,
         temperature: s.temperature,
