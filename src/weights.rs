@@ -178,27 +178,24 @@ impl Checkpoint {
     }
 
     /// A tensor converted to f16 bits (from f32, f16 or bf16), checked against `shape`.
+    /// Values beyond f16's range are an error rather than a silent infinity.
     pub fn f16(&self, names: &[String], shape: &[usize]) -> Result<Vec<u16>> {
         let (name, e) = self.entry(names, shape)?;
-        let bytes = &self.shards[e.shard].map[e.start..e.end];
-        Ok(match e.dtype {
-            Dtype::F16 => bytes
+        if e.dtype == Dtype::F16 {
+            let bytes = &self.shards[e.shard].map[e.start..e.end];
+            return Ok(bytes
                 .chunks_exact(2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| {
-                    f16::from_f32(bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-                        .to_bits()
-                })
-                .collect(),
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_bits())
-                .collect(),
-            d => bail!("{name}: dtype {d:?} is not supported (f32, f16, bf16)"),
-        })
+                .collect());
+        }
+        let values = self.f32(names, shape)?;
+        if let Some(v) = values
+            .iter()
+            .find(|v| v.is_finite() && v.abs() > f16::MAX.to_f32())
+        {
+            bail!("tensor {name} holds {v}, beyond the f16 range the engine stores weights in");
+        }
+        Ok(values.iter().map(|&v| f16::from_f32(v).to_bits()).collect())
     }
 
     /// A tensor converted to f32, checked against `shape`.
@@ -253,4 +250,40 @@ pub enum Component {
     Projector,
     Language,
     LmHead,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_beyond_f16_are_an_error_naming_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let big: Vec<u8> = [1.0f32, 1e6].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let views = vec![
+            (
+                "ok".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &ok).unwrap(),
+            ),
+            (
+                "big".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &big).unwrap(),
+            ),
+        ];
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+        let ck = Checkpoint::open(dir.path()).unwrap();
+        let f = ck.f16(&["ok".to_string()], &[2]).unwrap();
+        assert_eq!(
+            f,
+            vec![f16::from_f32(1.5).to_bits(), f16::from_f32(-2.0).to_bits()]
+        );
+        let e = ck.f16(&["big".to_string()], &[2]).unwrap_err().to_string();
+        assert!(e.contains("big") && e.contains("f16 range"), "{e}");
+        let e = ck.f16(&["ok".to_string()], &[3]).unwrap_err().to_string();
+        assert!(e.contains("[2]") && e.contains("[3]"), "{e}");
+    }
 }

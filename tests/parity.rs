@@ -158,23 +158,8 @@ fn weights_split_by_rows_give_the_same_tokens() {
         ..Default::default()
     };
     let engine = Engine::load(&fixture(), &opts, &|_| {}).unwrap();
-    let r = reference();
-    let case = &r["cases"][1];
-    let img = vlm_run::image::load(&fixture().join(case["image"].as_str().unwrap())).unwrap();
-    let gen = GenerateOptions {
-        max_tokens: 16,
-        ..Default::default()
-    };
-    let out = engine
-        .generate(
-            Some(&img),
-            case["prompt"].as_str().unwrap(),
-            &gen,
-            &mut |_| {},
-        )
-        .unwrap();
-    let want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
-    assert_eq!(out.tokens, want);
+    let (got, want) = run_case(&engine, 1);
+    assert_eq!(got, want);
 }
 
 #[test]
