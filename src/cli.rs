@@ -11,17 +11,25 @@ pub const DEFAULT_MODEL: &str = "tests/fixtures/tiny-llava";
 #[command(
     name = "vlm-run",
     allow_negative_numbers = true,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true,
     version,
     about = "Answer questions about images with LLaVA-style vision-language models, on any \
              Vulkan, Metal or DX12 GPU.",
     after_help = "EXAMPLES:\n  vlm-run --image photo.jpg --prompt \"What is in the image?\"\n  \
                   vlm-run --model ~/models/llava-1.5-7b-hf --image photo.jpg --prompt \"Describe it.\" --max-tokens 128\n  \
-                  vlm-run --image photo.jpg --prompt \"How many cats?\" --json\n\n\
+                  vlm-run --image photo.jpg --prompt \"How many cats?\" --json\n  \
+                  vlm-run --image photo.jpg --prompt \"Describe it.\" --prune posprune --keep 64 --save-keep-map keep.png\n  \
+                  vlm-run calibrate --model ~/models/llava-1.5-7b-hf\n  \
+                  vlm-run bench --image photo.jpg\n\n\
                   ENVIRONMENT:\n  VLM_RUN_F16=0|1         use shader-f16 (default: when the adapter has it)\n  \
                   VLM_RUN_SUBGROUPS=0|1   use subgroup reductions (default: when the adapter has them)\n  \
                   VLM_RUN_MAX_BINDING=N   split weights into chunks of at most N bytes"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Model directory in the llava-hf layout (config.json, *.safetensors, tokenizer.json,
     /// preprocessor_config.json), e.g. a download of llava-hf/llava-1.5-7b-hf.
     /// Default: the tiny random fixture in tests/fixtures/tiny-llava.
@@ -33,8 +41,8 @@ pub struct Args {
     pub image: Option<PathBuf>,
 
     /// The question or instruction.
-    #[arg(long, short = 'p', value_name = "TEXT")]
-    pub prompt: String,
+    #[arg(long, short = 'p', value_name = "TEXT", required = true)]
+    pub prompt: Option<String>,
 
     /// Most tokens to generate; generation also stops at the end-of-sequence token.
     #[arg(long, short = 'n', default_value_t = 256, value_name = "N")]
@@ -75,4 +83,139 @@ pub struct Args {
     /// Print timings and sizes to stderr after the answer.
     #[arg(long)]
     pub stats: bool,
+
+    #[command(flatten)]
+    pub prune: PruneArgs,
+
+    /// Draw the image with the pruned patches dimmed and the kept ones outlined (green: kept;
+    /// orange: kept by ARP, dropped at layer K; blue: VisionZip merge target) into this PNG.
+    #[arg(long, value_name = "PNG")]
+    pub save_keep_map: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Measure the decoder's positional attention bias on content-free inputs (a mean-colour
+    /// image, neutral prompts) and write it, with PoRe's rho, for PBC and PoRe to use.
+    Calibrate(CalibrateArgs),
+    /// Time every pruning method at several budgets on one image and print a table:
+    /// visual tokens, prefill time, KV-cache bytes and decoder FLOPs.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// Model directory (default: the tiny fixture).
+    #[arg(long, short = 'm', value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Where to write the calibration (default: calibration.json in the model directory).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Prompt template, as for a normal run.
+    #[arg(long, default_value = vlm_run::prompt::LLAVA_TEMPLATE, value_name = "TEMPLATE")]
+    pub template: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Model directory (default: the tiny fixture).
+    #[arg(long, short = 'm', value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Image (default: the fixture's a.png).
+    #[arg(long, short = 'i', value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    #[arg(
+        long,
+        short = 'p',
+        default_value = "Describe the image.",
+        value_name = "TEXT"
+    )]
+    pub prompt: String,
+    /// Methods to compare, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,fastv,fastervlm,visionzip,divprune,pore,posprune"
+    )]
+    pub methods: Vec<vlm_run::Method>,
+    /// Budgets B (average visual tokens per decoder layer), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "576,192,128,64")]
+    pub budgets: Vec<usize>,
+    /// Tokens to generate per run.
+    #[arg(long, short = 'n', default_value_t = 8)]
+    pub max_tokens: usize,
+    /// Runs per cell; the table shows the fastest.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Decoder layer K for decoder-side methods.
+    #[arg(long, value_name = "K")]
+    pub prune_layer: Option<usize>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Visual-token pruning options (see PRUNING.md and README).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// Pruning method: none, fastv, fastervlm (CLS attention), visionzip, divprune, pore,
+    /// posprune (ARP → PBC → MMR), or one PosPrune stage alone: arp, pbc+mmr.
+    #[arg(long, default_value = "none", value_name = "METHOD")]
+    pub prune: vlm_run::Method,
+    /// Budget B: the average number of visual tokens per decoder layer (equal decoder FLOPs
+    /// across methods). Default: all tokens (no pruning).
+    #[arg(long, value_name = "B")]
+    pub keep: Option<usize>,
+    /// Decoder layer K where decoder-side methods prune (default 2; L−1 on decoders of fewer
+    /// than 3 layers).
+    #[arg(long, value_name = "K")]
+    pub prune_layer: Option<usize>,
+    /// MMR: weight of relevance against diversity.
+    #[arg(long, default_value_t = 0.6, value_name = "LAMBDA")]
+    pub mmr_lambda: f32,
+    /// ARP: the patch grid is split into R×R regions.
+    #[arg(long, default_value_t = 4, value_name = "R")]
+    pub arp_regions: usize,
+    /// ARP: every region first gets max(1, floor(ALPHA·B1/R²)) tokens.
+    #[arg(long, default_value_t = 0.3, value_name = "ALPHA")]
+    pub arp_floor: f32,
+    /// PosPrune: tokens ARP keeps (B1). Default min(N, 2B).
+    #[arg(long, value_name = "B1")]
+    pub arp_keep: Option<usize>,
+    /// PoRe: position weight base rho (w(p) = rho^p). Default: from the calibration file,
+    /// else fitted on the image.
+    #[arg(long, value_name = "RHO")]
+    pub pore_rho: Option<f32>,
+    /// VisionZip: contextual (merged) tokens. Default round(10·B/64).
+    #[arg(long, value_name = "C")]
+    pub visionzip_contextual: Option<usize>,
+    /// PBC: relevance from the text tokens after the image (text) or the last token (last).
+    #[arg(long, default_value = "text", value_parser = ["text", "last"])]
+    pub pbc_query: String,
+    /// Calibration file for PBC and PoRe (default: calibration.json beside the model, if
+    /// present; without one the bias trend is fitted on the image).
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
+}
+
+impl PruneArgs {
+    pub fn options(&self) -> vlm_run::PruneOptions {
+        vlm_run::PruneOptions {
+            method: self.prune,
+            keep: self.keep,
+            layer: self.prune_layer,
+            mmr_lambda: self.mmr_lambda,
+            arp_regions: self.arp_regions,
+            arp_floor: self.arp_floor,
+            arp_keep: self.arp_keep,
+            pore_rho: self.pore_rho,
+            visionzip_contextual: self.visionzip_contextual,
+            pbc_query: if self.pbc_query == "last" {
+                vlm_run::prune::PbcQuery::Last
+            } else {
+                vlm_run::prune::PbcQuery::Text
+            },
+            calibration: self.calibration.clone(),
+        }
+    }
 }

@@ -8,6 +8,10 @@ use crate::model::llama::{KvCache, Mode, PassIo};
 use crate::model::llava::Llava;
 use crate::ops::{self, elementwise::RowDest, sample::Sampling};
 use crate::prompt::{self, TextStream, IMAGE_TAG, LLAVA_TEMPLATE};
+use crate::prune::budget::{self, DecoderShape};
+use crate::prune::calibrate::Calibration;
+use crate::prune::stages::{self, DecoderInput, StageTrace};
+use crate::prune::{Method, PruneOptions};
 use anyhow::{anyhow, bail, Result};
 use image::RgbImage;
 use serde::Serialize;
@@ -30,6 +34,11 @@ pub struct GenerateOptions {
     pub system: bool,
     /// Keep the last-position logits after prefill in the output (tests, debugging).
     pub keep_prefill_logits: bool,
+    /// Visual-token pruning.
+    pub prune: PruneOptions,
+    /// Read the pruning stages' scores and similarity matrices back into
+    /// [`Output::traces`] (tests, debugging; the kept indices are always read).
+    pub trace_pruning: bool,
 }
 
 impl Default for GenerateOptions {
@@ -42,16 +51,54 @@ impl Default for GenerateOptions {
             template: LLAVA_TEMPLATE.to_string(),
             system: false,
             keep_prefill_logits: false,
+            prune: PruneOptions::default(),
+            trace_pruning: false,
         }
     }
 }
 
+/// Milliseconds per stage. Stages are submitted separately and waited for, so that each
+/// figure is that stage's own time.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timings {
     pub load: f64,
+    /// Vision tower and projector.
     pub encode: f64,
+    /// Pruning passes: encoder side, and decoder side at layer K.
+    pub prune: f64,
+    /// Decoder prefill (all layers, before and after pruning).
     pub prefill: f64,
     pub decode: f64,
+}
+
+/// Prefill FLOPs (2 per multiply-add) at the real shapes; the `_fastv` figures follow the
+/// literature's convention (4nd² + 2n²d + 2ndm per layer).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Flops {
+    pub decoder: u64,
+    pub decoder_unpruned: u64,
+    pub decoder_fastv: u64,
+    pub decoder_fastv_unpruned: u64,
+    /// Vision tower up to the feature layer.
+    pub encoder: u64,
+    /// Projector over the tokens it ran on.
+    pub projector: u64,
+}
+
+/// What pruning did in one request.
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneReport {
+    pub method: Method,
+    /// The average-tokens-per-layer budget B.
+    pub budget: usize,
+    /// Mean visual tokens per decoder layer actually achieved.
+    pub achieved_budget: f64,
+    pub prune_layer: Option<usize>,
+    /// Visual tokens entering the decoder, and kept from layer K on.
+    pub kept_encoder: usize,
+    pub kept_decoder: usize,
+    /// Per stage: the kept indices among its candidates and their raster positions (0..N).
+    pub stages: Vec<StageTrace>,
 }
 
 /// What one request produced, and what it cost.
@@ -59,12 +106,27 @@ pub struct Timings {
 pub struct Output {
     pub text: String,
     pub tokens: Vec<u32>,
+    /// Prompt rows as the unpruned decoder sees them (text plus all visual tokens).
     pub prompt_tokens: usize,
+    /// Visual tokens the encoder produced (N).
     pub visual_tokens: usize,
+    /// Visual tokens that entered the decoder (after encoder-side pruning).
+    pub visual_tokens_kept: usize,
+    /// Tokens each decoder layer's KV cache holds after prefill.
+    pub tokens_per_layer: Vec<usize>,
+    /// Exactly what the KV cache allocates: Σ_layers 2·(tokens_per_layer + max new
+    /// tokens)·d_kv·4.
     pub kv_cache_bytes: u64,
+    /// The same without pruning.
+    pub kv_cache_bytes_unpruned: u64,
+    pub flops: Flops,
+    pub pruning: Option<PruneReport>,
     pub timings_ms: Timings,
     #[serde(skip)]
     pub prefill_logits: Option<Vec<f32>>,
+    /// The pruning stages read back (scores and matrices with `trace_pruning`).
+    #[serde(skip)]
+    pub traces: Vec<StageTrace>,
 }
 
 pub struct Engine {
@@ -73,6 +135,9 @@ pub struct Engine {
     pub tokenizer: Tokenizer,
     pub eos: Vec<u32>,
     pub load_ms: f64,
+    pub model_dir: std::path::PathBuf,
+    /// Identifies the model to calibration files.
+    pub fingerprint: String,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -103,13 +168,46 @@ impl Engine {
         let model = Llava::load(&gpu, dir, on_bytes)?;
         let tokenizer = prompt::load_tokenizer(dir)?;
         let eos = prompt::eos_ids(dir, model.cfg.text_config.eos_token_id.as_ref(), &tokenizer)?;
+        let fingerprint = Self::fingerprint(dir, model.cfg.text_config.hidden_size)?;
         Ok(Self {
             gpu,
             model,
             tokenizer,
             eos,
             load_ms: ms(t),
+            model_dir: dir.to_path_buf(),
+            fingerprint,
         })
+    }
+
+    /// A fingerprint of config.json and the decoder's final norm weights.
+    fn fingerprint(dir: &Path, d: usize) -> Result<String> {
+        let config = std::fs::read(dir.join("config.json"))?;
+        let ckpt = crate::weights::Checkpoint::open(dir)?;
+        let norm = ckpt.f32(
+            &crate::weights::names(crate::weights::Component::Language, "norm.weight"),
+            &[d],
+        )?;
+        Ok(crate::prune::calibrate::fnv1a(&[
+            &config,
+            bytemuck::cast_slice(&norm),
+        ]))
+    }
+
+    /// The calibration file for a request: the one given, else `calibration.json` beside the
+    /// model if present.
+    pub fn calibration(&self, opts: &PruneOptions) -> Result<Option<Calibration>> {
+        let path = match &opts.calibration {
+            Some(p) => p.clone(),
+            None => {
+                let p = Calibration::default_path(&self.model_dir);
+                if !p.is_file() {
+                    return Ok(None);
+                }
+                p
+            }
+        };
+        Calibration::load(&path, &self.fingerprint, self.model.visual_tokens()).map(Some)
     }
 
     /// Total bytes of the checkpoint's tensors, for progress bars (without loading it).
@@ -145,8 +243,8 @@ impl Engine {
     /// The projector's output for an image: [visual_tokens × text hidden], row-major.
     pub fn encode_image(&self, image: &RgbImage, pad_square: bool) -> Result<Vec<f32>> {
         let pixels = self.pixels(image, pad_square)?;
-        let ep = self.model.encode_pass(&self.gpu, &pixels)?;
-        self.gpu.run(&ep.kernels.iter().collect::<Vec<_>>())?;
+        let ep = self.model.encode_pass(&self.gpu, &pixels, None)?;
+        self.gpu.run(&ep.kernels())?;
         ep.out.read(&self.gpu)
     }
 
@@ -172,11 +270,18 @@ impl Engine {
         let gpu = &*self.gpu;
         let llm = &self.model.llm;
         let cfg = &llm.cfg;
+        let layers = cfg.num_hidden_layers;
         if opts.max_tokens == 0 {
             bail!("--max-tokens must be at least 1");
         }
         if image.is_some() && !opts.template.contains(IMAGE_TAG) {
             bail!("the prompt template has no {IMAGE_TAG} tag for the image");
+        }
+        if image.is_none() && opts.prune.method != Method::None {
+            bail!(
+                "--prune {} needs an --image: pruning removes visual tokens",
+                opts.prune.method
+            );
         }
         let ids = self.prompt_ids(prompt, opts, image.is_some())?;
         let image_token = self.model.cfg.image_token();
@@ -186,11 +291,6 @@ impl Engine {
             .filter(|(_, &t)| t == image_token)
             .map(|(i, _)| i)
             .collect();
-        let n_vis = if image.is_some() {
-            self.model.visual_tokens()
-        } else {
-            0
-        };
         match (image.is_some(), slots.len()) {
             (true, 1) | (false, 0) => {}
             (true, n) => bail!("the prompt must hold exactly one {IMAGE_TAG} token, found {n}"),
@@ -202,7 +302,17 @@ impl Engine {
                 cfg.vocab_size
             );
         }
+        let n_full = if image.is_some() {
+            self.model.visual_tokens()
+        } else {
+            0
+        };
+        let plan = opts.prune.plan(n_full, layers)?;
+        let pruning = !plan.is_identity();
+        let split = plan.layer.filter(|_| pruning);
         // The prompt as the decoder sees it: the <image> token becomes n_vis rows.
+        let n_vis = plan.encoder_keep;
+        let slot = slots.first().copied().unwrap_or(0);
         let mut full: Vec<u32> = Vec::with_capacity(ids.len() + n_vis);
         for &t in &ids {
             if t == image_token && image.is_some() {
@@ -212,8 +322,10 @@ impl Engine {
             }
         }
         let prompt_len = full.len();
-        let ctx = prompt_len + opts.max_tokens;
-        if ctx > cfg.max_position_embeddings {
+        let text_len = prompt_len - n_vis;
+        let unpruned_len = text_len + n_full;
+        let late_rows = text_len + plan.decoder_keep;
+        if prompt_len + opts.max_tokens > cfg.max_position_embeddings {
             bail!(
                 "prompt of {prompt_len} tokens ({n_vis} visual) plus --max-tokens {} exceeds the \
                  model's context of {} tokens",
@@ -221,14 +333,35 @@ impl Engine {
                 cfg.max_position_embeddings
             );
         }
+        let tokens_per_layer = plan.tokens_per_layer(text_len);
+        let ctx: Vec<usize> = tokens_per_layer
+            .iter()
+            .map(|t| t + opts.max_tokens)
+            .collect();
+        let needs_calibration = matches!(
+            plan.method,
+            Method::PoRe | Method::PbcMmr | Method::PosPrune
+        );
+        let calibration = if pruning && needs_calibration {
+            self.calibration(&opts.prune)?
+        } else {
+            None
+        };
+        let profile = match (&calibration, split) {
+            (Some(c), Some(k)) => Some(c.layer(k).ok_or_else(|| {
+                anyhow!("the calibration file has no profile for --prune-layer {k}")
+            })?),
+            _ => None,
+        };
 
         // Buffers for the whole request, allocated once.
-        let cache = KvCache::new(gpu, cfg, ctx)?;
+        let cache = KvCache::new(gpu, cfg, &ctx)?;
         let ids_buf = gpu.storage_init("prompt_ids", bytemuck::cast_slice(&full))?;
         let positions: Vec<u32> = (0..prompt_len as u32).collect();
         let pos_prefill = gpu.storage_init("positions", bytemuck::cast_slice(&positions))?;
         let pos_decode = gpu.storage_buffer("position", 4)?;
         let step = gpu.uniform_init("step", bytemuck::bytes_of(&Step::default()));
+        let step_late = gpu.uniform_init("step.late", bytemuck::bytes_of(&Step::default()));
         let token = gpu.storage_buffer("token", 4)?;
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token readback"),
@@ -236,43 +369,59 @@ impl Engine {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let io = |positions| PassIo {
+        let io = PassIo {
             cache: &cache,
-            positions,
+            positions: &pos_prefill,
             step: &step,
+            late_step: split.map(|k| (k, &step_late)),
             token: &token,
             sampling: opts.sampling,
         };
-        let prefill = llm.pass(gpu, prompt_len, Mode::Prefill, &io(&pos_prefill))?;
-        let decode = llm.pass(gpu, 1, Mode::Decode, &io(&pos_decode))?;
         let mut rng = Rng(opts.seed);
         let mut timings = Timings {
             load: self.load_ms,
             ..Default::default()
         };
+        let timed = |kernels: &[&Kernel], acc: &mut f64| -> Result<()> {
+            let t = Instant::now();
+            gpu.run(kernels)?;
+            *acc += ms(t);
+            Ok(())
+        };
 
-        // 1. Vision tower and projector.
-        let mut prefill_in = llm.embed(gpu, &ids_buf, &prefill.x)?;
+        // 1. Vision tower, encoder-side pruning, projector.
+        let s_full = llm.scratch(gpu, prompt_len)?;
+        let mut prefill_in = llm.embed(gpu, &ids_buf, &s_full.x)?;
+        let mut stage_buffers = Vec::new();
+        let mut vis_raster = None;
         let _encode_pass; // keeps the visual tokens alive until prefill has run
         if let Some(image) = image {
-            let t = Instant::now();
             let pixels = self.pixels(image, opts.pad_square)?;
-            let ep = self.model.encode_pass(gpu, &pixels)?;
-            gpu.run(&ep.kernels.iter().collect::<Vec<_>>())?;
-            timings.encode = ms(t);
+            let ep = self
+                .model
+                .encode_pass(gpu, &pixels, Some((&plan, &opts.prune)))?;
+            timed(&ep.tower.iter().collect::<Vec<_>>(), &mut timings.encode)?;
+            timed(&ep.prune.iter().collect::<Vec<_>>(), &mut timings.prune)?;
+            timed(
+                &ep.projector.iter().collect::<Vec<_>>(),
+                &mut timings.encode,
+            )?;
             let dst = RowDest {
-                buf: &prefill.x.buf,
+                buf: &s_full.x.buf,
                 stride: cfg.hidden_size,
-                row0: slots[0],
+                row0: slot,
                 col: 0,
                 step: None,
             };
             prefill_in.push(ops::elementwise::copy_rows(gpu, &ep.out, 0, n_vis, dst)?);
+            vis_raster = ep.stage.as_ref().map(|s| s.raster.clone());
             _encode_pass = ep;
+            if let Some(s) = _encode_pass.stage.as_ref() {
+                stage_buffers.push(s);
+            }
         }
 
-        // 2. Prefill: the whole prompt, then the first token.
-        let t = Instant::now();
+        // 2. Prefill: the whole prompt (pruned at layer K if asked), then the first token.
         let s = Step {
             kv_offset: 0,
             kv_len: prompt_len as u32,
@@ -280,18 +429,82 @@ impl Engine {
             _pad: 0,
         };
         gpu.queue.write_buffer(&step, 0, bytemuck::bytes_of(&s));
-        let kernels: Vec<&Kernel> = prefill_in.iter().chain(&prefill.kernels).collect();
-        self.submit(&kernels, Some((&token, &staging)))?;
+        gpu.queue
+            .write_buffer(&step_late, 0, bytemuck::bytes_of(&s));
+        let logits = crate::gpu::Tensor::new(gpu, "llm.logits", 1, cfg.vocab_size)?;
+        let decoder_stage;
+        let late_scratch;
+        let t = Instant::now();
+        let head = match split {
+            Some(k) => {
+                let early = llm.layer_ops(gpu, 0..k, &s_full, &pos_prefill, &io, None)?;
+                let ks: Vec<&Kernel> = prefill_in.iter().chain(&early).collect();
+                timed(&ks, &mut timings.prefill)?;
+                let raster = match vis_raster {
+                    Some(r) => r,
+                    None => stages::identity(gpu, n_vis)?,
+                };
+                let mask = match image {
+                    Some(im) if opts.pad_square => {
+                        crate::prune::pore::padding_mask(im.width(), im.height(), self.model.grid())
+                    }
+                    _ => vec![1.0; n_full],
+                };
+                let ds = stages::decoder_stage(
+                    gpu,
+                    &plan,
+                    &opts.prune,
+                    profile,
+                    &mask,
+                    &DecoderInput {
+                        h: llm.heads_layout(),
+                        q: &s_full.q,
+                        k_cache: &cache.k[k - 1],
+                        x: &s_full.x,
+                        rows: prompt_len,
+                        slot,
+                        n_vis,
+                        raster: &raster,
+                    },
+                )?;
+                timed(&ds.kernels.iter().collect::<Vec<_>>(), &mut timings.prune)?;
+                let (x, positions) = (ds.x, ds.positions);
+                decoder_stage = ds.buffers;
+                stage_buffers.push(&decoder_stage);
+                late_scratch = llm.scratch_over(gpu, x)?;
+                let mut ks = llm.layer_ops(gpu, k..layers, &late_scratch, &positions, &io, None)?;
+                ks.extend(llm.head_ops(gpu, &late_scratch.x, late_rows - 1, &logits, &io)?);
+                ks
+            }
+            None => {
+                let mut ks = prefill_in;
+                ks.extend(llm.layer_ops(gpu, 0..layers, &s_full, &pos_prefill, &io, None)?);
+                ks.extend(llm.head_ops(gpu, &s_full.x, prompt_len - 1, &logits, &io)?);
+                ks
+            }
+        };
+        let t_last = Instant::now();
+        self.submit(&head.iter().collect::<Vec<_>>(), Some((&token, &staging)))?;
         let mut next = self.read_token(&staging)?;
-        timings.prefill = ms(t);
+        timings.prefill += ms(t_last);
+        let _ = t;
         let prefill_logits = if opts.keep_prefill_logits {
-            Some(prefill.logits.read(gpu)?)
+            Some(logits.read(gpu)?)
         } else {
             None
         };
 
         // 3. Decode, one submit per token.
         let t = Instant::now();
+        let decode = llm.pass(
+            gpu,
+            1,
+            Mode::Decode,
+            &PassIo {
+                positions: &pos_decode,
+                ..io
+            },
+        )?;
         let decode_in = llm.embed(gpu, &token, &decode.x)?;
         let kernels: Vec<&Kernel> = decode_in.iter().chain(&decode.kernels).collect();
         let mut stream = TextStream::new(&self.tokenizer);
@@ -308,28 +521,87 @@ impl Engine {
             if tokens.len() >= opts.max_tokens {
                 break;
             }
-            let pos = (prompt_len + tokens.len() - 1) as u32;
+            let t_new = (tokens.len() - 1) as u32;
+            let pos = prompt_len as u32 + t_new;
+            let rand = rng.next_f32();
             let s = Step {
                 kv_offset: pos,
                 kv_len: pos + 1,
-                rand: rng.next_f32(),
+                rand,
                 _pad: 0,
             };
             gpu.queue.write_buffer(&step, 0, bytemuck::bytes_of(&s));
+            if split.is_some() {
+                let late = late_rows as u32 + t_new;
+                let s = Step {
+                    kv_offset: late,
+                    kv_len: late + 1,
+                    rand,
+                    _pad: 0,
+                };
+                gpu.queue
+                    .write_buffer(&step_late, 0, bytemuck::bytes_of(&s));
+            }
             gpu.queue
                 .write_buffer(&pos_decode, 0, bytemuck::bytes_of(&pos));
             self.submit(&kernels, Some((&token, &staging)))?;
             next = self.read_token(&staging)?;
         }
         timings.decode = ms(t);
+
+        // Accounting.
+        let traces = stage_buffers
+            .iter()
+            .map(|b| b.trace(gpu, opts.trace_pruning))
+            .collect::<Result<Vec<_>>>()?;
+        let shape = DecoderShape {
+            d: cfg.hidden_size,
+            d_kv: cfg.kv_heads() * cfg.head_dim(),
+            m: cfg.intermediate_size,
+        };
+        let unpruned = vec![unpruned_len; layers];
+        let projected =
+            if plan.method == Method::DivPrune || !pruning || !plan.method.encoder_side() {
+                n_full
+            } else {
+                n_vis
+            };
+        let flops = Flops {
+            decoder: budget::decoder_flops(shape, &tokens_per_layer),
+            decoder_unpruned: budget::decoder_flops(shape, &unpruned),
+            decoder_fastv: budget::decoder_flops_fastv(shape, &tokens_per_layer),
+            decoder_fastv_unpruned: budget::decoder_flops_fastv(shape, &unpruned),
+            encoder: if image.is_some() {
+                self.model.encoder_flops()
+            } else {
+                0
+            },
+            projector: self.model.projector_flops(projected),
+        };
+        let ctx_unpruned: Vec<usize> = unpruned.iter().map(|t| t + opts.max_tokens).collect();
+        let pruning_report = pruning.then(|| PruneReport {
+            method: plan.method,
+            budget: plan.budget,
+            achieved_budget: plan.achieved_budget(),
+            prune_layer: split,
+            kept_encoder: plan.encoder_keep,
+            kept_decoder: plan.decoder_keep,
+            stages: traces.clone(),
+        });
         Ok(Output {
             text: stream.text()?,
             tokens,
-            prompt_tokens: prompt_len,
-            visual_tokens: n_vis,
+            prompt_tokens: unpruned_len,
+            visual_tokens: n_full,
+            visual_tokens_kept: n_vis,
+            tokens_per_layer,
             kv_cache_bytes: cache.bytes(),
+            kv_cache_bytes_unpruned: budget::kv_bytes(&ctx_unpruned, shape.d_kv, 4),
+            flops,
+            pruning: pruning_report,
             timings_ms: timings,
             prefill_logits,
+            traces,
         })
     }
 

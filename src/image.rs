@@ -175,6 +175,16 @@ pub fn preprocess(
     size: usize,
     pad: bool,
 ) -> Result<Vec<f32>> {
+    Ok(normalize(&model_view(img, cfg, size, pad)?, cfg))
+}
+
+/// The uint8 picture the vision tower sees: padded (optionally), resized and cropped.
+pub fn model_view(
+    img: &RgbImage,
+    cfg: &PreprocessorConfig,
+    size: usize,
+    pad: bool,
+) -> Result<RgbImage> {
     let padded;
     let img = if pad {
         let mean = cfg
@@ -190,8 +200,7 @@ pub fn preprocess(
         bail!("crop size {crop:?} differs from the vision tower's image size {size}");
     }
     let edge = cfg.shortest_edge(size);
-    let out = resize_and_crop(img, edge, crop);
-    Ok(normalize(&out, cfg))
+    Ok(resize_and_crop(img, edge, crop))
 }
 
 #[cfg(test)]

@@ -11,8 +11,10 @@ pub mod image;
 pub mod model;
 pub mod ops;
 pub mod prompt;
+pub mod prune;
 pub mod weights;
 
 pub use generate::{Engine, GenerateOptions, Output};
 pub use gpu::GpuOptions;
 pub use ops::sample::Sampling;
+pub use prune::{Method, PruneOptions};

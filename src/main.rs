@@ -3,12 +3,13 @@
 
 mod cli;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use vlm_run::{Engine, GenerateOptions, GpuOptions, Sampling};
+use vlm_run::prune::{calibrate, keep_map, Method};
+use vlm_run::{Engine, GenerateOptions, GpuOptions, Output, Sampling};
 
 fn default_model() -> PathBuf {
     let here = PathBuf::from(cli::DEFAULT_MODEL);
@@ -18,27 +19,14 @@ fn default_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(cli::DEFAULT_MODEL)
 }
 
-fn run(args: cli::Args) -> Result<()> {
-    if args.max_tokens == 0 {
-        bail!("--max-tokens must be at least 1");
-    }
-    let sampling = Sampling {
-        temperature: args.temperature,
-        top_p: args.top_p,
-    };
-    sampling.validate()?;
-    let model_dir = args.model.clone().unwrap_or_else(default_model);
+/// Load a model with a progress bar on a terminal.
+fn load(model: Option<&Path>, quiet: bool) -> Result<Engine> {
+    let model_dir = model.map(Path::to_path_buf).unwrap_or_else(default_model);
     if !model_dir.is_dir() {
         bail!("model directory {} does not exist", model_dir.display());
     }
-    // Read the image first: a bad image should not cost a model load.
-    let image = match &args.image {
-        Some(p) => Some(vlm_run::image::load(p)?),
-        None => None,
-    };
-
     let total = Engine::checkpoint_bytes(&model_dir)?;
-    let bar = if std::io::stderr().is_terminal() && !args.json {
+    let bar = if std::io::stderr().is_terminal() && !quiet {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
             indicatif::ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} {msg}")
@@ -50,6 +38,40 @@ fn run(args: cli::Args) -> Result<()> {
     };
     let engine = Engine::load(&model_dir, &GpuOptions::from_env()?, &|b| bar.inc(b))?;
     bar.finish_and_clear();
+    Ok(engine)
+}
+
+fn run(args: cli::Args) -> Result<()> {
+    match args.command {
+        Some(cli::Command::Calibrate(c)) => return run_calibrate(&c),
+        Some(cli::Command::Bench(b)) => return run_bench(&b),
+        None => {}
+    }
+    if args.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_p: args.top_p,
+    };
+    sampling.validate()?;
+    let prune = args.prune.options();
+    prune.validate()?;
+    if prune.method != Method::None && args.image.is_none() {
+        bail!(
+            "--prune {} needs an --image: pruning removes visual tokens",
+            prune.method
+        );
+    }
+    if args.save_keep_map.is_some() && args.image.is_none() {
+        bail!("--save-keep-map needs an --image");
+    }
+    // Read the image first: a bad image should not cost a model load.
+    let image = match &args.image {
+        Some(p) => Some(vlm_run::image::load(p)?),
+        None => None,
+    };
+    let engine = load(args.model.as_deref(), args.json)?;
     if args.stats {
         eprintln!("device: {}", engine.gpu.describe());
     }
@@ -62,10 +84,13 @@ fn run(args: cli::Args) -> Result<()> {
         template: args.template.clone(),
         system: args.system,
         keep_prefill_logits: false,
+        prune,
+        trace_pruning: false,
     };
     let mut stdout = std::io::stdout().lock();
     let json = args.json;
-    let out = engine.generate(image.as_ref(), &args.prompt, &opts, &mut |piece| {
+    let prompt = args.prompt.as_deref().unwrap_or_default();
+    let out = engine.generate(image.as_ref(), prompt, &opts, &mut |piece| {
         if !json {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
@@ -76,27 +101,234 @@ fn run(args: cli::Args) -> Result<()> {
     } else {
         writeln!(stdout)?;
     }
+    if let (Some(path), Some(image)) = (&args.save_keep_map, &image) {
+        save_keep_map(&engine, image, &opts, &out, path)?;
+    }
     if args.stats {
-        let t = &out.timings_ms;
-        let decode_tps = if t.decode > 0.0 {
-            (out.tokens.len().saturating_sub(1)) as f64 / (t.decode / 1e3)
-        } else {
-            0.0
-        };
+        print_stats(&out);
+    }
+    Ok(())
+}
+
+fn save_keep_map(
+    engine: &Engine,
+    image: &image::RgbImage,
+    opts: &GenerateOptions,
+    out: &Output,
+    path: &Path,
+) -> Result<()> {
+    let m = &engine.model;
+    let view = vlm_run::image::model_view(
+        image,
+        &m.preprocessor,
+        m.cfg.vision_config.image_size,
+        opts.pad_square,
+    )?;
+    let n = out.visual_tokens;
+    let all: Vec<u32> = (0..n as u32).collect();
+    let stages = &out.traces;
+    let (first, kept) = match stages.len() {
+        0 => (None, all.clone()),
+        1 => (None, stages[0].raster.clone()),
+        _ => (Some(&stages[0].raster[..]), stages[1].raster.clone()),
+    };
+    // VisionZip: kept tokens that others were merged into.
+    let mut merged = Vec::new();
+    for s in stages {
+        if let Some(assign) = &s.assign {
+            for &slot in assign.iter().filter(|&&a| a != u32::MAX) {
+                merged.push(s.raster[slot as usize]);
+            }
+        }
+    }
+    let fates = keep_map::fates(n, first, &kept, &merged);
+    let picture = keep_map::draw(&view, m.grid(), &fates, 2);
+    keep_map::save(&picture, path)
+}
+
+fn print_stats(out: &Output) {
+    let t = &out.timings_ms;
+    let decode_tps = if t.decode > 0.0 {
+        (out.tokens.len().saturating_sub(1)) as f64 / (t.decode / 1e3)
+    } else {
+        0.0
+    };
+    eprintln!(
+        "prompt {} tokens ({} visual encoded, {} entered the decoder), generated {}",
+        out.prompt_tokens,
+        out.visual_tokens,
+        out.visual_tokens_kept,
+        out.tokens.len()
+    );
+    if let Some(p) = &out.pruning {
         eprintln!(
-            "prompt {} tokens ({} visual), generated {}; KV cache {} bytes\n\
-             load {:.0} ms, encode {:.0} ms, prefill {:.0} ms ({:.1} tok/s), decode {:.0} ms ({:.1} tok/s)",
-            out.prompt_tokens,
-            out.visual_tokens,
-            out.tokens.len(),
-            out.kv_cache_bytes,
-            t.load,
-            t.encode,
-            t.prefill,
-            out.prompt_tokens as f64 / (t.prefill / 1e3),
-            t.decode,
-            decode_tps
+            "pruning {}: budget {} (achieved {:.1} per layer), kept {} at the encoder, {} from \
+             layer {}",
+            p.method,
+            p.budget,
+            p.achieved_budget,
+            p.kept_encoder,
+            p.kept_decoder,
+            p.prune_layer.map_or("-".to_string(), |k| k.to_string())
         );
+    }
+    let per_layer = &out.tokens_per_layer;
+    eprintln!(
+        "tokens per layer: {}",
+        per_layer
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let f = &out.flops;
+    eprintln!(
+        "KV cache {} bytes (unpruned {}); decoder prefill {:.3} GFLOP (unpruned {:.3}; FastV \
+         convention {:.3} / {:.3} GMAC); encoder {:.3} GFLOP, projector {:.3} GFLOP",
+        out.kv_cache_bytes,
+        out.kv_cache_bytes_unpruned,
+        f.decoder as f64 / 1e9,
+        f.decoder_unpruned as f64 / 1e9,
+        f.decoder_fastv as f64 / 1e9,
+        f.decoder_fastv_unpruned as f64 / 1e9,
+        f.encoder as f64 / 1e9,
+        f.projector as f64 / 1e9
+    );
+    eprintln!(
+        "load {:.0} ms, encode {:.0} ms, prune {:.1} ms, prefill {:.0} ms ({:.1} tok/s), decode \
+         {:.0} ms ({:.1} tok/s)",
+        t.load,
+        t.encode,
+        t.prune,
+        t.prefill,
+        out.tokens_per_layer.last().copied().unwrap_or(0) as f64 / (t.prefill / 1e3),
+        t.decode,
+        decode_tps
+    );
+}
+
+fn run_calibrate(args: &cli::CalibrateArgs) -> Result<()> {
+    let engine = load(args.model.as_deref(), false)?;
+    let cal = calibrate::run(&engine, &args.template)?;
+    let path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| calibrate::Calibration::default_path(&engine.model_dir));
+    cal.save(&path)?;
+    let k = cal.layers.first().context("no layers calibrated")?;
+    eprintln!(
+        "wrote {}: {} layers, {} positions; layer {} rho {:.5}",
+        path.display(),
+        cal.layers.len(),
+        cal.visual_tokens,
+        k.layer,
+        k.rho
+    );
+    Ok(())
+}
+
+fn run_bench(args: &cli::BenchArgs) -> Result<()> {
+    if args.repeat == 0 || args.max_tokens == 0 {
+        bail!("--repeat and --max-tokens must be at least 1");
+    }
+    let image_path = args
+        .image
+        .clone()
+        .unwrap_or_else(|| default_model().join("a.png"));
+    let image = vlm_run::image::load(&image_path)?;
+    let engine = load(args.model.as_deref(), args.json)?;
+    let n = engine.model.visual_tokens();
+    let layers = engine.model.llm.cfg.num_hidden_layers;
+    if !args.json {
+        println!("device: {}", engine.gpu.describe());
+        println!(
+            "model: {} ({} decoder layers, {} visual tokens), image {}, {} new tokens, best of {}",
+            engine.model_dir.display(),
+            layers,
+            n,
+            image_path.display(),
+            args.max_tokens,
+            args.repeat
+        );
+        println!();
+        println!(
+            "| method | B | kept (encoder / from K) | prune ms | prefill ms | KV-cache bytes | decoder prefill GFLOP |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+    }
+    for &method in &args.methods {
+        for &b in &args.budgets {
+            if method == Method::None && b != n {
+                continue;
+            }
+            let prune = vlm_run::PruneOptions {
+                method,
+                keep: (method != Method::None).then_some(b),
+                layer: args.prune_layer,
+                ..Default::default()
+            };
+            let opts = GenerateOptions {
+                max_tokens: args.max_tokens,
+                prune,
+                ..Default::default()
+            };
+            let mut best: Option<Output> = None;
+            let mut failed = None;
+            for _ in 0..args.repeat {
+                match engine.generate(Some(&image), &args.prompt, &opts, &mut |_| {}) {
+                    Ok(out) => {
+                        let better = best.as_ref().is_none_or(|b| {
+                            out.timings_ms.prefill + out.timings_ms.prune
+                                < b.timings_ms.prefill + b.timings_ms.prune
+                        });
+                        if better {
+                            best = Some(out);
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+            match (best, failed) {
+                (Some(out), None) => {
+                    if args.json {
+                        let line = serde_json::json!({
+                            "method": method, "budget": b,
+                            "visual_tokens_kept": out.visual_tokens_kept,
+                            "tokens_per_layer": out.tokens_per_layer,
+                            "kv_cache_bytes": out.kv_cache_bytes,
+                            "flops": out.flops, "timings_ms": out.timings_ms,
+                        });
+                        println!("{line}");
+                    } else {
+                        let (enc, dec) = out
+                            .pruning
+                            .as_ref()
+                            .map_or((n, n), |p| (p.kept_encoder, p.kept_decoder));
+                        println!(
+                            "| {method} | {b} | {enc} / {dec} | {:.1} | {:.1} | {} | {:.4} |",
+                            out.timings_ms.prune,
+                            out.timings_ms.prefill,
+                            out.kv_cache_bytes,
+                            out.flops.decoder as f64 / 1e9
+                        );
+                    }
+                }
+                (_, Some(e)) => {
+                    if args.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"method": method, "budget": b, "error": e})
+                        );
+                    } else {
+                        println!("| {method} | {b} | not reachable: {e} | | | | |");
+                    }
+                }
+                _ => {}
+            }
+        }
     }
     Ok(())
 }

@@ -26,6 +26,18 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("embed", include_str!("../../shaders/embed.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
+    (
+        "prune_score",
+        include_str!("../../shaders/prune_score.wgsl"),
+    ),
+    (
+        "prune_select",
+        include_str!("../../shaders/prune_select.wgsl"),
+    ),
+    (
+        "prune_gather",
+        include_str!("../../shaders/prune_gather.wgsl"),
+    ),
 ];
 
 /// Files that hold kernels (the rest are included by them).
@@ -38,6 +50,9 @@ pub const KERNEL_FAMILIES: &[&str] = &[
     "softmax",
     "embed",
     "sample",
+    "prune_score",
+    "prune_select",
+    "prune_gather",
 ];
 
 /// A set of preprocessor defines. Ordered, so that it gives a stable cache key.

@@ -95,11 +95,20 @@ pub struct ClipVisionTower {
 /// The buffers of one encoder run, allocated once per image size.
 pub struct VisionPass {
     pub kernels: Vec<Kernel>,
-    /// Hidden states after the last layer run: [1 + patches, hidden] (CLS first).
+    /// Hidden states after the last layer run, [1 + patches, d] (CLS first).
     pub out: Tensor,
+    /// That layer's queries and keys (pruning reads the CLS attention from them).
+    pub q: Tensor,
+    pub k: Tensor,
+    pub heads: Heads,
 }
 
 impl ClipVisionTower {
+    /// Encoder layers that run (up to the feature layer).
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
     pub fn patches(&self) -> usize {
         let g = self.cfg.image_size / self.cfg.patch_size;
         g * g
@@ -213,6 +222,9 @@ impl ClipVisionTower {
         Ok(VisionPass {
             kernels: ks,
             out: x,
+            q,
+            k,
+            heads,
         })
     }
 }

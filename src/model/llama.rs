@@ -31,27 +31,40 @@ pub struct Llama {
     rope_table: wgpu::Buffer,
 }
 
-/// The KV cache, allocated for exactly the rows a request can use. f32, [ctx, kv_heads·hd]
-/// per layer for K and for V.
+/// The KV cache, allocated for exactly the rows a request can use: f32, [ctx[l], kv_heads·hd]
+/// per layer l for K and for V. Layers may differ: after pruning at layer K, the layers from
+/// K on hold only the kept tokens.
 pub struct KvCache {
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
-    pub ctx: usize,
+    pub ctx: Vec<usize>,
 }
 
 impl KvCache {
-    pub fn new(gpu: &Gpu, cfg: &LlamaConfig, ctx: usize) -> Result<Self> {
+    /// A cache of `ctx[l]` rows for layer l.
+    pub fn new(gpu: &Gpu, cfg: &LlamaConfig, ctx: &[usize]) -> Result<Self> {
+        if ctx.len() != cfg.num_hidden_layers {
+            bail!(
+                "KV cache: {} layer sizes for {} layers",
+                ctx.len(),
+                cfg.num_hidden_layers
+            );
+        }
         let w = cfg.kv_heads() * cfg.head_dim();
         let mut k = Vec::new();
         let mut v = Vec::new();
-        for l in 0..cfg.num_hidden_layers {
-            k.push(Tensor::new(gpu, &format!("kv.k{l}"), ctx, w)?);
-            v.push(Tensor::new(gpu, &format!("kv.v{l}"), ctx, w)?);
+        for (l, &rows) in ctx.iter().enumerate() {
+            k.push(Tensor::new(gpu, &format!("kv.k{l}"), rows, w)?);
+            v.push(Tensor::new(gpu, &format!("kv.v{l}"), rows, w)?);
         }
-        Ok(Self { k, v, ctx })
+        Ok(Self {
+            k,
+            v,
+            ctx: ctx.to_vec(),
+        })
     }
 
-    /// Bytes the cache allocates: Σ_layers 2 · ctx · d_kv · 4.
+    /// Bytes the cache allocates: Σ_layers 2 · ctx[l] · d_kv · 4.
     pub fn bytes(&self) -> u64 {
         self.k
             .iter()
@@ -76,9 +89,21 @@ pub struct PassIo<'a> {
     pub positions: &'a wgpu::Buffer,
     /// The per-pass [`crate::gpu::Step`] uniform.
     pub step: &'a wgpu::Buffer,
+    /// From this layer on, use this step uniform instead (their caches hold fewer rows after
+    /// pruning at that layer).
+    pub late_step: Option<(usize, &'a wgpu::Buffer)>,
     /// u32 [1]: receives the chosen token.
     pub token: &'a wgpu::Buffer,
     pub sampling: Sampling,
+}
+
+impl PassIo<'_> {
+    fn step_for(&self, layer: usize) -> &wgpu::Buffer {
+        match self.late_step {
+            Some((k, s)) if layer >= k => s,
+            _ => self.step,
+        }
+    }
 }
 
 /// One forward pass: write the input embeddings into `x`, encode `kernels`, and the chosen
@@ -87,6 +112,22 @@ pub struct DecoderPass {
     pub x: Tensor,
     pub kernels: Vec<Kernel>,
     pub logits: Tensor,
+}
+
+/// Activations of a forward pass over `rows` tokens.
+pub struct Scratch {
+    pub rows: usize,
+    /// The residual stream: input embeddings in, hidden states between layers.
+    pub x: Tensor,
+    hn: Tensor,
+    /// The last layer's queries, after RoPE (pruning reads layer K−1's).
+    pub q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    act: Tensor,
 }
 
 impl Llama {
@@ -148,114 +189,155 @@ impl Llama {
         ops::embed::gather(gpu, ids, &self.embed_tokens, out)
     }
 
-    /// Build a forward pass over `rows` tokens. Scratch is allocated here, once per request.
-    pub fn pass(&self, gpu: &Gpu, rows: usize, mode: Mode, io: &PassIo) -> Result<DecoderPass> {
+    /// Scratch for a pass over `rows` tokens (allocated once per request).
+    pub fn scratch(&self, gpu: &Gpu, rows: usize) -> Result<Scratch> {
         let c = &self.cfg;
         let (d, m, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let h = self.heads();
-        if mode == Mode::Decode && rows != 1 {
-            bail!("decode runs one token at a time");
-        }
-        if rows > io.cache.ctx {
-            bail!("{rows} tokens do not fit the KV cache of {}", io.cache.ctx);
-        }
-        let eps = c.rms_norm_eps as f32;
-        let x = Tensor::new(gpu, "llm.x", rows, d)?;
-        let hn = Tensor::new(gpu, "llm.h", rows, d)?;
-        let q = Tensor::new(gpu, "llm.q", rows, h.heads * hd)?;
-        let k = Tensor::new(gpu, "llm.k", rows, h.kv_heads * hd)?;
-        let v = Tensor::new(gpu, "llm.v", rows, h.kv_heads * hd)?;
-        let attn = Tensor::new(gpu, "llm.attn", rows, h.heads * hd)?;
-        let gate = Tensor::new(gpu, "llm.gate", rows, m)?;
-        let up = Tensor::new(gpu, "llm.up", rows, m)?;
-        let act = Tensor::new(gpu, "llm.act", rows, m)?;
-        let last = Tensor::new(gpu, "llm.last", 1, d)?;
-        let logits = Tensor::new(gpu, "llm.logits", 1, c.vocab_size)?;
-        let scores = match mode {
-            Mode::Decode => Some(Tensor::new(gpu, "llm.scores", h.heads, io.cache.ctx)?),
-            Mode::Prefill => None,
-        };
+        Ok(Scratch {
+            rows,
+            x: Tensor::new(gpu, "llm.x", rows, d)?,
+            hn: Tensor::new(gpu, "llm.h", rows, d)?,
+            q: Tensor::new(gpu, "llm.q", rows, h.heads * hd)?,
+            k: Tensor::new(gpu, "llm.k", rows, h.kv_heads * hd)?,
+            v: Tensor::new(gpu, "llm.v", rows, h.kv_heads * hd)?,
+            attn: Tensor::new(gpu, "llm.attn", rows, h.heads * hd)?,
+            gate: Tensor::new(gpu, "llm.gate", rows, m)?,
+            up: Tensor::new(gpu, "llm.up", rows, m)?,
+            act: Tensor::new(gpu, "llm.act", rows, m)?,
+        })
+    }
 
+    /// Scratch whose residual stream is `x` (the compacted rows after pruning).
+    pub fn scratch_over(&self, gpu: &Gpu, x: Tensor) -> Result<Scratch> {
+        let mut s = self.scratch(gpu, x.rows)?;
+        s.x = x;
+        Ok(s)
+    }
+
+    pub fn heads_layout(&self) -> Heads {
+        self.heads()
+    }
+
+    /// Kernels of decoder layers `layers` over the rows of `s`, whose rotary positions are
+    /// `positions`. Prefill (`decode_scores` None) writes cache rows from 0; decode writes
+    /// cache row `step.kv_offset` and attends over `step.kv_len` rows.
+    pub fn layer_ops(
+        &self,
+        gpu: &Gpu,
+        layers: std::ops::Range<usize>,
+        s: &Scratch,
+        positions: &wgpu::Buffer,
+        io: &PassIo,
+        decode_scores: Option<&Tensor>,
+    ) -> Result<Vec<Kernel>> {
+        let c = &self.cfg;
+        let hd = c.head_dim();
+        let h = self.heads();
+        let eps = c.rms_norm_eps as f32;
+        let rows = s.rows;
         let mut ks = Vec::new();
-        for (l, layer) in self.layers.iter().enumerate() {
+        for l in layers {
+            let layer = &self.layers[l];
+            let step = io.step_for(l);
+            let (kc, vc) = (&io.cache.k[l], &io.cache.v[l]);
+            if rows > kc.rows {
+                bail!(
+                    "{rows} tokens do not fit layer {l}'s KV cache of {}",
+                    kc.rows
+                );
+            }
             ks.push(ops::norm::norm(
                 gpu,
-                &x,
+                &s.x,
                 0,
                 &layer.input_layernorm,
                 None,
                 eps,
-                &hn,
+                &s.hn,
             )?);
-            ks.extend(layer.q_proj.ops(gpu, &hn, &q, Act::None, false)?);
-            ks.extend(layer.k_proj.ops(gpu, &hn, &k, Act::None, false)?);
-            ks.extend(layer.v_proj.ops(gpu, &hn, &v, Act::None, false)?);
+            ks.extend(layer.q_proj.ops(gpu, &s.hn, &s.q, Act::None, false)?);
+            ks.extend(layer.k_proj.ops(gpu, &s.hn, &s.k, Act::None, false)?);
+            ks.extend(layer.v_proj.ops(gpu, &s.hn, &s.v, Act::None, false)?);
             ks.push(ops::rope::rope(
                 gpu,
-                &q,
+                &s.q,
                 h.heads,
                 hd,
-                io.positions,
+                positions,
                 &self.rope_table,
             )?);
             ks.push(ops::rope::rope(
                 gpu,
-                &k,
+                &s.k,
                 h.kv_heads,
                 hd,
-                io.positions,
+                positions,
                 &self.rope_table,
             )?);
-            for (src, cache) in [(&k, &io.cache.k[l]), (&v, &io.cache.v[l])] {
+            for (src, cache) in [(&s.k, kc), (&s.v, vc)] {
                 let dst = RowDest {
                     buf: &cache.buf,
                     stride: cache.cols,
                     row0: 0,
                     col: 0,
-                    step: Some(io.step),
+                    step: Some(step),
                 };
                 ks.push(ops::elementwise::copy_rows(gpu, src, 0, rows, dst)?);
             }
-            let (kc, vc) = (&io.cache.k[l], &io.cache.v[l]);
-            match &scores {
+            match decode_scores {
                 None => ks.push(ops::attention::prefill(
-                    gpu, h, &q, kc, vc, rows, true, 0, &attn,
+                    gpu, h, &s.q, kc, vc, rows, true, 0, &s.attn,
                 )?),
-                Some(s) => ks.extend(ops::attention::decode(
-                    gpu, h, &q, kc, vc, s, io.step, &attn,
+                Some(sc) => ks.extend(ops::attention::decode(
+                    gpu, h, &s.q, kc, vc, sc, step, &s.attn,
                 )?),
             }
-            ks.extend(layer.o_proj.ops(gpu, &attn, &x, Act::None, true)?);
+            ks.extend(layer.o_proj.ops(gpu, &s.attn, &s.x, Act::None, true)?);
             ks.push(ops::norm::norm(
                 gpu,
-                &x,
+                &s.x,
                 0,
                 &layer.post_attention_layernorm,
                 None,
                 eps,
-                &hn,
+                &s.hn,
             )?);
-            ks.extend(layer.gate_proj.ops(gpu, &hn, &gate, Act::None, false)?);
-            ks.extend(layer.up_proj.ops(gpu, &hn, &up, Act::None, false)?);
-            ks.push(ops::elementwise::swiglu(gpu, &gate, &up, &act)?);
-            ks.extend(layer.down_proj.ops(gpu, &act, &x, Act::None, true)?);
+            ks.extend(layer.gate_proj.ops(gpu, &s.hn, &s.gate, Act::None, false)?);
+            ks.extend(layer.up_proj.ops(gpu, &s.hn, &s.up, Act::None, false)?);
+            ks.push(ops::elementwise::swiglu(gpu, &s.gate, &s.up, &s.act)?);
+            ks.extend(layer.down_proj.ops(gpu, &s.act, &s.x, Act::None, true)?);
         }
-        ks.push(ops::norm::norm(
+        Ok(ks)
+    }
+
+    /// Final norm of row `row` of `x`, the LM head into `logits`, and the token choice.
+    pub fn head_ops(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        row: usize,
+        logits: &Tensor,
+        io: &PassIo,
+    ) -> Result<Vec<Kernel>> {
+        let c = &self.cfg;
+        let last = Tensor::new(gpu, "llm.last", 1, c.hidden_size)?;
+        let mut ks = vec![ops::norm::norm(
             gpu,
-            &x,
-            rows - 1,
+            x,
+            row,
             &self.norm,
             None,
-            eps,
+            c.rms_norm_eps as f32,
             &last,
-        )?);
+        )?];
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         ks.extend(ops::matmul::linear(
             gpu,
             &last,
             head,
             None,
-            &logits,
+            logits,
             Act::None,
             false,
         )?);
@@ -267,8 +349,40 @@ impl Llama {
             io.token,
             io.step,
         )?);
+        Ok(ks)
+    }
+
+    /// Build a forward pass over `rows` tokens through every layer. Scratch is allocated
+    /// here, once per request.
+    pub fn pass(&self, gpu: &Gpu, rows: usize, mode: Mode, io: &PassIo) -> Result<DecoderPass> {
+        if mode == Mode::Decode && rows != 1 {
+            bail!("decode runs one token at a time");
+        }
+        let s = self.scratch(gpu, rows)?;
+        let scores = match mode {
+            Mode::Decode => {
+                let ctx = io.cache.ctx.iter().copied().max().unwrap_or(1);
+                Some(Tensor::new(
+                    gpu,
+                    "llm.scores",
+                    self.cfg.num_attention_heads,
+                    ctx,
+                )?)
+            }
+            Mode::Prefill => None,
+        };
+        let logits = Tensor::new(gpu, "llm.logits", 1, self.cfg.vocab_size)?;
+        let mut ks = self.layer_ops(
+            gpu,
+            0..self.layers.len(),
+            &s,
+            io.positions,
+            io,
+            scores.as_ref(),
+        )?;
+        ks.extend(self.head_ops(gpu, &s.x, rows - 1, &logits, io)?);
         Ok(DecoderPass {
-            x,
+            x: s.x,
             kernels: ks,
             logits,
         })

@@ -6,6 +6,8 @@ use super::config::{LlavaConfig, PreprocessorConfig};
 use super::llama::Llama;
 use crate::gpu::{Gpu, Kernel, Tensor};
 use crate::ops::{self, elementwise::RowDest, matmul::Act};
+use crate::prune::stages::{self, StageBuffers};
+use crate::prune::{Method, Plan, PruneOptions};
 use crate::weights::{Checkpoint, Component};
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -25,10 +27,27 @@ pub struct Llava {
     pub weight_bytes: u64,
 }
 
-/// The image's visual tokens: [visual_tokens, text hidden], ready for the decoder.
+/// The image's visual tokens: [visual tokens kept, text hidden], ready for the decoder.
+/// The kernels come in three lists so that each stage can be timed.
 pub struct EncodePass {
-    pub kernels: Vec<Kernel>,
+    pub tower: Vec<Kernel>,
+    /// Encoder-side pruning (empty without it).
+    pub prune: Vec<Kernel>,
+    /// The projector, and DivPrune after it.
+    pub projector: Vec<Kernel>,
     pub out: Tensor,
+    /// The pruning stage's buffers (selection, scores), if one ran.
+    pub stage: Option<StageBuffers>,
+}
+
+impl EncodePass {
+    pub fn kernels(&self) -> Vec<&Kernel> {
+        self.tower
+            .iter()
+            .chain(&self.prune)
+            .chain(&self.projector)
+            .collect()
+    }
 }
 
 impl Llava {
@@ -76,8 +95,43 @@ impl Llava {
         self.vision.patches() + self.cfg.keep_cls() as usize
     }
 
-    /// Vision tower, feature selection and projector over `pixels`.
-    pub fn encode_pass(&self, gpu: &Gpu, pixels: &wgpu::Buffer) -> Result<EncodePass> {
+    /// FLOPs (2 per multiply-add) of the vision tower up to the feature layer: patch
+    /// embedding, then per layer q/k/v/o projections, attention and the MLP.
+    pub fn encoder_flops(&self) -> u64 {
+        let v = &self.cfg.vision_config;
+        let (d, m, p) = (
+            v.hidden_size as u64,
+            v.intermediate_size as u64,
+            v.patch_size as u64,
+        );
+        let n = self.vision.patches() as u64;
+        let t = n + 1;
+        let layers = self.vision.layers() as u64;
+        2 * n * 3 * p * p * d + layers * (2 * t * d * 4 * d + 4 * t * t * d + 4 * t * d * m)
+    }
+
+    /// FLOPs of the projector over `rows` tokens.
+    pub fn projector_flops(&self, rows: usize) -> u64 {
+        let (dv, dt) = (
+            self.cfg.vision_config.hidden_size as u64,
+            self.cfg.text_config.hidden_size as u64,
+        );
+        2 * rows as u64 * (dv * dt + dt * dt)
+    }
+
+    /// The side of the patch grid (24 for LLaVA-1.5).
+    pub fn grid(&self) -> usize {
+        self.cfg.vision_config.image_size / self.cfg.vision_config.patch_size
+    }
+
+    /// Vision tower, feature selection, encoder-side pruning (`plan`) and projector over
+    /// `pixels`.
+    pub fn encode_pass(
+        &self,
+        gpu: &Gpu,
+        pixels: &wgpu::Buffer,
+        prune: Option<(&Plan, &PruneOptions)>,
+    ) -> Result<EncodePass> {
         let vp = self.vision.pass(gpu, pixels)?;
         let n = self.visual_tokens();
         let first = usize::from(!self.cfg.keep_cls());
@@ -85,28 +139,63 @@ impl Llava {
             self.cfg.vision_config.hidden_size,
             self.cfg.text_config.hidden_size,
         );
-        let feats = Tensor::new(gpu, "projector.in", n, dv)?;
-        let mid = Tensor::new(gpu, "projector.mid", n, dt)?;
-        let out = Tensor::new(gpu, "projector.out", n, dt)?;
-        let mut ks = vp.kernels;
-        let dst = RowDest {
-            buf: &feats.buf,
-            stride: dv,
-            row0: 0,
-            col: 0,
-            step: None,
+        let prune = prune.filter(|(plan, _)| !plan.is_identity() && plan.method.encoder_side());
+        if prune.is_some() && self.cfg.keep_cls() {
+            bail!("pruning needs vision_feature_select_strategy \"default\" (CLS dropped)");
+        }
+        let mut stage = None;
+        let mut prune_ks = Vec::new();
+        let before_projector = prune.filter(|(plan, _)| plan.method != Method::DivPrune);
+        let feats = if let Some((plan, opts)) = before_projector {
+            let es = stages::encoder_stage(
+                gpu,
+                plan,
+                opts,
+                vp.heads,
+                &vp.q,
+                &vp.k,
+                &vp.out,
+                self.grid(),
+            )?;
+            prune_ks = es.kernels;
+            stage = Some(es.buffers);
+            es.feats
+        } else {
+            let feats = Tensor::new(gpu, "projector.in", n, dv)?;
+            let dst = RowDest {
+                buf: &feats.buf,
+                stride: dv,
+                row0: 0,
+                col: 0,
+                step: None,
+            };
+            prune_ks.push(ops::elementwise::copy_rows(gpu, &vp.out, first, n, dst)?);
+            feats
         };
-        ks.push(ops::elementwise::copy_rows(gpu, &vp.out, first, n, dst)?);
-        ks.extend(
-            self.projector
-                .linear_1
-                .ops(gpu, &feats, &mid, Act::Gelu, false)?,
-        );
+        let rows = feats.rows;
+        let mid = Tensor::new(gpu, "projector.mid", rows, dt)?;
+        let mut out = Tensor::new(gpu, "projector.out", rows, dt)?;
+        let mut ks = self
+            .projector
+            .linear_1
+            .ops(gpu, &feats, &mid, Act::Gelu, false)?;
         ks.extend(
             self.projector
                 .linear_2
                 .ops(gpu, &mid, &out, Act::None, false)?,
         );
-        Ok(EncodePass { kernels: ks, out })
+        if let Some((plan, _)) = prune.filter(|(plan, _)| plan.method == Method::DivPrune) {
+            let (dk, kept, buffers) = stages::projector_stage(gpu, plan, &out)?;
+            ks.extend(dk);
+            stage = Some(buffers);
+            out = kept;
+        }
+        Ok(EncodePass {
+            tower: vp.kernels,
+            prune: prune_ks,
+            projector: ks,
+            out,
+            stage,
+        })
     }
 }

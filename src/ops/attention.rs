@@ -110,7 +110,7 @@ pub fn prefill(
 }
 
 /// Decode attention of one query row over the KV cache rows `0 .. step.kv_len`.
-/// `scores` is [heads, ctx] scratch; after the pass it holds the attention probabilities.
+/// `scores` is [heads, ≥ ctx] scratch (rows of stride scores.cols); after the pass it holds the attention probabilities.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
     gpu: &Gpu,
@@ -124,15 +124,15 @@ pub fn decode(
 ) -> Result<Vec<Kernel>> {
     h.check(q, k_cache)?;
     let ctx = k_cache.rows;
-    if scores.rows != h.heads || scores.cols != ctx {
-        bail!("attention: scores must be {}x{ctx}", h.heads);
+    if scores.rows != h.heads || scores.cols < ctx {
+        bail!("attention: scores must be {}x{ctx} or wider", h.heads);
     }
     let p = Params {
         m: 1,
         heads: h.heads as u32,
         kv_heads: h.kv_heads as u32,
         kv_stride: k_cache.cols as u32,
-        ctx: ctx as u32,
+        ctx: scores.cols as u32,
         scale: 1.0 / (h.hd as f32).sqrt(),
         ..Default::default()
     };

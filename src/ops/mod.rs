@@ -7,6 +7,7 @@ pub mod elementwise;
 pub mod embed;
 pub mod matmul;
 pub mod norm;
+pub mod prune;
 pub mod rope;
 pub mod sample;
 

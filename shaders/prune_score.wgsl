@@ -1,0 +1,168 @@
+// prune_score.wgsl: the attention and similarity passes that pruning scores tokens with.
+// None of them sends anything to the CPU.
+//
+// attn_stats: softmax statistics (row max, sum of exp) of n_q query rows of one attention
+//   layer, per head.
+//   Bindings: 0 params, 1 a = q f32 [*, a_stride], 2 b = k f32 [*, b_stride],
+//             3 stats f32 [n_q, heads, 2]
+//   One workgroup of WG threads per (query, head). Dispatch (n_q, heads, 1).
+// attn_relevance: for each visual key, the softmax probability it receives, averaged over
+//   heads and over the n_q queries.
+//   Bindings: 0 params, 1 q, 2 k, 3 stats (from attn_stats), 4 out f32 [n_keys]
+//   One invocation per visual key. Dispatch (ceil(n_keys / WG), 1, 1).
+//   Query i is row q_row0 + i. It sees keys 0 .. kv_len, or with `causal` keys 0 ..= its row.
+//   Visual key j is row key0 + j. Query head h reads KV head h / (heads / kv_heads).
+// key_mean: the head mean of key rows key0 .. key0 + rows (VisionZip's similarity metric).
+//   Bindings: 0 params, 1 a = k f32 [*, a_stride], 4 out f32 [rows, hd]
+//   One invocation per output value. Dispatch (ceil(rows * hd / WG), 1, 1).
+// normalize_rows: rows row0 .. row0 + rows of a, scaled to unit L2 norm.
+//   Bindings: 0 params, 1 a f32 [*, a_stride], 4 out f32 [rows, cols]
+//   One invocation per row. Dispatch (ceil(rows / WG), 1, 1).
+// gram: dot products of every pair of rows of a unit-norm matrix (cosine similarity).
+//   Bindings: 0 params, 1 a f32 [rows, cols], 4 out f32 [rows, rows]
+//   One invocation per pair, 16x16 per workgroup. Dispatch (ceil(rows/16), ceil(rows/16), 1).
+
+const WG: u32 = 64u;
+
+struct Params {
+    n_q: u32,
+    q_row0: u32,
+    key0: u32,
+    n_keys: u32,
+    kv_len: u32,
+    causal: u32,
+    heads: u32,
+    kv_heads: u32,
+    a_stride: u32,
+    b_stride: u32,
+    hd: u32,
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    scale: f32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> wg_m: array<f32, WG>;
+var<workgroup> wg_l: array<f32, WG>;
+
+// Scaled dot product of query row `qrow` (head h) with key row `krow`.
+fn logit(qrow: u32, h: u32, krow: u32) -> f32 {
+    let kvh = h / (p.heads / p.kv_heads);
+    var s = 0.0;
+    for (var d = 0u; d < p.hd; d++) {
+        s += a[qrow * p.a_stride + h * p.hd + d] * b[krow * p.b_stride + kvh * p.hd + d];
+    }
+    return s * p.scale;
+}
+
+fn keys_seen(qrow: u32) -> u32 {
+    return select(p.kv_len, qrow + 1u, p.causal != 0u);
+}
+
+@compute @workgroup_size(WG)
+fn attn_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let qi = wid.x;
+    let h = wid.y;
+    let qrow = p.q_row0 + qi;
+    var m = -3.0e38;
+    var l = 0.0;
+    for (var j = lid; j < keys_seen(qrow); j += WG) {
+        let s = logit(qrow, h, j);
+        let m2 = max(m, s);
+        l = l * exp(m - m2) + exp(s - m2);
+        m = m2;
+    }
+    wg_m[lid] = m;
+    wg_l[lid] = l;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if lid < stride {
+            let m1 = wg_m[lid];
+            let m2 = wg_m[lid + stride];
+            let mm = max(m1, m2);
+            wg_l[lid] = wg_l[lid] * exp(m1 - mm) + wg_l[lid + stride] * exp(m2 - mm);
+            wg_m[lid] = mm;
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        stats[(qi * p.heads + h) * 2u] = wg_m[0];
+        stats[(qi * p.heads + h) * 2u + 1u] = wg_l[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attn_relevance(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    if j >= p.n_keys {
+        return;
+    }
+    let krow = p.key0 + j;
+    var acc = 0.0;
+    for (var qi = 0u; qi < p.n_q; qi++) {
+        let qrow = p.q_row0 + qi;
+        if krow >= keys_seen(qrow) {
+            continue;
+        }
+        for (var h = 0u; h < p.heads; h++) {
+            let m = stats[(qi * p.heads + h) * 2u];
+            let l = stats[(qi * p.heads + h) * 2u + 1u];
+            acc += exp(logit(qrow, h, krow) - m) / l;
+        }
+    }
+    out[j] = acc / f32(p.n_q * p.heads);
+}
+
+@compute @workgroup_size(WG)
+fn key_mean(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if i >= p.rows * p.hd {
+        return;
+    }
+    let r = i / p.hd;
+    let d = i % p.hd;
+    var s = 0.0;
+    for (var h = 0u; h < p.heads; h++) {
+        s += a[(p.key0 + r) * p.a_stride + h * p.hd + d];
+    }
+    out[i] = s / f32(p.heads);
+}
+
+@compute @workgroup_size(WG)
+fn normalize_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if r >= p.rows {
+        return;
+    }
+    let base = (p.row0 + r) * p.a_stride;
+    var s = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let v = a[base + c];
+        s += v * v;
+    }
+    let inv = 1.0 / max(sqrt(s), 1e-12);
+    for (var c = 0u; c < p.cols; c++) {
+        out[r * p.cols + c] = a[base + c] * inv;
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn gram(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y;
+    let j = gid.x;
+    if i >= p.rows || j >= p.rows {
+        return;
+    }
+    var s = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        s += a[i * p.cols + c] * a[j * p.cols + c];
+    }
+    out[i * p.rows + j] = s;
+}

@@ -1,0 +1,414 @@
+// prune_select.wgsl: the selection passes of visual-token pruning. Each runs as ONE
+// workgroup (dispatch (1, 1, 1)): n is a few hundred to a few thousand, and a single
+// workgroup keeps the greedy loops free of cross-workgroup synchronisation. Ranking rule
+// everywhere: larger score first, ties to the lower index. Kept indices come out sorted.
+//
+// Bindings (each entry uses a subset):
+//   0 params, 1 scores f32 [n], 2 gram f32 [n, n], 3 keep u32 [k] (out),
+//   4 work f32 [n] (scratch, or reweighted scores out), 5 flags u32 [2n] (scratch),
+//   6 budget u32 [r*r] (ARP region budgets), 7 raster u32 [n] (raster position of each
+//   candidate), 8 aux f32 [N] (PoRe: padding mask by raster position; PBC: bias profile),
+//   9 assign u32 [n] (VisionZip: slot of the tgt a token merges into, or NONE).
+//
+// top_k      1 -> 3 (5): keep the k best scores. REGIONS: rank within ARP regions against
+//            budget[region] instead of k (6).
+// arp_budget 1 -> 6: ARP's integer region budgets (one invocation; see src/prune/arp.rs).
+// reweight   1, 7, 8 -> 4: PORE: s = rho^p * mask[p] * a (rho <= 0: fitted);
+//            PBC: r / profile[p] (has_profile) or r * e^(-slope p) (fitted), then min-max.
+//            One invocation, serial, in the CPU reference's order.
+// mmr        1, 2 -> 3 (4, 5): maximal marginal relevance, k picks.
+// max_min    2 -> 3 (4, 5): DivPrune's greedy max-min diversity, k picks.
+// visionzip  1, 2 -> 3, 9 (5): dominant + contextual selection and merge assignment.
+
+const WG: u32 = 256u;
+const NONE: u32 = 0xffffffffu;
+const MAX_REGIONS: u32 = 64u;
+const FIXED_ONE: f32 = 524288.0;
+
+struct Params {
+    n: u32,
+    k: u32,
+    grid: u32,
+    regions: u32,
+    floor_count: u32,
+    dominant: u32,
+    contextual: u32,
+    has_profile: u32,
+    lambda: f32,
+    rho: f32,
+    pad0: u32,
+    pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> scores: array<f32>;
+@group(0) @binding(2) var<storage, read> gram: array<f32>;
+@group(0) @binding(3) var<storage, read_write> keep: array<u32>;
+@group(0) @binding(4) var<storage, read_write> work: array<f32>;
+@group(0) @binding(5) var<storage, read_write> flags: array<u32>;
+@group(0) @binding(6) var<storage, read_write> budget: array<u32>;
+@group(0) @binding(7) var<storage, read> raster: array<u32>;
+@group(0) @binding(8) var<storage, read> aux: array<f32>;
+@group(0) @binding(9) var<storage, read_write> assign: array<u32>;
+
+var<workgroup> best_v: array<f32, WG>;
+var<workgroup> best_i: array<u32, WG>;
+
+fn before(a: f32, i: u32, b: f32, j: u32) -> bool {
+    return j == NONE || a > b || (a == b && i < j);
+}
+
+fn region_of(q: u32) -> u32 {
+    let row = q / p.grid;
+    let col = q % p.grid;
+    return (row * p.regions / p.grid) * p.regions + col * p.regions / p.grid;
+}
+
+fn barrier_all() {
+    storageBarrier();
+    workgroupBarrier();
+}
+
+// keep[slot] = i for every i with flags[i] == 1, slot = number of flagged j < i.
+fn compact(lid: u32) {
+    for (var i = lid; i < p.n; i += WG) {
+        if flags[i] == 1u {
+            var slot = 0u;
+            for (var j = 0u; j < i; j++) {
+                slot += flags[j];
+            }
+            keep[slot] = i;
+        }
+    }
+}
+
+// Workgroup argmax of each invocation's (v, i) candidate; every invocation gets the winner.
+fn wg_argmax(lid: u32, v: f32, i: u32) -> u32 {
+    best_v[lid] = v;
+    best_i[lid] = i;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if lid < stride {
+            let j = best_i[lid + stride];
+            if j != NONE && before(best_v[lid + stride], j, best_v[lid], best_i[lid]) {
+                best_v[lid] = best_v[lid + stride];
+                best_i[lid] = j;
+            }
+        }
+        workgroupBarrier();
+    }
+    let w = best_i[0];
+    workgroupBarrier();
+    return w;
+}
+
+@compute @workgroup_size(WG)
+fn top_k(@builtin(local_invocation_index) lid: u32) {
+    for (var i = lid; i < p.n; i += WG) {
+        let si = scores[i];
+#ifdef REGIONS
+        let ri = region_of(i);
+        let limit = budget[ri];
+#else
+        let limit = p.k;
+#endif
+        var rank = 0u;
+        for (var j = 0u; j < p.n; j++) {
+#ifdef REGIONS
+            if region_of(j) != ri {
+                continue;
+            }
+#endif
+            if j != i && before(scores[j], j, si, i) {
+                rank++;
+            }
+        }
+        flags[i] = select(0u, 1u, rank < limit);
+    }
+    barrier_all();
+    compact(lid);
+}
+
+@compute @workgroup_size(1)
+fn arp_budget() {
+    let regions = p.regions * p.regions;
+    var size: array<u32, MAX_REGIONS>;
+    var sum: array<u32, MAX_REGIONS>;
+    var w: array<u32, MAX_REGIONS>;
+    var alloc: array<u32, MAX_REGIONS>;
+    var frac: array<u32, MAX_REGIONS>;
+    var visited: array<bool, MAX_REGIONS>;
+    for (var q = 0u; q < p.n; q++) {
+        let k = region_of(q);
+        size[k] += 1u;
+        sum[k] += u32(clamp(scores[q], 0.0, 1.0) * FIXED_ONE);
+    }
+    var used = 0u;
+    for (var k = 0u; k < regions; k++) {
+        w[k] = select(0u, sum[k] / max(size[k], 1u), size[k] > 0u);
+        alloc[k] = min(size[k], p.floor_count);
+        used += alloc[k];
+    }
+    var rem = p.k - used;
+    loop {
+        if rem == 0u {
+            break;
+        }
+        var total = 0u;
+        var n_open = 0u;
+        for (var k = 0u; k < regions; k++) {
+            if alloc[k] < size[k] {
+                total += w[k];
+                n_open++;
+            }
+        }
+        if n_open == 0u {
+            break;
+        }
+        let uniform_w = total == 0u;
+        if uniform_w {
+            total = n_open;
+        }
+        var given = 0u;
+        var open: array<bool, MAX_REGIONS>;
+        for (var k = 0u; k < regions; k++) {
+            open[k] = alloc[k] < size[k];
+            visited[k] = false;
+            if open[k] {
+                let q = rem * select(w[k], 1u, uniform_w);
+                let give = min(q / total, size[k] - alloc[k]);
+                alloc[k] += give;
+                given += give;
+                frac[k] = q % total;
+            }
+        }
+        var left = rem - given;
+        loop {
+            if left == 0u {
+                break;
+            }
+            var best = NONE;
+            for (var k = 0u; k < regions; k++) {
+                if open[k] && !visited[k] && alloc[k] < size[k] && (best == NONE || frac[k] > frac[best]) {
+                    best = k;
+                }
+            }
+            if best == NONE {
+                break;
+            }
+            visited[best] = true;
+            alloc[best] += 1u;
+            left -= 1u;
+        }
+        rem = left;
+    }
+    for (var k = 0u; k < regions; k++) {
+        budget[k] = alloc[k];
+    }
+}
+
+// Least-squares slope of ln(max(v, 1e-30)) over raster positions, where use(i).
+fn log_slope(masked: bool) -> f32 {
+    var n = 0.0;
+    var sp = 0.0;
+    var sy = 0.0;
+    for (var i = 0u; i < p.n; i++) {
+        if !masked || aux[raster[i]] > 0.0 {
+            n += 1.0;
+            sp += f32(raster[i]);
+            sy += log(max(scores[i], 1e-30));
+        }
+    }
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mp = sp / n;
+    let my = sy / n;
+    var sxy = 0.0;
+    var sxx = 0.0;
+    for (var i = 0u; i < p.n; i++) {
+        if !masked || aux[raster[i]] > 0.0 {
+            let dx = f32(raster[i]) - mp;
+            sxy += dx * (log(max(scores[i], 1e-30)) - my);
+            sxx += dx * dx;
+        }
+    }
+    return select(0.0, sxy / sxx, sxx > 0.0);
+}
+
+@compute @workgroup_size(1)
+fn reweight() {
+#ifdef PORE
+    var rho = p.rho;
+    if rho <= 0.0 {
+        rho = exp(-log_slope(true));
+    }
+    for (var i = 0u; i < p.n; i++) {
+        work[i] = pow(rho, f32(raster[i])) * aux[raster[i]] * scores[i];
+    }
+#else
+    var slope = 0.0;
+    if p.has_profile == 0u {
+        slope = log_slope(false);
+    }
+    var lo = 3.0e38;
+    var hi = -3.0e38;
+    for (var i = 0u; i < p.n; i++) {
+        var v: f32;
+        if p.has_profile != 0u {
+            v = scores[i] / max(aux[raster[i]], 1e-30);
+        } else {
+            v = scores[i] * exp(-slope * f32(raster[i]));
+        }
+        work[i] = v;
+        lo = min(lo, v);
+        hi = max(hi, v);
+    }
+    let span = hi - lo;
+    for (var i = 0u; i < p.n; i++) {
+        work[i] = select(0.0, (work[i] - lo) / span, span > 0.0);
+    }
+#endif
+}
+
+@compute @workgroup_size(WG)
+fn mmr(@builtin(local_invocation_index) lid: u32) {
+    for (var i = lid; i < p.n; i += WG) {
+        flags[i] = 0u;
+        work[i] = -3.0e38;
+    }
+    barrier_all();
+    for (var step = 0u; step < min(p.k, p.n); step++) {
+        var bv = 0.0;
+        var bi = NONE;
+        for (var j = lid; j < p.n; j += WG) {
+            if flags[j] == 0u {
+                var v = scores[j];
+                if step > 0u {
+                    v = p.lambda * scores[j] - (1.0 - p.lambda) * work[j];
+                }
+                if before(v, j, bv, bi) {
+                    bv = v;
+                    bi = j;
+                }
+            }
+        }
+        let pick = wg_argmax(lid, bv, bi);
+        for (var j = lid; j < p.n; j += WG) {
+            work[j] = max(work[j], gram[pick * p.n + j]);
+        }
+        if lid == 0u {
+            flags[pick] = 1u;
+        }
+        barrier_all();
+    }
+    compact(lid);
+}
+
+@compute @workgroup_size(WG)
+fn max_min(@builtin(local_invocation_index) lid: u32) {
+    for (var i = lid; i < p.n; i += WG) {
+        flags[i] = 0u;
+        work[i] = 3.0e38;
+    }
+    barrier_all();
+    for (var step = 0u; step < min(p.k, p.n); step++) {
+        var bv = 0.0;
+        var bi = NONE;
+        for (var j = lid; j < p.n; j += WG) {
+            if flags[j] == 0u {
+                var v = work[j];
+                if step == 0u {
+                    v = 3.0e38;
+                    for (var o = 0u; o < p.n; o++) {
+                        if o != j {
+                            v = min(v, 1.0 - gram[j * p.n + o]);
+                        }
+                    }
+                }
+                if before(v, j, bv, bi) {
+                    bv = v;
+                    bi = j;
+                }
+            }
+        }
+        let pick = wg_argmax(lid, bv, bi);
+        for (var j = lid; j < p.n; j += WG) {
+            work[j] = min(work[j], 1.0 - gram[pick * p.n + j]);
+        }
+        if lid == 0u {
+            flags[pick] = 1u;
+        }
+        barrier_all();
+    }
+    compact(lid);
+}
+
+@compute @workgroup_size(WG)
+fn visionzip(@builtin(local_invocation_index) lid: u32) {
+    let n = p.n;
+    // 1. Dominant tokens: rank by CLS attention.
+    for (var i = lid; i < n; i += WG) {
+        var rank = 0u;
+        for (var j = 0u; j < n; j++) {
+            if j != i && before(scores[j], j, scores[i], i) {
+                rank++;
+            }
+        }
+        flags[n + i] = select(0u, 1u, rank < p.dominant);
+    }
+    barrier_all();
+    // 2. Contextual targets: every step-th of the remaining tokens, in raster order.
+    let rest = n - p.dominant;
+    let stride = max(1u, rest / max(p.contextual, 1u));
+    for (var i = lid; i < n; i += WG) {
+        var kept = flags[n + i];
+        if kept == 0u {
+            var r = 0u;
+            for (var j = 0u; j < i; j++) {
+                r += 1u - flags[n + j];
+            }
+            if r % stride == 0u && r / stride < p.contextual {
+                kept = 2u;
+            }
+        }
+        flags[i] = kept; // 0 merged, 1 dominant, 2 tgt
+    }
+    barrier_all();
+    // 3. Merge assignment: the most similar tgt, as its slot among the kept tokens.
+    for (var j = lid; j < n; j += WG) {
+        var tgt = NONE;
+        if flags[j] == 0u {
+            var bv = 0.0;
+            for (var t = 0u; t < n; t++) {
+                if flags[t] == 2u && before(gram[j * n + t], t, bv, tgt) {
+                    bv = gram[j * n + t];
+                    tgt = t;
+                }
+            }
+        }
+        var slot = NONE;
+        if tgt != NONE {
+            slot = 0u;
+            for (var t = 0u; t < tgt; t++) {
+                slot += select(0u, 1u, flags[t] != 0u);
+            }
+        }
+        assign[j] = slot;
+    }
+    barrier_all();
+    for (var i = lid; i < n; i += WG) {
+        flags[n + i] = select(0u, 1u, flags[i] != 0u);
+    }
+    barrier_all();
+    // 4. Kept tokens, sorted.
+    for (var i = lid; i < n; i += WG) {
+        if flags[n + i] == 1u {
+            var slot = 0u;
+            for (var j = 0u; j < i; j++) {
+                slot += flags[n + j];
+            }
+            keep[slot] = i;
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The Rust side of the pruning kernels (`prune_score.wgsl`, `prune_select.wgsl`,
+//! `prune_gather.wgsl`). Each function checks its shapes and returns the dispatches; the
+//! methods in `src/prune/` put them together.
+
+use super::{attention::Heads, bytes, check_len, Kernel};
+use crate::gpu::{fold_workgroups, Gpu, Tensor};
+use anyhow::{bail, Result};
+use std::ops::Range;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ScoreParams {
+    n_q: u32,
+    q_row0: u32,
+    key0: u32,
+    n_keys: u32,
+    kv_len: u32,
+    causal: u32,
+    heads: u32,
+    kv_heads: u32,
+    a_stride: u32,
+    b_stride: u32,
+    hd: u32,
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    scale: f32,
+    pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SelectParams {
+    pub n: u32,
+    pub k: u32,
+    pub grid: u32,
+    pub regions: u32,
+    pub floor_count: u32,
+    pub dominant: u32,
+    pub contextual: u32,
+    pub has_profile: u32,
+    pub lambda: f32,
+    pub rho: f32,
+    pub pad0: u32,
+    pub pad1: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct GatherParams {
+    rows: u32,
+    cols: u32,
+    src_stride: u32,
+    row0: u32,
+    slot: u32,
+    kept: u32,
+    n_vis: u32,
+    n: u32,
+}
+
+/// Which queries of an attention layer score the visual keys.
+#[derive(Clone, Debug)]
+pub struct Queries {
+    /// Query rows.
+    pub rows: Range<usize>,
+    /// Causal attention (decoder): a query sees keys up to its own row. Otherwise every query
+    /// sees `kv_len` keys (encoder).
+    pub causal: bool,
+    pub kv_len: usize,
+}
+
+/// The softmax probability each visual key (rows `keys`) receives from `queries`, averaged
+/// over heads and queries, into `out` [keys.len()]. `stats` is scratch of
+/// 2·heads·queries floats.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_relevance(
+    gpu: &Gpu,
+    h: Heads,
+    q: &Tensor,
+    k: &Tensor,
+    queries: &Queries,
+    keys: Range<usize>,
+    stats: &wgpu::Buffer,
+    out: &Tensor,
+) -> Result<Vec<Kernel>> {
+    let n_q = queries.rows.len();
+    if n_q == 0 || keys.is_empty() {
+        bail!("attention relevance: no queries or no keys");
+    }
+    if queries.rows.end > q.rows || keys.end > k.rows || out.rows * out.cols < keys.len() {
+        bail!("attention relevance: rows out of range");
+    }
+    if q.cols < h.heads * h.hd || k.cols < h.kv_heads * h.hd {
+        bail!("attention relevance: q or k is narrower than its heads");
+    }
+    check_len("attention stats", stats, 2 * h.heads * n_q)?;
+    let p = ScoreParams {
+        n_q: n_q as u32,
+        q_row0: queries.rows.start as u32,
+        key0: keys.start as u32,
+        n_keys: keys.len() as u32,
+        kv_len: queries.kv_len as u32,
+        causal: queries.causal as u32,
+        heads: h.heads as u32,
+        kv_heads: h.kv_heads as u32,
+        a_stride: q.cols as u32,
+        b_stride: k.cols as u32,
+        hd: h.hd as u32,
+        scale: 1.0 / (h.hd as f32).sqrt(),
+        ..Default::default()
+    };
+    let d = gpu.base_defines();
+    Ok(vec![
+        Kernel::new(
+            gpu,
+            "prune_score",
+            "attn_stats",
+            &d,
+            bytes(&p),
+            &[(1, &q.buf), (2, &k.buf), (3, stats)],
+            [n_q as u32, h.heads as u32, 1],
+        )?,
+        Kernel::new(
+            gpu,
+            "prune_score",
+            "attn_relevance",
+            &d,
+            bytes(&p),
+            &[(1, &q.buf), (2, &k.buf), (3, stats), (4, &out.buf)],
+            [(keys.len() as u32).div_ceil(64), 1, 1],
+        )?,
+    ])
+}
+
+/// Head mean of key rows `rows` of `k` into `out` [rows, hd].
+pub fn key_mean(
+    gpu: &Gpu,
+    h: Heads,
+    k: &Tensor,
+    rows: Range<usize>,
+    out: &Tensor,
+) -> Result<Kernel> {
+    if rows.end > k.rows || out.rows < rows.len() || out.cols != h.hd || k.cols < h.kv_heads * h.hd
+    {
+        bail!("key mean: shapes do not match");
+    }
+    let p = ScoreParams {
+        key0: rows.start as u32,
+        rows: rows.len() as u32,
+        heads: h.kv_heads as u32,
+        a_stride: k.cols as u32,
+        hd: h.hd as u32,
+        ..Default::default()
+    };
+    Kernel::new(
+        gpu,
+        "prune_score",
+        "key_mean",
+        &gpu.base_defines(),
+        bytes(&p),
+        &[(1, &k.buf), (4, &out.buf)],
+        [((rows.len() * h.hd) as u32).div_ceil(64), 1, 1],
+    )
+}
+
+/// Cosine similarity of rows `rows` of `x` with each other: `unit` [rows, x.cols] receives
+/// the unit rows, `out` [rows, rows] the similarities.
+pub fn cosine_gram(
+    gpu: &Gpu,
+    x: &Tensor,
+    rows: Range<usize>,
+    unit: &Tensor,
+    out: &Tensor,
+) -> Result<Vec<Kernel>> {
+    let n = rows.len();
+    if rows.end > x.rows || unit.rows < n || unit.cols != x.cols || out.rows * out.cols < n * n {
+        bail!("cosine gram: shapes do not match");
+    }
+    let p = ScoreParams {
+        rows: n as u32,
+        cols: x.cols as u32,
+        row0: rows.start as u32,
+        a_stride: x.cols as u32,
+        ..Default::default()
+    };
+    let d = gpu.base_defines();
+    let tiles = (n as u32).div_ceil(16);
+    Ok(vec![
+        Kernel::new(
+            gpu,
+            "prune_score",
+            "normalize_rows",
+            &d,
+            bytes(&p),
+            &[(1, &x.buf), (4, &unit.buf)],
+            [(n as u32).div_ceil(64), 1, 1],
+        )?,
+        Kernel::new(
+            gpu,
+            "prune_score",
+            "gram",
+            &d,
+            bytes(&p),
+            &[(1, &unit.buf), (4, &out.buf)],
+            [tiles, tiles, 1],
+        )?,
+    ])
+}
+
+/// A single-workgroup selection pass of `prune_select.wgsl`.
+pub fn select(
+    gpu: &Gpu,
+    entry: &'static str,
+    flag: Option<&str>,
+    p: SelectParams,
+    buffers: &[(u32, &wgpu::Buffer)],
+) -> Result<Kernel> {
+    let mut d = gpu.base_defines();
+    if let Some(f) = flag {
+        d.flag(f);
+    }
+    Kernel::new(
+        gpu,
+        "prune_select",
+        entry,
+        &d,
+        bytes(&p),
+        buffers,
+        [1, 1, 1],
+    )
+}
+
+impl SelectParams {
+    pub fn new(n: usize, k: usize) -> Self {
+        Self {
+            n: n as u32,
+            k: k as u32,
+            ..Default::default()
+        }
+    }
+}
+
+fn gather_grid(gpu: &Gpu, elems: usize) -> [u32; 3] {
+    fold_workgroups((elems as u32).div_ceil(64), gpu.caps.max_workgroups_per_dim)
+}
+
+/// out[i] = src[row0 + keep[i]] for the out.rows kept rows.
+pub fn gather_rows(
+    gpu: &Gpu,
+    keep: &wgpu::Buffer,
+    src: &Tensor,
+    row0: usize,
+    out: &Tensor,
+) -> Result<Kernel> {
+    if out.cols > src.cols {
+        bail!("gather rows: output wider than its source");
+    }
+    check_len("gather keep", keep, out.rows)?;
+    let p = GatherParams {
+        rows: out.rows as u32,
+        cols: out.cols as u32,
+        src_stride: src.cols as u32,
+        row0: row0 as u32,
+        ..Default::default()
+    };
+    Kernel::new(
+        gpu,
+        "prune_gather",
+        "gather_rows",
+        &gpu.base_defines(),
+        bytes(&p),
+        &[(1, keep), (2, &src.buf), (3, &out.buf)],
+        gather_grid(gpu, out.rows * out.cols),
+    )
+}
+
+/// The decoder sequence after pruning: rows before `slot`, the `kept` visual rows chosen by
+/// `keep` among `n_vis`, then the rest; `positions` receives each row's original position.
+#[allow(clippy::too_many_arguments)]
+pub fn splice_rows(
+    gpu: &Gpu,
+    keep: &wgpu::Buffer,
+    src: &Tensor,
+    slot: usize,
+    n_vis: usize,
+    kept: usize,
+    out: &Tensor,
+    positions: &wgpu::Buffer,
+) -> Result<Kernel> {
+    if src.rows != out.rows + n_vis - kept || src.cols != out.cols || slot + n_vis > src.rows {
+        bail!("splice rows: shapes do not match");
+    }
+    check_len("splice positions", positions, out.rows)?;
+    let p = GatherParams {
+        rows: out.rows as u32,
+        cols: out.cols as u32,
+        src_stride: src.cols as u32,
+        slot: slot as u32,
+        kept: kept as u32,
+        n_vis: n_vis as u32,
+        ..Default::default()
+    };
+    Kernel::new(
+        gpu,
+        "prune_gather",
+        "splice_rows",
+        &gpu.base_defines(),
+        bytes(&p),
+        &[(1, keep), (2, &src.buf), (3, &out.buf), (4, positions)],
+        gather_grid(gpu, out.rows * out.cols),
+    )
+}
+
+/// VisionZip's merge: each kept row plus the mean of the `n` source rows assigned to it.
+pub fn merge_rows(
+    gpu: &Gpu,
+    keep: &wgpu::Buffer,
+    assign: &wgpu::Buffer,
+    n: usize,
+    src: &Tensor,
+    row0: usize,
+    out: &Tensor,
+) -> Result<Kernel> {
+    if row0 + n > src.rows || out.cols > src.cols {
+        bail!("merge rows: shapes do not match");
+    }
+    check_len("merge assign", assign, n)?;
+    let p = GatherParams {
+        rows: out.rows as u32,
+        cols: out.cols as u32,
+        src_stride: src.cols as u32,
+        row0: row0 as u32,
+        n: n as u32,
+        ..Default::default()
+    };
+    Kernel::new(
+        gpu,
+        "prune_gather",
+        "merge_rows",
+        &gpu.base_defines(),
+        bytes(&p),
+        &[(1, keep), (2, &src.buf), (3, &out.buf), (5, assign)],
+        gather_grid(gpu, out.rows * out.cols),
+    )
+}
+
+/// out_idx[i] = base[keep[i]] for i < rows.
+pub fn compose(
+    gpu: &Gpu,
+    keep: &wgpu::Buffer,
+    base: &wgpu::Buffer,
+    rows: usize,
+    out_idx: &wgpu::Buffer,
+) -> Result<Kernel> {
+    check_len("compose keep", keep, rows)?;
+    check_len("compose out", out_idx, rows)?;
+    let p = GatherParams {
+        rows: rows as u32,
+        ..Default::default()
+    };
+    Kernel::new(
+        gpu,
+        "prune_gather",
+        "compose",
+        &gpu.base_defines(),
+        bytes(&p),
+        &[(1, keep), (6, base), (7, out_idx)],
+        [(rows as u32).div_ceil(64), 1, 1],
+    )
+}
