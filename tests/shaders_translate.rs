@@ -18,6 +18,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
         "norm" => vec![vec![], vec!["LAYER_NORM"]],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
         "softmax" => vec![vec![], vec!["STEP_LEN"]],
+        "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"]],
         _ => vec![vec![]],
     }
 }
@@ -76,5 +77,5 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    assert_eq!(count, 4 * (7 + 2 + 2 + 2 + 4));
+    assert_eq!(count, 4 * (7 + 2 + 2 + 2 + 4 + 3 + 2));
 }
