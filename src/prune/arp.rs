@@ -62,7 +62,7 @@ pub fn budgets(attention: &[f32], grid: usize, r: usize, floor: usize, b1: usize
         sum[k] += (a.clamp(0.0, 1.0) * FIXED_ONE) as u32;
     }
     let w: Vec<u32> = (0..regions)
-        .map(|k| if size[k] > 0 { sum[k] / size[k] } else { 0 })
+        .map(|k| sum[k].checked_div(size[k]).unwrap_or(0))
         .collect();
     let mut alloc: Vec<u32> = size.iter().map(|&s| s.min(floor as u32)).collect();
     let mut rem = b1 as u32 - alloc.iter().sum::<u32>();
@@ -130,9 +130,9 @@ mod tests {
         // 8x8 grid, 2x2 regions of 16 patches; region 0 holds most of the attention.
         let grid = 8;
         let mut a = vec![0.001f32; 64];
-        for p in 0..64 {
+        for (p, v) in a.iter_mut().enumerate() {
             if region_of(p, grid, 2) == 0 {
-                a[p] = 0.05 + 0.0001 * p as f32;
+                *v = 0.05 + 0.0001 * p as f32;
             }
         }
         let floor = floor_count(0.3, 20, 4);

@@ -135,18 +135,6 @@ impl Calibration {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smoothing_and_fingerprints() {
-        assert_eq!(smooth(&[0.0, 3.0, 0.0, 3.0], 3), vec![1.5, 1.0, 2.0, 1.5]);
-        assert_ne!(fnv1a(&[b"a", b"b"]), fnv1a(&[b"ab"]));
-        assert_eq!(fnv1a(&[b"x"]), fnv1a(&[b"x"]));
-    }
-}
-
 /// Run the calibration: prefill on a mean-colour image with each neutral prompt, and at every
 /// layer l < L−1 read the visual tokens' relevance (text queries after the image, and the
 /// last token), which prune layer l + 1 would use. Only this offline pass reads attention
@@ -275,4 +263,16 @@ pub fn run(engine: &crate::Engine, template: &str) -> Result<Calibration> {
             .map(|k| LayerProfile::from_means(k, &text_sum[k - 1], &last_sum[k - 1], grid))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoothing_and_fingerprints() {
+        assert_eq!(smooth(&[0.0, 3.0, 0.0, 3.0], 3), vec![1.5, 1.0, 2.0, 1.5]);
+        assert_ne!(fnv1a(&[b"a", b"b"]), fnv1a(&[b"ab"]));
+        assert_eq!(fnv1a(&[b"x"]), fnv1a(&[b"x"]));
+    }
 }

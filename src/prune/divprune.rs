@@ -24,8 +24,8 @@ pub fn select(gram: &[f32], n: usize, keep: usize) -> Vec<u32> {
             argmax((0..n).filter(|&j| !chosen[j]), |j| min_d[j])
         };
         chosen[pick] = true;
-        for j in 0..n {
-            min_d[j] = min_d[j].min(d(pick, j));
+        for (j, m) in min_d.iter_mut().enumerate() {
+            *m = m.min(d(pick, j));
         }
     }
     (0..n).filter(|&i| chosen[i]).map(|i| i as u32).collect()
