@@ -406,6 +406,10 @@ impl Engine {
                 &ep.projector.iter().collect::<Vec<_>>(),
                 &mut timings.encode,
             )?;
+            timed(
+                &ep.prune_after.iter().collect::<Vec<_>>(),
+                &mut timings.prune,
+            )?;
             let dst = RowDest {
                 buf: &s_full.x.buf,
                 stride: cfg.hidden_size,

@@ -33,8 +33,10 @@ pub struct EncodePass {
     pub tower: Vec<Kernel>,
     /// Encoder-side pruning (empty without it).
     pub prune: Vec<Kernel>,
-    /// The projector, and DivPrune after it.
+    /// Feature selection (CLS dropped) and the projector.
     pub projector: Vec<Kernel>,
+    /// Pruning after the projector (DivPrune).
+    pub prune_after: Vec<Kernel>,
     pub out: Tensor,
     /// The pruning stage's buffers (selection, scores), if one ran.
     pub stage: Option<StageBuffers>,
@@ -46,6 +48,7 @@ impl EncodePass {
             .iter()
             .chain(&self.prune)
             .chain(&self.projector)
+            .chain(&self.prune_after)
             .collect()
     }
 }
@@ -145,6 +148,8 @@ impl Llava {
         }
         let mut stage = None;
         let mut prune_ks = Vec::new();
+        let mut select_ks = Vec::new();
+        let mut prune_after = Vec::new();
         let before_projector = prune.filter(|(plan, _)| plan.method != Method::DivPrune);
         let feats = if let Some((plan, opts)) = before_projector {
             let es = stages::encoder_stage(
@@ -169,16 +174,18 @@ impl Llava {
                 col: 0,
                 step: None,
             };
-            prune_ks.push(ops::elementwise::copy_rows(gpu, &vp.out, first, n, dst)?);
+            select_ks.push(ops::elementwise::copy_rows(gpu, &vp.out, first, n, dst)?);
             feats
         };
         let rows = feats.rows;
         let mid = Tensor::new(gpu, "projector.mid", rows, dt)?;
         let mut out = Tensor::new(gpu, "projector.out", rows, dt)?;
-        let mut ks = self
-            .projector
-            .linear_1
-            .ops(gpu, &feats, &mid, Act::Gelu, false)?;
+        let mut ks = select_ks;
+        ks.extend(
+            self.projector
+                .linear_1
+                .ops(gpu, &feats, &mid, Act::Gelu, false)?,
+        );
         ks.extend(
             self.projector
                 .linear_2
@@ -186,7 +193,7 @@ impl Llava {
         );
         if let Some((plan, _)) = prune.filter(|(plan, _)| plan.method == Method::DivPrune) {
             let (dk, kept, buffers) = stages::projector_stage(gpu, plan, &out)?;
-            ks.extend(dk);
+            prune_after = dk;
             stage = Some(buffers);
             out = kept;
         }
@@ -194,6 +201,7 @@ impl Llava {
             tower: vp.kernels,
             prune: prune_ks,
             projector: ks,
+            prune_after,
             out,
             stage,
         })
