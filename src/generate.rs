@@ -6,7 +6,7 @@ use crate::gpu::{Gpu, GpuOptions, Kernel, Step};
 use crate::image as img;
 use crate::model::llama::{KvCache, Mode, PassIo};
 use crate::model::llava::Llava;
-use crate::ops::{self, elementwise::RowDest, sample::Sampling};
+use crate::ops::sample::Sampling;
 use crate::prompt::{self, TextStream, IMAGE_TAG, LLAVA_TEMPLATE};
 use crate::prune::budget::{self, DecoderShape};
 use crate::prune::calibrate::Calibration;
@@ -37,7 +37,7 @@ pub struct GenerateOptions {
     /// Visual-token pruning.
     pub prune: PruneOptions,
     /// Read the pruning stages' scores and similarity matrices back into
-    /// [`Output::traces`] (tests, debugging; the kept indices are always read).
+    /// [`Output::stages`] (tests, debugging; the kept indices are always read).
     pub trace_pruning: bool,
 }
 
@@ -97,8 +97,6 @@ pub struct PruneReport {
     /// Visual tokens entering the decoder, and kept from layer K on.
     pub kept_encoder: usize,
     pub kept_decoder: usize,
-    /// Per stage: the kept indices among its candidates and their raster positions (0..N).
-    pub stages: Vec<StageTrace>,
 }
 
 /// What one request produced, and what it cost.
@@ -124,9 +122,9 @@ pub struct Output {
     pub timings_ms: Timings,
     #[serde(skip)]
     pub prefill_logits: Option<Vec<f32>>,
-    /// The pruning stages read back (scores and matrices with `trace_pruning`).
-    #[serde(skip)]
-    pub traces: Vec<StageTrace>,
+    /// Per pruning stage: the kept indices among its candidates and their raster positions
+    /// (0..N); scores and matrices too with `trace_pruning` (not serialised).
+    pub stages: Vec<StageTrace>,
 }
 
 pub struct Engine {
@@ -410,14 +408,7 @@ impl Engine {
                 &ep.prune_after.iter().collect::<Vec<_>>(),
                 &mut timings.prune,
             )?;
-            let dst = RowDest {
-                buf: &s_full.x.buf,
-                stride: cfg.hidden_size,
-                row0: slot,
-                col: 0,
-                step: None,
-            };
-            prefill_in.push(ops::elementwise::copy_rows(gpu, &ep.out, 0, n_vis, dst)?);
+            prefill_in.push(llm.place_rows(gpu, &ep.out, &s_full.x, slot)?);
             vis_raster = ep.stage.as_ref().map(|s| s.raster.clone());
             _encode_pass = ep;
             if let Some(s) = _encode_pass.stage.as_ref() {
@@ -438,7 +429,6 @@ impl Engine {
         let logits = crate::gpu::Tensor::new(gpu, "llm.logits", 1, cfg.vocab_size)?;
         let decoder_stage;
         let late_scratch;
-        let t = Instant::now();
         let head = match split {
             Some(k) => {
                 let early = llm.layer_ops(gpu, 0..k, &s_full, &pos_prefill, &io, None)?;
@@ -461,7 +451,7 @@ impl Engine {
                     profile,
                     &mask,
                     &DecoderInput {
-                        h: llm.heads_layout(),
+                        h: llm.heads(),
                         q: &s_full.q,
                         k_cache: &cache.k[k - 1],
                         x: &s_full.x,
@@ -491,7 +481,6 @@ impl Engine {
         self.submit(&head.iter().collect::<Vec<_>>(), Some((&token, &staging)))?;
         let mut next = self.read_token(&staging)?;
         timings.prefill += ms(t_last);
-        let _ = t;
         let prefill_logits = if opts.keep_prefill_logits {
             Some(logits.read(gpu)?)
         } else {
@@ -554,7 +543,7 @@ impl Engine {
         timings.decode = ms(t);
 
         // Accounting.
-        let traces = stage_buffers
+        let stages = stage_buffers
             .iter()
             .map(|b| b.trace(gpu, opts.trace_pruning))
             .collect::<Result<Vec<_>>>()?;
@@ -590,7 +579,6 @@ impl Engine {
             prune_layer: split,
             kept_encoder: plan.encoder_keep,
             kept_decoder: plan.decoder_keep,
-            stages: traces.clone(),
         });
         Ok(Output {
             text: stream.text()?,
@@ -605,7 +593,7 @@ impl Engine {
             pruning: pruning_report,
             timings_ms: timings,
             prefill_logits,
-            traces,
+            stages,
         })
     }
 

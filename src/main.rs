@@ -126,7 +126,7 @@ fn save_keep_map(
     )?;
     let n = out.visual_tokens;
     let all: Vec<u32> = (0..n as u32).collect();
-    let stages = &out.traces;
+    let stages = &out.stages;
     let (first, kept) = match stages.len() {
         0 => (None, all.clone()),
         1 => (None, stages[0].raster.clone()),

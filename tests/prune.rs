@@ -84,7 +84,7 @@ fn end_to_end_parity_with_the_pytorch_reference_of_fastv_and_posprune() {
             c["decoder_keep"].as_u64().unwrap() as usize,
             "{what}"
         );
-        let stages = &out.traces;
+        let stages = &out.stages;
         if m == Method::PosPrune {
             assert_eq!(stages[0].raster, u32s(&c["encoder_raster"]), "{what}: ARP");
         }
@@ -118,7 +118,7 @@ fn gpu_selections_equal_the_cpu_references_on_real_runs() {
             let plan = opts.plan(n, layers).unwrap();
             let out = run(e, img, opts.clone(), true);
             let what = format!("{m} {img}");
-            let t = &out.traces;
+            let t = &out.stages;
             assert_eq!(t.len(), 1 + (m == Method::PosPrune) as usize, "{what}");
             let s = &t[0];
             let expect_first = match m {
@@ -525,9 +525,9 @@ fn calibration_feeds_pbc_and_pore() {
         let mut opts = method(m, 64);
         opts.calibration = Some(path.clone());
         let out = run(e, "b.png", opts, true);
-        let d = out.traces.last().unwrap();
+        let d = out.stages.last().unwrap();
         let raster: Vec<u32> = if m == Method::PosPrune {
-            out.traces[0].raster.clone()
+            out.stages[0].raster.clone()
         } else {
             (0..576).collect()
         };

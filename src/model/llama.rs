@@ -176,7 +176,7 @@ impl Llama {
         })
     }
 
-    fn heads(&self) -> Heads {
+    pub fn heads(&self) -> Heads {
         Heads {
             heads: self.cfg.num_attention_heads,
             kv_heads: self.cfg.kv_heads(),
@@ -215,8 +215,16 @@ impl Llama {
         Ok(s)
     }
 
-    pub fn heads_layout(&self) -> Heads {
-        self.heads()
+    /// Copy all rows of `rows` into `x` from row `at` on (the visual tokens into the prompt).
+    pub fn place_rows(&self, gpu: &Gpu, rows: &Tensor, x: &Tensor, at: usize) -> Result<Kernel> {
+        let dst = RowDest {
+            buf: &x.buf,
+            stride: x.cols,
+            row0: at,
+            col: 0,
+            step: None,
+        };
+        ops::elementwise::copy_rows(gpu, rows, 0, rows.rows, dst)
     }
 
     /// Kernels of decoder layers `layers` over the rows of `s`, whose rotary positions are

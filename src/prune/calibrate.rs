@@ -142,7 +142,7 @@ impl Calibration {
 pub fn run(engine: &crate::Engine, template: &str) -> Result<Calibration> {
     use crate::gpu::{Step, Tensor};
     use crate::model::llama::{KvCache, PassIo};
-    use crate::ops::{self, elementwise::RowDest, prune::Queries};
+    use crate::ops::{self, prune::Queries};
     let gpu = &*engine.gpu;
     let model = &engine.model;
     let llm = &model.llm;
@@ -200,14 +200,7 @@ pub fn run(engine: &crate::Engine, template: &str) -> Result<Calibration> {
             sampling: crate::Sampling::greedy(),
         };
         let mut ks = llm.embed(gpu, &ids_buf, &s.x)?;
-        let dst = RowDest {
-            buf: &s.x.buf,
-            stride: cfg.hidden_size,
-            row0: slot,
-            col: 0,
-            step: None,
-        };
-        ks.push(ops::elementwise::copy_rows(gpu, &ep.out, 0, n, dst)?);
+        ks.push(llm.place_rows(gpu, &ep.out, &s.x, slot)?);
         let after = slot + n..rows;
         let text_q = if after.is_empty() {
             rows - 1..rows
@@ -219,10 +212,8 @@ pub fn run(engine: &crate::Engine, template: &str) -> Result<Calibration> {
         for l in 0..layers - 1 {
             ks.extend(llm.layer_ops(gpu, l..l + 1, &s, &pos, &io, None)?);
             for q_rows in [text_q.clone(), rows - 1..rows] {
-                let stats = gpu.storage_buffer(
-                    "prune.stats",
-                    8 * (llm.heads_layout().heads * q_rows.len()) as u64,
-                )?;
+                let stats = gpu
+                    .storage_buffer("prune.stats", 8 * (llm.heads().heads * q_rows.len()) as u64)?;
                 let out = Tensor::new(gpu, "calibration.relevance", n, 1)?;
                 let queries = Queries {
                     rows: q_rows,
@@ -231,7 +222,7 @@ pub fn run(engine: &crate::Engine, template: &str) -> Result<Calibration> {
                 };
                 ks.extend(ops::prune::attention_relevance(
                     gpu,
-                    llm.heads_layout(),
+                    llm.heads(),
                     &s.q,
                     &cache.k[l],
                     &queries,
