@@ -6,6 +6,7 @@
 //! `shaders/` the kernels.
 
 pub mod generate;
+pub mod gguf;
 pub mod gpu;
 pub mod image;
 pub mod model;

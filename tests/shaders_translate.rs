@@ -15,6 +15,13 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["ACCUMULATE"],
             vec!["BIAS", "ACCUMULATE"],
         ],
+        "matmul_quant" => vec![
+            vec!["Q4_0"],
+            vec!["Q4_1"],
+            vec!["Q8_0", "ACCUMULATE"],
+            vec!["Q4_K", "BIAS", "ACT_GELU"],
+            vec!["Q6_K", "BIAS", "ACT_QUICK_GELU"],
+        ],
         "norm" => vec![vec![], vec!["LAYER_NORM"]],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
         "softmax" => vec![vec![], vec!["STEP_LEN"]],
@@ -77,5 +84,5 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    assert_eq!(count, 4 * (7 + 2 + 2 + 2 + 4 + 3 + 2));
+    assert_eq!(count, 4 * (7 + 5 + 2 + 2 + 2 + 4 + 3 + 2));
 }

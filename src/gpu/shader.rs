@@ -16,6 +16,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/activations.wgsl"),
     ),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    (
+        "matmul_quant",
+        include_str!("../../shaders/matmul_quant.wgsl"),
+    ),
     ("norm", include_str!("../../shaders/norm.wgsl")),
     (
         "elementwise",
@@ -43,6 +47,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// Files that hold kernels (the rest are included by them).
 pub const KERNEL_FAMILIES: &[&str] = &[
     "matmul",
+    "matmul_quant",
     "norm",
     "elementwise",
     "rope",

@@ -2,6 +2,7 @@
 //! storage-binding limit.
 
 use super::Gpu;
+use crate::gguf::quant::GgmlType;
 use anyhow::{bail, Result};
 
 /// An f32 activation buffer with a row-major 2-D shape.
@@ -54,12 +55,16 @@ pub struct WeightChunk {
     pub rows: usize,
 }
 
-/// A weight matrix [rows, cols] stored as f16, each row padded with zeros to `cols4`
-/// (a multiple of 4) so that kernels can read 4 values at a time.
+/// A weight matrix [rows, cols]. As f16 (`ty` F16), each row is padded with zeros to `cols4`
+/// (a multiple of 4) so that kernels can read 4 values at a time. Quantized (`ty` a ggml
+/// block type), rows are the file's blocks byte for byte, `row_bytes` each, unpadded; each
+/// chunk's buffer is padded at its end to whole 4-byte words.
 pub struct Weight {
     pub rows: usize,
     pub cols: usize,
     pub cols4: usize,
+    pub ty: GgmlType,
+    pub row_bytes: usize,
     pub chunks: Vec<WeightChunk>,
 }
 
@@ -95,12 +100,65 @@ impl Weight {
             rows,
             cols,
             cols4,
+            ty: GgmlType::F16,
+            row_bytes: 2 * cols4,
+            chunks,
+        })
+    }
+
+    /// Upload quantized rows (`data`: `rows` rows of whole `ty` blocks) as they are, split by
+    /// rows to fit the binding limit.
+    pub fn upload_quantized(
+        gpu: &Gpu,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<Self> {
+        let Some(row_bytes) = ty.row_bytes(cols).filter(|_| ty.is_quantized()) else {
+            bail!("{name}: {cols} columns are not whole {} blocks", ty.name());
+        };
+        if Some(data.len()) != rows.checked_mul(row_bytes) {
+            bail!(
+                "{name}: expected {rows} rows of {row_bytes} bytes, got {} bytes",
+                data.len()
+            );
+        }
+        let rows_per_chunk = (gpu.caps.weight_chunk.saturating_sub(4) / row_bytes as u64) as usize;
+        if rows_per_chunk == 0 {
+            bail!(
+                "{name}: one row of {row_bytes} bytes exceeds the weight chunk limit of {} bytes",
+                gpu.caps.weight_chunk
+            );
+        }
+        let mut chunks = Vec::new();
+        let mut row0 = 0;
+        while row0 < rows {
+            let n = rows_per_chunk.min(rows - row0);
+            let bytes = &data[row0 * row_bytes..(row0 + n) * row_bytes];
+            let buf = if bytes.len().is_multiple_of(4) {
+                gpu.storage_init(name, bytes)?
+            } else {
+                let mut padded = bytes.to_vec();
+                padded.resize(bytes.len().next_multiple_of(4), 0);
+                gpu.storage_init(name, &padded)?
+            };
+            chunks.push(WeightChunk { buf, row0, rows: n });
+            row0 += n;
+        }
+        Ok(Self {
+            rows,
+            cols,
+            cols4: cols,
+            ty,
+            row_bytes,
             chunks,
         })
     }
 
     /// Bytes this weight occupies on the GPU.
     pub fn gpu_bytes(&self) -> u64 {
-        2 * self.rows as u64 * self.cols4 as u64
+        self.rows as u64 * self.row_bytes as u64
     }
 }

@@ -33,6 +33,9 @@ pub fn gather(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Re
         );
     }
     let n = out.rows * out.cols;
+    if let Some(flag) = table.ty.shader_flag() {
+        return gather_quantized(gpu, ids, table, out, flag);
+    }
     table
         .chunks
         .iter()
@@ -54,6 +57,57 @@ pub fn gather(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Re
                 bytes(&p),
                 &bindings,
                 grid(gpu, n),
+            )
+        })
+        .collect()
+}
+
+/// `gather` from a quantized table: rows are dequantised on the fly (matmul_quant.wgsl).
+fn gather_quantized(
+    gpu: &Gpu,
+    ids: &wgpu::Buffer,
+    table: &Weight,
+    out: &Tensor,
+    flag: &str,
+) -> Result<Vec<Kernel>> {
+    /// matmul_quant's parameter block (embed_rows reads m, n, k, row_bytes, out_stride and
+    /// out_col).
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct QuantParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        row_bytes: u32,
+        x_stride: u32,
+        out_stride: u32,
+        out_col: u32,
+        pad: u32,
+    }
+    let defines = gpu.base_defines().with_flag(flag);
+    table
+        .chunks
+        .iter()
+        .map(|c| {
+            let p = QuantParams {
+                m: out.rows as u32,
+                n: c.rows as u32,
+                k: table.cols as u32,
+                row_bytes: table.row_bytes as u32,
+                x_stride: 0,
+                out_stride: out.cols as u32,
+                out_col: c.row0 as u32,
+                pad: 0,
+            };
+            let bindings = [(5, ids), (2, &c.buf), (4, &out.buf)];
+            Kernel::new(
+                gpu,
+                "matmul_quant",
+                "embed_rows",
+                &defines,
+                bytes(&p),
+                &bindings,
+                grid(gpu, out.rows * out.cols),
             )
         })
         .collect()

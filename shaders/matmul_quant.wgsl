@@ -1,0 +1,346 @@
+// matmul_quant.wgsl: y[m, out_col + n] (=|+=) act(sum_k x[m, k] * W[n, k] + bias[out_col + n])
+// with W in a ggml block format, read in place (no dequantised copy in memory).
+//
+// Bindings: 0 params (uniform Params)
+//           1 x     f32 [m, x_stride], columns 0..k used (k a multiple of 32)
+//           2 w     u32 words over the file's blocks: row n starts at byte n * row_bytes
+//           3 bias  f32 [out_col + n] (only with BIAS)
+//           4 y     f32 [m, out_stride]
+//           5 ids   u32 [m] (embed_rows only)
+// Variants: one of Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE.
+// Every format is read as groups of 32 consecutive values: the block itself (Q4_0, Q4_1,
+// Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q6_K).
+// Entry points:
+//   gemv: m == 1. 8 output rows per workgroup of 64 invocations, 8 per row striding over the
+//         row's groups, then a workgroup-memory sum. Dispatch fold(ceil(n / 8)).
+//   gemm: 64x64 output tile per workgroup of 16x16 invocations, each computing 4x4 outputs,
+//         K in steps of one group (32) through workgroup memory, dequantised on load.
+//         Dispatch (ceil(n / 64), ceil(m / 64), 1).
+//   embed_rows: y[t, c] = W[ids[t] - out_col, c] for ids inside this chunk (n rows), one
+//         invocation per (t, c) of m x k. Dispatch fold(ceil(m * k / 64)).
+#include "common"
+#include "activations"
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    row_bytes: u32,
+    x_stride: u32,
+    out_stride: u32,
+    out_col: u32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+#ifdef BIAS
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+#endif
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> ids: array<u32>;
+
+// Byte, f16 and 4-byte word at any byte offset o (f16 at even offsets).
+fn byte_at(o: u32) -> u32 {
+    return (w[o >> 2u] >> ((o & 3u) << 3u)) & 0xffu;
+}
+fn half_at(o: u32) -> f32 {
+    return unpack2x16float((w[o >> 2u] >> ((o & 2u) << 3u)) & 0xffffu).x;
+}
+fn word_at(o: u32) -> u32 {
+    let s = (o & 3u) << 3u;
+    let a = w[o >> 2u];
+    if s == 0u {
+        return a;
+    }
+    return (a >> s) | (w[(o >> 2u) + 1u] << (32u - s));
+}
+
+#ifdef Q4_0
+const GROUP_BYTES: u32 = 18u;
+#endif
+#ifdef Q4_1
+const GROUP_BYTES: u32 = 20u;
+#endif
+#ifdef Q8_0
+const GROUP_BYTES: u32 = 34u;
+#endif
+
+// A group's 32 values are q[l] * scale + offset (q as unsigned or signed integers), with
+// a different scale for values 16..32 in Q6_K. Group = (byte offsets, scales).
+struct Group {
+    // Byte offset of the first quant byte (the nibble / low-bits stream).
+    qs: u32,
+    // Q6_K only: byte offset of the high 2-bit stream.
+    qh: u32,
+    shift: u32,
+    hshift: u32,
+    scale0: f32,
+    scale1: f32,
+    offset: f32,
+}
+
+fn group(rb: u32, g: u32) -> Group {
+    var r: Group;
+#ifdef Q4_0
+    let b = rb + g * GROUP_BYTES;
+    let d = half_at(b);
+    r.qs = b + 2u;
+    r.scale0 = d;
+    r.scale1 = d;
+    r.offset = -8.0 * d;
+#endif
+#ifdef Q4_1
+    let b = rb + g * GROUP_BYTES;
+    let d = half_at(b);
+    r.qs = b + 4u;
+    r.scale0 = d;
+    r.scale1 = d;
+    r.offset = half_at(b + 2u);
+#endif
+#ifdef Q8_0
+    let b = rb + g * GROUP_BYTES;
+    let d = half_at(b);
+    r.qs = b + 2u;
+    r.scale0 = d;
+    r.scale1 = d;
+#endif
+#ifdef Q4_K
+    let b = rb + (g >> 3u) * 144u;
+    let j = g & 7u;
+    let d = half_at(b);
+    let dmin = half_at(b + 2u);
+    let s = b + 4u;
+    var sc: u32;
+    var mn: u32;
+    if j < 4u {
+        sc = byte_at(s + j) & 63u;
+        mn = byte_at(s + j + 4u) & 63u;
+    } else {
+        sc = (byte_at(s + j + 4u) & 15u) | ((byte_at(s + j - 4u) >> 6u) << 4u);
+        mn = (byte_at(s + j + 4u) >> 4u) | ((byte_at(s + j) >> 6u) << 4u);
+    }
+    r.qs = b + 16u + 32u * (j >> 1u);
+    r.shift = 4u * (j & 1u);
+    r.scale0 = d * f32(sc);
+    r.scale1 = r.scale0;
+    r.offset = -dmin * f32(mn);
+#endif
+#ifdef Q6_K
+    let b = rb + (g >> 3u) * 210u;
+    let j = g & 7u;
+    let half_ = j >> 2u;
+    let quarter = j & 3u;
+    let d = half_at(b + 208u);
+    r.qs = b + 64u * half_ + 32u * (quarter & 1u);
+    r.shift = 4u * (quarter >> 1u);
+    r.qh = b + 128u + 32u * half_;
+    r.hshift = 2u * quarter;
+    let s = b + 192u + 8u * half_ + 2u * quarter;
+    r.scale0 = d * f32(extractBits(i32(byte_at(s)), 0u, 8u));
+    r.scale1 = d * f32(extractBits(i32(byte_at(s + 1u)), 0u, 8u));
+#endif
+    return r;
+}
+
+fn u8x4(q: u32) -> vec4<f32> {
+    return vec4<f32>(f32(q & 0xffu), f32((q >> 8u) & 0xffu), f32((q >> 16u) & 0xffu), f32(q >> 24u));
+}
+
+// Q4_0 / Q4_1: values 0..16 are the low nibbles of bytes 0..16, values 16..32 the high ones.
+fn nibbles(gr: Group, l: u32) -> vec4<f32> {
+    let wd = word_at(gr.qs + (l & 15u));
+    return u8x4((wd >> select(0u, 4u, l >= 16u)) & 0x0f0f0f0fu);
+}
+
+// The four integer quants of values l .. l + 4 (l a multiple of 4) of a group.
+fn quads(gr: Group, l: u32) -> vec4<f32> {
+#ifdef Q8_0
+    let v = i32(word_at(gr.qs + l));
+    return vec4<f32>(f32(extractBits(v, 0u, 8u)), f32(extractBits(v, 8u, 8u)),
+                     f32(extractBits(v, 16u, 8u)), f32(extractBits(v, 24u, 8u)));
+#endif
+#ifdef Q6_K
+    let lo = (word_at(gr.qs + l) >> gr.shift) & 0x0f0f0f0fu;
+    let hi = ((word_at(gr.qh + l) >> gr.hshift) & 0x03030303u) << 4u;
+    let q = lo | hi;
+    return u8x4(q) - 32.0;
+#endif
+#ifdef Q4_K
+    return u8x4((word_at(gr.qs + l) >> gr.shift) & 0x0f0f0f0fu);
+#endif
+#ifdef Q4_0
+    return nibbles(gr, l);
+#endif
+#ifdef Q4_1
+    return nibbles(gr, l);
+#endif
+}
+
+fn scale_of(gr: Group, l: u32) -> f32 {
+    return select(gr.scale0, gr.scale1, l >= 16u);
+}
+
+fn store(m: u32, n: u32, acc: f32) {
+    var v = acc;
+#ifdef BIAS
+    v += bias[p.out_col + n];
+#endif
+#ifdef ACT_GELU
+    v = gelu_erf(v);
+#endif
+#ifdef ACT_QUICK_GELU
+    v = quick_gelu(v);
+#endif
+    let o = m * p.out_stride + p.out_col + n;
+#ifdef ACCUMULATE
+    y[o] += v;
+#else
+    y[o] = v;
+#endif
+}
+
+fn x4(m: u32, k: u32) -> vec4<f32> {
+    let o = m * p.x_stride + k;
+    return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
+}
+
+const GEMV_WG: u32 = 64u;
+const GEMV_ROWS: u32 = 8u;
+const LANES: u32 = 8u; // GEMV_WG / GEMV_ROWS
+
+var<workgroup> gemv_part: array<f32, GEMV_WG>;
+
+@compute @workgroup_size(GEMV_WG)
+fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = linear_wg(wid, nwg) * GEMV_ROWS + lid / LANES;
+    let lane = lid % LANES;
+    var acc = 0.0;
+    if row < p.n {
+        let rb = row * p.row_bytes;
+        let groups = p.k / 32u;
+        for (var g = lane; g < groups; g += LANES) {
+            let gr = group(rb, g);
+            var lo = 0.0;
+            var hi = 0.0;
+            var xs = 0.0;
+            for (var l = 0u; l < 16u; l += 4u) {
+                let xa = x4(0u, g * 32u + l);
+                let xb = x4(0u, g * 32u + 16u + l);
+                lo += dot(xa, quads(gr, l));
+                hi += dot(xb, quads(gr, 16u + l));
+                xs += dot(xa + xb, vec4<f32>(1.0));
+            }
+            acc += gr.scale0 * lo + gr.scale1 * hi + gr.offset * xs;
+        }
+    }
+    gemv_part[lid] = acc;
+    workgroupBarrier();
+    if lane == 0u && row < p.n {
+        var t = 0.0;
+        for (var i = 0u; i < LANES; i++) {
+            t += gemv_part[lid + i];
+        }
+        store(0u, row, t);
+    }
+}
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 32u;
+
+var<workgroup> a_tile: array<f32, 2048>; // [BK][BM]
+var<workgroup> b_tile: array<f32, 2048>; // [BK][BN]
+
+@compute @workgroup_size(16, 16)
+fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let tid = ty * 16u + tx;
+    let n0 = wid.x * BN;
+    let m0 = wid.y * BM;
+    var acc: array<array<f32, 4>, 4>;
+    let groups = p.k / BK;
+    for (var g = 0u; g < groups; g++) {
+        let k0 = g * BK;
+        {
+            // x: 64 rows x 32 values; each invocation loads 8 of one row.
+            let ml = tid / 4u;
+            let kl = (tid % 4u) * 8u;
+            let m = m0 + ml;
+            var a = vec4<f32>(0.0);
+            var b = vec4<f32>(0.0);
+            if m < p.m {
+                a = x4(m, k0 + kl);
+                b = x4(m, k0 + kl + 4u);
+            }
+            for (var i = 0u; i < 4u; i++) {
+                a_tile[(kl + i) * BM + ml] = a[i];
+                a_tile[(kl + 4u + i) * BM + ml] = b[i];
+            }
+        }
+        {
+            // W: 64 rows x one group; each invocation dequantises 8 values of one row.
+            let nl = tid / 4u;
+            let kl = (tid % 4u) * 8u;
+            let n = n0 + nl;
+            var a = vec4<f32>(0.0);
+            var b = vec4<f32>(0.0);
+            if n < p.n {
+                let gr = group(n * p.row_bytes, g);
+                let s = scale_of(gr, kl);
+                a = quads(gr, kl) * s + gr.offset;
+                b = quads(gr, kl + 4u) * s + gr.offset;
+            }
+            for (var i = 0u; i < 4u; i++) {
+                b_tile[(kl + i) * BN + nl] = a[i];
+                b_tile[(kl + 4u + i) * BN + nl] = b[i];
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = a_tile[kk * BM + ty + 16u * i];
+                bv[i] = b_tile[kk * BN + tx + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            let m = m0 + ty + 16u * i;
+            let n = n0 + tx + 16u * j;
+            if m < p.m && n < p.n {
+                store(m, n, acc[i][j]);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn embed_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_wg(wid, nwg) * 64u + lid;
+    if i >= p.m * p.k {
+        return;
+    }
+    let t = i / p.k;
+    let c = i % p.k;
+    let id = ids[t];
+    if id < p.out_col || id >= p.out_col + p.n {
+        return;
+    }
+    let gr = group((id - p.out_col) * p.row_bytes, c / 32u);
+    let l = c % 32u;
+    let q = quads(gr, l & ~3u);
+    y[t * p.out_stride + c] = q[l & 3u] * scale_of(gr, l) + gr.offset;
+}

@@ -1,0 +1,317 @@
+//! GGUF: the reader and CPU dequantisation against the `gguf` package's own decoding of a
+//! fixture holding every supported type; the quantized GPU kernels (GEMV, GEMM, embedding
+//! rows) against CPU dequantise-then-matmul over odd shapes; and malformed files, each of
+//! which must give a clear error and no panic.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use vlm_run::gguf::quant::{dequantize, GgmlType};
+use vlm_run::gguf::{GgufFile, Value};
+use vlm_run::gpu::{Gpu, GpuOptions, Tensor, Weight};
+use vlm_run::ops::{self, matmul::Act};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/quant-types.gguf")
+}
+
+const TYPES: [GgmlType; 5] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+];
+
+#[test]
+fn reader_and_dequantisation_agree_with_the_gguf_package() {
+    let f = GgufFile::open(&fixture()).unwrap();
+    assert_eq!(f.version, 3);
+    assert_eq!(f.get("test.u32"), Some(&Value::U64(7)));
+    assert_eq!(f.get("test.i32"), Some(&Value::I64(-7)));
+    assert_eq!(f.get("test.f32"), Some(&Value::F64(0.5)));
+    assert_eq!(f.get("test.bool"), Some(&Value::Bool(true)));
+    assert_eq!(f.str("test.str"), Some("héllo"));
+    assert_eq!(f.u64("test.u64").unwrap(), 1 << 40);
+    assert_eq!(f.str("general.architecture"), Some("llama"));
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().with_extension("json")).unwrap())
+            .unwrap();
+    let reference = reference.as_object().unwrap();
+    assert_eq!(reference.len(), 7);
+    for (name, r) in reference {
+        let t = f.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(t.ty.name(), r["type"].as_str().unwrap(), "{name}");
+        let (rows, cols) = (
+            r["rows"].as_u64().unwrap() as usize,
+            r["cols"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(t.shape(), vec![rows, cols], "{name}");
+        let want: Vec<f32> = serde_json::from_value(r["values"].clone()).unwrap();
+        let got = f.f32(t).unwrap();
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        // Both sides compute in f32; only the order of the scale products may differ.
+        assert_close(&format!("{name} dequantised"), &got, &want, 1e-6 * scale);
+    }
+}
+
+fn cpu_linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k)
+                .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                .sum();
+            y[i * n + j] = s as f32;
+        }
+    }
+    y
+}
+
+/// Random blocks of `ty` with small finite scales.
+fn random_blocks(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let blocks = rows * cols / ty.block_values();
+    let mut out = Vec::new();
+    for _ in 0..blocks {
+        let mut b: Vec<u8> = (0..ty.block_bytes())
+            .map(|_| rng.next_u32() as u8)
+            .collect();
+        let mut put = |at: usize, v: f32| {
+            b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes())
+        };
+        match ty {
+            GgmlType::Q4K => {
+                put(0, 0.01 * rng.uniform());
+                put(2, 0.01 * rng.uniform());
+            }
+            GgmlType::Q6K => put(208, 0.002 * rng.uniform()),
+            GgmlType::Q4_1 => {
+                put(0, 0.1 * rng.uniform());
+                put(2, rng.uniform());
+            }
+            _ => put(0, 0.1 * rng.uniform()),
+        }
+        out.extend(b);
+    }
+    out
+}
+
+#[test]
+fn quantized_gemv_gemm_and_embedding_match_cpu_dequantisation() {
+    let mut rng = Rng::new(7);
+    for (variant, gpu) in variants() {
+        for ty in TYPES {
+            let bv = ty.block_values();
+            for &(m, blocks, n) in &[
+                (1usize, 1usize, 19usize),
+                (1, 3, 67),
+                (70, 3, 130),
+                (3, 2, 5),
+            ] {
+                let k = blocks * bv.max(32) * if bv == 32 { 3 } else { 1 };
+                let raw = random_blocks(&mut rng, ty, n, k);
+                let w = dequantize(ty, &raw).unwrap();
+                let wt = Weight::upload_quantized(&gpu, "w", ty, n, k, &raw).unwrap();
+                assert_eq!(wt.gpu_bytes(), raw.len() as u64);
+                let x = rng.vec(m * k, 1.0);
+                let xt = Tensor::from_f32(&gpu, "x", m, k, &x).unwrap();
+                let y = Tensor::new(&gpu, "y", m, n).unwrap();
+                let want = cpu_linear(&x, m, k, &w, n);
+                let scale = want.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
+                let what = format!("{variant} {} {m}x{k}x{n}", ty.name());
+                let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::None, false).unwrap();
+                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                assert_close(
+                    &what,
+                    &y.read(&gpu).unwrap(),
+                    &want,
+                    1e-5 * scale * (k as f32).sqrt(),
+                );
+
+                // Bias and accumulation epilogues on the quantized path.
+                let b = rng.vec(n, 1.0);
+                let bias = gpu.storage_init("b", bytemuck::cast_slice(&b)).unwrap();
+                let ks =
+                    ops::matmul::linear(&gpu, &xt, &wt, Some(&bias), &y, Act::None, true).unwrap();
+                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                let want2: Vec<f32> = (0..m * n).map(|i| 2.0 * want[i] + b[i % n]).collect();
+                assert_close(
+                    &format!("{what} bias+acc"),
+                    &y.read(&gpu).unwrap(),
+                    &want2,
+                    2e-5 * scale * (k as f32).sqrt() + 1e-6,
+                );
+
+                // Embedding rows, ids out of order and repeated.
+                let ids: Vec<u32> = vec![n as u32 - 1, 0, 2 % n as u32, 0];
+                let idb = gpu.storage_init("ids", bytemuck::cast_slice(&ids)).unwrap();
+                let out = Tensor::new(&gpu, "out", ids.len(), k).unwrap();
+                let ks = ops::embed::gather(&gpu, &idb, &wt, &out).unwrap();
+                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                let want: Vec<f32> = ids
+                    .iter()
+                    .flat_map(|&i| w[i as usize * k..(i as usize + 1) * k].to_vec())
+                    .collect();
+                assert_eq!(out.read(&gpu).unwrap(), want, "{what} embedding rows");
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_weights_split_by_rows_over_the_binding_limit() {
+    // 600 bytes per chunk: Q6_K rows of 210 bytes (not a multiple of 4) go 2 to a chunk.
+    let gpu = Gpu::new(&GpuOptions {
+        max_binding: Some(600),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut rng = Rng::new(3);
+    for ty in [GgmlType::Q6K, GgmlType::Q8_0] {
+        let (k, n) = (256, 9);
+        let raw = random_blocks(&mut rng, ty, n, k);
+        let w = dequantize(ty, &raw).unwrap();
+        let wt = Weight::upload_quantized(&gpu, "w", ty, n, k, &raw).unwrap();
+        let per_chunk = 596 / ty.row_bytes(k).unwrap();
+        assert_eq!(wt.chunks.len(), n.div_ceil(per_chunk), "{}", ty.name());
+        for m in [1usize, 5] {
+            let x = rng.vec(m * k, 1.0);
+            let xt = Tensor::from_f32(&gpu, "x", m, k, &x).unwrap();
+            let y = Tensor::new(&gpu, "y", m, n).unwrap();
+            let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::None, false).unwrap();
+            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+            let want = cpu_linear(&x, m, k, &w, n);
+            let scale = want.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
+            assert_close(
+                &format!("chunked {}", ty.name()),
+                &y.read(&gpu).unwrap(),
+                &want,
+                1e-4 * scale,
+            );
+        }
+    }
+}
+
+/// A GGUF v3 file: metadata (key, type id, value bytes), then tensor infos (name, dims, type
+/// id, offset) and `data` zero bytes after 32-byte alignment.
+fn gguf_bytes(
+    kv: &[(&str, u32, Vec<u8>)],
+    tensors: &[(&str, Vec<u64>, u32, u64)],
+    data: usize,
+) -> Vec<u8> {
+    let s = |v: &str| {
+        let mut b = (v.len() as u64).to_le_bytes().to_vec();
+        b.extend(v.as_bytes());
+        b
+    };
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((kv.len() as u64).to_le_bytes());
+    for (k, t, v) in kv {
+        b.extend(s(k));
+        b.extend(t.to_le_bytes());
+        b.extend(v);
+    }
+    for (name, dims, ty, off) in tensors {
+        b.extend(s(name));
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ty.to_le_bytes());
+        b.extend(off.to_le_bytes());
+    }
+    b.resize(b.len().next_multiple_of(32) + data, 0);
+    b
+}
+
+fn open_bytes(name: &str, bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    match GgufFile::open(&path) {
+        Ok(_) => panic!("{name}: a malformed file was accepted"),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains(name),
+                "{name}: error does not name the file: {msg}"
+            );
+            assert!(!msg.contains('\n'), "{name}: error is not one line: {msg}");
+            msg
+        }
+    }
+}
+
+#[test]
+fn malformed_gguf_files_are_clear_errors() {
+    let str_kv = |v: &str| {
+        let mut b = (v.len() as u64).to_le_bytes().to_vec();
+        b.extend(v.as_bytes());
+        b
+    };
+    let good = gguf_bytes(
+        &[("general.architecture", 8, str_kv("llama"))],
+        &[("t", vec![32, 2], 8, 0)],
+        68,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.gguf"), &good).unwrap();
+    let f = GgufFile::open(&dir.path().join("good.gguf")).unwrap();
+    assert_eq!(f.tensor("t").unwrap().shape(), vec![2, 32]);
+
+    // Truncated anywhere: in the header, in the metadata, in the tensor data.
+    for cut in [3, 10, 30, 60, good.len() - 1] {
+        let e = open_bytes("truncated.gguf", &good[..cut]);
+        assert!(
+            e.contains("past the end") || e.contains("bad magic"),
+            "cut {cut}: {e}"
+        );
+    }
+    let mut b = good.clone();
+    b[0] = b'X';
+    assert!(open_bytes("magic.gguf", &b).contains("bad magic"));
+    let mut b = good.clone();
+    b[4..8].copy_from_slice(&1u32.to_le_bytes());
+    assert!(open_bytes("version1.gguf", &b).contains("version 1"));
+    b[4..8].copy_from_slice(&9u32.to_le_bytes());
+    assert!(open_bytes("version9.gguf", &b).contains("version 9"));
+
+    // Tensor data past the end of the file.
+    let b = gguf_bytes(&[], &[("t", vec![32, 2], 8, 64)], 68);
+    let e = open_bytes("data_past_end.gguf", &b);
+    assert!(e.contains("tensor t") && e.contains("past the end"), "{e}");
+
+    // Huge dimension and huge element count.
+    let b = gguf_bytes(&[], &[("t", vec![1 << 50, 2], 0, 0)], 64);
+    assert!(open_bytes("huge_dim.gguf", &b).contains("dimension"));
+    let b = gguf_bytes(&[], &[("t", vec![1 << 39, 1 << 39, 1 << 39], 0, 0)], 64);
+    assert!(open_bytes("huge_count.gguf", &b).contains("overflows"));
+    let mut b = gguf_bytes(&[], &[], 0);
+    b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(open_bytes("huge_tensor_count.gguf", &b).contains("tensor count"));
+    let arr = [8u32.to_le_bytes().to_vec(), u64::MAX.to_le_bytes().to_vec()].concat();
+    let b = gguf_bytes(&[("a", 9, arr)], &[], 0);
+    assert!(open_bytes("huge_array.gguf", &b).contains("array"));
+
+    // Unknown tensor type and unknown metadata type.
+    let b = gguf_bytes(&[], &[("t", vec![32], 99, 0)], 64);
+    assert!(open_bytes("unknown_type.gguf", &b).contains("unknown ggml type 99"));
+    let b = gguf_bytes(&[], &[("t", vec![32], 6, 0)], 64);
+    assert!(open_bytes("unsupported_type.gguf", &b).contains("not supported"));
+    let b = gguf_bytes(&[("k", 77, vec![0; 8])], &[], 0);
+    assert!(open_bytes("unknown_value.gguf", &b).contains("value type 77"));
+
+    // A metadata string whose length runs past the end.
+    let mut long = str_kv("llama");
+    long[0..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let b = gguf_bytes(&[("general.architecture", 8, long)], &[], 0);
+    assert!(open_bytes("string_past_end.gguf", &b).contains("past the end"));
+
+    // Rows that are not whole blocks, and misaligned data.
+    let b = gguf_bytes(&[], &[("t", vec![33, 2], 8, 0)], 128);
+    assert!(open_bytes("partial_block.gguf", &b).contains("whole Q8_0 blocks"));
+    let b = gguf_bytes(&[], &[("t", vec![8], 0, 4)], 64);
+    assert!(open_bytes("misaligned.gguf", &b).contains("aligned"));
+}
