@@ -30,11 +30,18 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Model directory in the llava-hf layout (config.json, *.safetensors, tokenizer.json,
-    /// preprocessor_config.json), e.g. a download of llava-hf/llava-1.5-7b-hf.
+    /// Model: a directory in the llava-hf layout (config.json, *.safetensors,
+    /// tokenizer.json, preprocessor_config.json), e.g. a download of
+    /// llava-hf/llava-1.5-7b-hf; or a Llama-family GGUF file (F32/F16/Q8_0/Q4_0/Q4_1/Q4_K/
+    /// Q6_K), e.g. weights/SmolLM2-135M-Instruct.Q4_1.gguf.
     /// Default: the tiny random fixture in tests/fixtures/tiny-llava.
-    #[arg(long, short = 'm', value_name = "DIR")]
+    #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
     pub model: Option<PathBuf>,
+
+    /// llama.cpp's LLaVA vision file (CLIP and projector, `mmproj-*.gguf`) for a GGUF
+    /// --model. Without it a GGUF model answers text-only prompts.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub mmproj: Option<PathBuf>,
 
     /// Image to ask about (PNG, JPEG, BMP, GIF, WebP). Without it the prompt is text-only.
     #[arg(long, short = 'i', value_name = "PATH")]
@@ -66,12 +73,14 @@ pub struct Args {
     #[arg(long)]
     pub pad_square: bool,
 
-    /// Prompt template: {prompt} is replaced by --prompt and <image> marks where the visual
-    /// tokens go.
-    #[arg(long, default_value = vlm_run::prompt::LLAVA_TEMPLATE, value_name = "TEMPLATE")]
-    pub template: String,
+    /// Chat template: llava ("USER: <image>\n{prompt} ASSISTANT:"), chatml, or a template
+    /// text in which {prompt} is replaced by --prompt and <image> marks the visual tokens.
+    /// Default: the model's own (a GGUF's tokenizer.chat_template; LLaVA's otherwise).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub template: Option<String>,
 
-    /// Start the prompt with original LLaVA's (conv_llava_v1) system sentence.
+    /// Start a LLaVA-template prompt with original LLaVA's (conv_llava_v1) system sentence.
+    /// (ChatML models use the system sentence of their own template.)
     #[arg(long)]
     pub system: bool,
 
@@ -105,32 +114,35 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct CalibrateArgs {
-    /// Model directory (default: the tiny fixture).
-    #[arg(long, short = 'm', value_name = "DIR")]
+    /// Model directory or GGUF file (default: the tiny fixture).
+    #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
     pub model: Option<PathBuf>,
+    /// llama.cpp's LLaVA vision file for a GGUF --model.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub mmproj: Option<PathBuf>,
     /// Where to write the calibration (default: calibration.json in the model directory).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Prompt template, as for a normal run.
-    #[arg(long, default_value = vlm_run::prompt::LLAVA_TEMPLATE, value_name = "TEMPLATE")]
-    pub template: String,
+    /// Chat template, as for a normal run.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub template: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Model directory (default: the tiny fixture).
-    #[arg(long, short = 'm', value_name = "DIR")]
+    /// Model directory or GGUF file (default: the tiny fixture).
+    #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
     pub model: Option<PathBuf>,
-    /// Image (default: the fixture's a.png).
+    /// llama.cpp's LLaVA vision file for a GGUF --model.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub mmproj: Option<PathBuf>,
+    /// Image (default: the fixture's a.png). A model without a vision part is measured on
+    /// text: prefill and decode tokens/s and peak GPU memory.
     #[arg(long, short = 'i', value_name = "PATH")]
     pub image: Option<PathBuf>,
-    #[arg(
-        long,
-        short = 'p',
-        default_value = "Describe the image.",
-        value_name = "TEXT"
-    )]
-    pub prompt: String,
+    /// Prompt (default: "Describe the image.", or a ~100-token text for text-only models).
+    #[arg(long, short = 'p', value_name = "TEXT")]
+    pub prompt: Option<String>,
     /// Methods to compare, comma-separated.
     #[arg(
         long,
@@ -141,9 +153,9 @@ pub struct BenchArgs {
     /// Budgets B (average visual tokens per decoder layer), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "576,192,128,64")]
     pub budgets: Vec<usize>,
-    /// Tokens to generate per run.
-    #[arg(long, short = 'n', default_value_t = 8)]
-    pub max_tokens: usize,
+    /// Tokens to generate per run (default 8; 64 for text-only models).
+    #[arg(long, short = 'n')]
+    pub max_tokens: Option<usize>,
     /// Runs per cell; the table shows the fastest.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,

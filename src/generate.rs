@@ -7,7 +7,7 @@ use crate::image as img;
 use crate::model::llama::{KvCache, Mode, PassIo};
 use crate::model::llava::Llava;
 use crate::ops::sample::Sampling;
-use crate::prompt::{self, TextStream, IMAGE_TAG, LLAVA_TEMPLATE};
+use crate::prompt::{self, Chat, TextStream, IMAGE_TAG};
 use crate::prune::budget::{self, DecoderShape};
 use crate::prune::calibrate::Calibration;
 use crate::prune::stages::{self, DecoderInput, StageTrace};
@@ -28,14 +28,17 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Pad the image to a square with the mean colour before resizing (original LLaVA).
     pub pad_square: bool,
-    /// The prompt template; `{prompt}` is replaced, `<image>` marks the visual tokens.
-    pub template: String,
-    /// Put conv_llava_v1's system sentence first.
+    /// The prompt template: `llava`, `chatml`, or text where `{prompt}` is replaced and
+    /// `<image>` marks the visual tokens. None: the model's own.
+    pub template: Option<String>,
+    /// Put conv_llava_v1's system sentence first (LLaVA template).
     pub system: bool,
     /// Keep the last-position logits after prefill in the output (tests, debugging).
     pub keep_prefill_logits: bool,
     /// Visual-token pruning.
     pub prune: PruneOptions,
+    /// Keep generating past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
     /// Read the pruning stages' scores and similarity matrices back into
     /// [`Output::stages`] (tests, debugging; the kept indices are always read).
     pub trace_pruning: bool,
@@ -48,11 +51,12 @@ impl Default for GenerateOptions {
             sampling: Sampling::greedy(),
             seed: 0,
             pad_square: false,
-            template: LLAVA_TEMPLATE.to_string(),
+            template: None,
             system: false,
             keep_prefill_logits: false,
             prune: PruneOptions::default(),
             trace_pruning: false,
+            ignore_eos: false,
         }
     }
 }
@@ -120,6 +124,9 @@ pub struct Output {
     pub flops: Flops,
     pub pruning: Option<PruneReport>,
     pub timings_ms: Timings,
+    /// Peak device memory during the request, as the backend's allocator reports it
+    /// (weights, KV cache and every buffer; null where the backend gives no report).
+    pub peak_gpu_bytes: Option<u64>,
     #[serde(skip)]
     pub prefill_logits: Option<Vec<f32>>,
     /// Per pruning stage: the kept indices among its candidates and their raster positions
@@ -133,9 +140,17 @@ pub struct Engine {
     pub tokenizer: Tokenizer,
     pub eos: Vec<u32>,
     pub load_ms: f64,
+    /// The llava-hf directory, or the GGUF file's directory.
     pub model_dir: std::path::PathBuf,
+    /// The model's own chat format (used when the request names no template).
+    pub chat: Chat,
     /// Identifies the model to calibration files.
     pub fingerprint: String,
+}
+
+/// A fingerprint of a model's config and its decoder's final norm weights.
+fn fingerprint(config: &[u8], norm: &[f32]) -> String {
+    crate::prune::calibrate::fnv1a(&[config, bytemuck::cast_slice(norm)])
 }
 
 fn ms(t: Instant) -> f64 {
@@ -158,38 +173,86 @@ impl Rng {
 impl Engine {
     /// Open a device and load the llava-hf checkpoint in `dir`.
     pub fn load(dir: &Path, gpu_opts: &GpuOptions, on_bytes: &dyn Fn(u64)) -> Result<Self> {
-        let t = Instant::now();
-        if !dir.is_dir() {
-            bail!("model directory {} does not exist", dir.display());
-        }
-        let gpu = Gpu::new(gpu_opts)?;
-        let model = Llava::load(&gpu, dir, on_bytes)?;
-        let tokenizer = prompt::load_tokenizer(dir)?;
-        let eos = prompt::eos_ids(dir, model.cfg.text_config.eos_token_id.as_ref(), &tokenizer)?;
-        let fingerprint = Self::fingerprint(dir, model.cfg.text_config.hidden_size)?;
-        Ok(Self {
-            gpu,
-            model,
-            tokenizer,
-            eos,
-            load_ms: ms(t),
-            model_dir: dir.to_path_buf(),
-            fingerprint,
-        })
+        Self::open(dir, None, gpu_opts, on_bytes)
     }
 
-    /// A fingerprint of config.json and the decoder's final norm weights.
-    fn fingerprint(dir: &Path, d: usize) -> Result<String> {
-        let config = std::fs::read(dir.join("config.json"))?;
-        let ckpt = crate::weights::Checkpoint::open(dir)?;
-        let norm = ckpt.f32(
-            &crate::weights::names(crate::weights::Component::Language, "norm.weight"),
-            &[d],
+    /// Whether `model` names GGUF files rather than a llava-hf directory.
+    pub fn is_gguf(model: &Path) -> bool {
+        model.is_file()
+    }
+
+    /// Open a device and load `model`: a llava-hf directory, or a GGUF decoder file with
+    /// llama.cpp's `mmproj` file for the vision part (without it, text only).
+    pub fn open(
+        model: &Path,
+        mmproj: Option<&Path>,
+        gpu_opts: &GpuOptions,
+        on_bytes: &dyn Fn(u64),
+    ) -> Result<Self> {
+        let t = Instant::now();
+        if !model.exists() {
+            bail!("model {} does not exist", model.display());
+        }
+        if let Some(m) = mmproj {
+            if !m.is_file() {
+                bail!("mmproj file {} does not exist", m.display());
+            }
+        }
+        if !Self::is_gguf(model) {
+            if mmproj.is_some() {
+                bail!("--mmproj goes with a GGUF --model file, not a model directory");
+            }
+            let dir = model;
+            let gpu = Gpu::new(gpu_opts)?;
+            let model = Llava::load(&gpu, dir, on_bytes)?;
+            let tokenizer = prompt::load_tokenizer(dir)?;
+            let eos =
+                prompt::eos_ids(dir, model.cfg.text_config.eos_token_id.as_ref(), &tokenizer)?;
+            let config = std::fs::read(dir.join("config.json"))?;
+            let ckpt = crate::weights::Checkpoint::open(dir)?;
+            let norm = crate::weights::TensorSource::f32(
+                &ckpt,
+                crate::weights::Component::Language,
+                "norm.weight",
+                &[model.cfg.text_config.hidden_size],
+            )?;
+            return Ok(Self {
+                gpu,
+                model,
+                tokenizer,
+                eos,
+                chat: Chat::llava(),
+                load_ms: ms(t),
+                model_dir: dir.to_path_buf(),
+                fingerprint: fingerprint(&config, &norm),
+            });
+        }
+        let g = crate::gguf::model::open(model, mmproj)?;
+        let gpu = Gpu::new(gpu_opts)?;
+        let llava = Llava::from_source(
+            &gpu,
+            g.cfg,
+            g.preprocessor,
+            &g.source,
+            g.has_vision,
+            on_bytes,
         )?;
-        Ok(crate::prune::calibrate::fnv1a(&[
-            &config,
-            bytemuck::cast_slice(&norm),
-        ]))
+        let norm = crate::weights::TensorSource::f32(
+            &g.source,
+            crate::weights::Component::Language,
+            "norm.weight",
+            &[llava.cfg.text_config.hidden_size],
+        )?;
+        Ok(Self {
+            gpu,
+            model: llava,
+            tokenizer: g.tokenizer,
+            eos: g.eos,
+            chat: g.chat,
+            load_ms: ms(t),
+            model_dir: model.parent().map(Path::to_path_buf).unwrap_or_default(),
+            fingerprint: fingerprint(g.config_text.as_bytes(), &norm),
+        })
     }
 
     /// The calibration file for a request: the one given, else `calibration.json` beside the
@@ -208,9 +271,16 @@ impl Engine {
         Calibration::load(&path, &self.fingerprint, self.model.visual_tokens()).map(Some)
     }
 
-    /// Total bytes of the checkpoint's tensors, for progress bars (without loading it).
-    pub fn checkpoint_bytes(dir: &Path) -> Result<u64> {
-        Ok(crate::weights::Checkpoint::open(dir)?.data_bytes())
+    /// Total bytes of the model's tensors, for progress bars (without loading it).
+    pub fn checkpoint_bytes(model: &Path, mmproj: Option<&Path>) -> Result<u64> {
+        if !Self::is_gguf(model) {
+            return Ok(crate::weights::Checkpoint::open(model)?.data_bytes());
+        }
+        let mut total = crate::gguf::GgufFile::open(model)?.data_bytes();
+        if let Some(m) = mmproj {
+            total += crate::gguf::GgufFile::open(m)?.data_bytes();
+        }
+        Ok(total)
     }
 
     fn pixels(&self, image: &RgbImage, pad: bool) -> Result<wgpu::Buffer> {
@@ -246,15 +316,47 @@ impl Engine {
         ep.out.read(&self.gpu)
     }
 
-    /// Prompt token ids (BOS included) with the single `<image>` token still in place.
+    /// The template and system sentence a request uses: `--template` if given, else the
+    /// model's own; LLaVA's system sentence with `--system`.
+    pub fn chat_for(&self, opts: &GenerateOptions) -> Result<Chat> {
+        let mut chat = match &opts.template {
+            Some(t) => Chat {
+                template: prompt::named_template(t)?,
+                system: None,
+            },
+            None => self.chat.clone(),
+        };
+        if chat.is_chatml() && chat.system.is_none() {
+            chat.system = self.chat.system.clone();
+        }
+        if opts.system && !chat.is_chatml() {
+            chat.system = Some(prompt::LLAVA_SYSTEM.to_string());
+        }
+        Ok(chat)
+    }
+
+    /// Prompt token ids (BOS included) with a single image token where `<image>` was. A
+    /// vocabulary without an `<image>` token (llama.cpp's LLaVA decoders) gets the text
+    /// either side tokenised separately and the model's image token id between.
     pub fn prompt_ids(
         &self,
         prompt: &str,
         opts: &GenerateOptions,
         with_image: bool,
     ) -> Result<Vec<u32>> {
-        let text = prompt::render(&opts.template, prompt, opts.system, with_image);
-        prompt::encode(&self.tokenizer, &text)
+        let chat = self.chat_for(opts)?;
+        let text = prompt::render(&chat.template, prompt, chat.system.as_deref(), with_image);
+        let image_token = self.model.cfg.image_token();
+        if !with_image || self.tokenizer.token_to_id(IMAGE_TAG) == Some(image_token) {
+            return prompt::encode(&self.tokenizer, &text);
+        }
+        let (before, after) = text
+            .split_once(IMAGE_TAG)
+            .ok_or_else(|| anyhow!("the prompt template has no {IMAGE_TAG} tag for the image"))?;
+        let mut ids = prompt::encode(&self.tokenizer, before)?;
+        ids.push(image_token);
+        ids.extend(prompt::encode_continuation(&self.tokenizer, after)?);
+        Ok(ids)
     }
 
     /// Answer `prompt` about `image`, calling `on_text` with each new piece of text.
@@ -266,13 +368,17 @@ impl Engine {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Output> {
         let gpu = &*self.gpu;
+        gpu.reset_peak_memory();
         let llm = &self.model.llm;
         let cfg = &llm.cfg;
         let layers = cfg.num_hidden_layers;
         if opts.max_tokens == 0 {
             bail!("--max-tokens must be at least 1");
         }
-        if image.is_some() && !opts.template.contains(IMAGE_TAG) {
+        if image.is_some() && self.model.vision.is_none() {
+            bail!("this model has no vision encoder: give its --mmproj file to use --image");
+        }
+        if image.is_some() && !self.chat_for(opts)?.template.contains(IMAGE_TAG) {
             bail!("the prompt template has no {IMAGE_TAG} tag for the image");
         }
         if image.is_none() && opts.prune.method != Method::None {
@@ -479,6 +585,7 @@ impl Engine {
         };
         let t_last = Instant::now();
         self.submit(&head.iter().collect::<Vec<_>>(), Some((&token, &staging)))?;
+        gpu.sample_memory(); // every buffer of the request is alive here
         let mut next = self.read_token(&staging)?;
         timings.prefill += ms(t_last);
         let prefill_logits = if opts.keep_prefill_logits {
@@ -507,7 +614,7 @@ impl Engine {
                 bail!("the GPU chose token {next}, outside the vocabulary (device fault?)");
             }
             tokens.push(next);
-            if self.eos.contains(&next) {
+            if self.eos.contains(&next) && !opts.ignore_eos {
                 break;
             }
             on_text(&stream.push(next)?);
@@ -592,6 +699,7 @@ impl Engine {
             flops,
             pruning: pruning_report,
             timings_ms: timings,
+            peak_gpu_bytes: gpu.peak_memory(),
             prefill_logits,
             stages,
         })

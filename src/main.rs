@@ -1,6 +1,7 @@
 //! `vlm-run`: the command-line front of the engine. Follow a request from here into
 //! `Engine::load` and `Engine::generate` (src/generate.rs).
 
+mod bench;
 mod cli;
 
 use anyhow::{bail, Context, Result};
@@ -19,13 +20,13 @@ fn default_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(cli::DEFAULT_MODEL)
 }
 
-/// Load a model with a progress bar on a terminal.
-fn load(model: Option<&Path>, quiet: bool) -> Result<Engine> {
+/// Load a model (a llava-hf directory, or GGUF files) with a progress bar on a terminal.
+fn load(model: Option<&Path>, mmproj: Option<&Path>, quiet: bool) -> Result<Engine> {
     let model_dir = model.map(Path::to_path_buf).unwrap_or_else(default_model);
-    if !model_dir.is_dir() {
-        bail!("model directory {} does not exist", model_dir.display());
+    if !model_dir.exists() {
+        bail!("model {} does not exist", model_dir.display());
     }
-    let total = Engine::checkpoint_bytes(&model_dir)?;
+    let total = Engine::checkpoint_bytes(&model_dir, mmproj)?;
     let bar = if std::io::stderr().is_terminal() && !quiet {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
@@ -36,7 +37,9 @@ fn load(model: Option<&Path>, quiet: bool) -> Result<Engine> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let engine = Engine::load(&model_dir, &GpuOptions::from_env()?, &|b| bar.inc(b))?;
+    let engine = Engine::open(&model_dir, mmproj, &GpuOptions::from_env()?, &|b| {
+        bar.inc(b)
+    })?;
     bar.finish_and_clear();
     Ok(engine)
 }
@@ -71,7 +74,13 @@ fn run(args: cli::Args) -> Result<()> {
         Some(p) => Some(vlm_run::image::load(p)?),
         None => None,
     };
-    let engine = load(args.model.as_deref(), args.json)?;
+    let engine = load(args.model.as_deref(), args.mmproj.as_deref(), args.json)?;
+    if image.is_some() && engine.model.vision.is_none() {
+        bail!(
+            "{} has no vision encoder: give llama.cpp's mmproj file with --mmproj to use --image",
+            engine_name(&args)
+        );
+    }
     if args.stats {
         eprintln!("device: {}", engine.gpu.describe());
     }
@@ -86,6 +95,7 @@ fn run(args: cli::Args) -> Result<()> {
         keep_prefill_logits: false,
         prune,
         trace_pruning: false,
+        ignore_eos: false,
     };
     let mut stdout = std::io::stdout().lock();
     let json = args.json;
@@ -108,6 +118,14 @@ fn run(args: cli::Args) -> Result<()> {
         print_stats(&out);
     }
     Ok(())
+}
+
+fn engine_name(args: &cli::Args) -> String {
+    args.model
+        .as_deref()
+        .map_or_else(default_model, Path::to_path_buf)
+        .display()
+        .to_string()
 }
 
 fn save_keep_map(
@@ -208,8 +226,8 @@ fn print_stats(out: &Output) {
 }
 
 fn run_calibrate(args: &cli::CalibrateArgs) -> Result<()> {
-    let engine = load(args.model.as_deref(), false)?;
-    let cal = calibrate::run(&engine, &args.template)?;
+    let engine = load(args.model.as_deref(), args.mmproj.as_deref(), false)?;
+    let cal = calibrate::run(&engine, args.template.as_deref())?;
     let path = args
         .output
         .clone()
@@ -228,15 +246,23 @@ fn run_calibrate(args: &cli::CalibrateArgs) -> Result<()> {
 }
 
 fn run_bench(args: &cli::BenchArgs) -> Result<()> {
-    if args.repeat == 0 || args.max_tokens == 0 {
+    if args.repeat == 0 || args.max_tokens == Some(0) {
         bail!("--repeat and --max-tokens must be at least 1");
+    }
+    let engine = load(args.model.as_deref(), args.mmproj.as_deref(), args.json)?;
+    if engine.model.vision.is_none() {
+        if args.image.is_some() {
+            bail!("this model has no vision encoder: give its --mmproj file to bench an image");
+        }
+        return bench::text(&engine, args);
     }
     let image_path = args
         .image
         .clone()
         .unwrap_or_else(|| default_model().join("a.png"));
     let image = vlm_run::image::load(&image_path)?;
-    let engine = load(args.model.as_deref(), args.json)?;
+    let max_tokens = args.max_tokens.unwrap_or(8);
+    let prompt = args.prompt.as_deref().unwrap_or("Describe the image.");
     let n = engine.model.visual_tokens();
     let layers = engine.model.llm.cfg.num_hidden_layers;
     if !args.json {
@@ -247,7 +273,7 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
             layers,
             n,
             image_path.display(),
-            args.max_tokens,
+            max_tokens,
             args.repeat
         );
         println!();
@@ -268,14 +294,14 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
                 ..Default::default()
             };
             let opts = GenerateOptions {
-                max_tokens: args.max_tokens,
+                max_tokens,
                 prune,
                 ..Default::default()
             };
             let mut best: Option<Output> = None;
             let mut failed = None;
             for _ in 0..args.repeat {
-                match engine.generate(Some(&image), &args.prompt, &opts, &mut |_| {}) {
+                match engine.generate(Some(&image), prompt, &opts, &mut |_| {}) {
                     Ok(out) => {
                         let better = best.as_ref().is_none_or(|b| {
                             out.timings_ms.prefill + out.timings_ms.prune

@@ -11,6 +11,41 @@ pub const LLAVA_TEMPLATE: &str = "USER: <image>\n{prompt} ASSISTANT:";
 pub const LLAVA_SYSTEM: &str = "A chat between a curious human and an artificial intelligence \
 assistant. The assistant gives helpful, detailed, and polite answers to the human's questions. ";
 pub const IMAGE_TAG: &str = "<image>";
+/// ChatML (SmolLM2, Qwen and others), one user turn; `--system` text goes in a system turn.
+pub const CHATML_TEMPLATE: &str =
+    "<|im_start|>user\n<image>\n{prompt}<|im_end|>\n<|im_start|>assistant\n";
+
+/// A model's chat format: its template and the system sentence it starts with by default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chat {
+    pub template: String,
+    pub system: Option<String>,
+}
+
+impl Chat {
+    pub fn llava() -> Self {
+        Self {
+            template: LLAVA_TEMPLATE.to_string(),
+            system: None,
+        }
+    }
+    pub fn is_chatml(&self) -> bool {
+        self.template.starts_with("<|im_start|>")
+    }
+}
+
+/// A template named on the command line (`llava`, `chatml`) or given as text with
+/// `{prompt}` in it.
+pub fn named_template(name: &str) -> Result<String> {
+    Ok(match name {
+        "llava" | "vicuna" => LLAVA_TEMPLATE.to_string(),
+        "chatml" => CHATML_TEMPLATE.to_string(),
+        t if t.contains("{prompt}") => t.to_string(),
+        t => anyhow::bail!(
+            "--template {t:?}: expected llava, chatml, or a template text containing {{prompt}}"
+        ),
+    })
+}
 
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join("tokenizer.json");
@@ -22,22 +57,34 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
 }
 
 /// The prompt text: the template with `{prompt}` filled in, the system sentence first if
-/// asked for, and without the image tag when there is no image.
-pub fn render(template: &str, prompt: &str, system: bool, with_image: bool) -> String {
+/// there is one (as a system turn in ChatML), and without the image tag when there is no
+/// image.
+pub fn render(template: &str, prompt: &str, system: Option<&str>, with_image: bool) -> String {
     let mut t = template.replace("{prompt}", prompt);
     if !with_image {
         t = t.replace("<image>\n", "").replace(IMAGE_TAG, "");
     }
-    if system {
-        t = format!("{LLAVA_SYSTEM}{t}");
+    match system {
+        Some(s) if template.starts_with("<|im_start|>") => {
+            format!("<|im_start|>system\n{s}<|im_end|>\n{t}")
+        }
+        Some(s) => format!("{s}{t}"),
+        None => t,
     }
-    t
 }
 
 /// Token ids of `text`, with the tokenizer's special tokens (BOS) added.
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     let enc = tok
         .encode(text, true)
+        .map_err(|e| anyhow!("cannot tokenize the prompt: {e}"))?;
+    Ok(enc.get_ids().to_vec())
+}
+
+/// Token ids of text that continues a prompt: no BOS, no leading-space marker.
+pub fn encode_continuation(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let enc = tok
+        .encode(text, false)
         .map_err(|e| anyhow!("cannot tokenize the prompt: {e}"))?;
     Ok(enc.get_ids().to_vec())
 }

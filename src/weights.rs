@@ -188,14 +188,7 @@ impl Checkpoint {
                 .map(|b| u16::from_le_bytes([b[0], b[1]]))
                 .collect());
         }
-        let values = self.f32(names, shape)?;
-        if let Some(v) = values
-            .iter()
-            .find(|v| v.is_finite() && v.abs() > f16::MAX.to_f32())
-        {
-            bail!("tensor {name} holds {v}, beyond the f16 range the engine stores weights in");
-        }
-        Ok(values.iter().map(|&v| f16::from_f32(v).to_bits()).collect())
+        f32_to_f16_checked(name, &self.f32(names, shape)?)
     }
 
     /// A tensor converted to f32, checked against `shape`.
@@ -228,6 +221,52 @@ impl Checkpoint {
     }
 }
 
+/// Where a model's tensors come from: a llava-hf checkpoint, or GGUF files. Loaders ask
+/// for tensors by their HF name inside a component and the shape the config implies.
+pub trait TensorSource {
+    /// Whether the tensor exists.
+    fn has(&self, c: Component, name: &str) -> bool;
+    /// A tensor converted to f32.
+    fn f32(&self, c: Component, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// A tensor converted to f16 bits; values beyond f16's range are an error.
+    fn f16(&self, c: Component, name: &str, shape: &[usize]) -> Result<Vec<u16>>;
+    /// A weight matrix [rows, cols] on the GPU: f16, or quantized blocks kept as they are.
+    fn weight(
+        &self,
+        gpu: &crate::gpu::Gpu,
+        c: Component,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<crate::gpu::Weight> {
+        let data = self.f16(c, name, &[rows, cols])?;
+        crate::gpu::Weight::upload(gpu, name, rows, cols, &data)
+    }
+}
+
+/// f32 values to f16 bits, refusing values beyond f16's range.
+pub fn f32_to_f16_checked(name: &str, values: &[f32]) -> Result<Vec<u16>> {
+    if let Some(v) = values
+        .iter()
+        .find(|v| v.is_finite() && v.abs() > f16::MAX.to_f32())
+    {
+        bail!("tensor {name} holds {v}, beyond the f16 range the engine stores weights in");
+    }
+    Ok(values.iter().map(|&v| f16::from_f32(v).to_bits()).collect())
+}
+
+impl TensorSource for Checkpoint {
+    fn has(&self, c: Component, name: &str) -> bool {
+        self.resolve(&names(c, name)).is_some()
+    }
+    fn f32(&self, c: Component, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Checkpoint::f32(self, &names(c, name), shape)
+    }
+    fn f16(&self, c: Component, name: &str, shape: &[usize]) -> Result<Vec<u16>> {
+        Checkpoint::f16(self, &names(c, name), shape)
+    }
+}
+
 /// Candidate names of a tensor under the two hub layouts (legacy llava-hf and newer
 /// transformers), for a name inside a component.
 pub fn names(component: Component, suffix: &str) -> Vec<String> {
@@ -244,7 +283,7 @@ pub fn names(component: Component, suffix: &str) -> Vec<String> {
     prefixes.iter().map(|p| format!("{p}{suffix}")).collect()
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
     Vision,
     Projector,

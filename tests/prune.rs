@@ -510,7 +510,7 @@ fn bad_pruning_options_get_clear_errors() {
 #[test]
 fn calibration_feeds_pbc_and_pore() {
     let e = engine();
-    let cal = vlm_run::prune::calibrate::run(e, vlm_run::prompt::LLAVA_TEMPLATE).unwrap();
+    let cal = vlm_run::prune::calibrate::run(e, None).unwrap();
     assert_eq!(cal.layers.len(), 31);
     assert_eq!(cal.model, e.fingerprint);
     let k2 = cal.layer(2).unwrap();

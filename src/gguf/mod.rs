@@ -4,6 +4,7 @@
 //! with overflow-safe arithmetic before it is used, and every error names the file and what
 //! is wrong with it.
 
+pub mod model;
 pub mod names;
 pub mod quant;
 pub mod tokenizer;

@@ -77,6 +77,8 @@ pub struct Gpu {
     pub caps: Caps,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     error: Arc<Mutex<Option<String>>>,
+    /// Highest device memory seen by `sample_memory` (bytes; 0: never sampled).
+    peak_memory: std::sync::atomic::AtomicU64,
 }
 
 const NO_ADAPTER_HELP: &str = "no GPU adapter found (Vulkan, Metal or DX12). On headless Linux \
@@ -165,6 +167,7 @@ impl Gpu {
             caps,
             pipelines: Mutex::new(HashMap::new()),
             error,
+            peak_memory: Default::default(),
         }))
     }
 
@@ -231,6 +234,32 @@ impl Gpu {
         let pipeline = Arc::new(pipeline);
         cache.insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// Device memory the backend's allocator holds for live buffers now (Vulkan and DX12
+    /// report it; None elsewhere), and the running peak updated with it.
+    pub fn sample_memory(&self) -> Option<u64> {
+        let r = self.device.generate_allocator_report()?;
+        self.peak_memory.fetch_max(
+            r.total_allocated_bytes,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Some(r.total_allocated_bytes)
+    }
+
+    /// The peak of `sample_memory` since the last `reset_peak_memory` (None if unknown).
+    pub fn peak_memory(&self) -> Option<u64> {
+        match self.peak_memory.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            p => Some(p),
+        }
+    }
+
+    /// Start a new peak from the memory held now.
+    pub fn reset_peak_memory(&self) {
+        self.peak_memory
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.sample_memory();
     }
 
     /// A storage buffer of `bytes`, checked against the device limits first.

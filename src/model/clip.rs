@@ -5,26 +5,26 @@
 use super::config::ClipVisionConfig;
 use crate::gpu::{Gpu, Kernel, Tensor, Weight};
 use crate::ops::{self, attention::Heads, matmul::Act};
-use crate::weights::{names, Component};
+use crate::weights::{Component, TensorSource};
 use anyhow::Result;
 
 /// What loading needs: the device, the checkpoint, and a byte counter for progress.
 pub struct Loader<'a> {
     pub gpu: &'a Gpu,
-    pub ckpt: &'a crate::weights::Checkpoint,
+    pub src: &'a dyn TensorSource,
     pub on_bytes: &'a dyn Fn(u64),
 }
 
 impl Loader<'_> {
     pub fn weight(&self, c: Component, name: &str, rows: usize, cols: usize) -> Result<Weight> {
-        let data = self.ckpt.f16(&names(c, name), &[rows, cols])?;
-        (self.on_bytes)(2 * data.len() as u64);
-        Weight::upload(self.gpu, name, rows, cols, &data)
+        let w = self.src.weight(self.gpu, c, name, rows, cols)?;
+        (self.on_bytes)(w.gpu_bytes());
+        Ok(w)
     }
 
     /// A small tensor kept in f32 (norm weights, biases, embeddings).
     pub fn vector(&self, c: Component, name: &str, shape: &[usize]) -> Result<wgpu::Buffer> {
-        let data = self.ckpt.f32(&names(c, name), shape)?;
+        let data = self.src.f32(c, name, shape)?;
         (self.on_bytes)(4 * data.len() as u64);
         self.gpu.storage_init(name, bytemuck::cast_slice(&data))
     }
@@ -118,10 +118,9 @@ impl ClipVisionTower {
         let (d, p, m) = (cfg.hidden_size, cfg.patch_size, cfg.intermediate_size);
         let v = Component::Vision;
         let n_pos = (cfg.image_size / p).pow(2) + 1;
-        let conv = l.ckpt.f16(
-            &names(v, "embeddings.patch_embedding.weight"),
-            &[d, 3, p, p],
-        )?;
+        let conv = l
+            .src
+            .f16(v, "embeddings.patch_embedding.weight", &[d, 3, p, p])?;
         (l.on_bytes)(2 * conv.len() as u64);
         let ln = |name: &str| -> Result<LayerNorm> {
             Ok(LayerNorm {

@@ -142,7 +142,8 @@ impl LlavaConfig {
         self.vision_feature_select_strategy == "full"
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Check what the engine supports; errors name the field.
+    pub fn validate(&self) -> Result<()> {
         if !self.model_type.is_empty() && self.model_type != "llava" {
             bail!(
                 "model_type {:?} is not supported (expected \"llava\")",
@@ -245,18 +246,24 @@ pub struct PreprocessorConfig {
 }
 
 impl PreprocessorConfig {
+    /// LLaVA-1.5's preprocessing (CLIP's mean and std, resize and centre crop) at
+    /// `image_size`.
+    pub fn for_size(image_size: usize) -> Self {
+        Self {
+            size: Some(serde_json::json!({ "shortest_edge": image_size })),
+            crop_size: Some(serde_json::json!({ "height": image_size, "width": image_size })),
+            do_center_crop: true,
+            image_mean: clip_mean(),
+            image_std: clip_std(),
+            rescale_factor: rescale(),
+        }
+    }
+
     /// Read preprocessor_config.json; without one, LLaVA-1.5's values for `image_size`.
     pub fn load_or_default(dir: &Path, image_size: usize) -> Result<Self> {
         let path = dir.join("preprocessor_config.json");
         if !path.exists() {
-            return Ok(Self {
-                size: Some(serde_json::json!({ "shortest_edge": image_size })),
-                crop_size: Some(serde_json::json!({ "height": image_size, "width": image_size })),
-                do_center_crop: true,
-                image_mean: clip_mean(),
-                image_std: clip_std(),
-                rescale_factor: rescale(),
-            });
+            return Ok(Self::for_size(image_size));
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;

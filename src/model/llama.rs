@@ -6,7 +6,7 @@ use super::clip::{Linear, Loader};
 use super::config::LlamaConfig;
 use crate::gpu::{Gpu, Kernel, Tensor, Weight};
 use crate::ops::{self, attention::Heads, elementwise::RowDest, matmul::Act, sample::Sampling};
-use crate::weights::{names, Component};
+use crate::weights::Component;
 use anyhow::{bail, Result};
 
 struct DecoderLayer {
@@ -154,10 +154,7 @@ impl Llama {
                 down_proj: l.linear(c, &n("mlp.down_proj"), d, m, false)?,
             });
         }
-        let has_head = l
-            .ckpt
-            .resolve(&names(Component::LmHead, "weight"))
-            .is_some();
+        let has_head = l.src.has(Component::LmHead, "weight");
         let lm_head = if has_head || !(cfg.tie_word_embeddings || tie_fallback) {
             Some(l.weight(Component::LmHead, "weight", v, d)?)
         } else {

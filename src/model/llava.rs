@@ -8,7 +8,7 @@ use crate::gpu::{Gpu, Kernel, Tensor};
 use crate::ops::{self, elementwise::RowDest, matmul::Act};
 use crate::prune::stages::{self, StageBuffers};
 use crate::prune::{Method, Plan, PruneOptions};
-use crate::weights::{Checkpoint, Component};
+use crate::weights::{Checkpoint, Component, TensorSource};
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -20,8 +20,9 @@ pub struct Projector {
 pub struct Llava {
     pub cfg: LlavaConfig,
     pub preprocessor: PreprocessorConfig,
-    pub vision: ClipVisionTower,
-    pub projector: Projector,
+    /// None for a text-only model (a GGUF decoder without an mmproj file).
+    pub vision: Option<ClipVisionTower>,
+    pub projector: Option<Projector>,
     pub llm: Llama,
     /// Bytes of weights on the GPU.
     pub weight_bytes: u64,
@@ -62,6 +63,18 @@ impl Llava {
         let cfg = LlavaConfig::load(dir)?;
         let preprocessor = PreprocessorConfig::load_or_default(dir, cfg.vision_config.image_size)?;
         let ckpt = Checkpoint::open(dir)?;
+        Self::from_source(gpu, cfg, preprocessor, &ckpt, true, on_bytes)
+    }
+
+    /// Load the model `cfg` describes from `src`; without `with_vision`, the decoder only.
+    pub fn from_source(
+        gpu: &Gpu,
+        cfg: LlavaConfig,
+        preprocessor: PreprocessorConfig,
+        src: &dyn TensorSource,
+        with_vision: bool,
+        on_bytes: &dyn Fn(u64),
+    ) -> Result<Self> {
         let total = std::cell::Cell::new(0u64);
         let count = |b: u64| {
             total.set(total.get() + b);
@@ -69,16 +82,22 @@ impl Llava {
         };
         let l = Loader {
             gpu,
-            ckpt: &ckpt,
+            src,
             on_bytes: &count,
         };
-        let vision = ClipVisionTower::load(&l, &cfg.vision_config, cfg.vision_layers_to_run()?)?;
-        let (dv, dt) = (cfg.vision_config.hidden_size, cfg.text_config.hidden_size);
-        let bias = cfg.multimodal_projector_bias;
-        let p = Component::Projector;
-        let projector = Projector {
-            linear_1: l.linear(p, "linear_1", dt, dv, bias)?,
-            linear_2: l.linear(p, "linear_2", dt, dt, bias)?,
+        let (vision, projector) = if with_vision {
+            let vision =
+                ClipVisionTower::load(&l, &cfg.vision_config, cfg.vision_layers_to_run()?)?;
+            let (dv, dt) = (cfg.vision_config.hidden_size, cfg.text_config.hidden_size);
+            let bias = cfg.multimodal_projector_bias;
+            let p = Component::Projector;
+            let projector = Projector {
+                linear_1: l.linear(p, "linear_1", dt, dv, bias)?,
+                linear_2: l.linear(p, "linear_2", dt, dt, bias)?,
+            };
+            (Some(vision), Some(projector))
+        } else {
+            (None, None)
         };
         let tie = cfg.tie_word_embeddings.unwrap_or(false);
         let llm = Llama::load(&l, &cfg.text_config, tie)?;
@@ -95,7 +114,8 @@ impl Llava {
 
     /// Visual tokens per image (patches, plus CLS with the "full" strategy).
     pub fn visual_tokens(&self) -> usize {
-        self.vision.patches() + self.cfg.keep_cls() as usize
+        let g = self.grid();
+        g * g + self.cfg.keep_cls() as usize
     }
 
     /// FLOPs (2 per multiply-add) of the vision tower up to the feature layer: patch
@@ -107,9 +127,12 @@ impl Llava {
             v.intermediate_size as u64,
             v.patch_size as u64,
         );
-        let n = self.vision.patches() as u64;
+        let Some(vision) = &self.vision else {
+            return 0;
+        };
+        let n = vision.patches() as u64;
         let t = n + 1;
-        let layers = self.vision.layers() as u64;
+        let layers = vision.layers() as u64;
         2 * n * 3 * p * p * d + layers * (2 * t * d * 4 * d + 4 * t * t * d + 4 * t * d * m)
     }
 
@@ -135,7 +158,10 @@ impl Llava {
         pixels: &wgpu::Buffer,
         prune: Option<(&Plan, &PruneOptions)>,
     ) -> Result<EncodePass> {
-        let vp = self.vision.pass(gpu, pixels)?;
+        let (Some(vision), Some(projector)) = (&self.vision, &self.projector) else {
+            bail!("this model has no vision encoder: give its --mmproj file to use --image");
+        };
+        let vp = vision.pass(gpu, pixels)?;
         let n = self.visual_tokens();
         let first = usize::from(!self.cfg.keep_cls());
         let (dv, dt) = (
@@ -182,15 +208,11 @@ impl Llava {
         let mut out = Tensor::new(gpu, "projector.out", rows, dt)?;
         let mut ks = select_ks;
         ks.extend(
-            self.projector
+            projector
                 .linear_1
                 .ops(gpu, &feats, &mid, Act::Gelu, false)?,
         );
-        ks.extend(
-            self.projector
-                .linear_2
-                .ops(gpu, &mid, &out, Act::None, false)?,
-        );
+        ks.extend(projector.linear_2.ops(gpu, &mid, &out, Act::None, false)?);
         if let Some((plan, _)) = prune.filter(|(plan, _)| plan.method == Method::DivPrune) {
             let (dk, kept, buffers) = stages::projector_stage(gpu, plan, &out)?;
             prune_after = dk;

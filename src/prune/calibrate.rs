@@ -139,7 +139,7 @@ impl Calibration {
 /// layer l < L−1 read the visual tokens' relevance (text queries after the image, and the
 /// last token), which prune layer l + 1 would use. Only this offline pass reads attention
 /// back to the CPU.
-pub fn run(engine: &crate::Engine, template: &str) -> Result<Calibration> {
+pub fn run(engine: &crate::Engine, template: Option<&str>) -> Result<Calibration> {
     use crate::gpu::{Step, Tensor};
     use crate::model::llama::{KvCache, PassIo};
     use crate::ops::{self, prune::Queries};
@@ -167,7 +167,7 @@ pub fn run(engine: &crate::Engine, template: &str) -> Result<Calibration> {
     let mut text_sum = vec![vec![0f32; n]; layers - 1];
     let mut last_sum = vec![vec![0f32; n]; layers - 1];
     let opts = crate::GenerateOptions {
-        template: template.to_string(),
+        template: template.map(str::to_string),
         ..Default::default()
     };
     for prompt in NEUTRAL_PROMPTS {
