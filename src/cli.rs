@@ -20,8 +20,11 @@ pub const DEFAULT_MODEL: &str = "tests/fixtures/tiny-llava";
                   vlm-run --model ~/models/llava-1.5-7b-hf --image photo.jpg --prompt \"Describe it.\" --max-tokens 128\n  \
                   vlm-run --image photo.jpg --prompt \"How many cats?\" --json\n  \
                   vlm-run --image photo.jpg --prompt \"Describe it.\" --prune posprune --keep 64 --save-keep-map keep.png\n  \
+                  vlm-run --model weights/SmolLM2-135M-Instruct.Q4_1.gguf --prompt \"What is the capital of France?\"\n  \
+                  vlm-run --model llava-v1.5-7b-Q4_K_M.gguf --mmproj mmproj-model-f16.gguf --image photo.jpg --prompt \"Describe it.\"\n  \
                   vlm-run calibrate --model ~/models/llava-1.5-7b-hf\n  \
-                  vlm-run bench --image photo.jpg\n\n\
+                  vlm-run bench --image photo.jpg\n  \
+                  vlm-run bench --model weights/SmolLM2-135M-Instruct.Q4_1.gguf\n\n\
                   ENVIRONMENT:\n  VLM_RUN_F16=0|1         use shader-f16 (default: when the adapter has it)\n  \
                   VLM_RUN_SUBGROUPS=0|1   use subgroup reductions (default: when the adapter has them)\n  \
                   VLM_RUN_MAX_BINDING=N   split weights into chunks of at most N bytes"
@@ -32,8 +35,8 @@ pub struct Args {
 
     /// Model: a directory in the llava-hf layout (config.json, *.safetensors,
     /// tokenizer.json, preprocessor_config.json), e.g. a download of
-    /// llava-hf/llava-1.5-7b-hf; or a Llama-family GGUF file (F32/F16/Q8_0/Q4_0/Q4_1/Q4_K/
-    /// Q6_K), e.g. weights/SmolLM2-135M-Instruct.Q4_1.gguf.
+    /// llava-hf/llava-1.5-7b-hf; or a Llama-family GGUF file (F32, F16, Q8_0, Q4_0, Q4_1,
+    /// Q4_K, Q6_K), e.g. weights/SmolLM2-135M-Instruct.Q4_1.gguf.
     /// Default: the tiny random fixture in tests/fixtures/tiny-llava.
     #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
     pub model: Option<PathBuf>,
@@ -108,7 +111,8 @@ pub enum Command {
     /// image, neutral prompts) and write it, with PoRe's rho, for PBC and PoRe to use.
     Calibrate(CalibrateArgs),
     /// Time every pruning method at several budgets on one image and print a table:
-    /// visual tokens, prefill time, KV-cache bytes and decoder FLOPs.
+    /// visual tokens, prefill time, KV-cache bytes and decoder FLOPs. On a text-only (GGUF)
+    /// model: prefill and decode tokens/s and peak GPU memory.
     Bench(BenchArgs),
 }
 

@@ -246,3 +246,31 @@ fn cli_json_gives_the_reference_tokens_and_nothing_else_on_stdout() {
         );
     }
 }
+
+#[test]
+fn gguf_files_that_are_truncated_or_mismatched() {
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llava-gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(g.join("tiny-llava-q8_0.gguf")).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let cut = cut.display().to_string();
+    fails_with(
+        &["--model", &cut, "--prompt", "hi"],
+        &["cut.gguf", "past the end"],
+    );
+    let mmproj = g.join("mmproj-tiny-llava-f16.gguf").display().to_string();
+    fails_with(
+        &["--model", &mmproj, "--prompt", "hi"],
+        &["mmproj-tiny-llava-f16.gguf", "architecture \"clip\""],
+    );
+    let llm = g.join("tiny-llava-q8_0.gguf").display().to_string();
+    fails_with(
+        &["--model", &llm, "--image", &img_a(), "--prompt", "hi"],
+        &["no vision encoder", "--mmproj"],
+    );
+    fails_with(
+        &["--model", &llm, "--prompt", "hi", "--template", "nonsense"],
+        &["--template", "{prompt}"],
+    );
+}
