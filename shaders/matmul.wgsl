@@ -13,7 +13,7 @@
 //   gemv: m == 1. ROWS=4 output rows per workgroup of WG_SIZE invocations striding over K
 //         with vec4 loads, then a workgroup reduction. Dispatch fold(ceil(n/4)).
 #include "common"
-#include "activations"
+#include "linear_store"
 
 struct Params {
     m: u32,
@@ -33,25 +33,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 #endif
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-fn store(m: u32, n: u32, acc: f32) {
-    var v = acc;
-#ifdef BIAS
-    v += bias[p.out_col + n];
-#endif
-#ifdef ACT_GELU
-    v = gelu_erf(v);
-#endif
-#ifdef ACT_QUICK_GELU
-    v = quick_gelu(v);
-#endif
-    let o = m * p.out_stride + p.out_col + n;
-#ifdef ACCUMULATE
-    y[o] += v;
-#else
-    y[o] = v;
-#endif
-}
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;

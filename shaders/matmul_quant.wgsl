@@ -19,7 +19,7 @@
 //   embed_rows: y[t, c] = W[ids[t] - out_col, c] for ids inside this chunk (n rows), one
 //         invocation per (t, c) of m x k. Dispatch fold(ceil(m * k / 64)).
 #include "common"
-#include "activations"
+#include "linear_store"
 
 struct Params {
     m: u32,
@@ -180,25 +180,6 @@ fn quads(gr: Group, l: u32) -> vec4<f32> {
 
 fn scale_of(gr: Group, l: u32) -> f32 {
     return select(gr.scale0, gr.scale1, l >= 16u);
-}
-
-fn store(m: u32, n: u32, acc: f32) {
-    var v = acc;
-#ifdef BIAS
-    v += bias[p.out_col + n];
-#endif
-#ifdef ACT_GELU
-    v = gelu_erf(v);
-#endif
-#ifdef ACT_QUICK_GELU
-    v = quick_gelu(v);
-#endif
-    let o = m * p.out_stride + p.out_col + n;
-#ifdef ACCUMULATE
-    y[o] += v;
-#else
-    y[o] = v;
-#endif
 }
 
 fn x4(m: u32, k: u32) -> vec4<f32> {

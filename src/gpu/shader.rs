@@ -15,6 +15,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "activations",
         include_str!("../../shaders/activations.wgsl"),
     ),
+    (
+        "linear_store",
+        include_str!("../../shaders/linear_store.wgsl"),
+    ),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     (
         "matmul_quant",

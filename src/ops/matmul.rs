@@ -64,17 +64,22 @@ pub fn linear(
     if accumulate {
         defines.flag("ACCUMULATE");
     }
-    if let Some(flag) = w.ty.shader_flag() {
-        defines.flag(flag);
-        return linear_quantized(gpu, x, w, bias, y, &defines);
-    }
+    // f16 weights: matmul.wgsl (k4 = padded row length, 4 GEMV rows per workgroup).
+    // ggml blocks: matmul_quant.wgsl reads them in place (k4 = bytes per row, 8 GEMV rows).
+    let (family, k4, gemv_rows) = match w.ty.shader_flag() {
+        Some(flag) => {
+            defines.flag(flag);
+            ("matmul_quant", w.row_bytes, 8)
+        }
+        None => ("matmul", w.cols4, 4),
+    };
     let mut kernels = Vec::new();
     for chunk in &w.chunks {
         let params = Params {
             m: m as u32,
             n: chunk.rows as u32,
             k: w.cols as u32,
-            k4: w.cols4 as u32,
+            k4: k4 as u32,
             x_stride: x.cols as u32,
             out_stride: y.cols as u32,
             out_col: chunk.row0 as u32,
@@ -85,7 +90,7 @@ pub fn linear(
             bindings.push((3, b));
         }
         let (entry, grid) = if m == 1 {
-            let groups = (chunk.rows as u32).div_ceil(4);
+            let groups = (chunk.rows as u32).div_ceil(gemv_rows);
             (
                 "gemv",
                 fold_workgroups(groups, gpu.caps.max_workgroups_per_dim),
@@ -104,67 +109,9 @@ pub fn linear(
         };
         kernels.push(Kernel::new(
             gpu,
-            "matmul",
+            family,
             entry,
             &defines,
-            bytes(&params),
-            &bindings,
-            grid,
-        )?);
-    }
-    Ok(kernels)
-}
-
-/// `linear` over a weight in a ggml block format: the quantized kernels read the blocks in
-/// place (matmul_quant.wgsl), 8 rows per GEMV workgroup and 64×64 GEMM tiles.
-fn linear_quantized(
-    gpu: &Gpu,
-    x: &Tensor,
-    w: &Weight,
-    bias: Option<&wgpu::Buffer>,
-    y: &Tensor,
-    defines: &crate::gpu::shader::Defines,
-) -> Result<Vec<Kernel>> {
-    let m = x.rows;
-    let mut kernels = Vec::new();
-    for chunk in &w.chunks {
-        let params = Params {
-            m: m as u32,
-            n: chunk.rows as u32,
-            k: w.cols as u32,
-            k4: w.row_bytes as u32,
-            x_stride: x.cols as u32,
-            out_stride: y.cols as u32,
-            out_col: chunk.row0 as u32,
-            pad: 0,
-        };
-        let mut bindings = vec![(1, &x.buf), (2, &chunk.buf), (4, &y.buf)];
-        if let Some(b) = bias {
-            bindings.push((3, b));
-        }
-        let (entry, grid) = if m == 1 {
-            let groups = (chunk.rows as u32).div_ceil(8);
-            (
-                "gemv",
-                fold_workgroups(groups, gpu.caps.max_workgroups_per_dim),
-            )
-        } else {
-            let grid = [(chunk.rows as u32).div_ceil(64), (m as u32).div_ceil(64), 1];
-            if grid[0] > gpu.caps.max_workgroups_per_dim
-                || grid[1] > gpu.caps.max_workgroups_per_dim
-            {
-                bail!(
-                    "linear: {m}x{} output exceeds the dispatch limit",
-                    chunk.rows
-                );
-            }
-            ("gemm", grid)
-        };
-        kernels.push(Kernel::new(
-            gpu,
-            "matmul_quant",
-            entry,
-            defines,
             bytes(&params),
             &bindings,
             grid,

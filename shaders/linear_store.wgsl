@@ -1,0 +1,24 @@
+// linear_store.wgsl: the epilogue of matmul.wgsl and matmul_quant.wgsl, included by both.
+// Writes one output y[m, out_col + n] = act(acc + bias[out_col + n]) (or adds it, with
+// ACCUMULATE). Needs the including file's `p` (out_stride, out_col), `bias` (with BIAS) and
+// `y` bindings.
+#include "activations"
+
+fn store(m: u32, n: u32, acc: f32) {
+    var v = acc;
+#ifdef BIAS
+    v += bias[p.out_col + n];
+#endif
+#ifdef ACT_GELU
+    v = gelu_erf(v);
+#endif
+#ifdef ACT_QUICK_GELU
+    v = quick_gelu(v);
+#endif
+    let o = m * p.out_stride + p.out_col + n;
+#ifdef ACCUMULATE
+    y[o] += v;
+#else
+    y[o] = v;
+#endif
+}
