@@ -81,14 +81,14 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn elements(&self) -> usize {
-        self.dims.iter().product()
-    }
     /// The shape in PyTorch order (outermost first).
     pub fn shape(&self) -> Vec<usize> {
         self.dims.iter().rev().copied().collect()
     }
 }
+
+/// Version, metadata and tensor infos of a parsed header.
+type Parsed = (u32, HashMap<String, Value>, HashMap<String, TensorInfo>);
 
 pub struct GgufFile {
     pub path: PathBuf,
@@ -96,8 +96,6 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: HashMap<String, Value>,
     pub tensors: HashMap<String, TensorInfo>,
-    /// Tensor names in file order.
-    pub order: Vec<String>,
 }
 
 struct Cursor<'a> {
@@ -183,7 +181,7 @@ impl GgufFile {
         // Safety: the map is read-only; the file is not modified while we run.
         let map =
             unsafe { Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))?;
-        let (version, metadata, tensors, order) =
+        let (version, metadata, tensors) =
             Self::parse(&map).with_context(|| format!("{}: invalid GGUF file", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -191,19 +189,10 @@ impl GgufFile {
             version,
             metadata,
             tensors,
-            order,
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn parse(
-        b: &[u8],
-    ) -> Result<(
-        u32,
-        HashMap<String, Value>,
-        HashMap<String, TensorInfo>,
-        Vec<String>,
-    )> {
+    fn parse(b: &[u8]) -> Result<Parsed> {
         let mut c = Cursor { b, at: 0 };
         let magic = c.take(4, "magic")?;
         if magic != MAGIC {
@@ -256,7 +245,6 @@ impl GgufFile {
         }
         let data_start = c.at.next_multiple_of(alignment);
         let mut tensors = HashMap::new();
-        let mut order = Vec::new();
         for (name, dims, ty, offset) in infos {
             let elems = dims
                 .iter()
@@ -291,7 +279,6 @@ impl GgufFile {
             if tensors.contains_key(&name) {
                 bail!("tensor {name} appears twice");
             }
-            order.push(name.clone());
             tensors.insert(
                 name.clone(),
                 TensorInfo {
@@ -303,7 +290,7 @@ impl GgufFile {
                 },
             );
         }
-        Ok((version, metadata, tensors, order))
+        Ok((version, metadata, tensors))
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

@@ -45,19 +45,6 @@ impl GgmlType {
         })
     }
 
-    pub fn id(self) -> u32 {
-        match self {
-            Self::F32 => 0,
-            Self::F16 => 1,
-            Self::Q4_0 => 2,
-            Self::Q4_1 => 3,
-            Self::Q8_0 => 8,
-            Self::Q4K => 12,
-            Self::Q6K => 14,
-            Self::BF16 => 30,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "F32",

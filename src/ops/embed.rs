@@ -70,30 +70,16 @@ fn gather_quantized(
     out: &Tensor,
     flag: &str,
 ) -> Result<Vec<Kernel>> {
-    /// matmul_quant's parameter block (embed_rows reads m, n, k, row_bytes, out_stride and
-    /// out_col).
-    #[repr(C)]
-    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-    struct QuantParams {
-        m: u32,
-        n: u32,
-        k: u32,
-        row_bytes: u32,
-        x_stride: u32,
-        out_stride: u32,
-        out_col: u32,
-        pad: u32,
-    }
     let defines = gpu.base_defines().with_flag(flag);
     table
         .chunks
         .iter()
         .map(|c| {
-            let p = QuantParams {
+            let p = super::matmul::Params {
                 m: out.rows as u32,
                 n: c.rows as u32,
                 k: table.cols as u32,
-                row_bytes: table.row_bytes as u32,
+                k4: table.row_bytes as u32,
                 x_stride: 0,
                 out_stride: out.cols as u32,
                 out_col: c.row0 as u32,

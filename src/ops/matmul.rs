@@ -14,15 +14,17 @@ pub enum Act {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    k4: u32,
-    x_stride: u32,
-    out_stride: u32,
-    out_col: u32,
-    pad: u32,
+/// The parameter block of matmul.wgsl and matmul_quant.wgsl (whose `embed_rows` reads it
+/// too: m ids, n table rows from row `out_col`, k columns, `k4` bytes per row).
+pub(crate) struct Params {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub k4: u32,
+    pub x_stride: u32,
+    pub out_stride: u32,
+    pub out_col: u32,
+    pub pad: u32,
 }
 
 /// y[.., 0..w.rows] (=|+=) act(x · wᵀ + bias). x: [m, ≥ w.cols]; y: [m, ≥ w.rows].
