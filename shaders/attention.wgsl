@@ -9,15 +9,20 @@
 //   through workgroup memory. Causal: query i (position q_pos0 + i) sees keys 0..=q_pos0 + i.
 //   Dispatch (ceil(m / QB), heads, 1).
 //
-// attn_scores / attn_values (decode, one query row per head, kv_len = step.kv_len):
-//   attn_scores: 1 q f32 [heads * HD], 2 k cache, 5 scores f32 [heads, ctx], 6 step
-//                one invocation per (key, head). Dispatch (ceil(kv_len / QB), heads, 1).
-//   (softmax.wgsl with STEP_LEN then normalises the score rows.)
-//   attn_values: 5 scores, 3 v cache, 4 out f32 [heads * HD], 6 step
-//                one invocation per (dim, head). Dispatch (ceil(HD / QB), heads, 1).
+// Split-KV decode (one query row per head over cache rows 0..step.kv_len, no score row
+// in memory). SPLIT keys per split; `ctx` = splits allotted per head.
+//   attn_split: 1 q f32 [heads * HD], 2 k cache, 3 v cache, 5 partials f32
+//               [heads, ctx, HD + 2], 6 step. One workgroup of SPLIT invocations per
+//               (split, head): one key each, the split's max m and sum l of exp(s - m), and
+//               the unnormalised Σ exp(s - m) v. Splits past kv_len write l = 0.
+//               Dispatch (ctx, heads, 1).
+//   attn_merge: 5 partials, 4 out f32 [heads * HD], 6 step: rescale the splits to their
+//               common max and normalise. Dispatch (1, heads, 1).
 #include "common"
 
 const QB: u32 = 32u;
+// Keys per split of the decode attention (ops::attention::SPLIT).
+const SPLIT: u32 = 64u;
 
 struct Params {
     m: u32,
@@ -110,32 +115,76 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     }
 }
 
-@compute @workgroup_size(QB)
-fn attn_scores(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+var<workgroup> q_sh: array<f32, HD>;
+var<workgroup> s_sh: array<f32, SPLIT>;
+var<workgroup> p_sh: array<f32, SPLIT>;
+
+@compute @workgroup_size(SPLIT)
+fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let sp = wid.x;
     let h = wid.y;
     let kvh = h / (p.heads / p.kv_heads);
-    let j = wid.x * QB + lid;
-    if j >= step.kv_len {
-        return;
+    for (var d = lid; d < HD; d += SPLIT) {
+        q_sh[d] = q[h * HD + d] * p.scale;
     }
-    var s = 0.0;
-    for (var d = 0u; d < HD; d++) {
-        s = fma(q[h * HD + d], k[j * p.kv_stride + kvh * HD + d], s);
+    workgroupBarrier();
+    let j0 = sp * SPLIT;
+    let j = j0 + lid;
+    let n = step.kv_len;
+    var sv = -3.0e38;
+    if j < n {
+        var acc = 0.0;
+        for (var d = 0u; d < HD; d++) {
+            acc = fma(q_sh[d], k[j * p.kv_stride + kvh * HD + d], acc);
+        }
+        sv = acc;
     }
-    scores[h * p.ctx + j] = s * p.scale;
+    s_sh[lid] = sv;
+    workgroupBarrier();
+    var mx = -3.0e38;
+    for (var t = 0u; t < SPLIT; t++) {
+        mx = max(mx, s_sh[t]);
+    }
+    p_sh[lid] = select(0.0, exp(sv - mx), j < n);
+    workgroupBarrier();
+    let count = min(SPLIT, max(n, j0) - j0);
+    let o = (h * p.ctx + sp) * (HD + 2u);
+    for (var d = lid; d < HD; d += SPLIT) {
+        var acc = 0.0;
+        for (var t = 0u; t < count; t++) {
+            acc = fma(p_sh[t], v[(j0 + t) * p.kv_stride + kvh * HD + d], acc);
+        }
+        scores[o + d] = acc;
+    }
+    if lid == 0u {
+        var l = 0.0;
+        for (var t = 0u; t < count; t++) {
+            l += p_sh[t];
+        }
+        scores[o + HD] = mx;
+        scores[o + HD + 1u] = l;
+    }
 }
 
-@compute @workgroup_size(QB)
-fn attn_values(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+@compute @workgroup_size(64)
+fn attn_merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let h = wid.y;
-    let kvh = h / (p.heads / p.kv_heads);
-    let d = wid.x * QB + lid;
-    if d >= HD {
-        return;
+    let splits = (step.kv_len + SPLIT - 1u) / SPLIT;
+    var mx = -3.0e38;
+    for (var sp = 0u; sp < splits; sp++) {
+        mx = max(mx, scores[(h * p.ctx + sp) * (HD + 2u) + HD]);
     }
-    var acc = 0.0;
-    for (var j = 0u; j < step.kv_len; j++) {
-        acc = fma(scores[h * p.ctx + j], v[j * p.kv_stride + kvh * HD + d], acc);
+    var l = 0.0;
+    for (var sp = 0u; sp < splits; sp++) {
+        let o = (h * p.ctx + sp) * (HD + 2u);
+        l += exp(scores[o + HD] - mx) * scores[o + HD + 1u];
     }
-    out[h * HD + d] = acc;
+    for (var d = lid; d < HD; d += 64u) {
+        var acc = 0.0;
+        for (var sp = 0u; sp < splits; sp++) {
+            let o = (h * p.ctx + sp) * (HD + 2u);
+            acc += exp(scores[o + HD] - mx) * scores[o + d];
+        }
+        out[h * HD + d] = acc / l;
+    }
 }

@@ -2,7 +2,8 @@
 //
 // Bindings: 0 params {n, ...}
 //   add:        1 a f32[n], 2 b f32[n], 3 y f32[n]         y = a + b
-//   swiglu:     1 a f32[rows, cols] (gate), 2 b (up), 3 y  y = silu(a) * b
+//   swiglu:     1 a f32[rows, 2 cols] (gate | up), 3 y f32[rows, cols]
+//               y[r, c] = silu(a[r, c]) * a[r, cols + c]
 //   gelu:       3 y f32[n]                                  y = gelu_erf(y)      (in place)
 //   quick_gelu: 3 y f32[n]                                  y = quick_gelu(y)    (in place)
 //   copy_rows:  1 a src, 3 y dst (+ 4 step with STEP_OFFSET)
@@ -50,7 +51,8 @@ fn swiglu(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
           @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(lid, wid, nwg);
     if i < p.n {
-        y[i] = silu(a[i]) * b[i];
+        let g = (i / p.cols) * 2u * p.cols + i % p.cols;
+        y[i] = silu(a[g]) * a[g + p.cols];
     }
 }
 

@@ -3,7 +3,11 @@
 //
 // Bindings: 0 params (uniform Params)
 //           1 x     f32 [m, x_stride], columns 0..k used (k a multiple of 32)
-//           2 w     u32 words over the file's blocks: row n starts at byte n * row_bytes
+//           2 w     u32 words. Q4_0/Q4_1/Q8_0 are repacked at upload (gpu::tensor::repack):
+//                   the 16 (Q4) or 32 (Q8) quant bytes of group (n, g) at word (n*nb + g)*QW,
+//                   then the scales from word n_rows*nb*QW on (Q4_1: one d|m word per
+//                   group; Q4_0/Q8_0: one f16 d per group, two per word). K-quants keep the
+//                   file's bytes: row n starts at byte n * row_bytes
 //           3 bias  f32 [out_col + n] (only with BIAS)
 //           4 y     f32 [m, out_stride]
 //           5 ids   u32 [m] (embed_rows only)
@@ -58,19 +62,37 @@ fn word_at(o: u32) -> u32 {
 }
 
 #ifdef Q4_0
-const GROUP_BYTES: u32 = 18u;
+const QW: u32 = 4u;
 #endif
 #ifdef Q4_1
-const GROUP_BYTES: u32 = 20u;
+const QW: u32 = 4u;
 #endif
 #ifdef Q8_0
-const GROUP_BYTES: u32 = 34u;
+const QW: u32 = 8u;
 #endif
+#ifdef Q4_K
+const QW: u32 = 0u; // not repacked
+#endif
+#ifdef Q6_K
+const QW: u32 = 0u;
+#endif
+
+// Repacked formats: word index of group (row, g)'s quants, and its scale word / f16.
+fn packed_group(row: u32, g: u32) -> u32 {
+    return row * (p.k / 32u) + g;
+}
+fn scales_base() -> u32 {
+    return p.n * (p.k / 32u) * QW;
+}
+fn packed_half(i: u32) -> f32 {
+    return unpack2x16float(w[scales_base() + (i >> 1u)])[i & 1u];
+}
 
 // A group's 32 values are q[l] * scale + offset (q as unsigned or signed integers), with
 // a different scale for values 16..32 in Q6_K. Group = (byte offsets, scales).
 struct Group {
-    // Byte offset of the first quant byte (the nibble / low-bits stream).
+    // Repacked formats: word index of the group's quants. K-quants: byte offset of the
+    // first quant byte (the nibble / low-bits stream).
     qs: u32,
     // Q6_K only: byte offset of the high 2-bit stream.
     qh: u32,
@@ -81,32 +103,33 @@ struct Group {
     offset: f32,
 }
 
-fn group(rb: u32, g: u32) -> Group {
+fn group(row: u32, g: u32) -> Group {
     var r: Group;
 #ifdef Q4_0
-    let b = rb + g * GROUP_BYTES;
-    let d = half_at(b);
-    r.qs = b + 2u;
+    let i = packed_group(row, g);
+    let d = packed_half(i);
+    r.qs = i * QW;
     r.scale0 = d;
     r.scale1 = d;
     r.offset = -8.0 * d;
 #endif
 #ifdef Q4_1
-    let b = rb + g * GROUP_BYTES;
-    let d = half_at(b);
-    r.qs = b + 4u;
-    r.scale0 = d;
-    r.scale1 = d;
-    r.offset = half_at(b + 2u);
+    let i = packed_group(row, g);
+    let dm = unpack2x16float(w[scales_base() + i]);
+    r.qs = i * QW;
+    r.scale0 = dm.x;
+    r.scale1 = dm.x;
+    r.offset = dm.y;
 #endif
 #ifdef Q8_0
-    let b = rb + g * GROUP_BYTES;
-    let d = half_at(b);
-    r.qs = b + 2u;
+    let i = packed_group(row, g);
+    let d = packed_half(i);
+    r.qs = i * QW;
     r.scale0 = d;
     r.scale1 = d;
 #endif
 #ifdef Q4_K
+    let rb = row * p.row_bytes;
     let b = rb + (g >> 3u) * 144u;
     let j = g & 7u;
     let d = half_at(b);
@@ -128,6 +151,7 @@ fn group(rb: u32, g: u32) -> Group {
     r.offset = -dmin * f32(mn);
 #endif
 #ifdef Q6_K
+    let rb = row * p.row_bytes;
     let b = rb + (g >> 3u) * 210u;
     let j = g & 7u;
     let half_ = j >> 2u;
@@ -150,14 +174,14 @@ fn u8x4(q: u32) -> vec4<f32> {
 
 // Q4_0 / Q4_1: values 0..16 are the low nibbles of bytes 0..16, values 16..32 the high ones.
 fn nibbles(gr: Group, l: u32) -> vec4<f32> {
-    let wd = word_at(gr.qs + (l & 15u));
+    let wd = w[gr.qs + ((l & 15u) >> 2u)];
     return u8x4((wd >> select(0u, 4u, l >= 16u)) & 0x0f0f0f0fu);
 }
 
 // The four integer quants of values l .. l + 4 (l a multiple of 4) of a group.
 fn quads(gr: Group, l: u32) -> vec4<f32> {
 #ifdef Q8_0
-    let v = i32(word_at(gr.qs + l));
+    let v = i32(w[gr.qs + (l >> 2u)]);
     return vec4<f32>(f32(extractBits(v, 0u, 8u)), f32(extractBits(v, 8u, 8u)),
                      f32(extractBits(v, 16u, 8u)), f32(extractBits(v, 24u, 8u)));
 #endif
@@ -200,10 +224,9 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let lane = lid % LANES;
     var acc = 0.0;
     if row < p.n {
-        let rb = row * p.row_bytes;
         let groups = p.k / 32u;
         for (var g = lane; g < groups; g += LANES) {
-            let gr = group(rb, g);
+            let gr = group(row, g);
             var lo = 0.0;
             var hi = 0.0;
             var xs = 0.0;
@@ -270,7 +293,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             var a = vec4<f32>(0.0);
             var b = vec4<f32>(0.0);
             if n < p.n {
-                let gr = group(n * p.row_bytes, g);
+                let gr = group(n, g);
                 let s = scale_of(gr, kl);
                 a = quads(gr, kl) * s + gr.offset;
                 b = quads(gr, kl + 4u) * s + gr.offset;
@@ -320,7 +343,7 @@ fn embed_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     if id < p.out_col || id >= p.out_col + p.n {
         return;
     }
-    let gr = group((id - p.out_col) * p.row_bytes, c / 32u);
+    let gr = group(id - p.out_col, c / 32u);
     let l = c % 32u;
     let q = quads(gr, l & ~3u);
     y[t * p.out_stride + c] = q[l & 3u] * scale_of(gr, l) + gr.offset;

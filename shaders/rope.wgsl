@@ -8,6 +8,14 @@
 //           2 positions  u32 [rows]    position id of each row (kept tokens keep theirs)
 //           3 table      f32 [max_pos, hd]: cos of the hd/2 frequencies, then their sin
 // Dispatch: one invocation per (row, head, i), WG_SIZE per workgroup, fold.
+//
+// rope_kv (variant KV_CACHE): the attention input step after a stacked q|k|v projection.
+// Row r of qkv holds heads query heads, then kv_heads key heads, then kv_heads value heads.
+// The rotated queries go to q_out[r]; the rotated keys and the values go to cache row
+// step.kv_offset + r.
+// Bindings: 1 qkv f32 [rows, row_stride], 2 positions, 3 table, 4 q_out f32 [rows, q_stride],
+//           5 k_cache, 6 v_cache f32 [ctx, kv_stride], 7 step (uniform Step)
+// Dispatch: one invocation per (row, head of q|k|v, i < hd/2), fold.
 #include "common"
 
 const WG_SIZE: u32 = 64u;
@@ -17,12 +25,61 @@ struct Params {
     heads: u32,
     hd: u32,
     row_stride: u32,
+    kv_heads: u32,
+    q_stride: u32,
+    kv_stride: u32,
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> positions: array<u32>;
 @group(0) @binding(3) var<storage, read> table: array<f32>;
+#ifdef KV_CACHE
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> q_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(6) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(7) var<uniform> step: Step;
+
+@compute @workgroup_size(WG_SIZE)
+fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let half = p.hd / 2u;
+    let per_row = (p.heads + 2u * p.kv_heads) * half;
+    let idx = linear_wg(wid, nwg) * WG_SIZE + lid;
+    if idx >= p.rows * per_row {
+        return;
+    }
+    let r = idx / per_row;
+    let hh = (idx % per_row) / half;
+    let i = idx % half;
+    let src = r * p.row_stride + hh * p.hd;
+    let x1 = qkv[src + i];
+    let x2 = qkv[src + half + i];
+    let row = step.kv_offset + r;
+    if hh >= p.heads + p.kv_heads {
+        let o = row * p.kv_stride + (hh - p.heads - p.kv_heads) * p.hd;
+        v_cache[o + i] = x1;
+        v_cache[o + half + i] = x2;
+        return;
+    }
+    let pos = positions[r];
+    let c = table[pos * p.hd + i];
+    let s = table[pos * p.hd + half + i];
+    let a = x1 * c - x2 * s;
+    let b = x2 * c + x1 * s;
+    if hh < p.heads {
+        let o = r * p.q_stride + hh * p.hd;
+        q_out[o + i] = a;
+        q_out[o + half + i] = b;
+    } else {
+        let o = row * p.kv_stride + (hh - p.heads) * p.hd;
+        k_cache[o + i] = a;
+        k_cache[o + half + i] = b;
+    }
+}
+#else
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
 
 @compute @workgroup_size(WG_SIZE)
 fn rope(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
@@ -44,3 +101,4 @@ fn rope(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     x[base + i] = x1 * c - x2 * s;
     x[base + half + i] = x2 * c + x1 * s;
 }
+#endif

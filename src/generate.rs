@@ -648,6 +648,15 @@ impl Engine {
             next = self.read_token(&staging)?;
         }
         timings.decode = ms(t);
+        if std::env::var_os("VLM_PROFILE").is_some() {
+            let t = Instant::now();
+            gpu.run(&kernels)?;
+            let whole = ms(t);
+            eprintln!("decode step: {whole:.2} ms, {} dispatches", kernels.len());
+            for (l, n, t) in gpu.profile(&kernels, 5)? {
+                eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
+            }
+        }
 
         // Accounting.
         let stages = stage_buffers

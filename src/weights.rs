@@ -2,6 +2,7 @@
 //! every header, offset and size is validated before any tensor is read, and every error
 //! names the file and tensor.
 
+use crate::gguf::quant::GgmlType;
 use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -230,7 +231,19 @@ pub trait TensorSource {
     fn f32(&self, c: Component, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
     /// A tensor converted to f16 bits; values beyond f16's range are an error.
     fn f16(&self, c: Component, name: &str, shape: &[usize]) -> Result<Vec<u16>>;
-    /// A weight matrix [rows, cols] on the GPU: f16, or quantized blocks kept as they are.
+    /// A weight matrix [rows, cols] as the bytes it is uploaded from: f16 values, or a
+    /// ggml block type's rows as the file holds them.
+    fn weight_data(
+        &self,
+        c: Component,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(GgmlType, Vec<u8>)> {
+        let data = self.f16(c, name, &[rows, cols])?;
+        Ok((GgmlType::F16, bytemuck::cast_slice(&data).to_vec()))
+    }
+    /// A weight matrix [rows, cols] on the GPU: f16, or quantized blocks.
     fn weight(
         &self,
         gpu: &crate::gpu::Gpu,
@@ -239,8 +252,8 @@ pub trait TensorSource {
         rows: usize,
         cols: usize,
     ) -> Result<crate::gpu::Weight> {
-        let data = self.f16(c, name, &[rows, cols])?;
-        crate::gpu::Weight::upload(gpu, name, rows, cols, &data)
+        let (ty, data) = self.weight_data(c, name, rows, cols)?;
+        crate::gpu::Weight::upload_data(gpu, name, ty, rows, cols, &data)
     }
 }
 

@@ -315,3 +315,94 @@ fn malformed_gguf_files_are_clear_errors() {
     let b = gguf_bytes(&[], &[("t", vec![8], 0, 4)], 64);
     assert!(open_bytes("misaligned.gguf", &b).contains("aligned"));
 }
+
+/// The decode GEMV's fusions against CPU arithmetic: RMSNorm of x on load, SwiGLU over a
+/// stacked [gate; up] weight, and accumulation, for f16 and every repacked block format,
+/// with and without subgroups (their lane sums differ).
+#[test]
+fn fused_decode_gemv_matches_cpu() {
+    let mut rng = Rng::new(11);
+    let formats = [
+        None,
+        Some(GgmlType::Q4_0),
+        Some(GgmlType::Q4_1),
+        Some(GgmlType::Q8_0),
+    ];
+    for (variant, gpu) in variants() {
+        for ty in formats {
+            // n: 2m rows of [gate; up]; k spans a partial lane round (9 groups of 32).
+            let (m, k) = (37usize, 288usize);
+            let n = 2 * m;
+            let (w, wt) = match ty {
+                Some(ty) => {
+                    let raw = random_blocks(&mut rng, ty, n, k);
+                    let w = dequantize(ty, &raw).unwrap();
+                    (
+                        w,
+                        Weight::upload_quantized(&gpu, "w", ty, n, k, &raw).unwrap(),
+                    )
+                }
+                None => {
+                    let w: Vec<f32> = rng
+                        .vec(n * k, 0.2)
+                        .iter()
+                        .map(|&v| half::f16::from_f32(v).to_f32())
+                        .collect();
+                    let bits: Vec<u16> = w
+                        .iter()
+                        .map(|&v| half::f16::from_f32(v).to_bits())
+                        .collect();
+                    (w, Weight::upload(&gpu, "w", n, k, &bits).unwrap())
+                }
+            };
+            assert!(ops::matmul::gemv_reads(&wt));
+            let x = rng.vec(k, 2.0);
+            let g = rng.vec(k, 1.0);
+            let eps = 1e-5f32;
+            let xt = Tensor::from_f32(&gpu, "x", 1, k, &x).unwrap();
+            let gb = gpu.storage_init("g", bytemuck::cast_slice(&g)).unwrap();
+            let rms = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / k as f32 + eps).sqrt();
+            let xn: Vec<f32> = x.iter().zip(&g).map(|(a, b)| a * b * rms).collect();
+            let plain = cpu_linear(&xn, 1, k, &w, n);
+            let scale = plain.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
+            let tol = 2e-5 * scale * (k as f32).sqrt();
+            let name = format!("{variant} {}", ty.map_or("F16", |t| t.name()));
+
+            // RMSNorm fused, accumulating onto y = 1.
+            let y = Tensor::from_f32(&gpu, "y", 1, n, &vec![1.0; n]).unwrap();
+            let e = ops::matmul::Epilogue {
+                norm: Some((&gb, eps)),
+                accumulate: true,
+                ..Default::default()
+            };
+            let ks = ops::matmul::gemv(&gpu, &xt, &wt, &y, e).unwrap().unwrap();
+            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+            let want: Vec<f32> = plain.iter().map(|v| v + 1.0).collect();
+            assert_close(
+                &format!("{name} norm+acc"),
+                &y.read(&gpu).unwrap(),
+                &want,
+                tol,
+            );
+
+            // RMSNorm and SwiGLU fused.
+            let act = Tensor::new(&gpu, "act", 1, m).unwrap();
+            let e = ops::matmul::Epilogue {
+                norm: Some((&gb, eps)),
+                gate_up: true,
+                ..Default::default()
+            };
+            let ks = ops::matmul::gemv(&gpu, &xt, &wt, &act, e).unwrap().unwrap();
+            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+            let want: Vec<f32> = (0..m)
+                .map(|i| plain[i] / (1.0 + (-plain[i]).exp()) * plain[m + i])
+                .collect();
+            assert_close(
+                &format!("{name} swiglu"),
+                &act.read(&gpu).unwrap(),
+                &want,
+                tol * scale,
+            );
+        }
+    }
+}

@@ -235,7 +235,13 @@ fn elementwise_kernels_match_cpu() {
             .unwrap();
         let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
         assert_close(&format!("{name} add"), &y.read(&gpu).unwrap(), &want, 1e-6);
-        gpu.run(&[&ops::elementwise::swiglu(&gpu, &at, &bt, &y).unwrap()])
+        // gate|up stacked by columns: row i is [a row i | b row i].
+        let gu: Vec<f32> = (0..r)
+            .flat_map(|i| a[i * c..(i + 1) * c].iter().chain(&b[i * c..(i + 1) * c]))
+            .copied()
+            .collect();
+        let gut = Tensor::from_f32(&gpu, "gu", r, 2 * c, &gu).unwrap();
+        gpu.run(&[&ops::elementwise::swiglu(&gpu, &gut, &y).unwrap()])
             .unwrap();
         let want: Vec<f32> = a
             .iter()
@@ -425,7 +431,9 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
 fn decode_attention_over_the_cache_matches_cpu() {
     let mut rng = Rng::new(7);
     for (name, gpu) in variants() {
-        let (ctx, kv_len, heads, kv_heads, hd) = (90usize, 67usize, 6usize, 2usize, 16usize);
+        // 3 splits of 64 keys: kv_len inside the first, at its end, across, and with the
+        // last split empty.
+        let (ctx, heads, kv_heads, hd) = (190usize, 6usize, 2usize, 16usize);
         let h = Heads {
             heads,
             kv_heads,
@@ -437,30 +445,27 @@ fn decode_attention_over_the_cache_matches_cpu() {
         let qt = Tensor::from_f32(&gpu, "q", 1, heads * hd, &q).unwrap();
         let kt = Tensor::from_f32(&gpu, "k", ctx, kv_heads * hd, &k).unwrap();
         let vt = Tensor::from_f32(&gpu, "v", ctx, kv_heads * hd, &v).unwrap();
-        let scores = Tensor::new(&gpu, "s", heads, ctx).unwrap();
+        let partials = ops::attention::decode_partials(&gpu, h, ctx).unwrap();
         let out = Tensor::new(&gpu, "o", 1, heads * hd).unwrap();
-        let step = step_buffer(
-            &gpu,
-            Step {
-                kv_offset: 66,
-                kv_len: kv_len as u32,
-                ..Default::default()
-            },
-        );
-        let ks = ops::attention::decode(&gpu, h, &qt, &kt, &vt, &scores, &step, &out).unwrap();
-        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-        let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
-        assert_close(
-            &format!("{name} decode attention"),
-            &out.read(&gpu).unwrap(),
-            &want,
-            2e-5,
-        );
-        // The scores rows are probabilities over the valid keys.
-        let s = scores.read(&gpu).unwrap();
-        for hh in 0..heads {
-            let sum: f32 = s[hh * ctx..hh * ctx + kv_len].iter().sum();
-            assert!((sum - 1.0).abs() < 1e-5, "{name}: row {hh} sums to {sum}");
+        for kv_len in [1usize, 64, 67, 128, 190] {
+            let step = step_buffer(
+                &gpu,
+                Step {
+                    kv_offset: kv_len as u32 - 1,
+                    kv_len: kv_len as u32,
+                    ..Default::default()
+                },
+            );
+            let ks =
+                ops::attention::decode(&gpu, h, &qt, &kt, &vt, &partials, &step, &out).unwrap();
+            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+            let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
+            assert_close(
+                &format!("{name} decode attention over {kv_len} keys"),
+                &out.read(&gpu).unwrap(),
+                &want,
+                2e-5,
+            );
         }
     }
 }

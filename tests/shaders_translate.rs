@@ -22,6 +22,15 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q4_K", "BIAS", "ACT_GELU"],
             vec!["Q6_K", "BIAS", "ACT_QUICK_GELU"],
         ],
+        "gemv" => vec![
+            vec!["WF16"],
+            vec!["WF16", "BIAS", "ACT_GELU"],
+            vec!["Q4_0", "NORM"],
+            vec!["Q4_1", "NORM", "GATE_UP"],
+            vec!["Q8_0", "ACCUMULATE"],
+            vec!["Q4_1", "BIAS", "ACT_QUICK_GELU"],
+        ],
+        "rope" => vec![vec![], vec!["KV_CACHE"]],
         "norm" => vec![vec![], vec!["LAYER_NORM"]],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
         "softmax" => vec![vec![], vec!["STEP_LEN"]],
@@ -46,7 +55,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 for f in &extra {
                     d.flag(f);
                 }
-                d.set("HD", 64).set("KT", 16);
+                d.set("HD", 64).set("KT", 16).set("LG_ROWS", "4u");
                 let src = preprocess(family, &d).unwrap();
                 let what = format!("{family}.wgsl [{}]", d.key());
                 let module = naga::front::wgsl::parse_str(&src)
@@ -84,5 +93,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    assert_eq!(count, 4 * (7 + 5 + 2 + 2 + 2 + 4 + 3 + 2));
+    // matmul 7, matmul_quant 5, gemv 6, norm 2, elementwise 2, rope 2, softmax 2, attention,
+    // embed, sample 1 each, prune_select 3, prune_score and prune_gather 1 each.
+    assert_eq!(count, 4 * (7 + 5 + 6 + 2 + 2 + 2 + 2 + 3 + 3 + 2));
 }

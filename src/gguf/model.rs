@@ -5,8 +5,8 @@
 //! un-permuted from llama.cpp's interleaved rotary layout.
 
 use super::names::{gguf_names, rotary_permuted, unpermuted_source_row};
+use super::quant::GgmlType;
 use super::{GgufFile, TensorInfo, Value};
-use crate::gpu::{Gpu, Weight};
 use crate::model::config::{LlavaConfig, PreprocessorConfig};
 use crate::prompt::{Chat, CHATML_TEMPLATE};
 use crate::weights::{f32_to_f16_checked, Component, TensorSource};
@@ -109,28 +109,24 @@ impl TensorSource for GgufSource {
         f32_to_f16_checked(&t.name, &self.f32(c, name, shape)?)
     }
 
-    fn weight(
+    fn weight_data(
         &self,
-        gpu: &Gpu,
         c: Component,
         name: &str,
         rows: usize,
         cols: usize,
-    ) -> Result<Weight> {
+    ) -> Result<(GgmlType, Vec<u8>)> {
         let (f, t) = self.find(c, name, &[rows, cols])?;
         if !t.ty.is_quantized() {
             let data = self.f16(c, name, &[rows, cols])?;
-            return Weight::upload(gpu, &t.name, rows, cols, &data);
+            return Ok((GgmlType::F16, bytemuck::cast_slice(&data).to_vec()));
         }
         let row_bytes = t.ty.row_bytes(cols).context("row size")?;
         let raw = f.data(t);
-        match self.row_order(c, name, rows) {
-            Some(order) => {
-                let data = reorder(raw, row_bytes, &order);
-                Weight::upload_quantized(gpu, &t.name, t.ty, rows, cols, &data)
-            }
-            None => Weight::upload_quantized(gpu, &t.name, t.ty, rows, cols, raw),
-        }
+        Ok(match self.row_order(c, name, rows) {
+            Some(order) => (t.ty, reorder(raw, row_bytes, &order)),
+            None => (t.ty, raw.to_vec()),
+        })
     }
 }
 

@@ -24,6 +24,10 @@ pub struct Caps {
     pub max_workgroups_per_dim: u32,
     /// Workgroup memory in bytes.
     pub workgroup_memory: u32,
+    /// The smallest subgroup size the adapter may use (0 when unknown).
+    pub subgroup_min: u32,
+    /// A CPU device (lavapipe, llvmpipe, WARP): few, wide workgroups pay off there.
+    pub cpu: bool,
 }
 
 /// Choices a caller (or the environment) can make about the device.
@@ -159,6 +163,8 @@ impl Gpu {
             max_buffer: limits.max_buffer_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             workgroup_memory: limits.max_compute_workgroup_storage_size,
+            subgroup_min: if subgroups { info.subgroup_min_size } else { 0 },
+            cpu: info.device_type == wgpu::DeviceType::Cpu,
         };
         Ok(Arc::new(Self {
             device,
@@ -363,6 +369,39 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
         self.check()
+    }
+
+    /// Time each kernel label of `kernels`: all dispatches that share a label are run together
+    /// `reps` times in one pass. Returns (label, dispatches, ms per run), slowest first.
+    pub fn profile(
+        &self,
+        kernels: &[&super::Kernel],
+        reps: usize,
+    ) -> Result<Vec<(String, usize, f64)>> {
+        let mut labels: Vec<(&str, [u32; 3])> =
+            kernels.iter().map(|k| (k.label, k.workgroups)).collect();
+        labels.sort();
+        labels.dedup();
+        let mut out = Vec::new();
+        for l in labels {
+            let group: Vec<&super::Kernel> = kernels
+                .iter()
+                .copied()
+                .filter(|k| (k.label, k.workgroups) == l)
+                .collect();
+            self.run(&group)?;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                self.run(&group)?;
+            }
+            out.push((
+                format!("{} {:?}", l.0, l.1),
+                group.len(),
+                t.elapsed().as_secs_f64() * 1e3 / reps as f64,
+            ));
+        }
+        out.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(out)
     }
 
     /// Turn an error that the device reported asynchronously into a `Result`.

@@ -24,6 +24,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         "matmul_quant",
         include_str!("../../shaders/matmul_quant.wgsl"),
     ),
+    ("gemv", include_str!("../../shaders/gemv.wgsl")),
     ("norm", include_str!("../../shaders/norm.wgsl")),
     (
         "elementwise",
@@ -52,6 +53,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 pub const KERNEL_FAMILIES: &[&str] = &[
     "matmul",
     "matmul_quant",
+    "gemv",
     "norm",
     "elementwise",
     "rope",

@@ -55,10 +55,34 @@ pub struct WeightChunk {
     pub rows: usize,
 }
 
+/// The GPU layout of Q4_0, Q4_1 and Q8_0 rows (`bytes`: whole rows of blocks), so that
+/// kernels read every quant with aligned 16-byte loads: all groups' quant bytes first (16
+/// or 32 per group, in file order), then the scales (Q4_1: d and m as one 4-byte word per
+/// group; Q4_0, Q8_0: one f16 d per group, two per word). The size changes by at most 2
+/// bytes. Other types keep the file's layout (None).
+pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
+    let (scale_bytes, quant_bytes) = match ty {
+        GgmlType::Q4_0 => (2, 16),
+        GgmlType::Q4_1 => (4, 16),
+        GgmlType::Q8_0 => (2, 32),
+        _ => return None,
+    };
+    let block = scale_bytes + quant_bytes;
+    let groups = bytes.len() / block;
+    let mut quants = Vec::with_capacity(groups * block + 2);
+    let mut scales = Vec::with_capacity(groups * scale_bytes);
+    for b in bytes.chunks_exact(block) {
+        scales.extend_from_slice(&b[..scale_bytes]);
+        quants.extend_from_slice(&b[scale_bytes..]);
+    }
+    quants.extend_from_slice(&scales);
+    Some(quants)
+}
+
 /// A weight matrix [rows, cols]. As f16 (`ty` F16), each row is padded with zeros to `cols4`
 /// (a multiple of 4) so that kernels can read 4 values at a time. Quantized (`ty` a ggml
-/// block type), rows are the file's blocks byte for byte, `row_bytes` each, unpadded; each
-/// chunk's buffer is padded at its end to whole 4-byte words.
+/// block type), rows are the file's blocks, `row_bytes` each, unpadded, in [`repack`]'s
+/// layout; each chunk's buffer is padded at its end to whole 4-byte words.
 pub struct Weight {
     pub rows: usize,
     pub cols: usize,
@@ -106,6 +130,24 @@ impl Weight {
         })
     }
 
+    /// Upload `data` of type `ty` (f16 values, or whole blocks of a ggml type) as
+    /// [`Weight::upload`] or [`Weight::upload_quantized`] would.
+    pub fn upload_data(
+        gpu: &Gpu,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<Self> {
+        if ty == GgmlType::F16 {
+            let halves: Vec<u16> = bytemuck::pod_collect_to_vec(data);
+            Self::upload(gpu, name, rows, cols, &halves)
+        } else {
+            Self::upload_quantized(gpu, name, ty, rows, cols, data)
+        }
+    }
+
     /// Upload quantized rows (`data`: `rows` rows of whole `ty` blocks) as they are, split by
     /// rows to fit the binding limit.
     pub fn upload_quantized(
@@ -137,6 +179,8 @@ impl Weight {
         while row0 < rows {
             let n = rows_per_chunk.min(rows - row0);
             let bytes = &data[row0 * row_bytes..(row0 + n) * row_bytes];
+            let repacked = repack(ty, bytes);
+            let bytes = repacked.as_deref().unwrap_or(bytes);
             let buf = if bytes.len().is_multiple_of(4) {
                 gpu.storage_init(name, bytes)?
             } else {

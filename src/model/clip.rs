@@ -48,6 +48,42 @@ impl Loader<'_> {
     }
 }
 
+/// Linear layers that read the same input, either as one weight with their rows stacked
+/// (when they share a storage type), or apart.
+pub enum Stacked {
+    One(Weight),
+    Apart(Vec<Weight>),
+}
+
+impl Loader<'_> {
+    /// The weights `parts` (name, rows), each [rows, cols], stacked by rows into one when
+    /// their types agree, so that one dispatch computes them all.
+    pub fn stacked(&self, c: Component, parts: &[(String, usize)], cols: usize) -> Result<Stacked> {
+        let mut datas = Vec::new();
+        for (name, rows) in parts {
+            datas.push(
+                self.src
+                    .weight_data(c, &format!("{name}.weight"), *rows, cols)?,
+            );
+        }
+        if datas.iter().all(|d| d.0 == datas[0].0) {
+            let ty = datas[0].0;
+            let rows = parts.iter().map(|p| p.1).sum();
+            let data: Vec<u8> = datas.into_iter().flat_map(|d| d.1).collect();
+            let w = Weight::upload_data(self.gpu, &parts[0].0, ty, rows, cols, &data)?;
+            (self.on_bytes)(w.gpu_bytes());
+            return Ok(Stacked::One(w));
+        }
+        let mut ws = Vec::new();
+        for ((name, rows), (ty, data)) in parts.iter().zip(datas) {
+            let w = Weight::upload_data(self.gpu, name, ty, *rows, cols, &data)?;
+            (self.on_bytes)(w.gpu_bytes());
+            ws.push(w);
+        }
+        Ok(Stacked::Apart(ws))
+    }
+}
+
 /// A linear layer: f16 weight [out, in] and an optional f32 bias.
 pub struct Linear {
     pub w: Weight,

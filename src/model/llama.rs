@@ -2,22 +2,23 @@
 //! SwiGLU MLP, and the LM head. A forward pass over `rows` tokens is a list of kernels
 //! encoded into one compute pass; prefill and decode differ only in their attention kernels.
 
-use super::clip::{Linear, Loader};
+use super::clip::{Linear, Loader, Stacked};
 use super::config::LlamaConfig;
 use crate::gpu::{Gpu, Kernel, Tensor, Weight};
-use crate::ops::{self, attention::Heads, elementwise::RowDest, matmul::Act, sample::Sampling};
+use crate::ops::matmul::{Act, Epilogue};
+use crate::ops::rope::KvDest;
+use crate::ops::{self, attention::Heads, elementwise::RowDest, sample::Sampling};
 use crate::weights::Component;
 use anyhow::{bail, Result};
 
+/// A decoder layer. q_proj, k_proj and v_proj are stacked into one weight (`qkv`), and
+/// gate_proj and up_proj into another (`gate_up`), when their storage types agree.
 struct DecoderLayer {
     input_layernorm: wgpu::Buffer,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: Stacked,
     o_proj: Linear,
     post_attention_layernorm: wgpu::Buffer,
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: Stacked,
     down_proj: Linear,
 }
 
@@ -122,11 +123,11 @@ pub struct Scratch {
     hn: Tensor,
     /// The last layer's queries, after RoPE (pruning reads layer K−1's).
     pub q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    /// q|k|v projections, before RoPE.
+    qkv: Tensor,
     attn: Tensor,
-    gate: Tensor,
-    up: Tensor,
+    /// gate|up projections.
+    gu: Tensor,
     act: Tensor,
 }
 
@@ -138,19 +139,22 @@ impl Llama {
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let n = |s: &str| format!("layers.{i}.{s}");
+            let qkv = [
+                (n("self_attn.q_proj"), nh * hd),
+                (n("self_attn.k_proj"), nkv * hd),
+                (n("self_attn.v_proj"), nkv * hd),
+            ];
+            let gate_up = [(n("mlp.gate_proj"), m), (n("mlp.up_proj"), m)];
             layers.push(DecoderLayer {
                 input_layernorm: l.vector(c, &n("input_layernorm.weight"), &[d])?,
-                q_proj: l.linear(c, &n("self_attn.q_proj"), nh * hd, d, false)?,
-                k_proj: l.linear(c, &n("self_attn.k_proj"), nkv * hd, d, false)?,
-                v_proj: l.linear(c, &n("self_attn.v_proj"), nkv * hd, d, false)?,
+                qkv: l.stacked(c, &qkv, d)?,
                 o_proj: l.linear(c, &n("self_attn.o_proj"), d, nh * hd, false)?,
                 post_attention_layernorm: l.vector(
                     c,
                     &n("post_attention_layernorm.weight"),
                     &[d],
                 )?,
-                gate_proj: l.linear(c, &n("mlp.gate_proj"), m, d, false)?,
-                up_proj: l.linear(c, &n("mlp.up_proj"), m, d, false)?,
+                gate_up: l.stacked(c, &gate_up, d)?,
                 down_proj: l.linear(c, &n("mlp.down_proj"), d, m, false)?,
             });
         }
@@ -196,11 +200,9 @@ impl Llama {
             x: Tensor::new(gpu, "llm.x", rows, d)?,
             hn: Tensor::new(gpu, "llm.h", rows, d)?,
             q: Tensor::new(gpu, "llm.q", rows, h.heads * hd)?,
-            k: Tensor::new(gpu, "llm.k", rows, h.kv_heads * hd)?,
-            v: Tensor::new(gpu, "llm.v", rows, h.kv_heads * hd)?,
+            qkv: Tensor::new(gpu, "llm.qkv", rows, (h.heads + 2 * h.kv_heads) * hd)?,
             attn: Tensor::new(gpu, "llm.attn", rows, h.heads * hd)?,
-            gate: Tensor::new(gpu, "llm.gate", rows, m)?,
-            up: Tensor::new(gpu, "llm.up", rows, m)?,
+            gu: Tensor::new(gpu, "llm.gate_up", rows, 2 * m)?,
             act: Tensor::new(gpu, "llm.act", rows, m)?,
         })
     }
@@ -236,10 +238,7 @@ impl Llama {
         io: &PassIo,
         decode_scores: Option<&Tensor>,
     ) -> Result<Vec<Kernel>> {
-        let c = &self.cfg;
-        let hd = c.head_dim();
         let h = self.heads();
-        let eps = c.rms_norm_eps as f32;
         let rows = s.rows;
         let mut ks = Vec::new();
         for l in layers {
@@ -252,68 +251,93 @@ impl Llama {
                     kc.rows
                 );
             }
-            ks.push(ops::norm::norm(
+            // Attention input: RMSNorm, q|k|v, RoPE, into the cache.
+            self.stacked_ops(gpu, s, &layer.qkv, &layer.input_layernorm, false, &mut ks)?;
+            ks.push(ops::rope::rope_kv(
                 gpu,
-                &s.x,
-                0,
-                &layer.input_layernorm,
-                None,
-                eps,
-                &s.hn,
-            )?);
-            ks.extend(layer.q_proj.ops(gpu, &s.hn, &s.q, Act::None, false)?);
-            ks.extend(layer.k_proj.ops(gpu, &s.hn, &s.k, Act::None, false)?);
-            ks.extend(layer.v_proj.ops(gpu, &s.hn, &s.v, Act::None, false)?);
-            ks.push(ops::rope::rope(
-                gpu,
-                &s.q,
-                h.heads,
-                hd,
+                &s.qkv,
+                h,
                 positions,
                 &self.rope_table,
+                KvDest {
+                    q: &s.q,
+                    k_cache: kc,
+                    v_cache: vc,
+                    step,
+                },
             )?);
-            ks.push(ops::rope::rope(
-                gpu,
-                &s.k,
-                h.kv_heads,
-                hd,
-                positions,
-                &self.rope_table,
-            )?);
-            for (src, cache) in [(&s.k, kc), (&s.v, vc)] {
-                let dst = RowDest {
-                    buf: &cache.buf,
-                    stride: cache.cols,
-                    row0: 0,
-                    col: 0,
-                    step: Some(step),
-                };
-                ks.push(ops::elementwise::copy_rows(gpu, src, 0, rows, dst)?);
-            }
             match decode_scores {
                 None => ks.push(ops::attention::prefill(
                     gpu, h, &s.q, kc, vc, rows, true, 0, &s.attn,
                 )?),
-                Some(sc) => ks.extend(ops::attention::decode(
-                    gpu, h, &s.q, kc, vc, sc, step, &s.attn,
+                Some(partials) => ks.extend(ops::attention::decode(
+                    gpu, h, &s.q, kc, vc, partials, step, &s.attn,
                 )?),
             }
             ks.extend(layer.o_proj.ops(gpu, &s.attn, &s.x, Act::None, true)?);
-            ks.push(ops::norm::norm(
+            // MLP: RMSNorm, SwiGLU(gate, up), down.
+            self.stacked_ops(
                 gpu,
-                &s.x,
-                0,
+                s,
+                &layer.gate_up,
                 &layer.post_attention_layernorm,
-                None,
-                eps,
-                &s.hn,
-            )?);
-            ks.extend(layer.gate_proj.ops(gpu, &s.hn, &s.gate, Act::None, false)?);
-            ks.extend(layer.up_proj.ops(gpu, &s.hn, &s.up, Act::None, false)?);
-            ks.push(ops::elementwise::swiglu(gpu, &s.gate, &s.up, &s.act)?);
+                true,
+                &mut ks,
+            )?;
             ks.extend(layer.down_proj.ops(gpu, &s.act, &s.x, Act::None, true)?);
         }
         Ok(ks)
+    }
+
+    /// RMSNorm of `s.x` with `norm`, then the stacked projection `w`: into `s.qkv`, or with
+    /// `swiglu` into `s.act` through `s.gu`. One token with a format gemv.wgsl reads is a
+    /// single fused dispatch.
+    fn stacked_ops(
+        &self,
+        gpu: &Gpu,
+        s: &Scratch,
+        w: &Stacked,
+        norm: &wgpu::Buffer,
+        swiglu: bool,
+        ks: &mut Vec<Kernel>,
+    ) -> Result<()> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        if let (1, Stacked::One(w)) = (s.rows, w) {
+            let e = Epilogue {
+                norm: Some((norm, eps)),
+                gate_up: swiglu,
+                ..Default::default()
+            };
+            let y = if swiglu { &s.act } else { &s.qkv };
+            if let Some(fused) = ops::matmul::gemv(gpu, &s.x, w, y, e)? {
+                ks.extend(fused);
+                return Ok(());
+            }
+        }
+        ks.push(ops::norm::norm(gpu, &s.x, 0, norm, None, eps, &s.hn)?);
+        let y = if swiglu { &s.gu } else { &s.qkv };
+        let parts: Vec<&Weight> = match w {
+            Stacked::One(w) => vec![w],
+            Stacked::Apart(ws) => ws.iter().collect(),
+        };
+        let mut col = 0;
+        for w in parts {
+            ks.extend(ops::matmul::linear_at(
+                gpu,
+                &s.hn,
+                w,
+                None,
+                y,
+                col,
+                Act::None,
+                false,
+            )?);
+            col += w.rows;
+        }
+        if swiglu {
+            ks.push(ops::elementwise::swiglu(gpu, &s.gu, &s.act)?);
+        }
+        Ok(())
     }
 
     /// Final norm of row `row` of `x`, the LM head into `logits`, and the token choice.
@@ -326,6 +350,25 @@ impl Llama {
         io: &PassIo,
     ) -> Result<Vec<Kernel>> {
         let c = &self.cfg;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let choose = ops::sample::choose(
+            gpu,
+            io.sampling,
+            &logits.buf,
+            c.vocab_size,
+            io.token,
+            io.step,
+        )?;
+        if x.rows == 1 {
+            let e = Epilogue {
+                norm: Some((&self.norm, c.rms_norm_eps as f32)),
+                ..Default::default()
+            };
+            if let Some(mut ks) = ops::matmul::gemv(gpu, x, head, logits, e)? {
+                ks.push(choose);
+                return Ok(ks);
+            }
+        }
         let last = Tensor::new(gpu, "llm.last", 1, c.hidden_size)?;
         let mut ks = vec![ops::norm::norm(
             gpu,
@@ -336,7 +379,6 @@ impl Llama {
             c.rms_norm_eps as f32,
             &last,
         )?];
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         ks.extend(ops::matmul::linear(
             gpu,
             &last,
@@ -346,14 +388,7 @@ impl Llama {
             Act::None,
             false,
         )?);
-        ks.push(ops::sample::choose(
-            gpu,
-            io.sampling,
-            &logits.buf,
-            c.vocab_size,
-            io.token,
-            io.step,
-        )?);
+        ks.push(choose);
         Ok(ks)
     }
 
@@ -367,12 +402,7 @@ impl Llama {
         let scores = match mode {
             Mode::Decode => {
                 let ctx = io.cache.ctx.iter().copied().max().unwrap_or(1);
-                Some(Tensor::new(
-                    gpu,
-                    "llm.scores",
-                    self.cfg.num_attention_heads,
-                    ctx,
-                )?)
+                Some(ops::attention::decode_partials(gpu, self.heads(), ctx)?)
             }
             Mode::Prefill => None,
         };

@@ -1,5 +1,5 @@
-//! Attention: a fused prefill kernel (online softmax, causal or not) and the three decode
-//! kernels (scores, softmax over the valid cache rows, weighted values).
+//! Attention: a fused prefill kernel (online softmax, causal or not) and split-KV decode
+//! attention (a pass over key splits, then a merge).
 
 use super::{bytes, Kernel};
 use crate::gpu::{fold_workgroups, Gpu, Tensor};
@@ -109,8 +109,22 @@ pub fn prefill(
     )
 }
 
-/// Decode attention of one query row over the KV cache rows `0 .. step.kv_len`.
-/// `scores` is [heads, ≥ ctx] scratch (rows of stride scores.cols); after the pass it holds the attention probabilities.
+/// Keys per split of the decode attention (attention.wgsl's SPLIT).
+const SPLIT: usize = 64;
+
+/// Scratch for [`decode`] over a cache of `ctx` rows: per head and split, HD + 2 values.
+pub fn decode_partials(gpu: &Gpu, h: Heads, ctx: usize) -> Result<Tensor> {
+    Tensor::new(
+        gpu,
+        "attn.partials",
+        h.heads,
+        ctx.div_ceil(SPLIT) * (h.hd + 2),
+    )
+}
+
+/// Split-KV decode attention of one query row over the KV cache rows `0 .. step.kv_len`:
+/// one pass over splits of SPLIT keys, then a merge. `partials` comes from
+/// [`decode_partials`] for a context of at least the cache's rows.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
     gpu: &Gpu,
@@ -118,50 +132,54 @@ pub fn decode(
     q: &Tensor,
     k_cache: &Tensor,
     v_cache: &Tensor,
-    scores: &Tensor,
+    partials: &Tensor,
     step: &wgpu::Buffer,
     out: &Tensor,
 ) -> Result<Vec<Kernel>> {
     h.check(q, k_cache)?;
-    let ctx = k_cache.rows;
-    if scores.rows != h.heads || scores.cols < ctx {
-        bail!("attention: scores must be {}x{ctx} or wider", h.heads);
+    let splits = k_cache.rows.div_ceil(SPLIT);
+    if partials.rows != h.heads || partials.cols < splits * (h.hd + 2) {
+        bail!(
+            "attention: partials must hold {} splits of {} heads",
+            splits,
+            h.heads
+        );
     }
     let p = Params {
         m: 1,
         heads: h.heads as u32,
         kv_heads: h.kv_heads as u32,
         kv_stride: k_cache.cols as u32,
-        ctx: scores.cols as u32,
+        ctx: (partials.cols / (h.hd + 2)) as u32,
         scale: 1.0 / (h.hd as f32).sqrt(),
         ..Default::default()
     };
     let d = h.defines(gpu)?;
-    let scores_k = Kernel::new(
+    let split = Kernel::new(
         gpu,
         "attention",
-        "attn_scores",
-        &d,
-        bytes(&p),
-        &[(1, &q.buf), (2, &k_cache.buf), (5, &scores.buf), (6, step)],
-        [(ctx as u32).div_ceil(32), h.heads as u32, 1],
-    )?;
-    let soft = softmax(gpu, scores, Some(step))?;
-    let values_k = Kernel::new(
-        gpu,
-        "attention",
-        "attn_values",
+        "attn_split",
         &d,
         bytes(&p),
         &[
-            (5, &scores.buf),
+            (1, &q.buf),
+            (2, &k_cache.buf),
             (3, &v_cache.buf),
-            (4, &out.buf),
+            (5, &partials.buf),
             (6, step),
         ],
-        [(h.hd as u32).div_ceil(32), h.heads as u32, 1],
+        [splits as u32, h.heads as u32, 1],
     )?;
-    Ok(vec![scores_k, soft, values_k])
+    let merge = Kernel::new(
+        gpu,
+        "attention",
+        "attn_merge",
+        &d,
+        bytes(&p),
+        &[(5, &partials.buf), (4, &out.buf), (6, step)],
+        [1, h.heads as u32, 1],
+    )?;
+    Ok(vec![split, merge])
 }
 
 #[repr(C)]

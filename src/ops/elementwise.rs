@@ -49,13 +49,25 @@ pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<Kernel> {
 }
 
 /// y = silu(gate) * up.
-pub fn swiglu(gpu: &Gpu, gate: &Tensor, up: &Tensor, y: &Tensor) -> Result<Kernel> {
-    let n = same_shape("swiglu", &[gate, up, y])?;
+/// y[r, c] = silu(gu[r, c]) · gu[r, m + c] for the stacked gate|up rows `gu` [rows, 2m] and
+/// y [rows, m].
+pub fn swiglu(gpu: &Gpu, gu: &Tensor, y: &Tensor) -> Result<Kernel> {
+    if gu.rows != y.rows || gu.cols != 2 * y.cols {
+        bail!(
+            "swiglu: gate|up {}x{} for output {}x{}",
+            gu.rows,
+            gu.cols,
+            y.rows,
+            y.cols
+        );
+    }
+    let n = y.rows * y.cols;
     let p = Params {
         n: n as u32,
+        cols: y.cols as u32,
         ..Default::default()
     };
-    let bindings = [(1, &gate.buf), (2, &up.buf), (3, &y.buf)];
+    let bindings = [(1, &gu.buf), (3, &y.buf)];
     Kernel::new(
         gpu,
         "elementwise",

@@ -1,12 +1,14 @@
 //! Linear layers: GEMM for many rows (prefill, encoder), GEMV for one row (decode).
 
 use super::{bytes, Kernel};
+use crate::gguf::quant::GgmlType;
 use crate::gpu::{fold_workgroups, Gpu, Tensor, Weight};
 use anyhow::{bail, Result};
 
 /// Activation fused into the epilogue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Act {
+    #[default]
     None,
     Gelu,
     QuickGelu,
@@ -38,8 +40,26 @@ pub fn linear(
     act: Act,
     accumulate: bool,
 ) -> Result<Vec<Kernel>> {
+    linear_at(gpu, x, w, bias, y, 0, act, accumulate)
+}
+
+/// [`linear`] into columns `y_col .. y_col + w.rows` of y (no bias then).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_at(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Weight,
+    bias: Option<&wgpu::Buffer>,
+    y: &Tensor,
+    y_col: usize,
+    act: Act,
+    accumulate: bool,
+) -> Result<Vec<Kernel>> {
     let m = x.rows;
-    if x.cols < w.cols || y.cols < w.rows || y.rows < m {
+    if bias.is_some() && y_col != 0 {
+        bail!("linear: a bias with an output column offset");
+    }
+    if x.cols < w.cols || y.cols < y_col + w.rows || y.rows < m {
         bail!(
             "linear: x {}x{}, w {}x{}, y {}x{} do not fit",
             x.rows,
@@ -75,6 +95,18 @@ pub fn linear(
         }
         None => ("matmul", w.cols4, 4),
     };
+    if m == 1 {
+        let epilogue = Epilogue {
+            bias,
+            act,
+            accumulate,
+            y_col,
+            ..Default::default()
+        };
+        if let Some(ks) = gemv(gpu, x, w, y, epilogue)? {
+            return Ok(ks);
+        }
+    }
     let mut kernels = Vec::new();
     for chunk in &w.chunks {
         let params = Params {
@@ -84,7 +116,7 @@ pub fn linear(
             k4: k4 as u32,
             x_stride: x.cols as u32,
             out_stride: y.cols as u32,
-            out_col: chunk.row0 as u32,
+            out_col: (y_col + chunk.row0) as u32,
             pad: 0,
         };
         let mut bindings = vec![(1, &x.buf), (2, &chunk.buf), (4, &y.buf)];
@@ -120,4 +152,146 @@ pub fn linear(
         )?);
     }
     Ok(kernels)
+}
+
+/// What the decode GEMV fuses around the product.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub act: Act,
+    pub accumulate: bool,
+    /// RMSNorm x on load with this weight [k] and epsilon.
+    pub norm: Option<(&'a wgpu::Buffer, f32)>,
+    /// w is [gate; up] (2m rows); y[0..m] = silu(gate) · up.
+    pub gate_up: bool,
+    /// Write columns y_col.. of y (no bias then).
+    pub y_col: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemvParams {
+    n: u32,
+    k: u32,
+    row_vec4: u32,
+    out_col: u32,
+    eps: f32,
+    out_stride: u32,
+    pad: [u32; 2],
+}
+
+/// Whether gemv.wgsl reads `w`'s format: f16 with rows of whole 16-byte words and k a
+/// multiple of 4, or repacked Q4_0 / Q4_1 / Q8_0.
+pub fn gemv_reads(w: &Weight) -> bool {
+    match w.ty {
+        GgmlType::F16 => w.cols.is_multiple_of(4) && w.cols4.is_multiple_of(8),
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => true,
+        _ => false,
+    }
+}
+
+/// Rows per lane group (gemv.wgsl's LG_ROWS): as many as keep enough workgroups in flight,
+/// few wide workgroups on a CPU device, many narrow ones on a GPU.
+fn gemv_rows(gpu: &Gpu, rows: usize) -> usize {
+    let target = if gpu.caps.cpu { 8 } else { 128 };
+    [16, 8, 4]
+        .into_iter()
+        .find(|r| rows.div_ceil(8 * r) >= target)
+        .unwrap_or(2)
+}
+
+/// The decode GEMV of row 0 of x with gemv.wgsl and the fusions in `e`, or None when that
+/// kernel does not read w's format (or GATE_UP meets a weight split into chunks).
+pub fn gemv(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Weight,
+    y: &Tensor,
+    e: Epilogue,
+) -> Result<Option<Vec<Kernel>>> {
+    if !gemv_reads(w) || (e.gate_up && (w.chunks.len() != 1 || !w.rows.is_multiple_of(2))) {
+        return Ok(None);
+    }
+    let out_cols = if e.gate_up { w.rows / 2 } else { w.rows };
+    if e.bias.is_some() && e.y_col != 0 {
+        bail!("gemv: a bias with an output column offset");
+    }
+    if x.cols < w.cols || y.cols < e.y_col + out_cols {
+        bail!(
+            "gemv: x {}x{}, w {}x{}, y {}x{} do not fit",
+            x.rows,
+            x.cols,
+            w.rows,
+            w.cols,
+            y.rows,
+            y.cols
+        );
+    }
+    let mut d = crate::gpu::shader::Defines::new();
+    if gpu.caps.subgroups && gpu.caps.subgroup_min >= 8 {
+        d.flag("SUBGROUPS");
+    }
+    d.flag(w.ty.shader_flag().unwrap_or("WF16"));
+    if e.bias.is_some() {
+        d.flag("BIAS");
+    }
+    match e.act {
+        Act::None => {}
+        Act::Gelu => {
+            d.flag("ACT_GELU");
+        }
+        Act::QuickGelu => {
+            d.flag("ACT_QUICK_GELU");
+        }
+    }
+    if e.accumulate {
+        d.flag("ACCUMULATE");
+    }
+    if e.norm.is_some() {
+        d.flag("NORM");
+    }
+    if e.gate_up {
+        d.flag("GATE_UP");
+    }
+    let mut kernels = Vec::new();
+    for chunk in &w.chunks {
+        let outputs = if e.gate_up {
+            chunk.rows / 2
+        } else {
+            chunk.rows
+        };
+        let rows = gemv_rows(gpu, outputs);
+        d.set("LG_ROWS", format!("{rows}u"));
+        let per_wg = if e.gate_up { 4 * rows } else { 8 * rows };
+        let params = GemvParams {
+            n: chunk.rows as u32,
+            k: w.cols as u32,
+            row_vec4: (w.cols4 / 8) as u32,
+            out_col: (e.y_col + chunk.row0) as u32,
+            eps: e.norm.map_or(0.0, |n| n.1),
+            out_stride: y.cols as u32,
+            pad: [0; 2],
+        };
+        let mut bindings = vec![(1, &x.buf), (2, &chunk.buf), (4, &y.buf)];
+        if let Some(b) = e.bias {
+            bindings.push((3, b));
+        }
+        if let Some((g, _)) = e.norm {
+            bindings.push((6, g));
+        }
+        let grid = fold_workgroups(
+            outputs.div_ceil(per_wg) as u32,
+            gpu.caps.max_workgroups_per_dim,
+        );
+        kernels.push(Kernel::new(
+            gpu,
+            "gemv",
+            "gemv",
+            &d,
+            bytes(&params),
+            &bindings,
+            grid,
+        )?);
+    }
+    Ok(Some(kernels))
 }

@@ -11,6 +11,10 @@ struct Params {
     heads: u32,
     hd: u32,
     row_stride: u32,
+    kv_heads: u32,
+    q_stride: u32,
+    kv_stride: u32,
+    pad: u32,
 }
 
 /// The table the kernel reads: for each position, cos of the hd/2 frequencies, then their sin.
@@ -48,6 +52,10 @@ pub fn rope(
         heads: heads as u32,
         hd: hd as u32,
         row_stride: x.cols as u32,
+        kv_heads: 0,
+        q_stride: 0,
+        kv_stride: 0,
+        pad: 0,
     };
     let n = (x.rows * heads * hd / 2) as u32;
     let grid = fold_workgroups(n.div_ceil(64), gpu.caps.max_workgroups_per_dim);
@@ -57,6 +65,68 @@ pub fn rope(
         "rope",
         "rope",
         &gpu.base_defines(),
+        bytes(&p),
+        &bindings,
+        grid,
+    )
+}
+
+/// Where [`rope_kv`] writes: the rotated queries, and the KV cache rows from `step.kv_offset`.
+pub struct KvDest<'a> {
+    pub q: &'a Tensor,
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+    pub step: &'a wgpu::Buffer,
+}
+
+/// From stacked q|k|v rows (`qkv`): rotate the queries into `dst.q`, rotate the keys into
+/// the K cache and copy the values into the V cache, at cache rows `step.kv_offset + r`.
+pub fn rope_kv(
+    gpu: &Gpu,
+    qkv: &Tensor,
+    h: super::attention::Heads,
+    positions: &wgpu::Buffer,
+    table: &wgpu::Buffer,
+    dst: KvDest,
+) -> Result<Kernel> {
+    let (heads, kv_heads, hd) = (h.heads, h.kv_heads, h.hd);
+    if (heads + 2 * kv_heads) * hd > qkv.cols
+        || !hd.is_multiple_of(2)
+        || dst.q.cols < heads * hd
+        || dst.q.rows < qkv.rows
+        || dst.k_cache.cols < kv_heads * hd
+    {
+        bail!(
+            "rope_kv: {heads}+2x{kv_heads} heads of {hd} in rows of {}",
+            qkv.cols
+        );
+    }
+    let p = Params {
+        rows: qkv.rows as u32,
+        heads: heads as u32,
+        hd: hd as u32,
+        row_stride: qkv.cols as u32,
+        kv_heads: kv_heads as u32,
+        q_stride: dst.q.cols as u32,
+        kv_stride: dst.k_cache.cols as u32,
+        pad: 0,
+    };
+    let n = (qkv.rows * (heads + 2 * kv_heads) * hd / 2) as u32;
+    let grid = fold_workgroups(n.div_ceil(64), gpu.caps.max_workgroups_per_dim);
+    let bindings = [
+        (1, &qkv.buf),
+        (2, positions),
+        (3, table),
+        (4, &dst.q.buf),
+        (5, &dst.k_cache.buf),
+        (6, &dst.v_cache.buf),
+        (7, dst.step),
+    ];
+    Kernel::new(
+        gpu,
+        "rope",
+        "rope_kv",
+        &gpu.base_defines().with_flag("KV_CACHE"),
         bytes(&p),
         &bindings,
         grid,

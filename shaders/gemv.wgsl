@@ -1,0 +1,253 @@
+// gemv.wgsl: the decode matrix-vector product, y[out_col + n] (=|+=) act(W[n, :] · x + bias)
+// for one input row, with optional fusions: RMSNorm of x on load (NORM) and SwiGLU of a
+// [gate; up] weight (GATE_UP).
+//
+// Bindings: 0 params (uniform Params)
+//           1 x     vec4<f32> [k / 4], row 0 of the input (k a multiple of 4)
+//           2 w     vec4<u32> words of one weight chunk of n rows:
+//                   WF16:  f16 rows padded to row_vec4 * 8 values (row_vec4 = cols4 / 8)
+//                   Q4_0 / Q4_1 / Q8_0: gpu::tensor::repack's layout (quants, then scales)
+//           3 bias  f32 [out_col + n]          (BIAS)
+//           4 y     f32 [out_col + n]          (GATE_UP: [n / 2])
+//           6 g     vec4<f32> [k / 4]: the RMSNorm weight (NORM)
+// Variants: one of WF16, Q4_0, Q4_1, Q8_0; LG_ROWS (value, even); NORM; GATE_UP; BIAS;
+//           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
+//           shuffles; the host sets it only when subgroups hold at least 8 invocations).
+// Geometry: 64 invocations = 8 lane groups of 8 lanes. A lane group computes LG_ROWS rows; its
+//   lanes stride over the row's 32-value groups, keep x for one group in registers and
+//   reuse it for all LG_ROWS rows, then the 8 lane sums are added (subgroup shuffles, or
+//   workgroup memory). GATE_UP: a lane group computes gate rows j..j+LG_ROWS/2 and the same up
+//   rows (n/2 further on), and writes silu(gate) * up.
+//   Dispatch fold(ceil(rows / (8 * LG_ROWS))), rows = n (GATE_UP: n / 2 pairs, 2 rows each).
+#include "common"
+#include "linear_store"
+
+struct Params {
+    n: u32,
+    k: u32,
+    row_vec4: u32,
+    out_col: u32,
+    eps: f32,
+    out_stride: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+#ifdef BIAS
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+#endif
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+#ifdef NORM
+@group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
+#endif
+
+const LANES: u32 = 8u;
+const WG: u32 = 64u;
+
+// The 32 values of x for one group, in registers, and their sum.
+struct XGroup {
+    v: array<vec4<f32>, 8>,
+    sum: f32,
+}
+
+fn nib_lo(q: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(q) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+}
+fn nib_hi(q: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(q) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+}
+fn i8x4(q: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<i32>(bitcast<i32>(q)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+// Word i of the scale region that follows the n * nb groups of QW words.
+fn scale_word(i: u32, qw: u32) -> u32 {
+    let s = p.n * (p.k / 32u) * qw + i;
+    return w[s >> 2u][s & 3u];
+}
+
+// W[row, 32 gi .. 32 gi + 32] · x over that group.
+fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
+#ifdef WF16
+    var acc = 0.0;
+    for (var u = 0u; u < 4u; u++) {
+        let o = 4u * gi + u;
+        if o < p.row_vec4 {
+            let q = w[row * p.row_vec4 + o];
+            acc += dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), xg.v[2u * u])
+                + dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), xg.v[2u * u + 1u]);
+        }
+    }
+    return acc;
+#endif
+#ifdef Q8_0
+    let i = row * (p.k / 32u) + gi;
+    let a = w[2u * i];
+    let b = w[2u * i + 1u];
+    let d = unpack2x16float(scale_word(i >> 1u, 8u))[i & 1u];
+    let s = dot(i8x4(a.x), xg.v[0]) + dot(i8x4(a.y), xg.v[1]) + dot(i8x4(a.z), xg.v[2])
+        + dot(i8x4(a.w), xg.v[3]) + dot(i8x4(b.x), xg.v[4]) + dot(i8x4(b.y), xg.v[5])
+        + dot(i8x4(b.z), xg.v[6]) + dot(i8x4(b.w), xg.v[7]);
+    return d * s;
+#endif
+#ifdef Q4_0
+    let i = row * (p.k / 32u) + gi;
+    let q = w[i];
+    let d = unpack2x16float(scale_word(i >> 1u, 4u))[i & 1u];
+    let s = dot(nib_lo(q.x), xg.v[0]) + dot(nib_lo(q.y), xg.v[1]) + dot(nib_lo(q.z), xg.v[2])
+        + dot(nib_lo(q.w), xg.v[3]) + dot(nib_hi(q.x), xg.v[4]) + dot(nib_hi(q.y), xg.v[5])
+        + dot(nib_hi(q.z), xg.v[6]) + dot(nib_hi(q.w), xg.v[7]);
+    return d * (s - 8.0 * xg.sum);
+#endif
+#ifdef Q4_1
+    let i = row * (p.k / 32u) + gi;
+    let q = w[i];
+    let dm = unpack2x16float(scale_word(i, 4u));
+    let s = dot(nib_lo(q.x), xg.v[0]) + dot(nib_lo(q.y), xg.v[1]) + dot(nib_lo(q.z), xg.v[2])
+        + dot(nib_lo(q.w), xg.v[3]) + dot(nib_hi(q.x), xg.v[4]) + dot(nib_hi(q.y), xg.v[5])
+        + dot(nib_hi(q.z), xg.v[6]) + dot(nib_hi(q.w), xg.v[7]);
+    return dm.x * s + dm.y * xg.sum;
+#endif
+}
+
+#ifndef SUBGROUPS
+var<workgroup> red: array<f32, WG>;
+var<workgroup> part: array<f32, WG * LG_ROWS>;
+#endif
+
+// Sum of v over the 8 lanes of this lane group (every lane gets it).
+#ifdef SUBGROUPS
+fn lane_sum(v: f32) -> f32 {
+    var s = v + subgroupShuffleXor(v, 4u);
+    s += subgroupShuffleXor(s, 2u);
+    return s + subgroupShuffleXor(s, 1u);
+}
+#endif
+
+// Output row r of this lane group.
+fn row_of(base: u32, r: u32) -> u32 {
+#ifdef GATE_UP
+    if r >= LG_ROWS / 2u {
+        return p.n / 2u + base + r - LG_ROWS / 2u;
+    }
+#endif
+    return base + r;
+}
+
+// Whether row r of the lane group at `base` exists.
+fn in_range(base: u32, r: u32, valid: u32) -> bool {
+#ifdef GATE_UP
+    return base + r % (LG_ROWS / 2u) < valid;
+#else
+    return base + r < valid;
+#endif
+}
+
+@compute @workgroup_size(64)
+fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let lane = lid % LANES;
+    let lg = linear_wg(wid, nwg) * (WG / LANES) + lid / LANES;
+#ifdef GATE_UP
+    let base = lg * (LG_ROWS / 2u);
+    let valid = p.n / 2u;
+#else
+    let base = lg * LG_ROWS;
+    let valid = p.n;
+#endif
+    let k4 = p.k / 4u;
+
+    var scale = 1.0;
+#ifdef NORM
+    // RMSNorm: every lane group sums x² itself (k values), which saves a dispatch.
+#ifdef SUBGROUPS
+    var ss = 0.0;
+    for (var i = lane; i < k4; i += LANES) {
+        let v = x[i];
+        ss += dot(v, v);
+    }
+    ss = lane_sum(ss);
+#else
+    var part_ss = 0.0;
+    for (var i = lid; i < k4; i += WG) {
+        let v = x[i];
+        part_ss += dot(v, v);
+    }
+    red[lid] = part_ss;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let ss = red[0];
+#endif
+    scale = inverseSqrt(ss / f32(p.k) + p.eps);
+#endif
+
+    var acc: array<f32, LG_ROWS>;
+    let groups = (p.k + 31u) / 32u;
+    for (var gi = lane; gi < groups; gi += LANES) {
+        var xg: XGroup;
+        var tot = vec4<f32>(0.0);
+        for (var j = 0u; j < 8u; j++) {
+            let c = gi * 8u + j;
+            var v = vec4<f32>(0.0);
+            if c < k4 {
+                v = x[c];
+#ifdef NORM
+                v *= g[c] * scale;
+#endif
+            }
+            xg.v[j] = v;
+            tot += v;
+        }
+        xg.sum = dot(tot, vec4<f32>(1.0));
+        for (var r = 0u; r < LG_ROWS; r++) {
+            let row = row_of(base, r);
+            if in_range(base, r, valid) {
+                acc[r] += group_dot(row, gi, xg);
+            }
+        }
+    }
+
+#ifdef SUBGROUPS
+    for (var r = 0u; r < LG_ROWS; r++) {
+        acc[r] = lane_sum(acc[r]);
+    }
+#else
+    for (var r = 0u; r < LG_ROWS; r++) {
+        part[lid * LG_ROWS + r] = acc[r];
+    }
+    workgroupBarrier();
+    if lane == 0u {
+        for (var r = 0u; r < LG_ROWS; r++) {
+            var t = 0.0;
+            for (var i = 0u; i < LANES; i++) {
+                t += part[(lid + i) * LG_ROWS + r];
+            }
+            acc[r] = t;
+        }
+    }
+#endif
+    if lane != 0u {
+        return;
+    }
+#ifdef GATE_UP
+    for (var r = 0u; r < LG_ROWS / 2u; r++) {
+        if base + r < valid {
+            y[p.out_col + base + r] = silu(acc[r]) * acc[r + LG_ROWS / 2u];
+        }
+    }
+#else
+    for (var r = 0u; r < LG_ROWS; r++) {
+        if base + r < valid {
+            store(0u, base + r, acc[r]);
+        }
+    }
+#endif
+}
