@@ -648,7 +648,9 @@ impl Engine {
             next = self.read_token(&staging)?;
         }
         timings.decode = ms(t);
-        if std::env::var_os("VLM_PROFILE").is_some() {
+        // Developer switch: time each kernel of a decode step alone (5 runs each, grouped by
+        // kernel and grid) and print the table to stderr after the request.
+        if std::env::var_os("VLM_RUN_PROFILE").is_some() {
             let t = Instant::now();
             gpu.run(&kernels)?;
             let whole = ms(t);

@@ -25,6 +25,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/matmul_quant.wgsl"),
     ),
     ("gemv", include_str!("../../shaders/gemv.wgsl")),
+    ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
     ("norm", include_str!("../../shaders/norm.wgsl")),
     (
         "elementwise",
@@ -54,6 +55,7 @@ pub const KERNEL_FAMILIES: &[&str] = &[
     "matmul",
     "matmul_quant",
     "gemv",
+    "bandwidth",
     "norm",
     "elementwise",
     "rope",

@@ -177,6 +177,29 @@ impl Llama {
         })
     }
 
+    /// Bytes of weights one decode step reads: every layer's matrices and norms, the final
+    /// norm and the LM head (one embedding row aside).
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let stacked = |s: &Stacked| match s {
+            Stacked::One(w) => w.gpu_bytes(),
+            Stacked::Apart(ws) => ws.iter().map(Weight::gpu_bytes).sum(),
+        };
+        let d = self.cfg.hidden_size as u64;
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                stacked(&l.qkv)
+                    + l.o_proj.w.gpu_bytes()
+                    + stacked(&l.gate_up)
+                    + l.down_proj.w.gpu_bytes()
+                    + 2 * 4 * d
+            })
+            .sum();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        layers + 4 * d + head.gpu_bytes()
+    }
+
     pub fn heads(&self) -> Heads {
         Heads {
             heads: self.cfg.num_attention_heads,
