@@ -278,10 +278,13 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
         );
         println!();
         println!(
-            "| method | B | kept (encoder / from K) | prune ms | prefill ms | KV-cache bytes | decoder prefill GFLOP |"
+            "| method | B | kept (encoder / from K) | prune ms | prefill ms | time to first token ms | speed-up (FLOPs ratio) | KV-cache bytes | decoder prefill GFLOP |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
     }
+    // Time to first token and total prefill FLOPs (encoder, projector, decoder) of the
+    // first row, which the speed-up column compares against.
+    let mut baseline: Option<(f64, u64)> = None;
     for &method in &args.methods {
         for &b in &args.budgets {
             if method == Method::None && b != n {
@@ -333,12 +336,19 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
                             .pruning
                             .as_ref()
                             .map_or((n, n), |p| (p.kept_encoder, p.kept_decoder));
+                        let t = &out.timings_ms;
+                        let ttft = t.encode + t.prune + t.prefill;
+                        let f = &out.flops;
+                        let flops = f.encoder + f.projector + f.decoder;
+                        let (t0, f0) = *baseline.get_or_insert((ttft, flops));
                         println!(
-                            "| {method} | {b} | {enc} / {dec} | {:.1} | {:.1} | {} | {:.4} |",
-                            out.timings_ms.prune,
-                            out.timings_ms.prefill,
+                            "| {method} | {b} | {enc} / {dec} | {:.1} | {:.1} | {ttft:.1} | {:.2}× ({:.2}×) | {} | {:.4} |",
+                            t.prune,
+                            t.prefill,
+                            t0 / ttft,
+                            f0 as f64 / flops.max(1) as f64,
                             out.kv_cache_bytes,
-                            out.flops.decoder as f64 / 1e9
+                            f.decoder as f64 / 1e9
                         );
                     }
                 }
@@ -349,7 +359,7 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
                             serde_json::json!({"method": method, "budget": b, "error": e})
                         );
                     } else {
-                        println!("| {method} | {b} | not reachable: {e} | | | | |");
+                        println!("| {method} | {b} | not reachable: {e} | | | | | | |");
                     }
                 }
                 _ => {}
