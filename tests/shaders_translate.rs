@@ -33,7 +33,6 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
         "rope" => vec![vec![], vec!["KV_CACHE"]],
         "norm" => vec![vec![], vec!["LAYER_NORM"]],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
-        "softmax" => vec![vec![], vec!["STEP_LEN"]],
         "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"]],
         _ => vec![vec![]],
     }
@@ -93,7 +92,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 7, matmul_quant 5, gemv 6, norm 2, elementwise 2, rope 2, softmax 2, attention,
+    // matmul 7, matmul_quant 5, gemv 6, norm 2, elementwise 2, rope 2, attention,
     // embed, sample, bandwidth 1 each, prune_select 3, prune_score and prune_gather 1 each.
-    assert_eq!(count, 4 * (7 + 5 + 6 + 2 + 2 + 2 + 2 + 4 + 3 + 2));
+    assert_eq!(count, 4 * (7 + 5 + 6 + 2 + 2 + 2 + 4 + 3 + 2));
 }

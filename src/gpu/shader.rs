@@ -33,7 +33,6 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
-    ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("embed", include_str!("../../shaders/embed.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
     (
@@ -60,7 +59,6 @@ pub const KERNEL_FAMILIES: &[&str] = &[
     "elementwise",
     "rope",
     "attention",
-    "softmax",
     "embed",
     "sample",
     "prune_score",

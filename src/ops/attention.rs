@@ -2,7 +2,7 @@
 //! attention (a pass over key splits, then a merge).
 
 use super::{bytes, Kernel};
-use crate::gpu::{fold_workgroups, Gpu, Tensor};
+use crate::gpu::{Gpu, Tensor};
 use anyhow::{bail, Result};
 
 #[repr(C)]
@@ -180,39 +180,4 @@ pub fn decode(
         [1, h.heads as u32, 1],
     )?;
     Ok(vec![split, merge])
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct SoftmaxParams {
-    rows: u32,
-    n: u32,
-    stride: u32,
-    pad: u32,
-}
-
-/// Softmax over each row of x in place: over all columns, or over the first `step.kv_len`.
-pub fn softmax(gpu: &Gpu, x: &Tensor, step_len: Option<&wgpu::Buffer>) -> Result<Kernel> {
-    let p = SoftmaxParams {
-        rows: x.rows as u32,
-        n: x.cols as u32,
-        stride: x.cols as u32,
-        pad: 0,
-    };
-    let mut defines = gpu.base_defines();
-    let mut bindings = vec![(1, &x.buf)];
-    if let Some(step) = step_len {
-        defines.flag("STEP_LEN");
-        bindings.push((2, step));
-    }
-    let grid = fold_workgroups(x.rows as u32, gpu.caps.max_workgroups_per_dim);
-    Kernel::new(
-        gpu,
-        "softmax",
-        "softmax",
-        &defines,
-        bytes(&p),
-        &bindings,
-        grid,
-    )
 }
