@@ -86,24 +86,32 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
             v_tile[e] = vv;
         }
         workgroupBarrier();
-        if valid {
-            for (var jj = 0u; jj < KT; jj++) {
-                if t0 + jj >= my_end {
-                    break;
-                }
+        if valid && t0 < my_end {
+            // Scores of the tile first, then one rescale of the running sums per tile.
+            let nj = min(KT, my_end - t0);
+            var sc: array<f32, KT>;
+            var tile_mx = mx;
+            for (var jj = 0u; jj < nj; jj++) {
                 var s = 0.0;
                 for (var d = 0u; d < HD; d++) {
                     s = fma(qv[d], k_tile[jj * HD + d], s);
                 }
-                let new_mx = max(mx, s);
-                let corr = exp(mx - new_mx);
-                let pj = exp(s - new_mx);
-                l = l * corr + pj;
-                for (var d = 0u; d < HD; d++) {
-                    acc[d] = acc[d] * corr + pj * v_tile[jj * HD + d];
-                }
-                mx = new_mx;
+                sc[jj] = s;
+                tile_mx = max(tile_mx, s);
             }
+            let corr = exp(mx - tile_mx);
+            l *= corr;
+            for (var d = 0u; d < HD; d++) {
+                acc[d] *= corr;
+            }
+            for (var jj = 0u; jj < nj; jj++) {
+                let pj = exp(sc[jj] - tile_mx);
+                l += pj;
+                for (var d = 0u; d < HD; d++) {
+                    acc[d] = fma(pj, v_tile[jj * HD + d], acc[d]);
+                }
+            }
+            mx = tile_mx;
         }
         workgroupBarrier();
     }

@@ -3,9 +3,9 @@
 use clap::Parser;
 use std::path::PathBuf;
 
-/// The model used when --model is not given: the tiny LLaVA fixture in this repository
-/// (random weights: it shows the pipeline working, its answers are noise).
-pub const DEFAULT_MODEL: &str = "tests/fixtures/tiny-llava";
+/// The model used when --model is not given: the tiny LLaVA trained on synthetic scenes of
+/// coloured shapes by scripts/vqa/train_tiny_llava.py (weights/tiny-llava-vqa, 3.5 MB).
+pub const DEFAULT_MODEL: &str = "weights/tiny-llava-vqa";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,7 +37,8 @@ pub struct Args {
     /// tokenizer.json, preprocessor_config.json), e.g. a download of
     /// llava-hf/llava-1.5-7b-hf; or a Llama-family GGUF file (F32, F16, Q8_0, Q4_0, Q4_1,
     /// Q4_K, Q6_K), e.g. weights/SmolLM2-135M-Instruct.Q4_1.gguf.
-    /// Default: the tiny random fixture in tests/fixtures/tiny-llava.
+    /// Default: the trained tiny LLaVA in weights/tiny-llava-vqa (it knows scenes of
+    /// coloured shapes: try tests/fixtures/vqa-sample/images).
     #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
     pub model: Option<PathBuf>,
 
@@ -114,11 +115,72 @@ pub enum Command {
     /// visual tokens, prefill time, KV-cache bytes and decoder FLOPs. On a text-only (GGUF)
     /// model: prefill and decode tokens/s and peak GPU memory.
     Bench(BenchArgs),
+    /// Accuracy on a visual-QA file (this repo's synthetic JSONL, or POPE's format), overall
+    /// and per category; with --sweep, every pruning method at four budgets, written as a
+    /// markdown table, a CSV and a PNG plot.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "EXAMPLES:\n  \
+    python3 scripts/vqa/make_dataset.py --out data/vqa --train 0\n  \
+    vlm-run eval --data data/vqa/test.jsonl\n  \
+    vlm-run eval --data data/vqa/test.jsonl --prune posprune --keep 64\n  \
+    vlm-run eval --data data/vqa/test.jsonl --sweep --out eval-results\n  \
+    vlm-run eval --model ~/models/llava-1.5-7b-hf --data coco_pope_adversarial.json --images val2014/")]
+pub struct EvalArgs {
+    /// Model directory or GGUF file (default: the trained tiny LLaVA in weights/).
+    #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
+    pub model: Option<PathBuf>,
+    /// llama.cpp's LLaVA vision file for a GGUF --model.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub mmproj: Option<PathBuf>,
+    /// Questions, one JSON object per line: {"image","question","answer","category"} (this
+    /// repo's generator) or POPE's {"question_id","image","text","label"}.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub data: PathBuf,
+    /// Folder the image names are relative to (default: the question file's folder).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Evaluate only the first N questions.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Tokens to generate per answer.
+    #[arg(long, short = 'n', default_value_t = 8)]
+    pub max_tokens: usize,
+    /// Chat template, as for a normal run.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub template: Option<String>,
+    /// Run none, then every method at B = 576/192/128/64 (scaled to the model's visual token
+    /// count), and write sweep.md, sweep.csv and sweep.png into --out.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Methods for --sweep, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fastv,fastervlm,visionzip,divprune,pore,posprune"
+    )]
+    pub methods: Vec<vlm_run::Method>,
+    /// Budgets for --sweep, comma-separated (default: 576/192/128/64 scaled to N).
+    #[arg(long, value_delimiter = ',')]
+    pub budgets: Vec<usize>,
+    /// Folder for the --sweep outputs.
+    #[arg(long, short = 'o', value_name = "DIR", default_value = "eval-results")]
+    pub out: PathBuf,
+    /// Print each result as a JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every question with the reply and whether it was right.
+    #[arg(long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub prune: PruneArgs,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct CalibrateArgs {
-    /// Model directory or GGUF file (default: the tiny fixture).
+    /// Model directory or GGUF file (default: the trained tiny LLaVA in weights/).
     #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
     pub model: Option<PathBuf>,
     /// llama.cpp's LLaVA vision file for a GGUF --model.
@@ -134,7 +196,7 @@ pub struct CalibrateArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Model directory or GGUF file (default: the tiny fixture).
+    /// Model directory or GGUF file (default: the trained tiny LLaVA in weights/).
     #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
     pub model: Option<PathBuf>,
     /// llama.cpp's LLaVA vision file for a GGUF --model.
@@ -182,8 +244,8 @@ pub struct PruneArgs {
     /// across methods). Default: all tokens (no pruning).
     #[arg(long, value_name = "B")]
     pub keep: Option<usize>,
-    /// Decoder layer K where decoder-side methods prune (default 2; L−1 on decoders of fewer
-    /// than 3 layers).
+    /// Decoder layer K where decoder-side methods prune (default 2; 1 on decoders of fewer
+    /// than 24 layers, the same depth fraction as 2 of LLaVA-7B's 32).
     #[arg(long, value_name = "K")]
     pub prune_layer: Option<usize>,
     /// MMR: weight of relevance against diversity.

@@ -4,6 +4,7 @@
 
 use crate::gpu::{Gpu, GpuOptions, Kernel, Step};
 use crate::image as img;
+use crate::model::clip::VisionPass;
 use crate::model::llama::{KvCache, Mode, PassIo};
 use crate::model::llava::Llava;
 use crate::ops::sample::Sampling;
@@ -42,6 +43,10 @@ pub struct GenerateOptions {
     /// Read the pruning stages' scores and similarity matrices back into
     /// [`Output::stages`] (tests, debugging; the kept indices are always read).
     pub trace_pruning: bool,
+    /// Reuse the vision tower's output when the previous request that set this had the same
+    /// preprocessed image (evaluation sweeps). Its encode time is then not spent, nor
+    /// reported.
+    pub reuse_vision: bool,
 }
 
 impl Default for GenerateOptions {
@@ -57,6 +62,7 @@ impl Default for GenerateOptions {
             prune: PruneOptions::default(),
             trace_pruning: false,
             ignore_eos: false,
+            reuse_vision: false,
         }
     }
 }
@@ -146,6 +152,8 @@ pub struct Engine {
     pub chat: Chat,
     /// Identifies the model to calibration files.
     pub fingerprint: String,
+    /// The last tower pass run with `reuse_vision`, keyed by its preprocessed pixels.
+    vision_cache: std::sync::Mutex<Option<(Vec<f32>, Arc<VisionPass>)>>,
 }
 
 /// A fingerprint of a model's config and its decoder's final norm weights.
@@ -225,6 +233,7 @@ impl Engine {
                 load_ms: ms(t),
                 model_dir: dir.to_path_buf(),
                 fingerprint: fingerprint(&config, &norm),
+                vision_cache: Default::default(),
             });
         }
         let g = crate::gguf::model::open(model, mmproj)?;
@@ -252,6 +261,7 @@ impl Engine {
             load_ms: ms(t),
             model_dir: model.parent().map(Path::to_path_buf).unwrap_or_default(),
             fingerprint: fingerprint(g.config_text.as_bytes(), &norm),
+            vision_cache: Default::default(),
         })
     }
 
@@ -281,6 +291,38 @@ impl Engine {
             total += crate::gguf::GgufFile::open(m)?.data_bytes();
         }
         Ok(total)
+    }
+
+    /// The vision tower, pruning and projector passes for `image`, with the tower's output
+    /// reused from the cache when `opts.reuse_vision` and the pixels match.
+    fn encode_pass(
+        &self,
+        image: &RgbImage,
+        opts: &GenerateOptions,
+        plan: &crate::prune::Plan,
+    ) -> Result<crate::model::llava::EncodePass> {
+        let prune = Some((plan, &opts.prune));
+        if !opts.reuse_vision {
+            let pixels = self.pixels(image, opts.pad_square)?;
+            return self.model.encode_pass(&self.gpu, &pixels, prune);
+        }
+        let Some(vision) = &self.model.vision else {
+            bail!("this model has no vision encoder: give its --mmproj file to use --image");
+        };
+        let size = self.model.cfg.vision_config.image_size;
+        let px = img::preprocess(image, &self.model.preprocessor, size, opts.pad_square)?;
+        let mut cache = self.vision_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, vp)) = cache.as_ref() {
+            if *key == px {
+                return self
+                    .model
+                    .encode_pass_from(&self.gpu, vp.clone(), false, prune);
+            }
+        }
+        let pixels = self.gpu.storage_init("pixels", bytemuck::cast_slice(&px))?;
+        let vp = Arc::new(vision.pass(&self.gpu, &pixels)?);
+        *cache = Some((px, vp.clone()));
+        self.model.encode_pass_from(&self.gpu, vp, true, prune)
     }
 
     fn pixels(&self, image: &RgbImage, pad: bool) -> Result<wgpu::Buffer> {
@@ -500,11 +542,8 @@ impl Engine {
         let mut vis_raster = None;
         let _encode_pass; // keeps the visual tokens alive until prefill has run
         if let Some(image) = image {
-            let pixels = self.pixels(image, opts.pad_square)?;
-            let ep = self
-                .model
-                .encode_pass(gpu, &pixels, Some((&plan, &opts.prune)))?;
-            timed(&ep.tower.iter().collect::<Vec<_>>(), &mut timings.encode)?;
+            let ep = self.encode_pass(image, opts, &plan)?;
+            timed(&ep.tower(), &mut timings.encode)?;
             timed(&ep.prune.iter().collect::<Vec<_>>(), &mut timings.prune)?;
             timed(
                 &ep.projector.iter().collect::<Vec<_>>(),
@@ -588,6 +627,13 @@ impl Engine {
         gpu.sample_memory(); // every buffer of the request is alive here
         let mut next = self.read_token(&staging)?;
         timings.prefill += ms(t_last);
+        if std::env::var_os("VLM_RUN_PROFILE").is_some() {
+            let ks: Vec<&Kernel> = head.iter().collect();
+            eprintln!("prefill (after any prune layer): {} dispatches", ks.len());
+            for (l, n, t) in gpu.profile(&ks, 3)? {
+                eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
+            }
+        }
         let prefill_logits = if opts.keep_prefill_logits {
             Some(logits.read(gpu)?)
         } else {

@@ -5,12 +5,14 @@
 //! [`generate`] (the token loop). [`gpu`] is the runtime, [`ops`] the kernels' Rust side,
 //! `shaders/` the kernels.
 
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod image;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod prompt;
 pub mod prune;
 pub mod weights;

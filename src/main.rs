@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod eval_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -12,16 +13,25 @@ use std::process::ExitCode;
 use vlm_run::prune::{calibrate, keep_map, Method};
 use vlm_run::{Engine, GenerateOptions, GpuOptions, Output, Sampling};
 
-fn default_model() -> PathBuf {
-    let here = PathBuf::from(cli::DEFAULT_MODEL);
-    if here.is_dir() {
+/// A path inside the repository: as given when it exists from the working directory, else
+/// under the folder the binary was built from.
+pub(crate) fn repo_path(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
         return here;
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(cli::DEFAULT_MODEL)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// `bench`'s image when none is given.
+const BENCH_IMAGE: &str = "tests/fixtures/tiny-llava/a.png";
+
+fn default_model() -> PathBuf {
+    repo_path(cli::DEFAULT_MODEL)
 }
 
 /// Load a model (a llava-hf directory, or GGUF files) with a progress bar on a terminal.
-fn load(model: Option<&Path>, mmproj: Option<&Path>, quiet: bool) -> Result<Engine> {
+pub(crate) fn load(model: Option<&Path>, mmproj: Option<&Path>, quiet: bool) -> Result<Engine> {
     let model_dir = model.map(Path::to_path_buf).unwrap_or_else(default_model);
     if !model_dir.exists() {
         bail!("model {} does not exist", model_dir.display());
@@ -48,6 +58,7 @@ fn run(args: cli::Args) -> Result<()> {
     match args.command {
         Some(cli::Command::Calibrate(c)) => return run_calibrate(&c),
         Some(cli::Command::Bench(b)) => return run_bench(&b),
+        Some(cli::Command::Eval(e)) => return eval_cmd::run(&e),
         None => {}
     }
     if args.max_tokens == 0 {
@@ -96,6 +107,7 @@ fn run(args: cli::Args) -> Result<()> {
         prune,
         trace_pruning: false,
         ignore_eos: false,
+        reuse_vision: false,
     };
     let mut stdout = std::io::stdout().lock();
     let json = args.json;
@@ -233,6 +245,16 @@ fn run_calibrate(args: &cli::CalibrateArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| calibrate::Calibration::default_path(&engine.model_dir));
     cal.save(&path)?;
+    let k = vlm_run::PruneOptions::default().layer_for(engine.model.llm.cfg.num_hidden_layers);
+    let plot_path = path.with_extension("png");
+    if let Some(profile) = cal.layer(k) {
+        positional_bias_plot(profile, engine.model.grid()).save(&plot_path)?;
+        eprintln!(
+            "wrote {}: mean text-to-visual attention by position, layer {}",
+            plot_path.display(),
+            k - 1
+        );
+    }
     let k = cal.layers.first().context("no layers calibrated")?;
     eprintln!(
         "wrote {}: {} layers, {} positions; layer {} rho {:.5}",
@@ -243,6 +265,47 @@ fn run_calibrate(args: &cli::CalibrateArgs) -> Result<()> {
         k.rho
     );
     Ok(())
+}
+
+/// The positional-bias picture: the visual tokens' mean attention from the text after the
+/// image, and from the last token, by raster position (relative to their mean), as measured
+/// for prune layer `profile.layer` (in the layer before it).
+fn positional_bias_plot(profile: &calibrate::LayerProfile, grid: usize) -> vlm_run::plot::Plot {
+    use vlm_run::plot::{Plot, Series, PALETTE};
+    let relative = |v: &[f32]| -> Vec<(f64, f64)> {
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+        v.iter()
+            .enumerate()
+            .map(|(p, &x)| (p as f64, x as f64 / mean.max(1e-30)))
+            .collect()
+    };
+    Plot {
+        title: format!(
+            "text-to-visual attention by position, layer {} (grid {grid}x{grid})",
+            profile.layer - 1
+        ),
+        x_label: "visual token (raster order: top-left first)".into(),
+        y_label: "attention / mean".into(),
+        y2_label: String::new(),
+        x_log: false,
+        y_range: None,
+        series: vec![
+            Series {
+                name: "text after image".into(),
+                color: PALETTE[2],
+                points: relative(&profile.text_profile),
+                right_axis: false,
+                markers: false,
+            },
+            Series {
+                name: "last token".into(),
+                color: PALETTE[1],
+                points: relative(&profile.last_profile),
+                right_axis: false,
+                markers: false,
+            },
+        ],
+    }
 }
 
 fn run_bench(args: &cli::BenchArgs) -> Result<()> {
@@ -256,10 +319,7 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
         }
         return bench::text(&engine, args);
     }
-    let image_path = args
-        .image
-        .clone()
-        .unwrap_or_else(|| default_model().join("a.png"));
+    let image_path = args.image.clone().unwrap_or_else(|| repo_path(BENCH_IMAGE));
     let image = vlm_run::image::load(&image_path)?;
     let max_tokens = args.max_tokens.unwrap_or(8);
     let prompt = args.prompt.as_deref().unwrap_or("Describe the image.");

@@ -1,7 +1,7 @@
 //! LLaVA: the CLIP vision tower, the projector (Linear → GELU → Linear), and the Llama
 //! decoder, loaded from a llava-hf checkpoint directory.
 
-use super::clip::{ClipVisionTower, Linear, Loader};
+use super::clip::{ClipVisionTower, Linear, Loader, VisionPass};
 use super::config::{LlavaConfig, PreprocessorConfig};
 use super::llama::Llama;
 use crate::gpu::{Gpu, Kernel, Tensor};
@@ -11,6 +11,7 @@ use crate::prune::{Method, Plan, PruneOptions};
 use crate::weights::{Checkpoint, Component, TensorSource};
 use anyhow::{bail, Result};
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct Projector {
     linear_1: Linear,
@@ -31,7 +32,10 @@ pub struct Llava {
 /// The image's visual tokens: [visual tokens kept, text hidden], ready for the decoder.
 /// The kernels come in three lists so that each stage can be timed.
 pub struct EncodePass {
-    pub tower: Vec<Kernel>,
+    /// The vision tower's pass (shared with [`Llava::encode_pass_from`]'s cache).
+    pub vision: Arc<VisionPass>,
+    /// The tower's kernels still have to run (false when its output was reused).
+    pub run_tower: bool,
     /// Encoder-side pruning (empty without it).
     pub prune: Vec<Kernel>,
     /// Feature selection (CLS dropped) and the projector.
@@ -44,9 +48,18 @@ pub struct EncodePass {
 }
 
 impl EncodePass {
+    /// The tower's kernels, or none when its output is reused.
+    pub fn tower(&self) -> Vec<&Kernel> {
+        if self.run_tower {
+            self.vision.kernels.iter().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     pub fn kernels(&self) -> Vec<&Kernel> {
-        self.tower
-            .iter()
+        self.tower()
+            .into_iter()
             .chain(&self.prune)
             .chain(&self.projector)
             .chain(&self.prune_after)
@@ -158,10 +171,24 @@ impl Llava {
         pixels: &wgpu::Buffer,
         prune: Option<(&Plan, &PruneOptions)>,
     ) -> Result<EncodePass> {
-        let (Some(vision), Some(projector)) = (&self.vision, &self.projector) else {
+        let Some(vision) = &self.vision else {
             bail!("this model has no vision encoder: give its --mmproj file to use --image");
         };
-        let vp = vision.pass(gpu, pixels)?;
+        self.encode_pass_from(gpu, Arc::new(vision.pass(gpu, pixels)?), true, prune)
+    }
+
+    /// [`Llava::encode_pass`] over a tower pass built before; `run_tower` false reuses its
+    /// output as it stands (the same image encoded by an earlier request).
+    pub fn encode_pass_from(
+        &self,
+        gpu: &Gpu,
+        vp: Arc<VisionPass>,
+        run_tower: bool,
+        prune: Option<(&Plan, &PruneOptions)>,
+    ) -> Result<EncodePass> {
+        let Some(projector) = &self.projector else {
+            bail!("this model has no vision encoder: give its --mmproj file to use --image");
+        };
         let n = self.visual_tokens();
         let first = usize::from(!self.cfg.keep_cls());
         let (dv, dt) = (
@@ -220,7 +247,8 @@ impl Llava {
             out = kept;
         }
         Ok(EncodePass {
-            tower: vp.kernels,
+            vision: vp,
+            run_tower,
             prune: prune_ks,
             projector: ks,
             prune_after,

@@ -47,7 +47,7 @@ impl Heads {
 
     fn defines(&self, gpu: &Gpu) -> Result<crate::gpu::shader::Defines> {
         // Keys per workgroup-memory tile: K and V tiles of KT x hd f32 must fit.
-        let kt = (gpu.caps.workgroup_memory as usize / (8 * self.hd)).min(16);
+        let kt = (gpu.caps.workgroup_memory as usize / (8 * self.hd)).min(32);
         if kt == 0 {
             bail!(
                 "attention: head dim {} needs more than the device's {} bytes of workgroup memory",

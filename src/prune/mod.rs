@@ -135,8 +135,9 @@ pub struct PruneOptions {
     pub method: Method,
     /// `--keep B`, the average visual tokens per decoder layer. None: keep all.
     pub keep: Option<usize>,
-    /// `--prune-layer K` for decoder-side methods. None: 2, or L−1 on decoders of fewer than
-    /// 3 layers.
+    /// `--prune-layer K` for decoder-side methods. None: 2 (FastV's layer in LLaVA-7B's 32),
+    /// or 1 on decoders of fewer than 24 layers, which keeps about the same depth fraction
+    /// (a 16-layer decoder at K=1 gets 7B's per-layer counts at every budget).
     pub layer: Option<usize>,
     /// MMR's relevance weight λ.
     pub mmr_lambda: f32,
@@ -177,10 +178,10 @@ impl Default for PruneOptions {
 impl PruneOptions {
     /// The prune layer K for a decoder of `layers` layers.
     pub fn layer_for(&self, layers: usize) -> usize {
-        self.layer.unwrap_or(if layers >= 3 {
+        self.layer.unwrap_or(if layers >= 24 {
             2
         } else {
-            layers.saturating_sub(1)
+            layers.min(2).saturating_sub(1)
         })
     }
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Reproduce README's accuracy figures for the trained tiny LLaVA (weights/tiny-llava-vqa):
+# unpruned accuracy on the whole test split, the pruning sweep on its first SWEEP questions,
+# the positional-bias plot, and one keep-map per method on the same test image.
+#
+#   bash scripts/vqa/report.sh [SWEEP]        (default SWEEP=300; needs data/vqa, made by
+#                                              python3 scripts/vqa/make_dataset.py --out data/vqa)
+# Writes eval-results/ and docs/vqa/. About an hour on a 2-core machine with lavapipe.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SWEEP=${1:-300}
+BIN=target/release/vlm-run
+MODEL=weights/tiny-llava-vqa
+DATA=data/vqa/test.jsonl
+[ -f "$DATA" ] || { echo "missing $DATA: run python3 scripts/vqa/make_dataset.py --out data/vqa" >&2; exit 1; }
+cargo build --release --quiet
+mkdir -p eval-results docs/vqa
+
+echo "== unpruned, whole test split"
+$BIN eval --model $MODEL --data $DATA | tee eval-results/test-unpruned.txt
+
+echo "== sweep, first $SWEEP test questions"
+$BIN eval --model $MODEL --data $DATA --limit "$SWEEP" --sweep --out eval-results \
+  | tee eval-results/sweep.txt
+cp eval-results/sweep.png docs/vqa/sweep.png
+
+echo "== positional bias"
+$BIN calibrate --model $MODEL -o eval-results/calibration.json
+cp eval-results/calibration.png docs/vqa/positional-bias.png
+
+echo "== keep maps at B=28 (576-token B=64 scaled to 256 tokens)"
+IMG=data/vqa/images/test/00000.png
+for m in fastv fastervlm visionzip divprune pore posprune; do
+  $BIN --model $MODEL --image $IMG --prompt "What shape is the small object?" \
+    --prune $m --keep 28 --max-tokens 4 --save-keep-map docs/vqa/keep-$m.png
+done
+cp $IMG docs/vqa/keep-image.png

@@ -1,0 +1,543 @@
+#!/usr/bin/env python3
+"""Train the tiny LLaVA-1.5 that vlm-run embeds as its default model (weights/tiny-llava-vqa).
+
+The model is HF transformers' own LlavaForConditionalGeneration at small width with
+LLaVA-1.5's geometry, except the input size: a CLIP ViT with a CLS token and patch 14 at
+224 px (256 visual tokens; the scenes are drawn at 336 and resized by the CLIP processor, as
+LLaVA-1.5 does with any picture), features from vision layer -2, a 2-layer GELU projector,
+and a Llama decoder with GQA and RoPE. 224 px, because at 336 px the ViT did not learn shapes
+within the 2-core budget (per-patch shape accuracy 52% after 1000 steps). The decoder has 16
+layers: pruning at layer K=1 then sits at LLaVA-1.5-7B's depth fraction (K=2 of 32).
+
+It is built the way LLaVA was:
+  tokenizer  a byte-fallback-free BPE trained here on the question/answer text, with <image>.
+  stage 1    pretrain the ViT: multi-label classification of the scene (colours, shapes and
+             colour-shape pairs present) from the CLS token, plus per-patch labels (colour,
+             shape, size of the object under the patch, and whether its centre is there) from
+             the layer -2 features that the projector reads. The CLS token so carries the
+             scene, and its attention is meaningful for [CLS]-based pruning.
+  features   the ViT is frozen (rounded to f16, as shipped) and its layer -2 features are
+             cached for every training image.
+  stage 2    train the projector and the decoder from scratch on the QA, in LLaVA-1.5's
+             multi-turn format ("USER: <image>\\nQ ASSISTANT: A</s>USER: Q ..."), with loss on
+             the answer tokens only. The first turn is exactly vlm-run's single-turn prompt.
+
+Reproducible from --seed; resumable: every stage checkpoints under --work and a rerun picks
+up where it stopped. Budget: the whole run is sized for <= 90 minutes on 2 CPU cores.
+
+Environment (PyPI):
+    python3 -m venv .venv && . .venv/bin/activate
+    pip install torch transformers safetensors tokenizers pillow numpy
+    python scripts/vqa/make_dataset.py --out data/vqa --no-train-images
+    python scripts/vqa/train_tiny_llava.py --data data/vqa --out weights/tiny-llava-vqa
+Tested with torch 2.15 (CPU) and transformers 5.23.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "fixtures"))
+import make_dataset as ds  # noqa: E402
+from make_tiny_llava import legacy_name  # noqa: E402
+
+try:
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # transformers 4.x
+    from transformers import CLIPImageProcessor
+
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+IMAGE = 224                 # model input: the 336 px scenes are resized, as CLIP's processor does
+GRID = IMAGE // 14          # 16 x 16 = 256 visual tokens
+LABEL_PATCH = 336 // GRID   # one patch's side in the 336 px scene: 21
+TEMPLATE = "USER: <image>\n{q} ASSISTANT:"
+TURN = "USER: {q} ASSISTANT:"
+COLORS = list(ds.COLORS)
+SIZES = ["small", "medium", "large"]
+PAIRS = [(c, s) for c in COLORS for s in ds.SHAPES]
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+# ---------------------------------------------------------------- tokenizer and config
+
+def build_tokenizer(questions):
+    corpus = [TEMPLATE.format(q=q["question"]) + " " + q["answer"] for q in questions]
+    corpus += ["USER: ASSISTANT: yes no " + " ".join(ds.COUNT_WORDS + COLORS + ds.SHAPES)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=256, special_tokens=["<unk>", "<s>", "</s>"],
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_special_tokens(["<image>", "<pad>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return tok
+
+
+def build_config(tok):
+    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                              num_attention_heads=8, image_size=IMAGE, patch_size=14,
+                              hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=64)
+    text = LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=16,
+                       num_attention_heads=4, num_key_value_heads=2,
+                       vocab_size=tok.get_vocab_size(), max_position_embeddings=1024,
+                       rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
+                       pad_token_id=tok.token_to_id("<pad>"), tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tok.token_to_id("<image>"),
+                         projector_hidden_act="gelu", vision_feature_layer=-2,
+                         vision_feature_select_strategy="default",
+                         image_seq_length=GRID * GRID,
+                         tie_word_embeddings=False)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+# ---------------------------------------------------------------- images and stage-1 labels
+
+def make_processor():
+    """LLaVA-1.5's CLIPImageProcessor settings at IMAGE px."""
+    return CLIPImageProcessor(
+        size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE},
+        do_center_crop=True, do_resize=True, resample=3, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True,
+        image_mean=MEAN.tolist(), image_std=STD.tolist())
+
+
+def normalise(im):
+    """What the processor does to a square picture: bicubic resize to IMAGE, rescale,
+    normalise; CHW."""
+    im = im.convert("RGB").resize((IMAGE, IMAGE), Image.BICUBIC)
+    return ((np.asarray(im, np.float32) / 255.0 - MEAN) / STD).transpose(2, 0, 1)
+
+
+def pixels_of(scene):
+    return normalise(ds.render(scene))
+
+
+def labels_of(scene):
+    """Per-patch colour/shape/size/centre labels (0 = background) and the CLS multi-hot."""
+    objs = scene["objects"]
+    lm = Image.new("L", (ds.SIZE, ds.SIZE), 0)
+    d = ImageDraw.Draw(lm)
+    for i, o in enumerate(objs):
+        ds.draw_object(d, o, i + 1)
+    lm = np.asarray(lm).reshape(GRID, LABEL_PATCH, GRID, LABEL_PATCH)
+    onehot = np.eye(len(objs) + 1, dtype=np.int32)[lm]          # 24,14,24,14,n+1
+    cover = onehot.sum(axis=(1, 3))[:, :, 1:]                    # 24,24,n
+    dense = np.zeros((4, GRID, GRID), np.int64)
+    if objs:
+        best = cover.argmax(-1)
+        hit = cover.max(-1) >= 0.2 * LABEL_PATCH * LABEL_PATCH
+        for i, o in enumerate(objs):
+            m = hit & (best == i)
+            dense[0][m] = COLORS.index(o["color"]) + 1
+            dense[1][m] = ds.SHAPES.index(o["shape"]) + 1
+            dense[2][m] = SIZES.index(o["size"]) + 1
+            dense[3][min(int(o["cy"] // LABEL_PATCH), GRID - 1),
+                     min(int(o["cx"] // LABEL_PATCH), GRID - 1)] = 1
+    multi = np.zeros(len(COLORS) + len(ds.SHAPES) + len(PAIRS), np.float32)
+    for o in objs:
+        multi[COLORS.index(o["color"])] = 1
+        multi[len(COLORS) + ds.SHAPES.index(o["shape"])] = 1
+        multi[len(COLORS) + len(ds.SHAPES) + PAIRS.index((o["color"], o["shape"]))] = 1
+    return dense.reshape(4, -1), multi
+
+
+class Stage1Heads(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.cls = torch.nn.Linear(width, len(COLORS) + len(ds.SHAPES) + len(PAIRS))
+        self.dense = torch.nn.Linear(width, 8 + 7 + 4 + 2)
+
+    def loss(self, pooled, feats, dense, multi):
+        lc = F.binary_cross_entropy_with_logits(self.cls(pooled), multi)
+        logits = self.dense(feats)                                   # b, patches, 21
+        splits = torch.split(logits, [8, 7, 4, 2], dim=-1)
+        # background patches dominate: weight object patches up
+        ld = 0.0
+        for k, lg in enumerate(splits):
+            t = dense[:, k]
+            w = torch.where(t > 0, 4.0, 1.0) * (2.0 if k == 1 else 1.0)  # shape is the hard one
+            ld = ld + (F.cross_entropy(lg.transpose(1, 2), t, reduction="none") * w).mean()
+        return lc, ld
+
+
+# ---------------------------------------------------------------- checkpointing
+
+def save_ckpt(path, **state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def round_f16_(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.half().float())
+
+
+def cosine_lr(step, total, peak, warmup):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+# ---------------------------------------------------------------- stage 1: the ViT
+
+def sincos_positions(width):
+    """2-D sine-cosine position table (MAE's), CLS row zero: the learned position embedding
+    starts from it, so that attention can find spatial neighbours from the first step."""
+    quarter = width // 4
+    freq = 1.0 / (100.0 ** (np.arange(quarter) / quarter))
+    ys, xs = np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="ij")
+    parts = []
+    for coord in (ys.reshape(-1), xs.reshape(-1)):
+        ang = coord[:, None] * freq[None]
+        parts += [np.sin(ang), np.cos(ang)]
+    table = np.concatenate(parts, 1)
+    table = np.pad(table, ((1, 0), (0, width - table.shape[1])))
+    return torch.from_numpy(table.astype(np.float32))
+
+
+def stage1(model, scenes, a):
+    path = os.path.join(a.work, "stage1.pt")
+    vt = model.model.vision_tower
+    emb = vt.embeddings.position_embedding
+    with torch.no_grad():
+        emb.weight.copy_(sincos_positions(emb.weight.shape[1]))
+    heads = Stage1Heads(vt.config.hidden_size)
+    params = list(vt.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr1, weight_decay=0.01)
+    step, total = 0, a.steps1
+    if os.path.exists(path):
+        st = torch.load(path, weights_only=False)
+        vt.load_state_dict(st["vision"]); heads.load_state_dict(st["heads"])
+        opt.load_state_dict(st["opt"]); step = st["step"]
+        log(f"stage 1: resumed at step {step}/{total}")
+    if step >= total:
+        return
+    order = np.random.default_rng(a.seed + step).permutation(len(scenes))
+    t0 = time.time()
+    vt.train()
+    while step < total:
+        idx = [order[(step * a.batch1 + i) % len(scenes)] for i in range(a.batch1)]
+        px = torch.from_numpy(np.stack([pixels_of(scenes[i]) for i in idx]))
+        lab = [labels_of(scenes[i]) for i in idx]
+        dense = torch.from_numpy(np.stack([l[0] for l in lab]))
+        multi = torch.from_numpy(np.stack([l[1] for l in lab]))
+        out = vt(pixel_values=px, output_hidden_states=True)
+        lc, ld = heads.loss(out.pooler_output, out.hidden_states[-2][:, 1:], dense, multi)
+        loss = lc * 4 + ld
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, total, a.lr1, 30)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % 20 == 0 or step == total:
+            rate = (time.time() - t0) / 20
+            t0 = time.time()
+            log(f"stage 1 step {step}/{total} cls {lc.item():.4f} dense {ld.item():.4f} "
+                f"({rate:.2f} s/step)")
+        if step % 100 == 0 or step == total:
+            save_ckpt(path, vision=vt.state_dict(), heads=heads.state_dict(),
+                      opt=opt.state_dict(), step=step)
+
+
+# ---------------------------------------------------------------- cached features
+
+@torch.no_grad()
+def cache_features(model, scenes, a):
+    path = os.path.join(a.work, "features.npy")
+    if os.path.exists(path):
+        return np.load(path, mmap_mode="r")
+    vt = model.model.vision_tower.eval()
+    feats = np.zeros((len(scenes), GRID * GRID, vt.config.hidden_size), np.float16)
+    for s in range(0, len(scenes), 32):
+        px = torch.from_numpy(np.stack([pixels_of(sc) for sc in scenes[s:s + 32]]))
+        hs = vt(pixel_values=px, output_hidden_states=True).hidden_states[-2][:, 1:]
+        feats[s:s + 32] = hs.numpy().astype(np.float16)
+        if s % 640 == 0:
+            log(f"features {s}/{len(scenes)}")
+    np.save(path + ".tmp.npy", feats)
+    os.replace(path + ".tmp.npy", path)
+    return feats
+
+
+# ---------------------------------------------------------------- stage 2: projector + decoder
+
+class Sequences:
+    """Multi-turn training sequences, one per image, turns shuffled per epoch."""
+
+    def __init__(self, tok, questions, image_index, config):
+        self.tok = tok
+        self.by_image = {}
+        for q in questions:
+            self.by_image.setdefault(image_index[q["image"]], []).append(q)
+        self.images = sorted(self.by_image)
+        self.image_id = config.image_token_index
+        self.eos = 2
+        self.cache = {}
+
+    def encode(self, text, first):
+        if first:
+            return self.tok.encode(text).ids
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def turn(self, q, first):
+        key = (q["question"], q["answer"], first)
+        if key not in self.cache:
+            p = self.encode((TEMPLATE if first else TURN).format(q=q["question"]), first)
+            full = self.encode((TEMPLATE if first else TURN).format(q=q["question"])
+                               + " " + q["answer"], first)
+            assert full[:len(p)] == p, (p, full)
+            self.cache[key] = (p, full[len(p):] + [self.eos])
+        return self.cache[key]
+
+    def build(self, img, rng, n_visual=GRID * GRID):
+        qs = self.by_image[img][:]
+        rng.shuffle(qs)
+        ids, labels = [], []
+        for k, q in enumerate(qs):
+            p, ans = self.turn(q, k == 0)
+            if k == 0:
+                at = p.index(self.image_id)
+                p = p[:at] + [self.image_id] * n_visual + p[at + 1:]
+            ids += p + ans
+            labels += [-100] * len(p) + ans
+        return ids, labels
+
+
+def decoder_forward(model, feats, ids, mask):
+    """Logits of the LLaVA forward with the visual features given: `feats` holds the rows
+    that replace the <image> positions, in order ([b, patches, d], or all rows concatenated)."""
+    emb = model.model.language_model.embed_tokens(ids.clamp(max=model.config.text_config.vocab_size - 1))
+    proj = model.model.multi_modal_projector(feats)
+    is_img = (ids == model.config.image_token_index).unsqueeze(-1)
+    emb = emb.masked_scatter(is_img, proj.to(emb.dtype))
+    out = model.model.language_model(inputs_embeds=emb, attention_mask=mask)
+    return model.lm_head(out.last_hidden_state)
+
+
+def init_projector(model, a):
+    """Start the projector from stage 1's per-patch heads: its first layer's first 21 rows
+    are the colour/shape/size/centre classifiers, and its second layer passes them on. The
+    visual tokens then name what they show from the first step, and the decoder only has to
+    learn to look them up. (Only the starting point changes; the checkpoint is a plain
+    LLaVA projector.)"""
+    st = torch.load(os.path.join(a.work, "stage1.pt"), weights_only=False)
+    w, b = st["heads"]["dense.weight"], st["heads"]["dense.bias"]
+    p = model.model.multi_modal_projector
+    with torch.no_grad():
+        p.linear_1.weight[:w.shape[0]] = w
+        p.linear_1.bias[:w.shape[0]] = b
+        d = p.linear_2.weight.shape[0]
+        p.linear_2.weight.copy_(torch.eye(d) + 0.02 * torch.randn(d, d))
+        p.linear_2.bias.zero_()
+
+
+def stage2(model, tok, feats, questions, image_index, scenes, a):
+    path = os.path.join(a.work, "stage2.pt")
+    if not os.path.exists(path) and a.init_projector:
+        init_projector(model, a)
+    seqs = Sequences(tok, questions, image_index, model.config)
+    params = (list(model.model.multi_modal_projector.parameters())
+              + list(model.model.language_model.parameters()) + list(model.lm_head.parameters()))
+    opt = torch.optim.AdamW(params, lr=a.lr2, weight_decay=0.01, betas=(0.9, 0.98))
+    step, total = 0, a.steps2
+    if os.path.exists(path):
+        st = torch.load(path, weights_only=False)
+        model.model.multi_modal_projector.load_state_dict(st["projector"])
+        model.model.language_model.load_state_dict(st["decoder"])
+        model.lm_head.load_state_dict(st["head"])
+        opt.load_state_dict(st["opt"]); step = st["step"]
+        log(f"stage 2: resumed at step {step}/{total}")
+    model.train()
+    pad = model.config.text_config.pad_token_id
+    t0, acc_n, acc_ok = time.time(), 0, 0
+    while step < total:
+        rng = random.Random(a.seed * 1000003 + step)
+        per_epoch = len(seqs.images) // a.batch2
+        epoch, pos = divmod(step, per_epoch)
+        order = np.random.default_rng(a.seed + epoch).permutation(seqs.images)
+        chosen = [int(i) for i in order[pos * a.batch2:(pos + 1) * a.batch2]]
+        if step < a.object_steps:
+            # Curriculum: early steps see only the patches that objects cover (and every
+            # tenth other one), so the lookup of an object among few tokens is learnt first.
+            rows = []
+            for i in chosen:
+                dense, _ = labels_of(scenes[i])
+                keep = np.flatnonzero((dense[0] > 0) | (np.arange(GRID * GRID) % 10 == 0))
+                rows.append(keep)
+        else:
+            rows = [np.arange(GRID * GRID)] * len(chosen)
+        batch = [seqs.build(i, rng, len(r)) for i, r in zip(chosen, rows)]
+        n = max(len(b[0]) for b in batch)
+        ids = torch.full((len(batch), n), pad, dtype=torch.long)
+        labels = torch.full((len(batch), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for r, (x, y) in enumerate(batch):
+            ids[r, :len(x)] = torch.tensor(x)
+            labels[r, :len(y)] = torch.tensor(y)
+            mask[r, :len(x)] = 1
+        f = torch.from_numpy(np.concatenate([feats[i][r] for i, r in zip(chosen, rows)])
+                             .astype(np.float32))
+        logits = decoder_forward(model, f, ids, mask)
+        tgt = labels[:, 1:]
+        lg = logits[:, :-1]
+        loss = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), ignore_index=-100)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, total, a.lr2, 100)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            sel = tgt != -100
+            acc_ok += int((lg.argmax(-1)[sel] == tgt[sel]).sum())
+            acc_n += int(sel.sum())
+        if step % 25 == 0 or step == total:
+            rate = (time.time() - t0) / 25
+            t0 = time.time()
+            log(f"stage 2 step {step}/{total} loss {loss.item():.4f} "
+                f"answer-token acc {acc_ok / max(1, acc_n):.3f} ({rate:.2f} s/step)")
+            acc_n = acc_ok = 0
+        if step % 100 == 0 or step == total:
+            save_ckpt(path, projector=model.model.multi_modal_projector.state_dict(),
+                      decoder=model.model.language_model.state_dict(),
+                      head=model.lm_head.state_dict(), opt=opt.state_dict(), step=step)
+
+
+# ---------------------------------------------------------------- validation and export
+
+@torch.no_grad()
+def validate(model, tok, data, limit):
+    """Greedy answers (full forward per token) on val questions: accuracy per category."""
+    model.eval()
+    qs = read_jsonl(os.path.join(data, "val.jsonl"))[:limit]
+    per, answers = {}, []
+    img_id = model.config.image_token_index
+    for q in qs:
+        px = torch.from_numpy(normalise(Image.open(os.path.join(data, q["image"])))[None].copy())
+        ids = tok.encode(TEMPLATE.format(q=q["question"])).ids
+        at = ids.index(img_id)
+        ids = ids[:at] + [img_id] * (GRID * GRID) + ids[at + 1:]
+        x = torch.tensor([ids])
+        out = []
+        for _ in range(4):
+            t = int(model(input_ids=x, pixel_values=px).logits[0, -1].argmax())
+            if t == 2:
+                break
+            out.append(t)
+            x = torch.cat([x, torch.tensor([[t]])], 1)
+        ans = tok.decode(out).strip().lower()
+        answers.append(dict(q, reply=ans))
+        ok, n = per.get(q["category"], (0, 0))
+        per[q["category"]] = (ok + (ans == q["answer"]), n + 1)
+    tot = sum(v[0] for v in per.values()) / max(1, sum(v[1] for v in per.values()))
+    log("val accuracy %.3f " % tot + " ".join(f"{k} {v[0]}/{v[1]}" for k, v in sorted(per.items())))
+    return tot, answers
+
+
+def export(model, tok, config, out):
+    os.makedirs(out, exist_ok=True)
+    sd = {legacy_name(k): v.to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    cfg = config.to_dict()
+    cfg["architectures"] = ["LlavaForConditionalGeneration"]
+    cfg["torch_dtype"] = "float16"
+    cfg.pop("_attn_implementation_autoset", None)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    make_processor().save_pretrained(out)
+    tok.save(os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                   "pad_token": "<pad>", "add_bos_token": True,
+                   "tokenizer_class": "PreTrainedTokenizerFast"}, f, indent=2)
+    log(f"wrote {out}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="data/vqa")
+    ap.add_argument("--work", default="data/train-work", help="checkpoints and cached features")
+    ap.add_argument("--out", default="weights/tiny-llava-vqa")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--images", type=int, default=0, help="use the first N train images (0: all)")
+    ap.add_argument("--steps1", type=int, default=2500)
+    ap.add_argument("--batch1", type=int, default=16)
+    ap.add_argument("--lr1", type=float, default=1e-3)
+    ap.add_argument("--steps2", type=int, default=5000)
+    ap.add_argument("--batch2", type=int, default=8)
+    ap.add_argument("--lr2", type=float, default=1e-3)
+    ap.add_argument("--object-steps", type=int, default=0,
+                    help="stage 2 curriculum: this many first steps see object patches only")
+    ap.add_argument("--val", type=int, default=200, help="val questions checked at the end")
+    ap.add_argument("--no-init-projector", dest="init_projector", action="store_false",
+                    help="start the projector at random instead of from stage 1's heads")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    random.seed(a.seed)
+    os.makedirs(a.work, exist_ok=True)
+    start = time.time()
+
+    scenes = read_jsonl(os.path.join(a.data, "train_scenes.jsonl"))
+    questions = read_jsonl(os.path.join(a.data, "train.jsonl"))
+    if a.images:
+        scenes = scenes[:a.images]
+        keep = {s["image"] for s in scenes}
+        questions = [q for q in questions if q["image"] in keep]
+    image_index = {s["image"]: i for i, s in enumerate(scenes)}
+    tok = build_tokenizer(questions)
+    config = build_config(tok)
+    model = LlavaForConditionalGeneration(config)
+    nparam = sum(p.numel() for p in model.parameters())
+    log(f"{len(scenes)} images, {len(questions)} questions, vocab {tok.get_vocab_size()}, "
+        f"{nparam / 1e6:.2f} M parameters")
+
+    stage1(model, scenes, a)
+    round_f16_(model.model.vision_tower)
+    feats = cache_features(model, scenes, a)
+    log(f"features ready ({time.time() - start:.0f} s)")
+    stage2(model, tok, feats, questions, image_index, scenes, a)
+    round_f16_(model)
+    log(f"training done ({(time.time() - start) / 60:.1f} min)")
+    export(model, tok, config, a.out)
+    if a.val:
+        _, answers = validate(model, tok, a.data, a.val)
+        with open(os.path.join(a.work, "val-answers.jsonl"), "w") as f:
+            for x in answers:
+                f.write(json.dumps(x) + "\n")
+
+
+if __name__ == "__main__":
+    main()
