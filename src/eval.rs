@@ -9,7 +9,7 @@
 //!   Scored as LLaVA's eval_pope: the first sentence decides, and a reply with the word
 //!   "no" or "not" means no.
 
-use crate::{Engine, GenerateOptions, Method};
+use crate::{Engine, GenerateOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -126,7 +126,7 @@ pub fn correct(q: &Question, reply: &str) -> bool {
     }
 }
 
-/// Right / asked, and the mean cost of the requests.
+/// Right answers out of questions asked.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Tally {
     pub right: usize,
@@ -275,16 +275,6 @@ pub fn sweep_budgets(n: usize) -> Vec<usize> {
         .map(|b| ((b * n) as f64 / 576.0).round().max(1.0) as usize)
         .collect()
 }
-
-/// Every method but `none`, in the order the tables use.
-pub const SWEEP_METHODS: [Method; 6] = [
-    Method::FastV,
-    Method::FasterVlm,
-    Method::VisionZip,
-    Method::DivPrune,
-    Method::PoRe,
-    Method::PosPrune,
-];
 
 fn pct(v: f64) -> String {
     format!("{:.1}", 100.0 * v)

@@ -302,17 +302,13 @@ impl Engine {
         plan: &crate::prune::Plan,
     ) -> Result<crate::model::llava::EncodePass> {
         let prune = Some((plan, &opts.prune));
-        if !opts.reuse_vision {
-            let pixels = self.pixels(image, opts.pad_square)?;
-            return self.model.encode_pass(&self.gpu, &pixels, prune);
-        }
         let Some(vision) = &self.model.vision else {
             bail!("this model has no vision encoder: give its --mmproj file to use --image");
         };
         let size = self.model.cfg.vision_config.image_size;
         let px = img::preprocess(image, &self.model.preprocessor, size, opts.pad_square)?;
         let mut cache = self.vision_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((key, vp)) = cache.as_ref() {
+        if let Some((key, vp)) = cache.as_ref().filter(|_| opts.reuse_vision) {
             if *key == px {
                 return self
                     .model
@@ -321,7 +317,9 @@ impl Engine {
         }
         let pixels = self.gpu.storage_init("pixels", bytemuck::cast_slice(&px))?;
         let vp = Arc::new(vision.pass(&self.gpu, &pixels)?);
-        *cache = Some((px, vp.clone()));
+        if opts.reuse_vision {
+            *cache = Some((px, vp.clone()));
+        }
         self.model.encode_pass_from(&self.gpu, vp, true, prune)
     }
 

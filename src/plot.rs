@@ -288,34 +288,16 @@ impl Plot {
             }
             c.text_up(W as i64 - 18, (y0 + y1) / 2, &self.y2_label, GREY);
         }
-        c.line(
-            (x0 as f64, y0 as f64),
-            (x0 as f64, y1 as f64),
-            black,
-            2,
-            0.0,
-        );
-        c.line(
-            (x0 as f64, y1 as f64),
-            (x1 as f64, y1 as f64),
-            black,
-            2,
-            0.0,
-        );
-        c.line(
-            (x1 as f64, y0 as f64),
-            (x1 as f64, y1 as f64),
-            black,
-            1,
-            0.0,
-        );
-        c.line(
-            (x0 as f64, y0 as f64),
-            (x1 as f64, y0 as f64),
-            black,
-            1,
-            0.0,
-        );
+        // Frame: left and bottom axes heavier than the top and right edges.
+        let (fx0, fx1, fy0, fy1) = (x0 as f64, x1 as f64, y0 as f64, y1 as f64);
+        for (a, b, w) in [
+            ((fx0, fy0), (fx0, fy1), 2),
+            ((fx0, fy1), (fx1, fy1), 2),
+            ((fx1, fy0), (fx1, fy1), 1),
+            ((fx0, fy0), (fx1, fy0), 1),
+        ] {
+            c.line(a, b, black, w, 0.0);
+        }
         c.text(
             (W as i64 - text_width(&self.title)) / 2,
             20,

@@ -319,7 +319,7 @@ class Sequences:
             self.cache[key] = (p, full[len(p):] + [self.eos])
         return self.cache[key]
 
-    def build(self, img, rng, n_visual=GRID * GRID):
+    def build(self, img, rng):
         qs = self.by_image[img][:]
         rng.shuffle(qs)
         ids, labels = [], []
@@ -327,15 +327,15 @@ class Sequences:
             p, ans = self.turn(q, k == 0)
             if k == 0:
                 at = p.index(self.image_id)
-                p = p[:at] + [self.image_id] * n_visual + p[at + 1:]
+                p = p[:at] + [self.image_id] * (GRID * GRID) + p[at + 1:]
             ids += p + ans
             labels += [-100] * len(p) + ans
         return ids, labels
 
 
 def decoder_forward(model, feats, ids, mask):
-    """Logits of the LLaVA forward with the visual features given: `feats` holds the rows
-    that replace the <image> positions, in order ([b, patches, d], or all rows concatenated)."""
+    """Logits of the LLaVA forward with the visual features given ([b, patches, d]), placed
+    at the <image> positions as LlavaModel does."""
     emb = model.model.language_model.embed_tokens(ids.clamp(max=model.config.text_config.vocab_size - 1))
     proj = model.model.multi_modal_projector(feats)
     is_img = (ids == model.config.image_token_index).unsqueeze(-1)
@@ -361,7 +361,7 @@ def init_projector(model, a):
         p.linear_2.bias.zero_()
 
 
-def stage2(model, tok, feats, questions, image_index, scenes, a):
+def stage2(model, tok, feats, questions, image_index, a):
     path = os.path.join(a.work, "stage2.pt")
     if not os.path.exists(path) and a.init_projector:
         init_projector(model, a)
@@ -386,17 +386,7 @@ def stage2(model, tok, feats, questions, image_index, scenes, a):
         epoch, pos = divmod(step, per_epoch)
         order = np.random.default_rng(a.seed + epoch).permutation(seqs.images)
         chosen = [int(i) for i in order[pos * a.batch2:(pos + 1) * a.batch2]]
-        if step < a.object_steps:
-            # Curriculum: early steps see only the patches that objects cover (and every
-            # tenth other one), so the lookup of an object among few tokens is learnt first.
-            rows = []
-            for i in chosen:
-                dense, _ = labels_of(scenes[i])
-                keep = np.flatnonzero((dense[0] > 0) | (np.arange(GRID * GRID) % 10 == 0))
-                rows.append(keep)
-        else:
-            rows = [np.arange(GRID * GRID)] * len(chosen)
-        batch = [seqs.build(i, rng, len(r)) for i, r in zip(chosen, rows)]
+        batch = [seqs.build(i, rng) for i in chosen]
         n = max(len(b[0]) for b in batch)
         ids = torch.full((len(batch), n), pad, dtype=torch.long)
         labels = torch.full((len(batch), n), -100, dtype=torch.long)
@@ -405,8 +395,7 @@ def stage2(model, tok, feats, questions, image_index, scenes, a):
             ids[r, :len(x)] = torch.tensor(x)
             labels[r, :len(y)] = torch.tensor(y)
             mask[r, :len(x)] = 1
-        f = torch.from_numpy(np.concatenate([feats[i][r] for i, r in zip(chosen, rows)])
-                             .astype(np.float32))
+        f = torch.from_numpy(np.stack([feats[i] for i in chosen]).astype(np.float32))
         logits = decoder_forward(model, f, ids, mask)
         tgt = labels[:, 1:]
         lg = logits[:, :-1]
@@ -498,8 +487,6 @@ def main():
     ap.add_argument("--steps2", type=int, default=5000)
     ap.add_argument("--batch2", type=int, default=8)
     ap.add_argument("--lr2", type=float, default=1e-3)
-    ap.add_argument("--object-steps", type=int, default=0,
-                    help="stage 2 curriculum: this many first steps see object patches only")
     ap.add_argument("--val", type=int, default=200, help="val questions checked at the end")
     ap.add_argument("--no-init-projector", dest="init_projector", action="store_false",
                     help="start the projector at random instead of from stage 1's heads")
@@ -528,7 +515,7 @@ def main():
     round_f16_(model.model.vision_tower)
     feats = cache_features(model, scenes, a)
     log(f"features ready ({time.time() - start:.0f} s)")
-    stage2(model, tok, feats, questions, image_index, scenes, a)
+    stage2(model, tok, feats, questions, image_index, a)
     round_f16_(model)
     log(f"training done ({(time.time() - start) / 60:.1f} min)")
     export(model, tok, config, a.out)
