@@ -68,9 +68,7 @@ pub fn text(engine: &Engine, args: &BenchArgs) -> Result<()> {
     println!("device: {}", engine.gpu.describe());
     println!(
         "model: {} ({} layers, width {}), {} runs after a warm-up, medians",
-        args.model
-            .as_deref()
-            .map_or("default".into(), |p| p.display().to_string()),
+        engine.model_dir.display(),
         llm.cfg.num_hidden_layers,
         llm.cfg.hidden_size,
         args.repeat

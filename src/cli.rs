@@ -197,10 +197,24 @@ pub struct CalibrateArgs {
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Model directory or GGUF file (default: the trained tiny LLaVA in weights/).
-    #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
+    #[arg(
+        long,
+        short = 'm',
+        value_name = "DIR|FILE.gguf",
+        conflicts_with = "synthetic"
+    )]
     pub model: Option<PathBuf>,
+    /// Measure a known shape with random weights made on the GPU, no file needed: tiny (the
+    /// parity fixture's LLaVA), smollm2-135m (text only) or llava-1.5-7b.
+    #[arg(long, value_name = "NAME")]
+    pub synthetic: Option<vlm_run::synthetic::Preset>,
+    /// Storage type of a synthetic decoder's matrices: f16, q8_0, q4_0, q4_1 or q4_k (the
+    /// vision tower and projector stay f16).
+    #[arg(long, default_value = "f16", value_parser = vlm_run::synthetic::parse_dtype,
+          requires = "synthetic")]
+    pub dtype: vlm_run::gguf::quant::GgmlType,
     /// llama.cpp's LLaVA vision file for a GGUF --model.
-    #[arg(long, value_name = "FILE.gguf")]
+    #[arg(long, value_name = "FILE.gguf", conflicts_with = "synthetic")]
     pub mmproj: Option<PathBuf>,
     /// Image (default: the fixture's a.png). A model without a vision part is measured on
     /// text: prefill and decode tokens/s and peak GPU memory.
@@ -248,8 +262,8 @@ pub struct PruneArgs {
     /// than 24 layers, the same depth fraction as 2 of LLaVA-7B's 32).
     #[arg(long, value_name = "K")]
     pub prune_layer: Option<usize>,
-    /// MMR: weight of relevance against diversity.
-    #[arg(long, default_value_t = 0.6, value_name = "LAMBDA")]
+    /// MMR: weight of relevance against diversity (tuned on the benchmark's val split).
+    #[arg(long, default_value_t = vlm_run::prune::DEFAULT_MMR_LAMBDA, value_name = "LAMBDA")]
     pub mmr_lambda: f32,
     /// ARP: the patch grid is split into R×R regions.
     #[arg(long, default_value_t = 4, value_name = "R")]

@@ -265,6 +265,34 @@ impl Engine {
         })
     }
 
+    /// A synthetic model: `preset`'s shapes with random weights made on the GPU, the decoder
+    /// in `dtype` (see [`crate::synthetic`]). For benchmarks; its answers are noise.
+    pub fn synthetic(
+        preset: crate::synthetic::Preset,
+        dtype: crate::gguf::quant::GgmlType,
+        gpu_opts: &GpuOptions,
+        on_bytes: &dyn Fn(u64),
+    ) -> Result<Self> {
+        let t = Instant::now();
+        let s = crate::synthetic::build(preset, dtype)?;
+        let gpu = Gpu::new(gpu_opts)?;
+        let preprocessor =
+            crate::model::config::PreprocessorConfig::for_size(s.cfg.vision_config.image_size);
+        let model =
+            Llava::from_source(&gpu, s.cfg, preprocessor, &s.source, s.has_vision, on_bytes)?;
+        Ok(Self {
+            gpu,
+            model,
+            tokenizer: s.tokenizer,
+            eos: vec![2],
+            chat: Chat::llava(),
+            load_ms: ms(t),
+            model_dir: format!("synthetic:{}:{}", preset.name(), dtype.name()).into(),
+            fingerprint: format!("synthetic-{}", preset.name()),
+            vision_cache: Default::default(),
+        })
+    }
+
     /// The calibration file for a request: the one given, else `calibration.json` beside the
     /// model if present.
     pub fn calibration(&self, opts: &PruneOptions) -> Result<Option<Calibration>> {

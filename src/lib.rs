@@ -15,6 +15,7 @@ pub mod ops;
 pub mod plot;
 pub mod prompt;
 pub mod prune;
+pub mod synthetic;
 pub mod weights;
 
 pub use generate::{Engine, GenerateOptions, Output};

@@ -312,7 +312,10 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
     if args.repeat == 0 || args.max_tokens == Some(0) {
         bail!("--repeat and --max-tokens must be at least 1");
     }
-    let engine = load(args.model.as_deref(), args.mmproj.as_deref(), args.json)?;
+    let engine = match args.synthetic {
+        Some(preset) => Engine::synthetic(preset, args.dtype, &GpuOptions::from_env()?, &|_| {})?,
+        None => load(args.model.as_deref(), args.mmproj.as_deref(), args.json)?,
+    };
     if engine.model.vision.is_none() {
         if args.image.is_some() {
             bail!("this model has no vision encoder: give its --mmproj file to bench an image");
@@ -429,7 +432,18 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Rust ignores SIGPIPE, so a closed stdout (`vlm-run ... | head -1`) would make `println!`
+/// panic. Restore the default action: the process ends quietly, as other Unix tools do.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    restore_sigpipe();
     let args = cli::Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

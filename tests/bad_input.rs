@@ -196,6 +196,30 @@ fn zero_max_tokens_and_bad_sampling_options() {
 }
 
 #[test]
+fn closed_stdout_ends_the_run_without_a_panic() {
+    // `vlm-run eval ... | head -1`: the reader goes away before the report is written.
+    let runtime = tempfile::tempdir().unwrap();
+    let m = fixture().display().to_string();
+    let data =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqa-sample/questions.jsonl");
+    let data = data.display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+        .args([
+            "eval", "--model", &m, "--data", &data, "--limit", "1", "--json",
+        ])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
+
+#[test]
 fn cli_json_gives_the_reference_tokens_and_nothing_else_on_stdout() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())

@@ -93,6 +93,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
         }
     }
     // matmul 7, matmul_quant 5, gemv 6, norm 2, elementwise 2, rope 2, attention,
-    // embed, sample, bandwidth 1 each, prune_select 3, prune_score and prune_gather 1 each.
-    assert_eq!(count, 4 * (7 + 5 + 6 + 2 + 2 + 2 + 4 + 3 + 2));
+    // embed, sample, bandwidth, random_fill 1 each, prune_select 3, prune_score and
+    // prune_gather 1 each.
+    assert_eq!(count, 4 * (7 + 5 + 6 + 2 + 2 + 2 + 5 + 3 + 2));
 }

@@ -26,6 +26,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("gemv", include_str!("../../shaders/gemv.wgsl")),
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
+    (
+        "random_fill",
+        include_str!("../../shaders/random_fill.wgsl"),
+    ),
     ("norm", include_str!("../../shaders/norm.wgsl")),
     (
         "elementwise",
@@ -55,6 +59,7 @@ pub const KERNEL_FAMILIES: &[&str] = &[
     "matmul_quant",
     "gemv",
     "bandwidth",
+    "random_fill",
     "norm",
     "elementwise",
     "rope",

@@ -201,6 +201,99 @@ impl Weight {
         })
     }
 
+    /// A weight of type `ty` filled on the GPU with seeded pseudo-random values, in the same
+    /// layout [`Weight::upload_data`] gives: f16 values in ±0.05, or random quant bits with
+    /// scales in ±0.003. Nothing is uploaded, so shapes of any size can be benchmarked without
+    /// a file (`vlm-run bench --synthetic`). F16, Q4_0, Q4_1, Q8_0 and Q4_K.
+    pub fn random(
+        gpu: &Gpu,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        seed: u32,
+    ) -> Result<Self> {
+        // (bytes of scales per block in the repacked layout, words per block when each
+        // block opens with its scales)
+        let (scale_bytes, block_words) = match ty {
+            GgmlType::F16 => (0, 0),
+            GgmlType::Q4_0 | GgmlType::Q8_0 => (2, 0),
+            GgmlType::Q4_1 => (4, 0),
+            GgmlType::Q4K => (0, ty.block_bytes() / 4),
+            _ => bail!(
+                "{name}: random weights of type {} are not supported",
+                ty.name()
+            ),
+        };
+        let (cols4, row_bytes, reserve) = if ty == GgmlType::F16 {
+            let cols4 = cols.next_multiple_of(4);
+            (cols4, 2 * cols4, 0)
+        } else {
+            let Some(rb) = ty.row_bytes(cols) else {
+                bail!("{name}: {cols} columns are not whole {} blocks", ty.name());
+            };
+            (cols, rb, 4)
+        };
+        let rows_per_chunk =
+            (gpu.caps.weight_chunk.saturating_sub(reserve) / row_bytes as u64) as usize;
+        if rows_per_chunk == 0 {
+            bail!(
+                "{name}: one row of {row_bytes} bytes exceeds the weight chunk limit of {} bytes",
+                gpu.caps.weight_chunk
+            );
+        }
+        let mut chunks = Vec::new();
+        let mut kernels = Vec::new();
+        let mut row0 = 0;
+        while row0 < rows {
+            let n = rows_per_chunk.min(rows - row0);
+            let bytes = n * row_bytes;
+            let words = bytes.div_ceil(4);
+            let split = match ty {
+                GgmlType::F16 => 0,
+                _ if scale_bytes > 0 => {
+                    let groups = bytes / ty.block_bytes();
+                    groups * (ty.block_bytes() - scale_bytes) / 4
+                }
+                _ => words,
+            };
+            let buf = gpu.storage_buffer(name, 4 * words as u64)?;
+            let amp = if ty == GgmlType::F16 { 0.05f32 } else { 0.003 };
+            let chunk_seed = seed ^ (chunks.len() as u32).wrapping_mul(0x9e37_79b9);
+            let params = [
+                words as u32,
+                split as u32,
+                block_words as u32,
+                chunk_seed,
+                amp.to_bits(),
+                0,
+                0,
+                0,
+            ];
+            let workgroups = (words as u32).div_ceil(64).min(4096);
+            kernels.push(super::Kernel::new(
+                gpu,
+                "random_fill",
+                "fill",
+                &Default::default(),
+                bytemuck::cast_slice(&params),
+                &[(1, &buf)],
+                [workgroups, 1, 1],
+            )?);
+            chunks.push(WeightChunk { buf, row0, rows: n });
+            row0 += n;
+        }
+        gpu.run(&kernels.iter().collect::<Vec<_>>())?;
+        Ok(Self {
+            rows,
+            cols,
+            cols4,
+            ty,
+            row_bytes,
+            chunks,
+        })
+    }
+
     /// Bytes this weight occupies on the GPU.
     pub fn gpu_bytes(&self) -> u64 {
         self.rows as u64 * self.row_bytes as u64

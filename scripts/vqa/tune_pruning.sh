@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Tune PosPrune's constants on the validation split (never on test), at the smallest budget
+# (B=28: LLaVA-1.5's 64 of 576, scaled to the tiny model's 256 visual tokens). Each line is one
+# setting; compare with the unpruned line at the top. README's defaults come from this table.
+#
+#   bash scripts/vqa/tune_pruning.sh [N] [B]   (defaults: N=200 val questions, B=28)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-200}
+B=${2:-28}
+BIN=target/release/vlm-run
+MODEL=weights/tiny-llava-vqa
+DATA=data/vqa/val.jsonl
+[ -f "$DATA" ] || { echo "missing $DATA: run python3 scripts/vqa/make_dataset.py --out data/vqa" >&2; exit 1; }
+cargo build --release --quiet
+CAL=$(mktemp -d)/calibration.json
+$BIN calibrate --model $MODEL -o "$CAL" >/dev/null 2>&1
+
+score() {  # label, then eval options
+  local label=$1; shift
+  local acc
+  acc=$($BIN eval --model $MODEL --data $DATA --limit "$N" --json "$@" \
+    | python3 -c 'import json,sys; t=json.loads(sys.stdin.readline())["overall"]; print("%.1f%%" % (100 * t["right"] / t["total"]))')
+  printf '%-44s %s\n' "$label" "$acc"
+}
+
+score "none" --prune none
+for m in fastv pore; do score "$m" --prune $m --keep $B; done
+score "posprune (defaults)" --prune posprune --keep $B
+score "posprune calibrated" --prune posprune --keep $B --calibration "$CAL"
+for f in 0 1; do score "posprune arp-floor $f" --prune posprune --keep $B --arp-floor $f; done
+for r in 2; do score "posprune arp-regions $r" --prune posprune --keep $B --arp-regions $r; done
+for l in 0.8 1; do score "posprune mmr-lambda $l" --prune posprune --keep $B --mmr-lambda $l; done
+score "posprune arp-keep 128" --prune posprune --keep $B --arp-keep 128

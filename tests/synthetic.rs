@@ -1,0 +1,176 @@
+//! Synthetic models (`vlm-run bench --synthetic`): random weights made on the GPU keep the
+//! upload layout and stay finite and in range, and a synthetic shape costs what the real
+//! model of that shape costs.
+
+use half::f16;
+use std::path::Path;
+use std::process::Command;
+use vlm_run::gguf::quant::{dequantize, GgmlType};
+use vlm_run::gpu::{Gpu, GpuOptions, Weight};
+
+fn halves(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|h| f16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32())
+        .collect()
+}
+
+fn all_within(what: &str, v: &[f32], amp: f32) {
+    assert!(!v.is_empty(), "{what}: no values");
+    for x in v {
+        assert!(
+            x.is_finite() && x.abs() <= amp,
+            "{what}: {x} outside ±{amp}"
+        );
+    }
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    assert!(
+        hi - lo > amp / 2.0,
+        "{what}: values barely vary ({lo}..{hi})"
+    );
+}
+
+/// A weight's bytes, chunk by chunk, each cut to its rows (the fill pads to whole words).
+fn chunk_bytes(gpu: &Gpu, w: &Weight) -> Vec<Vec<u8>> {
+    w.chunks
+        .iter()
+        .map(|c| {
+            let n = (c.rows * w.row_bytes) as u64;
+            gpu.read_bytes(&c.buf, 0, n.next_multiple_of(4)).unwrap()[..n as usize].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn random_weights_keep_the_layout_and_stay_in_range() {
+    // A 4 KiB chunk limit splits every weight into several chunks.
+    let gpu = Gpu::new(&GpuOptions {
+        max_binding: Some(4096),
+        ..Default::default()
+    })
+    .unwrap();
+    let rows = 37;
+    for ty in [
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+    ] {
+        let cols = 256;
+        let w = Weight::random(&gpu, "w", ty, rows, cols, 7).unwrap();
+        assert_eq!((w.rows, w.cols, w.ty), (rows, cols, ty));
+        assert!(w.chunks.len() > 1, "{ty:?}: one chunk");
+        assert_eq!(w.chunks.iter().map(|c| c.rows).sum::<usize>(), rows);
+        let chunks = chunk_bytes(&gpu, &w);
+        let what = format!("{ty:?}");
+        match ty {
+            GgmlType::F16 => all_within(&what, &halves(&chunks.concat()), 0.05),
+            GgmlType::Q4K => {
+                // each 144-byte block opens with d and dmin; every value dequantises finite
+                let all = chunks.concat();
+                let scales: Vec<u8> = all
+                    .chunks_exact(144)
+                    .flat_map(|b| b[..4].to_vec())
+                    .collect();
+                all_within(&what, &halves(&scales), 0.003);
+                for v in dequantize(ty, &all).unwrap() {
+                    assert!(v.is_finite(), "{what}: {v}");
+                }
+            }
+            _ => {
+                // repacked: every group's quant bytes, then the scales
+                let scale_bytes = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+                for (i, b) in chunks.iter().enumerate() {
+                    let groups = b.len() / ty.block_bytes();
+                    let split = groups * (ty.block_bytes() - scale_bytes);
+                    all_within(&format!("{what} chunk {i}"), &halves(&b[split..]), 0.003);
+                    let distinct: std::collections::BTreeSet<u8> =
+                        b[..split].iter().copied().collect();
+                    assert!(
+                        distinct.len() > 200,
+                        "{what} chunk {i}: quant bytes not random"
+                    );
+                }
+            }
+        }
+        let again = chunk_bytes(&gpu, &Weight::random(&gpu, "w", ty, rows, cols, 7).unwrap());
+        assert_eq!(
+            again, chunks,
+            "{what}: the same seed must give the same weight"
+        );
+        let other = chunk_bytes(&gpu, &Weight::random(&gpu, "w", ty, rows, cols, 8).unwrap());
+        assert_ne!(
+            other, chunks,
+            "{what}: another seed must give another weight"
+        );
+    }
+    let Err(e) = Weight::random(&gpu, "w", GgmlType::Q6K, 2, 256, 1) else {
+        panic!("Q6_K random weights must be refused");
+    };
+    assert!(e.to_string().contains("not supported"), "{e}");
+}
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+        .arg("bench")
+        .args(args)
+        .args([
+            "--json",
+            "--repeat",
+            "1",
+            "-n",
+            "2",
+            "--methods",
+            "none,fastv",
+            "--budgets",
+            "576,320",
+        ])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    serde_json::Value::Array(lines)
+}
+
+#[test]
+fn synthetic_tiny_costs_what_the_fixture_of_its_shape_costs() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llava");
+    let real = bench_json(&["--model", fixture.to_str().unwrap()]);
+    for dtype in ["f16", "q8_0", "q4_0"] {
+        let syn = bench_json(&["--synthetic", "tiny", "--dtype", dtype]);
+        for (s, r) in syn.as_array().unwrap().iter().zip(real.as_array().unwrap()) {
+            assert_eq!(s["method"], r["method"]);
+            assert!(s.get("error").is_none(), "{s}");
+            assert_eq!(s["visual_tokens_kept"], r["visual_tokens_kept"], "{dtype}");
+            // the vision tower and projector are the fixture's shapes exactly
+            for k in ["encoder", "projector"] {
+                assert_eq!(s["flops"][k], r["flops"][k], "{dtype} {k}");
+            }
+            assert!(s["timings_ms"]["prefill"].as_f64().unwrap() > 0.0);
+        }
+    }
+}
+
+#[test]
+fn synthetic_shapes_that_a_type_cannot_hold_are_one_line_errors() {
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+        .args(["bench", "--synthetic", "tiny", "--dtype", "q4_k"])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not whole Q4_K blocks"), "{stderr}");
+}
