@@ -71,6 +71,10 @@ fn end_to_end_parity_with_the_pytorch_reference_of_fastv_and_posprune() {
         let img = c["image"].as_str().unwrap();
         let mut opts = method(m, b);
         opts.layer = Some(r["prune_layer"].as_u64().unwrap() as usize);
+        // the reference's constants, not the engine's current defaults
+        opts.mmr_lambda = r["mmr_lambda"].as_f64().unwrap() as f32;
+        opts.arp_regions = r["arp_regions"].as_u64().unwrap() as usize;
+        opts.arp_floor = r["arp_floor"].as_f64().unwrap() as f32;
         let out = run(e, img, opts, false);
         let what = format!("{m} B={b} {img}");
         let p = out.pruning.as_ref().unwrap();
@@ -173,7 +177,7 @@ fn gpu_selections_equal_the_cpu_references_on_real_runs() {
                     let cpu = pbc_mmr::corrected(&d.scores, raster, None);
                     let gpu = d.reweighted.as_ref().unwrap();
                     common::assert_close(&what, gpu, &cpu, 1e-4);
-                    pbc_mmr::mmr(gpu, d.gram.as_ref().unwrap(), k2, 0.6)
+                    pbc_mmr::mmr(gpu, d.gram.as_ref().unwrap(), k2, opts.mmr_lambda)
                 }
             };
             assert_eq!(d.keep, expect, "{what}: decoder selection");
