@@ -165,10 +165,12 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// A small seeded generator (SplitMix64) for the sampling kernel's uniform numbers.
-struct Rng(u64);
+/// A small seeded generator (SplitMix64): the sampling kernel's uniform numbers, and the
+/// small tensors of synthetic models.
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next_f32(&mut self) -> f32 {
+    /// Uniform in [0, 1).
+    pub(crate) fn next_f32(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -158,25 +158,24 @@ pub struct SyntheticSource {
 }
 
 /// A per-tensor seed: FNV-1a of the component and name.
-fn seed_of(c: Component, name: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in format!("{c:?}.{name}").bytes() {
-        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
-    }
-    h
+fn seed_of(c: Component, name: &str) -> u64 {
+    crate::prune::calibrate::fnv1a_u64(&[format!("{c:?}").as_bytes(), name.as_bytes()])
 }
 
-/// `n` values uniform in ±amp from a small xorshift generator.
-fn small_values(seed: u32, n: usize, amp: f32) -> Vec<f32> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
+/// `n` values uniform in ±amp.
+fn small_values(seed: u64, n: usize, amp: f32) -> Vec<f32> {
+    let mut rng = crate::generate::Rng(seed);
+    (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * amp).collect()
+}
+
+impl SyntheticSource {
+    /// The type the matrices of `c` are made in.
+    fn ty(&self, c: Component) -> GgmlType {
+        match c {
+            Component::Language | Component::LmHead => self.dtype,
+            Component::Vision | Component::Projector => GgmlType::F16,
+        }
+    }
 }
 
 impl TensorSource for SyntheticSource {
@@ -200,10 +199,7 @@ impl TensorSource for SyntheticSource {
             .collect())
     }
     fn generated(&self, c: Component) -> Option<GgmlType> {
-        Some(match c {
-            Component::Language | Component::LmHead => self.dtype,
-            Component::Vision | Component::Projector => GgmlType::F16,
-        })
+        Some(self.ty(c))
     }
     fn weight(
         &self,
@@ -213,7 +209,6 @@ impl TensorSource for SyntheticSource {
         rows: usize,
         cols: usize,
     ) -> Result<Weight> {
-        let ty = self.generated(c).unwrap_or(GgmlType::F16);
-        Weight::random(gpu, name, ty, rows, cols, seed_of(c, name))
+        Weight::random(gpu, name, self.ty(c), rows, cols, seed_of(c, name) as u32)
     }
 }

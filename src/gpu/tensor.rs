@@ -92,6 +92,19 @@ pub struct Weight {
     pub chunks: Vec<WeightChunk>,
 }
 
+/// Whole rows of `row_bytes` that fit one buffer under the weight chunk limit, less `reserve`
+/// bytes (the padding of a quantized chunk to whole words).
+fn rows_per_chunk(gpu: &Gpu, name: &str, row_bytes: usize, reserve: u64) -> Result<usize> {
+    let rows = (gpu.caps.weight_chunk.saturating_sub(reserve) / row_bytes as u64) as usize;
+    if rows == 0 {
+        bail!(
+            "{name}: one row of {row_bytes} bytes exceeds the weight chunk limit of {} bytes",
+            gpu.caps.weight_chunk
+        );
+    }
+    Ok(rows)
+}
+
 impl Weight {
     /// Upload `data` (row-major f16 bits, `rows * cols`), split by rows to fit the binding limit.
     pub fn upload(gpu: &Gpu, name: &str, rows: usize, cols: usize, data: &[u16]) -> Result<Self> {
@@ -99,14 +112,7 @@ impl Weight {
             bail!("{name}: expected {rows}x{cols} values, got {}", data.len());
         }
         let cols4 = cols.next_multiple_of(4);
-        let row_bytes = 2 * cols4 as u64;
-        let rows_per_chunk = (gpu.caps.weight_chunk / row_bytes) as usize;
-        if rows_per_chunk == 0 {
-            bail!(
-                "{name}: one row of {cols} f16 values exceeds the weight chunk limit of {} bytes",
-                gpu.caps.weight_chunk
-            );
-        }
+        let rows_per_chunk = rows_per_chunk(gpu, name, 2 * cols4, 0)?;
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
@@ -167,13 +173,7 @@ impl Weight {
                 data.len()
             );
         }
-        let rows_per_chunk = (gpu.caps.weight_chunk.saturating_sub(4) / row_bytes as u64) as usize;
-        if rows_per_chunk == 0 {
-            bail!(
-                "{name}: one row of {row_bytes} bytes exceeds the weight chunk limit of {} bytes",
-                gpu.caps.weight_chunk
-            );
-        }
+        let rows_per_chunk = rows_per_chunk(gpu, name, row_bytes, 4)?;
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
@@ -234,14 +234,7 @@ impl Weight {
             };
             (cols, rb, 4)
         };
-        let rows_per_chunk =
-            (gpu.caps.weight_chunk.saturating_sub(reserve) / row_bytes as u64) as usize;
-        if rows_per_chunk == 0 {
-            bail!(
-                "{name}: one row of {row_bytes} bytes exceeds the weight chunk limit of {} bytes",
-                gpu.caps.weight_chunk
-            );
-        }
+        let rows_per_chunk = rows_per_chunk(gpu, name, row_bytes, reserve)?;
         let mut chunks = Vec::new();
         let mut kernels = Vec::new();
         let mut row0 = 0;

@@ -47,6 +47,11 @@ pub struct Calibration {
 
 /// FNV-1a, 64 bit: a stable fingerprint (not a security hash).
 pub fn fnv1a(parts: &[&[u8]]) -> String {
+    format!("{:016x}", fnv1a_u64(parts))
+}
+
+/// [`fnv1a`] as a number (seeds of synthetic weights).
+pub fn fnv1a_u64(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {
@@ -56,7 +61,7 @@ pub fn fnv1a(parts: &[&[u8]]) -> String {
         h ^= 0xff;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
 }
 
 /// Moving average with a centred window of `window` values, truncated at the ends.
