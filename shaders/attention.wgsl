@@ -6,7 +6,9 @@
 //   Bindings: 0 params, 1 q f32 [m, q_stride], 2 k f32 [kv_len, kv_stride],
 //             3 v f32 [kv_len, kv_stride], 4 out f32 [m, o_stride]
 //   One invocation per query row, QB rows per workgroup; K/V tiles of KT keys are shared
-//   through workgroup memory. Causal: query i (position q_pos0 + i) sees keys 0..=q_pos0 + i.
+//   through workgroup memory, or with DIRECT_KV (the CPU-device variant) read straight from
+//   k and v by every invocation, with no barrier. Causal: query i (position q_pos0 + i)
+//   sees keys 0..=q_pos0 + i.
 //   Dispatch (ceil(m / QB), heads, 1).
 //
 // Split-KV decode (one query row per head over cache rows 0..step.kv_len, no score row
@@ -72,6 +74,33 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     }
     var mx = -3.0e38;
     var l = 0.0;
+#ifdef DIRECT_KV
+    // Every invocation walks its own keys, reading K and V rows from the buffers (the lanes
+    // of a SIMD batch read the same row), one online-softmax step per key.
+    if valid {
+        let off = kvh * HD;
+        for (var j = 0u; j < my_end; j++) {
+            let r = j * p.kv_stride + off;
+            var s = 0.0;
+            for (var d = 0u; d < HD; d++) {
+                s = fma(qv[d], k[r + d], s);
+            }
+            if s > mx {
+                let corr = exp(mx - s);
+                l *= corr;
+                for (var d = 0u; d < HD; d++) {
+                    acc[d] *= corr;
+                }
+                mx = s;
+            }
+            let pj = exp(s - mx);
+            l += pj;
+            for (var d = 0u; d < HD; d++) {
+                acc[d] = fma(pj, v[r + d], acc[d]);
+            }
+        }
+    }
+#else
     for (var t0 = 0u; t0 < kv_end; t0 += KT) {
         for (var e = lid; e < KT * HD; e += QB) {
             let j = t0 + e / HD;
@@ -115,6 +144,7 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         }
         workgroupBarrier();
     }
+#endif
     if valid {
         let inv = 1.0 / l;
         for (var d = 0u; d < HD; d++) {

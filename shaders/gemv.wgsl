@@ -19,6 +19,11 @@
 //   workgroup memory). GATE_UP: a lane group computes gate rows j..j+LG_ROWS/2 and the same up
 //   rows (n/2 further on), and writes silu(gate) * up.
 //   Dispatch fold(ceil(rows / (8 * LG_ROWS))), rows = n (GATE_UP: n / 2 pairs, 2 rows each).
+// gemm_lanes (with TOKENS, a value): the same lane groups over m input rows, for prefill on
+//   CPU devices, where workgroup-memory tiles are slow. A lane group computes LG_ROWS rows
+//   for TOKENS input rows: it loads each input row's group once and reuses it for LG_ROWS
+//   weight rows, then sums LG_ROWS * TOKENS lane partials. No NORM, no GATE_UP.
+//   x is [m, x_stride4] vec4 rows. Dispatch (ceil(n / (8 * LG_ROWS)), ceil(m / TOKENS), 1).
 #include "common"
 #include "linear_store"
 
@@ -29,8 +34,8 @@ struct Params {
     out_col: u32,
     eps: f32,
     out_stride: u32,
-    pad0: u32,
-    pad1: u32,
+    m: u32,          // gemm_lanes only
+    x_stride4: u32,  // gemm_lanes only
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -61,6 +66,27 @@ fn nib_hi(q: u32) -> vec4<f32> {
 }
 fn i8x4(q: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(q)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+// Group gi of the x row starting at vec4 row0 (zero past k), scaled by the RMSNorm weight
+// and `scale` with NORM, and its sum.
+fn x_group(row0: u32, gi: u32, scale: f32) -> XGroup {
+    var xg: XGroup;
+    var tot = vec4<f32>(0.0);
+    for (var j = 0u; j < 8u; j++) {
+        let c = gi * 8u + j;
+        var v = vec4<f32>(0.0);
+        if c < p.k / 4u {
+            v = x[row0 + c];
+#ifdef NORM
+            v *= g[c] * scale;
+#endif
+        }
+        xg.v[j] = v;
+        tot += v;
+    }
+    xg.sum = dot(tot, vec4<f32>(1.0));
+    return xg;
 }
 
 // Word i of the scale region that follows the n * nb groups of QW words.
@@ -192,21 +218,7 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var acc: array<f32, LG_ROWS>;
     let groups = (p.k + 31u) / 32u;
     for (var gi = lane; gi < groups; gi += LANES) {
-        var xg: XGroup;
-        var tot = vec4<f32>(0.0);
-        for (var j = 0u; j < 8u; j++) {
-            let c = gi * 8u + j;
-            var v = vec4<f32>(0.0);
-            if c < k4 {
-                v = x[c];
-#ifdef NORM
-                v *= g[c] * scale;
-#endif
-            }
-            xg.v[j] = v;
-            tot += v;
-        }
-        xg.sum = dot(tot, vec4<f32>(1.0));
+        let xg = x_group(0u, gi, scale);
         for (var r = 0u; r < LG_ROWS; r++) {
             let row = row_of(base, r);
             if in_range(base, r, valid) {
@@ -251,3 +263,66 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
 #endif
 }
+
+#ifdef TOKENS
+#ifndef SUBGROUPS
+var<workgroup> part_t: array<f32, WG * TOKENS>;
+#endif
+
+@compute @workgroup_size(64)
+fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let lane = lid % LANES;
+    let base = (wid.x * (WG / LANES) + lid / LANES) * LG_ROWS;
+    let t0 = wid.y * TOKENS;
+    var acc: array<array<f32, TOKENS>, LG_ROWS>;
+    let groups = (p.k + 31u) / 32u;
+    for (var gi = lane; gi < groups; gi += LANES) {
+        for (var t = 0u; t < TOKENS; t++) {
+            if t0 + t >= p.m {
+                break;
+            }
+            let xg = x_group((t0 + t) * p.x_stride4, gi, 1.0);
+            for (var r = 0u; r < LG_ROWS; r++) {
+                if base + r < p.n {
+                    acc[r][t] += group_dot(base + r, gi, xg);
+                }
+            }
+        }
+    }
+#ifdef SUBGROUPS
+    for (var r = 0u; r < LG_ROWS; r++) {
+        for (var t = 0u; t < TOKENS; t++) {
+            acc[r][t] = lane_sum(acc[r][t]);
+        }
+    }
+#else
+    // one weight row at a time, so that workgroup memory holds WG * TOKENS partials
+    for (var r = 0u; r < LG_ROWS; r++) {
+        for (var t = 0u; t < TOKENS; t++) {
+            part_t[lid * TOKENS + t] = acc[r][t];
+        }
+        workgroupBarrier();
+        if lane == 0u {
+            for (var t = 0u; t < TOKENS; t++) {
+                var s = 0.0;
+                for (var i = 0u; i < LANES; i++) {
+                    s += part_t[(lid + i) * TOKENS + t];
+                }
+                acc[r][t] = s;
+            }
+        }
+        workgroupBarrier();
+    }
+#endif
+    if lane != 0u {
+        return;
+    }
+    for (var r = 0u; r < LG_ROWS; r++) {
+        for (var t = 0u; t < TOKENS; t++) {
+            if base + r < p.n && t0 + t < p.m {
+                store(t0 + t, base + r, acc[r][t]);
+            }
+        }
+    }
+}
+#endif

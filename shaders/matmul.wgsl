@@ -8,8 +8,10 @@
 // Variants: BIAS, ACT_GELU | ACT_QUICK_GELU, ACCUMULATE (y += result, for residual adds),
 //           F16, SUBGROUPS.
 // Entry points:
-//   gemm: 64x64 output tile per workgroup of 16x16 invocations, each computing 4x4 outputs,
-//         K in steps of 16 through workgroup memory. Dispatch (ceil(n/64), ceil(m/64), 1).
+//   gemm: (4*TN)x(4*TN) output tile per workgroup of TNxTN invocations, each computing 4x4
+//         outputs, K in steps of 16 through workgroup memory. TN (value: 16 or 8, a 64x64 or
+//         32x32 tile) comes from the device's tile table or the autotuner (ops::matmul::Tile).
+//         Dispatch (ceil(n/(4*TN)), ceil(m/(4*TN)), 1).
 //   gemv: m == 1. ROWS=4 output rows per workgroup of WG_SIZE invocations striding over K
 //         with vec4 loads, then a workgroup reduction. Dispatch fold(ceil(n/4)).
 #include "common"
@@ -34,26 +36,28 @@ struct Params {
 #endif
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
+const BM: u32 = 4u * TN;
+const BN: u32 = 4u * TN;
 const BK: u32 = 16u;
+const THREADS: u32 = TN * TN;
 
-var<workgroup> a_tile: array<f32, 1024>; // [BK][BM]
-var<workgroup> b_tile: array<f32, 1024>; // [BK][BN]
+var<workgroup> a_tile: array<f32, BK * BM>; // [BK][BM]
+var<workgroup> b_tile: array<f32, BK * BN>; // [BK][BN]
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(TN, TN)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tx = lid.x;
     let ty = lid.y;
-    let tid = ty * 16u + tx;
+    let tid = ty * TN + tx;
     let n0 = wid.x * BN;
     let m0 = wid.y * BM;
     var acc: array<array<f32, 4>, 4>;
     let tiles = (p.k4 + BK - 1u) / BK;
     for (var t = 0u; t < tiles; t++) {
         let k0 = t * BK;
-        for (var i = 0u; i < 4u; i++) {
-            let idx = tid + 256u * i;
+        // x: BM rows x BK values, one value per load.
+        for (var i = 0u; i < BK * BM / THREADS; i++) {
+            let idx = tid + THREADS * i;
             let ml = idx / BK;
             let kl = idx % BK;
             let m = m0 + ml;
@@ -64,9 +68,11 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             }
             a_tile[kl * BM + ml] = v;
         }
-        {
-            let nl = tid / 4u;
-            let kq = (tid % 4u) * 4u;
+        // W: BN rows x BK values, one vec4 per load.
+        for (var i = 0u; i < BK * BN / 4u / THREADS; i++) {
+            let idx = tid + THREADS * i;
+            let nl = idx / 4u;
+            let kq = (idx % 4u) * 4u;
             let n = n0 + nl;
             let k = k0 + kq;
             var v = vec4<f32>(0.0);
@@ -83,8 +89,8 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             var a: array<f32, 4>;
             var b: array<f32, 4>;
             for (var i = 0u; i < 4u; i++) {
-                a[i] = a_tile[kk * BM + ty + 16u * i];
-                b[i] = b_tile[kk * BN + tx + 16u * i];
+                a[i] = a_tile[kk * BM + ty + TN * i];
+                b[i] = b_tile[kk * BN + tx + TN * i];
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var j = 0u; j < 4u; j++) {
@@ -96,8 +102,8 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
-            let m = m0 + ty + 16u * i;
-            let n = n0 + tx + 16u * j;
+            let m = m0 + ty + TN * i;
+            let n = n0 + tx + TN * j;
             if m < p.m && n < p.n {
                 store(m, n, acc[i][j]);
             }

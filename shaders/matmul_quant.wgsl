@@ -17,9 +17,10 @@
 // Entry points:
 //   gemv: m == 1. 8 output rows per workgroup of 64 invocations, 8 per row striding over the
 //         row's groups, then a workgroup-memory sum. Dispatch fold(ceil(n / 8)).
-//   gemm: 64x64 output tile per workgroup of 16x16 invocations, each computing 4x4 outputs,
-//         K in steps of one group (32) through workgroup memory, dequantised on load.
-//         Dispatch (ceil(n / 64), ceil(m / 64), 1).
+//   gemm: (4*TN)x(4*TN) output tile per workgroup of TNxTN invocations (TN, a value define:
+//         16 or 8, as in matmul.wgsl), each computing 4x4 outputs, K in steps of one group
+//         (32) through workgroup memory, dequantised on load.
+//         Dispatch (ceil(n / (4*TN)), ceil(m / (4*TN)), 1).
 //   embed_rows: y[t, c] = W[ids[t] - out_col, c] for ids inside this chunk (n rows), one
 //         invocation per (t, c) of m x k. Dispatch fold(ceil(m * k / 64)).
 #include "common"
@@ -251,28 +252,30 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
 }
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
+const BM: u32 = 4u * TN;
+const BN: u32 = 4u * TN;
 const BK: u32 = 32u;
+const THREADS: u32 = TN * TN;
 
-var<workgroup> a_tile: array<f32, 2048>; // [BK][BM]
-var<workgroup> b_tile: array<f32, 2048>; // [BK][BN]
+var<workgroup> a_tile: array<f32, BK * BM>; // [BK][BM]
+var<workgroup> b_tile: array<f32, BK * BN>; // [BK][BN]
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(TN, TN)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tx = lid.x;
     let ty = lid.y;
-    let tid = ty * 16u + tx;
+    let tid = ty * TN + tx;
     let n0 = wid.x * BN;
     let m0 = wid.y * BM;
     var acc: array<array<f32, 4>, 4>;
     let groups = p.k / BK;
     for (var g = 0u; g < groups; g++) {
         let k0 = g * BK;
-        {
-            // x: 64 rows x 32 values; each invocation loads 8 of one row.
-            let ml = tid / 4u;
-            let kl = (tid % 4u) * 8u;
+        // x: BM rows x 32 values; each load takes 8 of one row.
+        for (var i = 0u; i < BM * 4u / THREADS; i++) {
+            let idx = tid + THREADS * i;
+            let ml = idx / 4u;
+            let kl = (idx % 4u) * 8u;
             let m = m0 + ml;
             var a = vec4<f32>(0.0);
             var b = vec4<f32>(0.0);
@@ -280,15 +283,16 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 a = x4(m, k0 + kl);
                 b = x4(m, k0 + kl + 4u);
             }
-            for (var i = 0u; i < 4u; i++) {
-                a_tile[(kl + i) * BM + ml] = a[i];
-                a_tile[(kl + 4u + i) * BM + ml] = b[i];
+            for (var j = 0u; j < 4u; j++) {
+                a_tile[(kl + j) * BM + ml] = a[j];
+                a_tile[(kl + 4u + j) * BM + ml] = b[j];
             }
         }
-        {
-            // W: 64 rows x one group; each invocation dequantises 8 values of one row.
-            let nl = tid / 4u;
-            let kl = (tid % 4u) * 8u;
+        // W: BN rows x one group; each load dequantises 8 values of one row.
+        for (var i = 0u; i < BN * 4u / THREADS; i++) {
+            let idx = tid + THREADS * i;
+            let nl = idx / 4u;
+            let kl = (idx % 4u) * 8u;
             let n = n0 + nl;
             var a = vec4<f32>(0.0);
             var b = vec4<f32>(0.0);
@@ -298,9 +302,9 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 a = quads(gr, kl) * s + gr.offset;
                 b = quads(gr, kl + 4u) * s + gr.offset;
             }
-            for (var i = 0u; i < 4u; i++) {
-                b_tile[(kl + i) * BN + nl] = a[i];
-                b_tile[(kl + 4u + i) * BN + nl] = b[i];
+            for (var j = 0u; j < 4u; j++) {
+                b_tile[(kl + j) * BN + nl] = a[j];
+                b_tile[(kl + 4u + j) * BN + nl] = b[j];
             }
         }
         workgroupBarrier();
@@ -308,8 +312,8 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
             for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * BM + ty + 16u * i];
-                bv[i] = b_tile[kk * BN + tx + 16u * i];
+                av[i] = a_tile[kk * BM + ty + TN * i];
+                bv[i] = b_tile[kk * BN + tx + TN * i];
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var j = 0u; j < 4u; j++) {
@@ -321,8 +325,8 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
-            let m = m0 + ty + 16u * i;
-            let n = n0 + tx + 16u * j;
+            let m = m0 + ty + TN * i;
+            let n = n0 + tx + TN * j;
             if m < p.m && n < p.n {
                 store(m, n, acc[i][j]);
             }

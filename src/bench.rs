@@ -1,9 +1,13 @@
-//! `vlm-run bench` on a text-only model: prefill and decode tokens per second, and peak GPU
-//! memory, as medians over runs after a warm-up run.
+//! `vlm-run bench`: one request measured end to end (vision encoder, prefill, time to first
+//! token, decode tokens/s and its effective bandwidth, peak GPU memory), as medians over
+//! runs after a warm-up; with `--prune-sweep`, time to first token for every pruning method
+//! at every budget, next to the speed-up its FLOPs predict.
 
 use crate::cli::BenchArgs;
-use anyhow::Result;
-use vlm_run::{Engine, GenerateOptions, Output};
+use anyhow::{bail, Result};
+use image::RgbImage as Image;
+use vlm_run::prune::Method;
+use vlm_run::{Engine, GenerateOptions, Output, PruneOptions};
 
 /// About 100 tokens of plain prose, so that prefill is measured over a realistic prompt.
 const TEXT_PROMPT: &str = "The history of the printing press begins in the fifteenth century, \
@@ -12,85 +16,280 @@ into a system that could produce books far faster than scribes. Within fifty yea
 shops had spread to more than two hundred cities across Europe, and the price of books fell \
 sharply. Summarise the consequences of this invention for science and education.";
 
+/// The prompt of an image request when none is given.
+const IMAGE_PROMPT: &str = "Describe the image.";
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-pub fn text(engine: &Engine, args: &BenchArgs) -> Result<()> {
-    let prompt = args.prompt.as_deref().unwrap_or(TEXT_PROMPT);
+/// What `bench` reports for one request, medians over the measured runs.
+struct Measurement {
+    prompt_tokens: usize,
+    visual_tokens: usize,
+    decoded: usize,
+    encode_ms: f64,
+    prefill_ms: f64,
+    ttft_ms: f64,
+    decode_ms: f64,
+    peak: Option<u64>,
+    kv: u64,
+    /// Bytes one decode step reads: every decoder weight and the valid KV-cache rows.
+    step_bytes: f64,
+}
+
+impl Measurement {
+    fn prefill_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / (self.prefill_ms / 1e3)
+    }
+    fn decode_tps(&self) -> f64 {
+        self.decoded as f64 / (self.decode_ms / 1e3)
+    }
+    fn decode_bandwidth(&self) -> f64 {
+        self.step_bytes * self.decode_tps()
+    }
+}
+
+fn measure(
+    engine: &Engine,
+    image: Option<&Image>,
+    prompt: &str,
+    args: &BenchArgs,
+) -> Result<Measurement> {
     let opts = GenerateOptions {
         max_tokens: args.max_tokens.unwrap_or(64),
         ignore_eos: true,
         ..Default::default()
     };
-    engine.generate(None, prompt, &opts, &mut |_| {})?; // warm-up
+    engine.generate(image, prompt, &opts, &mut |_| {})?; // warm-up
     let mut runs: Vec<Output> = Vec::new();
     for _ in 0..args.repeat {
-        runs.push(engine.generate(None, prompt, &opts, &mut |_| {})?);
+        runs.push(engine.generate(image, prompt, &opts, &mut |_| {})?);
     }
-    let prompt_tokens = runs[0].prompt_tokens;
-    let decoded = runs[0].tokens.len().saturating_sub(1);
-    let prefill_ms = median(runs.iter().map(|o| o.timings_ms.prefill).collect());
-    let decode_ms = median(runs.iter().map(|o| o.timings_ms.decode).collect());
-    let prefill_tps = prompt_tokens as f64 / (prefill_ms / 1e3);
-    let decode_tps = decoded as f64 / (decode_ms / 1e3);
-    let peak = runs.iter().filter_map(|o| o.peak_gpu_bytes).max();
-    let weights = engine.model.weight_bytes;
-    let kv = runs[0].kv_cache_bytes;
-    // Bytes one decode step reads: the decoder's weights, and the valid KV-cache rows (on
-    // average over the run, prompt + (decoded + 1) / 2 rows of K and V in every layer).
+    let first = &runs[0];
+    // The first token comes out of prefill; decode steps produce the rest.
+    let decoded = first.tokens.len().saturating_sub(1);
+    // Valid KV rows per layer, on average over the decode steps: the prompt rows that layer
+    // kept, plus (decoded + 1) / 2 generated ones; K and V, f32.
     let llm = &engine.model.llm;
     let d_kv = (llm.cfg.kv_heads() * llm.cfg.head_dim()) as f64;
-    let mean_rows = prompt_tokens as f64 + (decoded as f64 + 1.0) / 2.0;
-    let kv_read = 2.0 * llm.cfg.num_hidden_layers as f64 * mean_rows * d_kv * 4.0;
-    let step_bytes = llm.decode_weight_bytes() as f64 + kv_read;
-    let decode_bw = step_bytes * decode_tps;
+    let rows: f64 = first
+        .tokens_per_layer
+        .iter()
+        .map(|&t| t as f64 + (decoded as f64 + 1.0) / 2.0)
+        .sum();
+    Ok(Measurement {
+        prompt_tokens: first.prompt_tokens,
+        visual_tokens: first.visual_tokens,
+        decoded,
+        encode_ms: median(runs.iter().map(|o| o.timings_ms.encode).collect()),
+        prefill_ms: median(runs.iter().map(|o| o.timings_ms.prefill).collect()),
+        ttft_ms: median(runs.iter().map(time_to_first_token).collect()),
+        decode_ms: median(runs.iter().map(|o| o.timings_ms.decode).collect()),
+        peak: runs.iter().filter_map(|o| o.peak_gpu_bytes).max(),
+        kv: first.kv_cache_bytes,
+        step_bytes: llm.decode_weight_bytes() as f64 + 2.0 * rows * d_kv * 4.0,
+    })
+}
+
+/// Vision encoder and projector, pruning passes and decoder prefill.
+fn time_to_first_token(out: &Output) -> f64 {
+    let t = &out.timings_ms;
+    t.encode + t.prune + t.prefill
+}
+
+/// The single-request report: a table, or one JSON line.
+pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> Result<()> {
+    let default_prompt = if image.is_some() {
+        IMAGE_PROMPT
+    } else {
+        TEXT_PROMPT
+    };
+    let prompt = args.prompt.as_deref().unwrap_or(default_prompt);
+    let m = measure(engine, image.map(|i| i.0), prompt, args)?;
     let copy_bw = vlm_run::ops::bandwidth::copy_bandwidth(&engine.gpu, 5)?;
+    let weights = engine.model.weight_bytes;
     let gb = |b: f64| b / 1e9;
     if args.json {
         let line = serde_json::json!({
             "device": engine.gpu.describe(),
             "model": engine.model_dir.display().to_string(),
-            "prompt_tokens": prompt_tokens, "decoded_tokens": decoded,
-            "prefill_ms": prefill_ms, "prefill_tokens_per_s": prefill_tps,
-            "time_to_first_token_ms": prefill_ms,
-            "decode_ms": decode_ms, "decode_tokens_per_s": decode_tps,
-            "weight_bytes": weights, "kv_cache_bytes": kv, "peak_gpu_bytes": peak,
-            "decode_bytes_per_token": step_bytes,
-            "decode_bandwidth_gb_s": gb(decode_bw),
+            "image": image.map(|i| i.1),
+            "prompt_tokens": m.prompt_tokens, "visual_tokens": m.visual_tokens,
+            "decoded_tokens": m.decoded,
+            "vision_encoder_ms": m.encode_ms,
+            "prefill_ms": m.prefill_ms, "prefill_tokens_per_s": m.prefill_tps(),
+            "time_to_first_token_ms": m.ttft_ms,
+            "decode_ms": m.decode_ms, "decode_tokens_per_s": m.decode_tps(),
+            "weight_bytes": weights, "kv_cache_bytes": m.kv, "peak_gpu_bytes": m.peak,
+            "decode_bytes_per_token": m.step_bytes,
+            "decode_bandwidth_gb_s": gb(m.decode_bandwidth()),
             "copy_bandwidth_gb_s": gb(copy_bw),
-            "decode_bandwidth_pct_of_copy": 100.0 * decode_bw / copy_bw,
+            "decode_bandwidth_pct_of_copy": 100.0 * m.decode_bandwidth() / copy_bw,
         });
         println!("{line}");
         return Ok(());
     }
+    let llm = &engine.model.llm;
     println!("device: {}", engine.gpu.describe());
     println!(
-        "model: {} ({} layers, width {}), {} runs after a warm-up, medians",
+        "model: {} ({} layers, width {}{}), {} runs after a warm-up, medians",
         engine.model_dir.display(),
         llm.cfg.num_hidden_layers,
         llm.cfg.hidden_size,
+        image.map_or(String::new(), |i| format!(
+            "; image {}, {} visual tokens",
+            i.1, m.visual_tokens
+        )),
         args.repeat
     );
     println!();
-    println!("| prompt tokens | prefill ms (time to first token) | prefill tok/s | decoded tokens | decode tok/s | weights MiB | KV cache MiB | peak GPU MiB |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| prompt tokens | vision encoder ms | prefill ms | prefill tok/s | time to first token ms | decoded tokens | decode tok/s | weights MiB | KV cache MiB | peak GPU MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let encoder = if image.is_some() {
+        format!("{:.1}", m.encode_ms)
+    } else {
+        "-".into()
+    };
     println!(
-        "| {prompt_tokens} | {prefill_ms:.1} | {prefill_tps:.1} | {decoded} | {decode_tps:.2} | {:.1} | {:.2} | {} |",
+        "| {} | {encoder} | {:.1} | {:.1} | {:.1} | {} | {:.2} | {:.1} | {:.2} | {} |",
+        m.prompt_tokens,
+        m.prefill_ms,
+        m.prefill_tps(),
+        m.ttft_ms,
+        m.decoded,
+        m.decode_tps(),
         mib(weights),
-        mib(kv),
-        peak.map_or("n/a".into(), |p| format!("{:.1}", mib(p)))
+        mib(m.kv),
+        m.peak.map_or("n/a".into(), |p| format!("{:.1}", mib(p)))
     );
     println!();
     println!(
         "decode reads {:.1} MB per token (weights and KV cache): {:.2} GB/s effective, \
          {:.0}% of this device's copy bandwidth ({:.2} GB/s read + written, copy kernel)",
-        step_bytes / 1e6,
-        gb(decode_bw),
-        100.0 * decode_bw / copy_bw,
+        m.step_bytes / 1e6,
+        gb(m.decode_bandwidth()),
+        100.0 * m.decode_bandwidth() / copy_bw,
         gb(copy_bw)
     );
+    Ok(())
+}
+
+/// `--prune-sweep`: time to first token for each method at each budget (best of `--repeat`,
+/// one generated token), its speed-up over the first row, and the speed-up that the prefill
+/// FLOPs (encoder, projector and decoder) predict.
+pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<()> {
+    let prompt = args.prompt.as_deref().unwrap_or(IMAGE_PROMPT);
+    let n = engine.model.visual_tokens();
+    if !args.json {
+        println!();
+        println!(
+            "pruning sweep: time to first token, best of {} (speed-up: over the first row; \
+             ideal: the FLOPs ratio; share: speed-up ÷ ideal)",
+            args.repeat
+        );
+        println!();
+        println!("| method | B | kept (encoder / from K) | prune ms | prefill ms | time to first token ms | speed-up | ideal | share | KV-cache bytes | decoder prefill GFLOP |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    }
+    let budgets = if args.budgets.is_empty() {
+        vlm_run::eval::sweep_budgets(n)
+    } else {
+        args.budgets.clone()
+    };
+    let mut baseline: Option<(f64, u64)> = None;
+    for &method in &args.methods {
+        for &b in &budgets {
+            if method == Method::None && b != n {
+                continue;
+            }
+            let opts = GenerateOptions {
+                max_tokens: 1,
+                prune: PruneOptions {
+                    method,
+                    keep: (method != Method::None).then_some(b),
+                    layer: args.prune_layer,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let mut best: Option<Output> = None;
+            let mut failed = None;
+            for _ in 0..args.repeat {
+                match engine.generate(Some(image), prompt, &opts, &mut |_| {}) {
+                    Ok(out) => {
+                        if best
+                            .as_ref()
+                            .is_none_or(|b| time_to_first_token(&out) < time_to_first_token(b))
+                        {
+                            best = Some(out);
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+            let out = match (best, failed) {
+                (Some(out), None) => out,
+                (_, e) => {
+                    let e = e.unwrap_or_default();
+                    if args.json {
+                        let line = serde_json::json!({"method": method, "budget": b, "error": e});
+                        println!("{line}");
+                    } else {
+                        println!("| {method} | {b} | not reachable: {e} | | | | | | | | |");
+                    }
+                    continue;
+                }
+            };
+            let ttft = time_to_first_token(&out);
+            let f = &out.flops;
+            let flops = f.encoder + f.projector + f.decoder;
+            let (t0, f0) = *baseline.get_or_insert((ttft, flops));
+            let speedup = t0 / ttft;
+            let ideal = f0 as f64 / flops.max(1) as f64;
+            if args.json {
+                let line = serde_json::json!({
+                    "method": method, "budget": b,
+                    "visual_tokens_kept": out.visual_tokens_kept,
+                    "tokens_per_layer": out.tokens_per_layer,
+                    "kv_cache_bytes": out.kv_cache_bytes,
+                    "flops": out.flops, "timings_ms": out.timings_ms,
+                    "time_to_first_token_ms": ttft,
+                    "speedup": speedup, "ideal_speedup": ideal,
+                });
+                println!("{line}");
+                continue;
+            }
+            let (enc, dec) = out
+                .pruning
+                .as_ref()
+                .map_or((n, n), |p| (p.kept_encoder, p.kept_decoder));
+            let share = if ideal > 1.0 + 1e-9 {
+                format!("{:.0}%", 100.0 * speedup / ideal)
+            } else {
+                String::new()
+            };
+            println!(
+                "| {method} | {b} | {enc} / {dec} | {:.1} | {:.1} | {ttft:.1} | {speedup:.2}× | {ideal:.2}× | {share} | {} | {:.4} |",
+                out.timings_ms.prune,
+                out.timings_ms.prefill,
+                out.kv_cache_bytes,
+                f.decoder as f64 / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Arguments that cannot be measured, refused before the model loads.
+pub fn check_args(args: &BenchArgs) -> Result<()> {
+    if args.repeat == 0 || args.max_tokens == Some(0) {
+        bail!("--repeat and --max-tokens must be at least 1");
+    }
     Ok(())
 }

@@ -24,10 +24,14 @@ pub const DEFAULT_MODEL: &str = "weights/tiny-llava-vqa";
                   vlm-run --model llava-v1.5-7b-Q4_K_M.gguf --mmproj mmproj-model-f16.gguf --image photo.jpg --prompt \"Describe it.\"\n  \
                   vlm-run calibrate --model ~/models/llava-1.5-7b-hf\n  \
                   vlm-run bench --image photo.jpg\n  \
-                  vlm-run bench --model weights/SmolLM2-135M-Instruct.Q4_1.gguf\n\n\
+                  vlm-run bench --model weights/SmolLM2-135M-Instruct.Q4_1.gguf\n  \
+                  vlm-run bench --synthetic llava-1.5-7b --dtype q4_0 --prune-sweep\n\n\
                   ENVIRONMENT:\n  VLM_RUN_F16=0|1         use shader-f16 (default: when the adapter has it)\n  \
                   VLM_RUN_SUBGROUPS=0|1   use subgroup reductions (default: when the adapter has them)\n  \
-                  VLM_RUN_MAX_BINDING=N   split weights into chunks of at most N bytes"
+                  VLM_RUN_MAX_BINDING=N   split weights into chunks of at most N bytes\n  \
+                  VLM_RUN_GEMM_TILE=K     prefill GEMM kernel: 64 or 32 (workgroup tiles), lanes (lane groups),\n                          \
+                  tune (time each on the model at load; cached in VLM_RUN_CACHE_DIR,\n                          \
+                  else ~/.cache/vlm-run), auto (default: the device class's table)"
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -111,9 +115,10 @@ pub enum Command {
     /// Measure the decoder's positional attention bias on content-free inputs (a mean-colour
     /// image, neutral prompts) and write it, with PoRe's rho, for PBC and PoRe to use.
     Calibrate(CalibrateArgs),
-    /// Time every pruning method at several budgets on one image and print a table:
-    /// visual tokens, prefill time, KV-cache bytes and decoder FLOPs. On a text-only (GGUF)
-    /// model: prefill and decode tokens/s and peak GPU memory.
+    /// Measure one request: vision-encoder ms, prefill ms and tokens/s, time to first token,
+    /// decode tokens/s and its effective bandwidth against the device's copy bandwidth, and
+    /// peak GPU memory (medians after a warm-up). --prune-sweep adds time to first token for
+    /// every pruning method at several budgets, next to the speed-up its FLOPs predict.
     Bench(BenchArgs),
     /// Accuracy on a visual-QA file (this repo's synthetic JSONL, or POPE's format), overall
     /// and per category; with --sweep, every pruning method at four budgets, written as a
@@ -223,20 +228,29 @@ pub struct BenchArgs {
     /// Prompt (default: "Describe the image.", or a ~100-token text for text-only models).
     #[arg(long, short = 'p', value_name = "TEXT")]
     pub prompt: Option<String>,
-    /// Methods to compare, comma-separated.
+    /// After the single-request report, measure time to first token for every method at
+    /// every budget, next to the speed-up that the prefill FLOPs predict (image models).
+    #[arg(long)]
+    pub prune_sweep: bool,
+    /// Methods the pruning sweep compares, comma-separated.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "none,fastv,fastervlm,visionzip,divprune,pore,posprune"
+        default_value = "none,fastv,fastervlm,visionzip,divprune,pore,posprune",
+        requires = "prune_sweep"
     )]
     pub methods: Vec<vlm_run::Method>,
-    /// Budgets B (average visual tokens per decoder layer), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "576,192,128,64")]
+    /// Budgets B of the pruning sweep (average visual tokens per decoder layer),
+    /// comma-separated. Default: 576,192,128,64 scaled by N/576 for a model of N visual
+    /// tokens, as `eval --sweep` does.
+    #[arg(long, value_delimiter = ',', requires = "prune_sweep")]
     pub budgets: Vec<usize>,
-    /// Tokens to generate per run (default 8; 64 for text-only models).
+    /// Tokens to generate per measured run, past EOS (default 64; the sweep generates one:
+    /// it times the first token).
     #[arg(long, short = 'n')]
     pub max_tokens: Option<usize>,
-    /// Runs per cell; the table shows the fastest.
+    /// Measured runs after the warm-up: the report gives their medians, the sweep the
+    /// fastest of them per cell.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     /// Decoder layer K for decoder-side methods.

@@ -154,6 +154,8 @@ pub struct Engine {
     pub fingerprint: String,
     /// The last tower pass run with `reuse_vision`, keyed by its preprocessed pixels.
     vision_cache: std::sync::Mutex<Option<(Vec<f32>, Arc<VisionPass>)>>,
+    /// What the GEMM autotuner chose at load (`VLM_RUN_GEMM_TILE=tune`), else None.
+    pub gemm_tuning: Option<crate::ops::autotune::Tuning>,
 }
 
 /// A fingerprint of a model's config and its decoder's final norm weights.
@@ -226,7 +228,7 @@ impl Engine {
                 "norm.weight",
                 &[model.cfg.text_config.hidden_size],
             )?;
-            return Ok(Self {
+            return Self {
                 gpu,
                 model,
                 tokenizer,
@@ -236,7 +238,9 @@ impl Engine {
                 model_dir: dir.to_path_buf(),
                 fingerprint: fingerprint(&config, &norm),
                 vision_cache: Default::default(),
-            });
+                gemm_tuning: None,
+            }
+            .tuned(gpu_opts);
         }
         let g = crate::gguf::model::open(model, mmproj)?;
         let gpu = Gpu::new(gpu_opts)?;
@@ -254,7 +258,7 @@ impl Engine {
             "norm.weight",
             &[llava.cfg.text_config.hidden_size],
         )?;
-        Ok(Self {
+        Self {
             gpu,
             model: llava,
             tokenizer: g.tokenizer,
@@ -264,7 +268,9 @@ impl Engine {
             model_dir: model.parent().map(Path::to_path_buf).unwrap_or_default(),
             fingerprint: fingerprint(g.config_text.as_bytes(), &norm),
             vision_cache: Default::default(),
-        })
+            gemm_tuning: None,
+        }
+        .tuned(gpu_opts)
     }
 
     /// A synthetic model: `preset`'s shapes with random weights made on the GPU, the decoder
@@ -282,7 +288,7 @@ impl Engine {
             crate::model::config::PreprocessorConfig::for_size(s.cfg.vision_config.image_size);
         let model =
             Llava::from_source(&gpu, s.cfg, preprocessor, &s.source, s.has_vision, on_bytes)?;
-        Ok(Self {
+        Self {
             gpu,
             model,
             tokenizer: s.tokenizer,
@@ -292,7 +298,37 @@ impl Engine {
             model_dir: format!("synthetic:{}:{}", preset.name(), dtype.name()).into(),
             fingerprint: format!("synthetic-{}", preset.name()),
             vision_cache: Default::default(),
-        })
+            gemm_tuning: None,
+        }
+        .tuned(gpu_opts)
+    }
+
+    /// With `VLM_RUN_GEMM_TILE=tune`: pick the GEMM kernel for this model on this device
+    /// (cached after the first time), timed on the first layer's matrices at prefill sizes:
+    /// the prompt rows of a request with an image (visual tokens + 32) or of 128 text
+    /// tokens, and the encoder's patches.
+    fn tuned(mut self, gpu_opts: &GpuOptions) -> Result<Self> {
+        if gpu_opts.gemm_tile != crate::gpu::TileChoice::Tune {
+            return Ok(self);
+        }
+        use crate::ops::autotune::{tune, Shapes};
+        let m = &self.model;
+        let mut sets = vec![Shapes {
+            weights: m.llm.layer_weights(),
+            rows: if m.vision.is_some() {
+                m.visual_tokens() + 32
+            } else {
+                128
+            },
+        }];
+        if let Some(v) = &m.vision {
+            sets.push(Shapes {
+                weights: v.layer_weights(),
+                rows: v.patches() + 1,
+            });
+        }
+        self.gemm_tuning = Some(tune(&self.gpu, &sets, 3)?);
+        Ok(self)
     }
 
     /// The calibration file for a request: the one given, else `calibration.json` beside the
@@ -572,6 +608,12 @@ impl Engine {
         if let Some(image) = image {
             let ep = self.encode_pass(image, opts, &plan)?;
             timed(&ep.tower(), &mut timings.encode)?;
+            if std::env::var_os("VLM_RUN_PROFILE").is_some() {
+                eprintln!("vision tower: {} dispatches", ep.tower().len());
+                for (l, n, t) in gpu.profile(&ep.tower(), 3)? {
+                    eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
+                }
+            }
             timed(&ep.prune.iter().collect::<Vec<_>>(), &mut timings.prune)?;
             timed(
                 &ep.projector.iter().collect::<Vec<_>>(),

@@ -51,7 +51,33 @@ pub(crate) fn load(model: Option<&Path>, mmproj: Option<&Path>, quiet: bool) -> 
         bar.inc(b)
     })?;
     bar.finish_and_clear();
+    report_tuning(&engine, quiet);
     Ok(engine)
+}
+
+/// One stderr line on what the GEMM autotuner chose (`VLM_RUN_GEMM_TILE=tune`).
+pub(crate) fn report_tuning(engine: &Engine, quiet: bool) {
+    let Some(t) = engine.gemm_tuning.as_ref().filter(|_| !quiet) else {
+        return;
+    };
+    let cache = t
+        .cache
+        .as_ref()
+        .map_or("not cached".into(), |p| format!("cache {}", p.display()));
+    if t.timings_ms.is_empty() {
+        eprintln!("GEMM kernel {} (from the {cache})", t.choice.name());
+    } else {
+        let times: Vec<String> = t
+            .timings_ms
+            .iter()
+            .map(|(k, ms)| format!("{} {ms:.1} ms", k.name()))
+            .collect();
+        eprintln!(
+            "GEMM kernel {} (tuned: {}; {cache})",
+            t.choice.name(),
+            times.join(", ")
+        );
+    }
 }
 
 fn run(args: cli::Args) -> Result<()> {
@@ -309,125 +335,30 @@ fn positional_bias_plot(profile: &calibrate::LayerProfile, grid: usize) -> vlm_r
 }
 
 fn run_bench(args: &cli::BenchArgs) -> Result<()> {
-    if args.repeat == 0 || args.max_tokens == Some(0) {
-        bail!("--repeat and --max-tokens must be at least 1");
-    }
+    bench::check_args(args)?;
     let engine = match args.synthetic {
-        Some(preset) => Engine::synthetic(preset, args.dtype, &GpuOptions::from_env()?, &|_| {})?,
+        Some(preset) => {
+            let e = Engine::synthetic(preset, args.dtype, &GpuOptions::from_env()?, &|_| {})?;
+            report_tuning(&e, args.json);
+            e
+        }
         None => load(args.model.as_deref(), args.mmproj.as_deref(), args.json)?,
     };
     if engine.model.vision.is_none() {
         if args.image.is_some() {
             bail!("this model has no vision encoder: give its --mmproj file to bench an image");
         }
-        return bench::text(&engine, args);
+        if args.prune_sweep {
+            bail!("--prune-sweep needs an image model: this model has no vision encoder");
+        }
+        return bench::run(&engine, args, None);
     }
     let image_path = args.image.clone().unwrap_or_else(|| repo_path(BENCH_IMAGE));
     let image = vlm_run::image::load(&image_path)?;
-    let max_tokens = args.max_tokens.unwrap_or(8);
-    let prompt = args.prompt.as_deref().unwrap_or("Describe the image.");
-    let n = engine.model.visual_tokens();
-    let layers = engine.model.llm.cfg.num_hidden_layers;
-    if !args.json {
-        println!("device: {}", engine.gpu.describe());
-        println!(
-            "model: {} ({} decoder layers, {} visual tokens), image {}, {} new tokens, best of {}",
-            engine.model_dir.display(),
-            layers,
-            n,
-            image_path.display(),
-            max_tokens,
-            args.repeat
-        );
-        println!();
-        println!(
-            "| method | B | kept (encoder / from K) | prune ms | prefill ms | time to first token ms | speed-up (FLOPs ratio) | KV-cache bytes | decoder prefill GFLOP |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|");
-    }
-    // Time to first token and total prefill FLOPs (encoder, projector, decoder) of the
-    // first row, which the speed-up column compares against.
-    let mut baseline: Option<(f64, u64)> = None;
-    for &method in &args.methods {
-        for &b in &args.budgets {
-            if method == Method::None && b != n {
-                continue;
-            }
-            let prune = vlm_run::PruneOptions {
-                method,
-                keep: (method != Method::None).then_some(b),
-                layer: args.prune_layer,
-                ..Default::default()
-            };
-            let opts = GenerateOptions {
-                max_tokens,
-                prune,
-                ..Default::default()
-            };
-            let mut best: Option<Output> = None;
-            let mut failed = None;
-            for _ in 0..args.repeat {
-                match engine.generate(Some(&image), prompt, &opts, &mut |_| {}) {
-                    Ok(out) => {
-                        let better = best.as_ref().is_none_or(|b| {
-                            out.timings_ms.prefill + out.timings_ms.prune
-                                < b.timings_ms.prefill + b.timings_ms.prune
-                        });
-                        if better {
-                            best = Some(out);
-                        }
-                    }
-                    Err(e) => {
-                        failed = Some(format!("{e:#}"));
-                        break;
-                    }
-                }
-            }
-            match (best, failed) {
-                (Some(out), None) => {
-                    if args.json {
-                        let line = serde_json::json!({
-                            "method": method, "budget": b,
-                            "visual_tokens_kept": out.visual_tokens_kept,
-                            "tokens_per_layer": out.tokens_per_layer,
-                            "kv_cache_bytes": out.kv_cache_bytes,
-                            "flops": out.flops, "timings_ms": out.timings_ms,
-                        });
-                        println!("{line}");
-                    } else {
-                        let (enc, dec) = out
-                            .pruning
-                            .as_ref()
-                            .map_or((n, n), |p| (p.kept_encoder, p.kept_decoder));
-                        let t = &out.timings_ms;
-                        let ttft = t.encode + t.prune + t.prefill;
-                        let f = &out.flops;
-                        let flops = f.encoder + f.projector + f.decoder;
-                        let (t0, f0) = *baseline.get_or_insert((ttft, flops));
-                        println!(
-                            "| {method} | {b} | {enc} / {dec} | {:.1} | {:.1} | {ttft:.1} | {:.2}× ({:.2}×) | {} | {:.4} |",
-                            t.prune,
-                            t.prefill,
-                            t0 / ttft,
-                            f0 as f64 / flops.max(1) as f64,
-                            out.kv_cache_bytes,
-                            f.decoder as f64 / 1e9
-                        );
-                    }
-                }
-                (_, Some(e)) => {
-                    if args.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"method": method, "budget": b, "error": e})
-                        );
-                    } else {
-                        println!("| {method} | {b} | not reachable: {e} | | | | | | |");
-                    }
-                }
-                _ => {}
-            }
-        }
+    let shown = image_path.display().to_string();
+    bench::run(&engine, args, Some((&image, &shown)))?;
+    if args.prune_sweep {
+        bench::prune_sweep(&engine, args, &image)?;
     }
     Ok(())
 }

@@ -297,4 +297,8 @@ fn gguf_files_that_are_truncated_or_mismatched() {
         &["--model", &llm, "--prompt", "hi", "--template", "nonsense"],
         &["--template", "{prompt}"],
     );
+    fails_with(
+        &["bench", "--model", &llm, "--prune-sweep"],
+        &["--prune-sweep", "no vision encoder"],
+    );
 }

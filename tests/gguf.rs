@@ -8,7 +8,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use vlm_run::gguf::quant::{dequantize, GgmlType};
 use vlm_run::gguf::{GgufFile, Value};
-use vlm_run::gpu::{Gpu, GpuOptions, Tensor, Weight};
+use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Tensor, Weight};
 use vlm_run::ops::{self, matmul::Act};
 
 fn fixture() -> PathBuf {
@@ -99,7 +99,12 @@ fn random_blocks(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u
 #[test]
 fn quantized_gemv_gemm_and_embedding_match_cpu_dequantisation() {
     let mut rng = Rng::new(7);
-    for (variant, gpu) in variants() {
+    for ((variant, gpu), tile) in variants()
+        .into_iter()
+        .flat_map(|v| GemmTile::ALL.map(|t| (v.clone(), t)))
+    {
+        gpu.set_gemm_tile(tile);
+        let variant = format!("{variant} tile {}", tile.side());
         for ty in TYPES {
             let bv = ty.block_values();
             for &(m, blocks, n) in &[
@@ -120,6 +125,14 @@ fn quantized_gemv_gemm_and_embedding_match_cpu_dequantisation() {
                 let scale = want.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
                 let what = format!("{variant} {} {m}x{k}x{n}", ty.name());
                 let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::None, false).unwrap();
+                if m > 1 {
+                    // Q4_0/Q4_1/Q8_0 go to the lane kernel when the tile asks for it
+                    let lanes = tile == GemmTile::Lanes
+                        && ops::matmul::gemv_reads(&wt)
+                        && k >= ops::matmul::LANE_MIN_K;
+                    let want = if lanes { "gemm_lanes" } else { "gemm" };
+                    assert_eq!(ks[0].label, want, "{what}");
+                }
                 gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
                 assert_close(
                     &what,

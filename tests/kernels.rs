@@ -6,7 +6,8 @@
 
 mod common;
 use common::*;
-use vlm_run::gpu::{Gpu, GpuOptions, Step, Tensor, Weight};
+use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Step, Tensor, Weight};
+use vlm_run::ops::matmul::LANE_MIN_K;
 use vlm_run::ops::{self, attention::Heads, matmul::Act};
 
 fn cpu_linear(
@@ -58,16 +59,35 @@ fn step_buffer(gpu: &Gpu, step: Step) -> wgpu::Buffer {
     gpu.uniform_init("step", bytemuck::bytes_of(&step))
 }
 
+/// The entry point `linear` must pick: the decode GEMV for one row, the lane kernel where
+/// the tile asks for it and it reads the format, else the workgroup-memory tile.
+fn expected_entry(tile: GemmTile, m: usize, w: &Weight) -> &'static str {
+    match (m, tile) {
+        (1, _) => "gemv",
+        (_, GemmTile::Lanes) if ops::matmul::gemv_reads(w) && w.cols >= LANE_MIN_K => "gemm_lanes",
+        _ => "gemm",
+    }
+}
+
 #[test]
 fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
     let mut rng = Rng::new(1);
-    for (name, gpu) in variants() {
+    for ((name, gpu), tile) in variants()
+        .into_iter()
+        .flat_map(|v| GemmTile::ALL.map(|t| (v.clone(), t)))
+    {
+        // both GEMM tiles of the table, on shapes that are no multiple of either
+        gpu.set_gemm_tile(tile);
+        let name = format!("{name} tile {}", tile.side());
         for &(m, k, n) in &[
             (1usize, 37usize, 19usize),
             (1, 256, 130),
             (70, 37, 67),
             (130, 100, 5),
             (3, 8, 200),
+            (70, 96, 67),
+            (13, 256, 130),
+            (9, 300, 70),
         ] {
             let x = rng.vec(m * k, 1.0);
             let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
@@ -82,6 +102,11 @@ fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
             let y = Tensor::new(&gpu, "y", m, n).unwrap();
             let ks =
                 ops::matmul::linear(&gpu, &xt, &wt, Some(&bias), &y, Act::None, false).unwrap();
+            assert_eq!(
+                ks[0].label,
+                expected_entry(tile, m, &wt),
+                "{name} {m}x{k}x{n}"
+            );
             gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
             assert_close(
                 &format!("{name} linear {m}x{k}x{n}"),
@@ -393,7 +418,13 @@ fn cpu_attention(
 #[test]
 fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
     let mut rng = Rng::new(6);
-    for (name, gpu) in variants() {
+    for ((name, gpu), tiles) in variants()
+        .into_iter()
+        .flat_map(|v| [true, false].map(|t| (v.clone(), t)))
+    {
+        // K/V through workgroup-memory tiles (GPUs), and read directly (CPU devices)
+        gpu.set_attention_tiles(tiles);
+        let name = format!("{name} attention tiles {tiles}");
         for &(m, kv_len, heads, kv_heads, hd, causal, q_pos0) in &[
             (37usize, 37usize, 4usize, 4usize, 16usize, false, 0usize),
             (45, 45, 6, 2, 16, true, 0),

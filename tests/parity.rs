@@ -5,6 +5,7 @@
 mod common;
 use common::max_abs_diff;
 use std::path::{Path, PathBuf};
+use vlm_run::gpu::{GemmTile, TileChoice};
 use vlm_run::{Engine, GenerateOptions, GpuOptions};
 
 /// Tolerances. Weights are bf16 in the file and exactly representable in f16, so the engine
@@ -24,19 +25,23 @@ fn reference() -> serde_json::Value {
 fn engines() -> Vec<(&'static str, Engine)> {
     let paths = [
         (
-            "f16 + subgroups",
+            "f16 + subgroups, the device's GEMM table",
             GpuOptions {
                 f16: None,
                 subgroups: None,
                 max_binding: None,
+                gemm_tile: TileChoice::Table,
+                attention_tiles: None,
             },
         ),
         (
-            "f32 unpack + workgroup memory",
+            "f32 unpack + workgroup memory, 32 tile GEMM, attention K/V tiles",
             GpuOptions {
                 f16: Some(false),
                 subgroups: Some(false),
                 max_binding: None,
+                gemm_tile: TileChoice::Fixed(GemmTile::T32),
+                attention_tiles: Some(true),
             },
         ),
     ];

@@ -29,13 +29,54 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q4_1", "NORM", "GATE_UP"],
             vec!["Q8_0", "ACCUMULATE"],
             vec!["Q4_1", "BIAS", "ACT_QUICK_GELU"],
+            // gemm_lanes, the prefill kernel of the CPU-device table (TOKENS gets a value)
+            vec!["WF16", "TOKENS", "BIAS", "ACT_GELU"],
+            vec!["Q4_0", "TOKENS", "ACCUMULATE"],
         ],
         "rope" => vec![vec![], vec!["KV_CACHE"]],
+        "attention" => vec![vec![], vec!["DIRECT_KV"]],
         "norm" => vec![vec![], vec!["LAYER_NORM"]],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
         "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"]],
         _ => vec![vec![]],
     }
+}
+
+/// Parse, validate and translate one variant to MSL and HLSL; panics naming it otherwise.
+fn translate(family: &str, d: &Defines) {
+    let src = preprocess(family, d).unwrap();
+    let what = format!("{family}.wgsl [{}]", d.key());
+    let module = naga::front::wgsl::parse_str(&src)
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&src)));
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+    .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&src)));
+
+    let msl_opts = naga::back::msl::Options {
+        lang_version: (2, 4),
+        ..Default::default()
+    };
+    naga::back::msl::write_string(&module, &info, &msl_opts, &Default::default())
+        .unwrap_or_else(|e| panic!("{what} -> MSL: {e}"));
+
+    let hlsl_opts = naga::back::hlsl::Options {
+        shader_model: naga::back::hlsl::ShaderModel::V6_2,
+        ..Default::default()
+    };
+    let pipeline = naga::back::hlsl::PipelineOptions::default();
+    let mut out = String::new();
+    naga::back::hlsl::Writer::new(&mut out, &hlsl_opts, &pipeline)
+        .write(&module, &info, None)
+        .unwrap_or_else(|e| panic!("{what} -> HLSL: {e}"));
+    assert!(
+        out.contains("numthreads"),
+        "{what}: no compute entry in HLSL"
+    );
 }
 
 #[test]
@@ -55,45 +96,21 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                     d.flag(f);
                 }
                 d.set("HD", 64).set("KT", 16).set("LG_ROWS", "4u");
-                let src = preprocess(family, &d).unwrap();
-                let what = format!("{family}.wgsl [{}]", d.key());
-                let module = naga::front::wgsl::parse_str(&src)
-                    .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&src)));
-                let info = naga::valid::Validator::new(
-                    naga::valid::ValidationFlags::all(),
-                    naga::valid::Capabilities::all(),
-                )
-                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&src)));
-
-                let msl_opts = naga::back::msl::Options {
-                    lang_version: (2, 4),
-                    ..Default::default()
-                };
-                naga::back::msl::write_string(&module, &info, &msl_opts, &Default::default())
-                    .unwrap_or_else(|e| panic!("{what} -> MSL: {e}"));
-
-                let hlsl_opts = naga::back::hlsl::Options {
-                    shader_model: naga::back::hlsl::ShaderModel::V6_2,
-                    ..Default::default()
-                };
-                let pipeline = naga::back::hlsl::PipelineOptions::default();
-                let mut out = String::new();
-                naga::back::hlsl::Writer::new(&mut out, &hlsl_opts, &pipeline)
-                    .write(&module, &info, None)
-                    .unwrap_or_else(|e| panic!("{what} -> HLSL: {e}"));
-                assert!(
-                    out.contains("numthreads"),
-                    "{what}: no compute entry in HLSL"
-                );
-                count += 1;
+                if extra.contains(&"TOKENS") {
+                    d.set("TOKENS", "4u");
+                }
+                // the GEMM families in both tiles of the table (TN: invocations per side)
+                for tn in [16, 8] {
+                    if tn == 16 || family.starts_with("matmul") {
+                        translate(family, &d.clone().with("TN", tn));
+                        count += 1;
+                    }
+                }
             }
         }
     }
-    // matmul 7, matmul_quant 5, gemv 6, norm 2, elementwise 2, rope 2, attention,
-    // embed, sample, bandwidth, random_fill 1 each, prune_select 3, prune_score and
-    // prune_gather 1 each.
-    assert_eq!(count, 4 * (7 + 5 + 6 + 2 + 2 + 2 + 5 + 3 + 2));
+    // matmul 7 and matmul_quant 5 (each in two tiles), gemv 8, norm 2, elementwise 2,
+    // rope 2, attention 2, embed, sample, bandwidth, random_fill 1 each, prune_select 3,
+    // prune_score and prune_gather 1 each.
+    assert_eq!(count, 4 * (2 * (7 + 5) + 8 + 2 + 2 + 2 + 2 + 4 + 3 + 2));
 }

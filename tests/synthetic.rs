@@ -123,6 +123,7 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
             "1",
             "-n",
             "2",
+            "--prune-sweep",
             "--methods",
             "none,fastv",
             "--budgets",
@@ -138,8 +139,14 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3, "{stdout}");
-    serde_json::Value::Array(lines)
+    // the single-request report, then one line per sweep cell
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0]["decoded_tokens"], 1, "{stdout}");
+    assert!(
+        lines[0]["vision_encoder_ms"].as_f64().unwrap() > 0.0,
+        "{stdout}"
+    );
+    serde_json::Value::Array(lines[1..].to_vec())
 }
 
 #[test]
@@ -173,4 +180,69 @@ fn synthetic_shapes_that_a_type_cannot_hold_are_one_line_errors() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not whole Q4_K blocks"), "{stderr}");
+}
+
+/// `vlm-run bench --synthetic tiny` with environment `env`: (stdout, stderr), asserting success.
+fn bench_with_env(env: &[(&str, &str)]) -> (String, String) {
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+        .args(["bench", "--synthetic", "tiny", "--repeat", "1", "-n", "1"])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{env:?}: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+#[test]
+fn gemm_autotune_times_every_kernel_once_then_reads_its_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let env = [("VLM_RUN_GEMM_TILE", "tune"), ("VLM_RUN_CACHE_DIR", dir)];
+    let (stdout, stderr) = bench_with_env(&env);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("GEMM kernel"))
+        .unwrap();
+    for name in ["64 ", "32 ", "lanes "] {
+        assert!(line.contains(name), "{line}");
+    }
+    assert!(line.contains("tuned:"), "{line}");
+    // the cache holds one entry naming a kernel, and the run used that kernel
+    let file = cache.path().join("gemm-tiles.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let entries = json.as_object().unwrap();
+    assert_eq!(entries.len(), 1, "{json}");
+    let (key, choice) = entries.iter().next().unwrap();
+    let choice = choice.as_str().unwrap();
+    assert!(["64", "32", "lanes"].contains(&choice), "{json}");
+    assert!(key.contains("m=") && key.contains(":F16"), "{key}");
+    assert!(stdout.contains(&format!("GEMM {choice}")), "{stdout}");
+    // the second load reads the cache instead of timing
+    let (stdout2, stderr2) = bench_with_env(&env);
+    assert!(
+        stderr2.contains(&format!("GEMM kernel {choice} (from the cache")),
+        "{stderr2}"
+    );
+    assert!(stdout2.contains(&format!("GEMM {choice}")), "{stdout2}");
+    // a fixed kernel is used as given
+    let (stdout3, _) = bench_with_env(&[("VLM_RUN_GEMM_TILE", "32")]);
+    assert!(stdout3.contains("GEMM 32"), "{stdout3}");
+}
+
+#[test]
+fn a_bad_gemm_tile_setting_is_a_one_line_error() {
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+        .args(["bench", "--synthetic", "tiny"])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env("VLM_RUN_GEMM_TILE", "48")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("VLM_RUN_GEMM_TILE=\"48\""), "{stderr}");
 }

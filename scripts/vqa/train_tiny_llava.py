@@ -511,7 +511,7 @@ def main():
     ap.add_argument("--steps1", type=int, default=2500)
     ap.add_argument("--batch1", type=int, default=16)
     ap.add_argument("--lr1", type=float, default=1e-3)
-    ap.add_argument("--steps2", type=int, default=5000)
+    ap.add_argument("--steps2", type=int, default=7000)
     ap.add_argument("--batch2", type=int, default=8)
     ap.add_argument("--lr2", type=float, default=1e-3)
     ap.add_argument("--turns", type=int, default=8, help="question turns per training sequence")

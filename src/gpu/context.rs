@@ -1,6 +1,7 @@
 //! Adapter and device selection, capability detection and the pipeline cache.
 
 use super::shader::{self, Defines};
+use super::tile::{GemmTile, TileChoice};
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,11 @@ pub struct GpuOptions {
     /// Split weights into chunks of at most this many bytes, below the adapter's binding
     /// limit (env `VLM_RUN_MAX_BINDING`). Used to exercise the row-splitting path.
     pub max_binding: Option<u64>,
+    /// How the GEMM tile is chosen (env `VLM_RUN_GEMM_TILE=64|32|lanes|tune|auto`).
+    pub gemm_tile: TileChoice,
+    /// Prefill attention stages K/V tiles through workgroup memory (`None`: the device
+    /// class's table, see [`super::tile::attention_tiles_for`]; env `VLM_RUN_ATTN_TILES=0|1`).
+    pub attention_tiles: Option<bool>,
 }
 
 impl GpuOptions {
@@ -67,6 +73,8 @@ impl GpuOptions {
             f16: flag("VLM_RUN_F16")?,
             subgroups: flag("VLM_RUN_SUBGROUPS")?,
             max_binding,
+            gemm_tile: TileChoice::parse(&std::env::var("VLM_RUN_GEMM_TILE").unwrap_or_default())?,
+            attention_tiles: flag("VLM_RUN_ATTN_TILES")?,
         })
     }
 }
@@ -83,6 +91,15 @@ pub struct Gpu {
     error: Arc<Mutex<Option<String>>>,
     /// Highest device memory seen by `sample_memory` (bytes; 0: never sampled).
     peak_memory: std::sync::atomic::AtomicU64,
+    /// The GEMM kernel in use (see [`GemmTile`]; its index in `GemmTile::ALL`). The
+    /// autotuner may change it at load.
+    gemm_tile: std::sync::atomic::AtomicUsize,
+    /// Whether prefill attention uses workgroup-memory K/V tiles.
+    attention_tiles: std::sync::atomic::AtomicBool,
+}
+
+fn tile_index(t: GemmTile) -> usize {
+    GemmTile::ALL.iter().position(|&a| a == t).unwrap_or(0)
 }
 
 const NO_ADAPTER_HELP: &str = "no GPU adapter found (Vulkan, Metal or DX12). On headless Linux \
@@ -166,6 +183,7 @@ impl Gpu {
             subgroup_min: if subgroups { info.subgroup_min_size } else { 0 },
             cpu: info.device_type == wgpu::DeviceType::Cpu,
         };
+        let info_type = info.device_type;
         Ok(Arc::new(Self {
             device,
             queue,
@@ -174,18 +192,56 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             error,
             peak_memory: Default::default(),
+            gemm_tile: tile_index(match opts.gemm_tile {
+                TileChoice::Fixed(t) => t,
+                _ => GemmTile::for_device(info_type),
+            })
+            .into(),
+            attention_tiles: opts
+                .attention_tiles
+                .unwrap_or(super::tile::attention_tiles_for(info_type))
+                .into(),
         }))
+    }
+
+    /// The GEMM tile kernels are built with now.
+    pub fn gemm_tile(&self) -> GemmTile {
+        GemmTile::ALL[self.gemm_tile.load(std::sync::atomic::Ordering::Relaxed)]
+    }
+
+    /// Use `tile` for GEMM kernels built from now on (kernels already built keep theirs).
+    pub fn set_gemm_tile(&self, tile: GemmTile) {
+        self.gemm_tile
+            .store(tile_index(tile), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether prefill attention kernels built from now on stage K/V through workgroup memory.
+    pub fn attention_tiles(&self) -> bool {
+        self.attention_tiles
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Choose the prefill attention variant for kernels built from now on.
+    pub fn set_attention_tiles(&self, on: bool) {
+        self.attention_tiles
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A one-line description of the adapter and the paths in use.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}); f16 {}, subgroups {}, max binding {} MiB",
+            "{} ({:?}); f16 {}, subgroups {}, max binding {} MiB, GEMM {}, attention K/V {}",
             self.info.name,
             self.info.backend,
             if self.caps.f16 { "on" } else { "off" },
             if self.caps.subgroups { "on" } else { "off" },
-            self.caps.max_binding >> 20
+            self.caps.max_binding >> 20,
+            self.gemm_tile().name(),
+            if self.attention_tiles() {
+                "tiles"
+            } else {
+                "direct"
+            }
         )
     }
 

@@ -4,10 +4,12 @@ mod context;
 mod kernel;
 pub mod shader;
 mod tensor;
+pub mod tile;
 
 pub use context::{Caps, Gpu, GpuOptions};
 pub use kernel::{Kernel, Step};
 pub use tensor::{Tensor, Weight, WeightChunk};
+pub use tile::{GemmTile, TileChoice};
 
 /// Split `n` workgroups into a 2-D grid whose x dimension stays within `max_per_dim`.
 /// Shaders recover the linear index as `wid.y * nwg.x + wid.x` and return when it is >= n.

@@ -145,6 +145,15 @@ pub struct VisionPass {
 }
 
 impl ClipVisionTower {
+    /// The matrices of the first encoder layer: what the GEMM autotuner times.
+    pub fn layer_weights(&self) -> Vec<&Weight> {
+        self.layers.first().map_or(Vec::new(), |l| {
+            [&l.q_proj, &l.k_proj, &l.v_proj, &l.out_proj, &l.fc1, &l.fc2]
+                .map(|lin| &lin.w)
+                .to_vec()
+        })
+    }
+
     /// Encoder layers that run (up to the feature layer).
     pub fn layers(&self) -> usize {
         self.layers.len()

@@ -177,6 +177,24 @@ impl Llama {
         })
     }
 
+    /// The matrices of the first layer, which every layer repeats: what the GEMM autotuner
+    /// times.
+    pub fn layer_weights(&self) -> Vec<&Weight> {
+        let Some(l) = self.layers.first() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in [&l.qkv, &l.gate_up] {
+            match s {
+                Stacked::One(w) => out.push(w),
+                Stacked::Apart(ws) => out.extend(ws),
+            }
+        }
+        out.push(&l.o_proj.w);
+        out.push(&l.down_proj.w);
+        out
+    }
+
     /// Bytes of weights one decode step reads: every layer's matrices and norms, the final
     /// norm and the LM head (one embedding row aside).
     pub fn decode_weight_bytes(&self) -> u64 {

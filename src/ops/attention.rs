@@ -55,7 +55,12 @@ impl Heads {
                 gpu.caps.workgroup_memory
             );
         }
-        Ok(gpu.base_defines().with("HD", self.hd).with("KT", kt))
+        let mut d = gpu.base_defines().with("HD", self.hd).with("KT", kt);
+        if !gpu.attention_tiles() {
+            // the CPU-device variant: K/V read straight from the buffers, no barriers
+            d.flag("DIRECT_KV");
+        }
+        Ok(d)
     }
 }
 

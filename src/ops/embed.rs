@@ -70,7 +70,11 @@ fn gather_quantized(
     out: &Tensor,
     flag: &str,
 ) -> Result<Vec<Kernel>> {
-    let defines = gpu.base_defines().with_flag(flag);
+    // TN: the GEMM tile, which sizes the module's workgroup arrays.
+    let defines = gpu
+        .base_defines()
+        .with_flag(flag)
+        .with("TN", gpu.gemm_tile().threads());
     table
         .chunks
         .iter()

@@ -3,6 +3,7 @@
 //! pass is submitted, and nothing is allocated when it is re-encoded.
 
 pub mod attention;
+pub mod autotune;
 pub mod bandwidth;
 pub mod elementwise;
 pub mod embed;

@@ -12,7 +12,7 @@ pub fn variants() -> Vec<(String, Arc<Gpu>)> {
             let opts = GpuOptions {
                 f16: Some(f16),
                 subgroups: Some(sg),
-                max_binding: None,
+                ..Default::default()
             };
             match Gpu::new(&opts) {
                 Ok(g) => out.push((format!("f16={f16} subgroups={sg}"), g)),
