@@ -4,7 +4,7 @@ use clap::Parser;
 use std::path::PathBuf;
 
 /// The model used when --model is not given: the tiny LLaVA trained on synthetic scenes of
-/// coloured shapes by scripts/vqa/train_tiny_llava.py (weights/tiny-llava-vqa, 3.5 MB).
+/// coloured shapes by scripts/vqa/train_tiny_llava.py (weights/tiny-llava-vqa, 5.1 MB).
 pub const DEFAULT_MODEL: &str = "weights/tiny-llava-vqa";
 
 #[derive(Parser, Debug)]

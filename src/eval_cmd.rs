@@ -155,28 +155,45 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .copied()
         .filter(|&m| m != Method::None)
         .collect();
+    // A budget a method cannot reach on this decoder (a decoder-side method whose first K
+    // layers alone exceed B on average) is left out of the sweep and shown as "–".
+    let layers = engine.model.llm.cfg.num_hidden_layers;
+    let mut cells = Vec::new();
     for &method in &methods {
-        for &b in budgets.iter().filter(|&&b| b != n) {
+        for &b in &budgets {
+            if b == n {
+                cells.push((method, b, false));
+                continue;
+            }
             let mut opts = base.clone();
             opts.prune.method = method;
             opts.prune.keep = Some(b);
+            if let Err(e) = opts.prune.plan(n, layers) {
+                let e = format!("{e:#}");
+                if !e.contains("out of reach") {
+                    bail!(e);
+                }
+                if !args.json {
+                    eprintln!("{method} B={b}: left out: {e}");
+                }
+                continue;
+            }
             configs.push(opts);
+            cells.push((method, b, true));
         }
     }
     let mut reports = evaluate(&engine, &questions, &configs, args)?.into_iter();
     let none = reports.next().context("no unpruned report")?;
     let mut rows = Vec::new();
-    for &method in &methods {
-        for &b in &budgets {
-            let mut r = if b == n {
-                none.clone()
-            } else {
-                reports.next().context("missing report")?
-            };
-            r.method = method.to_string();
-            r.budget = b;
-            rows.push(r);
-        }
+    for (method, b, ran) in cells {
+        let mut r = if ran {
+            reports.next().context("missing report")?
+        } else {
+            none.clone()
+        };
+        r.method = method.to_string();
+        r.budget = b;
+        rows.push(r);
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the folder", args.out.display()))?;

@@ -28,10 +28,10 @@ echo "== positional bias"
 $BIN calibrate --model $MODEL -o eval-results/calibration.json
 cp eval-results/calibration.png docs/vqa/positional-bias.png
 
-echo "== keep maps at B=28 (576-token B=64 scaled to 256 tokens)"
+echo "== keep maps at B=57 (576-token B=128 scaled to 256 tokens; B=28 is out of reach for FastV and PoRe on the 8-layer decoder)"
 IMG=data/vqa/images/test/00000.png
 for m in fastv fastervlm visionzip divprune pore posprune; do
   $BIN --model $MODEL --image $IMG --prompt "What shape is the small object?" \
-    --prune $m --keep 28 --max-tokens 4 --save-keep-map docs/vqa/keep-$m.png
+    --prune $m --keep 57 --max-tokens 4 --save-keep-map docs/vqa/keep-$m.png
 done
 cp $IMG docs/vqa/keep-image.png
