@@ -168,18 +168,27 @@ fn synthetic_tiny_costs_what_the_fixture_of_its_shape_costs() {
     }
 }
 
-#[test]
-fn synthetic_shapes_that_a_type_cannot_hold_are_one_line_errors() {
+/// `vlm-run bench --synthetic tiny ARGS` with `env` must fail with one error line holding
+/// `needle`.
+#[track_caller]
+fn bench_fails_in_one_line(args: &[&str], env: &[(&str, &str)], needle: &str) {
     let runtime = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
-        .args(["bench", "--synthetic", "tiny", "--dtype", "q4_k"])
+        .args(["bench", "--synthetic", "tiny"])
+        .args(args)
         .env("XDG_RUNTIME_DIR", runtime.path())
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("not whole Q4_K blocks"), "{stderr}");
+    assert!(stderr.contains(needle), "{stderr}");
+}
+
+#[test]
+fn synthetic_shapes_that_a_type_cannot_hold_are_one_line_errors() {
+    bench_fails_in_one_line(&["--dtype", "q4_k"], &[], "not whole Q4_K blocks");
 }
 
 /// `vlm-run bench --synthetic tiny` with environment `env`: (stdout, stderr), asserting success.
@@ -234,15 +243,9 @@ fn gemm_autotune_times_every_kernel_once_then_reads_its_cache() {
 
 #[test]
 fn a_bad_gemm_tile_setting_is_a_one_line_error() {
-    let runtime = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
-        .args(["bench", "--synthetic", "tiny"])
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .env("VLM_RUN_GEMM_TILE", "48")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("VLM_RUN_GEMM_TILE=\"48\""), "{stderr}");
+    bench_fails_in_one_line(
+        &[],
+        &[("VLM_RUN_GEMM_TILE", "48")],
+        "VLM_RUN_GEMM_TILE=\"48\"",
+    );
 }

@@ -124,21 +124,8 @@ pub fn linear_at(
                 fold_workgroups(groups, gpu.caps.max_workgroups_per_dim),
             )
         } else {
-            let side = tile.side();
-            let grid = [
-                (chunk.rows as u32).div_ceil(side),
-                (m as u32).div_ceil(side),
-                1,
-            ];
-            if grid[0] > gpu.caps.max_workgroups_per_dim
-                || grid[1] > gpu.caps.max_workgroups_per_dim
-            {
-                bail!(
-                    "linear: {m}x{} output exceeds the dispatch limit",
-                    chunk.rows
-                );
-            }
-            ("gemm", grid)
+            let side = tile.side() as usize;
+            ("gemm", grid_2d(gpu, chunk.rows, side, m, side)?)
         };
         kernels.push(Kernel::new(
             gpu,
@@ -211,17 +198,7 @@ fn gemm_lanes(
         if let Some(b) = bias {
             bindings.push((3, b));
         }
-        let grid = [
-            chunk.rows.div_ceil(8 * rows) as u32,
-            m.div_ceil(LANE_TOKENS) as u32,
-            1,
-        ];
-        if grid[0] > gpu.caps.max_workgroups_per_dim || grid[1] > gpu.caps.max_workgroups_per_dim {
-            bail!(
-                "linear: {m}x{} output exceeds the dispatch limit",
-                chunk.rows
-            );
-        }
+        let grid = grid_2d(gpu, chunk.rows, 8 * rows, m, LANE_TOKENS)?;
         kernels.push(Kernel::new(
             gpu,
             "gemv",
@@ -261,6 +238,17 @@ struct GemvParams {
     /// gemm_lanes: input rows and the input's row stride in vec4s.
     m: u32,
     x_stride4: u32,
+}
+
+/// The grid of an m×n output in blocks of rows_per × m_per: (n blocks, m blocks, 1), or an
+/// error when either side passes the device's dispatch limit.
+fn grid_2d(gpu: &Gpu, n: usize, rows_per: usize, m: usize, m_per: usize) -> Result<[u32; 3]> {
+    let grid = [n.div_ceil(rows_per), m.div_ceil(m_per), 1];
+    let max = gpu.caps.max_workgroups_per_dim as usize;
+    if grid[0] > max || grid[1] > max {
+        bail!("linear: {m}x{n} output exceeds the dispatch limit");
+    }
+    Ok(grid.map(|g| g as u32))
 }
 
 /// The flags of the shared epilogue (`linear_store.wgsl`): bias, activation, residual add.
