@@ -5,11 +5,11 @@
 // attention (prefill, fused, online softmax; no score matrix in memory):
 //   Bindings: 0 params, 1 q f32 [m, q_stride], 2 k f32 [kv_len, kv_stride],
 //             3 v f32 [kv_len, kv_stride], 4 out f32 [m, o_stride]
-//   One invocation per query row, QB rows per workgroup; K/V tiles of KT keys are shared
-//   through workgroup memory, or with DIRECT_KV (the CPU-device variant) read straight from
-//   k and v by every invocation, with no barrier. Causal: query i (position q_pos0 + i)
-//   sees keys 0..=q_pos0 + i.
-//   Dispatch (ceil(m / QB), heads, 1).
+//   One invocation per query row, QB rows per workgroup, K/V tiles of KT keys shared
+//   through workgroup memory. Or DIRECT_KV (the CPU-device variant; HD % 4 == 0; KB and QPI values): QPI
+//   rows per invocation, K and V read straight from the buffers, KB keys per softmax block, no
+//   barrier. Causal: query i (position q_pos0 + i) sees keys 0..=q_pos0 + i.
+//   Dispatch (ceil(m / QB), heads, 1); DIRECT_KV (ceil(m / (QB * QPI)), heads, 1).
 //
 // Split-KV decode (one query row per head over cache rows 0..step.kv_len, no score row
 // in memory). SPLIT keys per split; `ctx` = splits allotted per head.
@@ -18,13 +18,24 @@
 //               (split, head): one key each, the split's max m and sum l of exp(s - m), and
 //               the unnormalised Σ exp(s - m) v. Splits past kv_len write l = 0.
 //               Dispatch (ctx, heads, 1).
-//   attn_merge: 5 partials, 4 out f32 [heads * HD], 6 step: rescale the splits to their
-//               common max and normalise. Dispatch (1, heads, 1).
+//   attn_lanes (DECODE_LANES, the CPU-device variant; needs subgroups of >= 8 and HD % 8
+//               == 0): the same bindings and grid, no workgroup memory and no barrier. A
+//               workgroup is 8 lane groups of 8 lanes; lane group g takes the split's keys
+//               8g .. 8g + 8 (a partial of its own), each lane HD / 8 dims of q, K and V, and
+//               a key's score is summed over the lanes by subgroup shuffles.
+//   attn_merge: 5 partials, 4 out f32 [heads * HD], 6 step: rescale the partials (one per
+//               PART_KEYS keys) to their common max and normalise. Dispatch (1, heads, 1).
 #include "common"
 
 const QB: u32 = 32u;
 // Keys per split of the decode attention (ops::attention::SPLIT).
 const SPLIT: u32 = 64u;
+// Keys per partial: a split, or with DECODE_LANES a lane group's 8 keys.
+#ifdef DECODE_LANES
+const PART_KEYS: u32 = 8u;
+#else
+const PART_KEYS: u32 = SPLIT;
+#endif
 
 struct Params {
     m: u32,
@@ -49,6 +60,112 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<uniform> step: Step;
 
+#ifdef DIRECT_KV
+const HD4: u32 = HD / 4u;
+// KB (keys per online-softmax block: one rescale per block) and QPI (query rows per
+// invocation: each K and V row loaded serves QPI rows) are value defines, smaller for wide
+// heads so that the unrolled block stays small (ops::attention::direct_shape).
+
+fn k4(r: u32) -> vec4<f32> {
+    return vec4<f32>(k[r], k[r + 1u], k[r + 2u], k[r + 3u]);
+}
+fn v4(r: u32) -> vec4<f32> {
+    return vec4<f32>(v[r], v[r + 1u], v[r + 2u], v[r + 3u]);
+}
+
+// The CPU-device variant. Each invocation takes QPI query rows (lid, lid + QB, ...) and walks
+// the workgroup's keys in a uniform loop, KB keys per block, loading each K and V row once
+// for its QPI rows; q and the outputs stay in vec4 registers. A key past a row's causal end
+// counts zero. Rows past m compute on row m - 1 and store nothing.
+@compute @workgroup_size(QB)
+fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.y;
+    let kvh = h / (p.heads / p.kv_heads);
+    let row0 = wid.x * QB * QPI + lid;
+    var kv_end = p.kv_len;
+    if p.causal != 0u {
+        kv_end = min(p.kv_len, p.q_pos0 + min(wid.x * QB * QPI + QB * QPI, p.m));
+    }
+    var q4: array<vec4<f32>, HD4 * QPI>;
+    var acc4: array<vec4<f32>, HD4 * QPI>;
+    var mx: array<f32, QPI>;
+    var l: array<f32, QPI>;
+    var end: array<u32, QPI>;
+    for (var i = 0u; i < QPI; i++) {
+        let qi = row0 + QB * i;
+        let b = min(qi, p.m - 1u) * p.q_stride + h * HD;
+        for (var c = 0u; c < HD4; c++) {
+            let o = b + 4u * c;
+            q4[i * HD4 + c] = vec4<f32>(q[o], q[o + 1u], q[o + 2u], q[o + 3u]) * p.scale;
+        }
+        mx[i] = -3.0e38;
+        end[i] = p.kv_len;
+        if p.causal != 0u {
+            end[i] = min(p.kv_len, p.q_pos0 + qi + 1u);
+        }
+    }
+    let off = kvh * HD;
+    for (var j0 = 0u; j0 < kv_end; j0 += KB) {
+        var sc: array<f32, KB * QPI>;
+        var bm = mx;
+        for (var t = 0u; t < KB; t++) {
+            let j = j0 + t;
+            let r = min(j, kv_end - 1u) * p.kv_stride + off;
+            var kr: array<vec4<f32>, HD4>;
+            for (var c = 0u; c < HD4; c++) {
+                kr[c] = k4(r + 4u * c);
+            }
+            for (var i = 0u; i < QPI; i++) {
+                var s = 0.0;
+                for (var c = 0u; c < HD4; c++) {
+                    s += dot(q4[i * HD4 + c], kr[c]);
+                }
+                sc[t * QPI + i] = s;
+                if j < end[i] {
+                    bm[i] = max(bm[i], s);
+                }
+            }
+        }
+        for (var i = 0u; i < QPI; i++) {
+            let corr = exp(mx[i] - bm[i]);
+            l[i] *= corr;
+            for (var c = 0u; c < HD4; c++) {
+                acc4[i * HD4 + c] *= corr;
+            }
+        }
+        for (var t = 0u; t < KB; t++) {
+            let j = j0 + t;
+            let r = min(j, kv_end - 1u) * p.kv_stride + off;
+            var vr: array<vec4<f32>, HD4>;
+            for (var c = 0u; c < HD4; c++) {
+                vr[c] = v4(r + 4u * c);
+            }
+            for (var i = 0u; i < QPI; i++) {
+                let pj = select(0.0, exp(sc[t * QPI + i] - bm[i]), j < end[i]);
+                l[i] += pj;
+                for (var c = 0u; c < HD4; c++) {
+                    acc4[i * HD4 + c] = fma(vec4<f32>(pj), vr[c], acc4[i * HD4 + c]);
+                }
+            }
+        }
+        mx = bm;
+    }
+    for (var i = 0u; i < QPI; i++) {
+        let qi = row0 + QB * i;
+        if qi < p.m {
+            let inv = 1.0 / l[i];
+            for (var c = 0u; c < HD4; c++) {
+                let o = qi * p.o_stride + h * HD + 4u * c;
+                let a = acc4[i * HD4 + c] * inv;
+                out[o] = a.x;
+                out[o + 1u] = a.y;
+                out[o + 2u] = a.z;
+                out[o + 3u] = a.w;
+            }
+        }
+    }
+}
+#else
 var<workgroup> k_tile: array<f32, KT * HD>;
 var<workgroup> v_tile: array<f32, KT * HD>;
 
@@ -58,13 +175,6 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     let kvh = h / (p.heads / p.kv_heads);
     let qi = wid.x * QB + lid;
     let valid = qi < p.m;
-    var qv: array<f32, HD>;
-    var acc: array<f32, HD>;
-    if valid {
-        for (var d = 0u; d < HD; d++) {
-            qv[d] = q[qi * p.q_stride + h * HD + d] * p.scale;
-        }
-    }
     // Keys this workgroup needs (uniform), and keys this row may see.
     var kv_end = p.kv_len;
     var my_end = p.kv_len;
@@ -74,33 +184,13 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     }
     var mx = -3.0e38;
     var l = 0.0;
-#ifdef DIRECT_KV
-    // Every invocation walks its own keys, reading K and V rows from the buffers (the lanes
-    // of a SIMD batch read the same row), one online-softmax step per key.
+    var qv: array<f32, HD>;
+    var acc: array<f32, HD>;
     if valid {
-        let off = kvh * HD;
-        for (var j = 0u; j < my_end; j++) {
-            let r = j * p.kv_stride + off;
-            var s = 0.0;
-            for (var d = 0u; d < HD; d++) {
-                s = fma(qv[d], k[r + d], s);
-            }
-            if s > mx {
-                let corr = exp(mx - s);
-                l *= corr;
-                for (var d = 0u; d < HD; d++) {
-                    acc[d] *= corr;
-                }
-                mx = s;
-            }
-            let pj = exp(s - mx);
-            l += pj;
-            for (var d = 0u; d < HD; d++) {
-                acc[d] = fma(pj, v[r + d], acc[d]);
-            }
+        for (var d = 0u; d < HD; d++) {
+            qv[d] = q[qi * p.q_stride + h * HD + d] * p.scale;
         }
     }
-#else
     for (var t0 = 0u; t0 < kv_end; t0 += KT) {
         for (var e = lid; e < KT * HD; e += QB) {
             let j = t0 + e / HD;
@@ -144,7 +234,6 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         }
         workgroupBarrier();
     }
-#endif
     if valid {
         let inv = 1.0 / l;
         for (var d = 0u; d < HD; d++) {
@@ -152,6 +241,7 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         }
     }
 }
+#endif
 
 var<workgroup> q_sh: array<f32, HD>;
 var<workgroup> s_sh: array<f32, SPLIT>;
@@ -204,10 +294,68 @@ fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
 }
 
+#ifdef DECODE_LANES
+const DL: u32 = HD / 8u;
+
+fn lane_sum(v: f32) -> f32 {
+    var s = v + subgroupShuffleXor(v, 4u);
+    s += subgroupShuffleXor(s, 2u);
+    return s + subgroupShuffleXor(s, 1u);
+}
+
+@compute @workgroup_size(64)
+fn attn_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let n = step.kv_len;
+    if wid.x * SPLIT >= n {
+        return; // the whole workgroup: past the keys of this step
+    }
+    let lane = lid % 8u;
+    let part = wid.x * 8u + lid / 8u;
+    let h = wid.y;
+    let kvh = h / (p.heads / p.kv_heads);
+    var qv: array<f32, DL>;
+    var acc: array<f32, DL>;
+    for (var i = 0u; i < DL; i++) {
+        qv[i] = q[h * HD + lane * DL + i] * p.scale;
+    }
+    var mx = -3.0e38;
+    var l = 0.0;
+    // A fixed 8 keys, so that every lane of a subgroup reaches each shuffle; keys past n
+    // read the last row and are not counted.
+    for (var t = 0u; t < 8u; t++) {
+        let j = part * 8u + t;
+        let r = min(j, n - 1u) * p.kv_stride + kvh * HD + lane * DL;
+        var s = 0.0;
+        for (var i = 0u; i < DL; i++) {
+            s = fma(qv[i], k[r + i], s);
+        }
+        s = lane_sum(s);
+        if j < n {
+            let m_new = max(mx, s);
+            let corr = exp(mx - m_new);
+            let pj = exp(s - m_new);
+            l = l * corr + pj;
+            for (var i = 0u; i < DL; i++) {
+                acc[i] = fma(pj, v[r + i], acc[i] * corr);
+            }
+            mx = m_new;
+        }
+    }
+    let o = (h * p.ctx + part) * (HD + 2u);
+    for (var i = 0u; i < DL; i++) {
+        scores[o + lane * DL + i] = acc[i];
+    }
+    if lane == 0u {
+        scores[o + HD] = mx;
+        scores[o + HD + 1u] = l;
+    }
+}
+#endif
+
 @compute @workgroup_size(64)
 fn attn_merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let h = wid.y;
-    let splits = (step.kv_len + SPLIT - 1u) / SPLIT;
+    let splits = (step.kv_len + PART_KEYS - 1u) / PART_KEYS;
     var mx = -3.0e38;
     for (var sp = 0u; sp < splits; sp++) {
         mx = max(mx, scores[(h * p.ctx + sp) * (HD + 2u) + HD]);

@@ -21,8 +21,10 @@
 //   Dispatch fold(ceil(rows / (8 * LG_ROWS))), rows = n (GATE_UP: n / 2 pairs, 2 rows each).
 // gemm_lanes (with TOKENS, a value): the same lane groups over m input rows, for prefill on
 //   CPU devices, where workgroup-memory tiles are slow. A lane group computes LG_ROWS rows
-//   for TOKENS input rows: it loads each input row's group once and reuses it for LG_ROWS
-//   weight rows, then sums LG_ROWS * TOKENS lane partials. No NORM, no GATE_UP.
+//   for TOKENS input rows. Its lanes stride over units (a quant block of 32 values, or one
+//   16-byte word of 8 f16 values, so that k = 64 fills the lanes): the TOKENS rows' x over
+//   a unit is loaded once, and each weight row's unit is loaded and decoded once for all
+//   TOKENS rows. Then LG_ROWS * TOKENS lane partials are summed. No NORM, no GATE_UP.
 //   x is [m, x_stride4] vec4 rows. Dispatch (ceil(n / (8 * LG_ROWS)), ceil(m / TOKENS), 1).
 #include "common"
 #include "linear_store"
@@ -58,11 +60,12 @@ struct XGroup {
     sum: f32,
 }
 
+// Nibbles to floats through i32: CPUs convert signed integers in one instruction.
 fn nib_lo(q: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(q) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+    return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(q) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u)));
 }
 fn nib_hi(q: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(q) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+    return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(q) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u)));
 }
 fn i8x4(q: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(q)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
@@ -269,22 +272,109 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 var<workgroup> part_t: array<f32, WG * TOKENS>;
 #endif
 
+// gemm_lanes' lane step, a unit: for f16 rows one 16-byte word of weights (8 values), so that
+// short rows (the encoders' k = 64) still fill the 8 lanes; for the quant formats a block.
+#ifdef WF16
+const GV4: u32 = 2u;
+#else
+const GV4: u32 = 8u;
+#endif
+
+// x over one unit (zero past k), and its sum.
+struct XUnit {
+    v: array<vec4<f32>, GV4>,
+    sum: f32,
+}
+
+// One weight row over one unit, decoded once for all TOKENS rows of x: W = d * v + m.
+struct WUnit {
+    v: array<vec4<f32>, GV4>,
+    d: f32,
+    m: f32,
+}
+
+fn x_unit(row0: u32, ui: u32) -> XUnit {
+    var xu: XUnit;
+    var tot = vec4<f32>(0.0);
+    for (var j = 0u; j < GV4; j++) {
+        let c = ui * GV4 + j;
+        var v = vec4<f32>(0.0);
+        if c < p.k / 4u {
+            v = x[row0 + c];
+        }
+        xu.v[j] = v;
+        tot += v;
+    }
+    xu.sum = dot(tot, vec4<f32>(1.0));
+    return xu;
+}
+
+fn w_unit(row: u32, ui: u32) -> WUnit {
+    var wu: WUnit;
+    wu.d = 1.0;
+#ifdef WF16
+    let q = w[row * p.row_vec4 + ui];
+    wu.v[0] = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+    wu.v[1] = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+#endif
+#ifdef Q8_0
+    let i = row * (p.k / 32u) + ui;
+    let a = w[2u * i];
+    let b = w[2u * i + 1u];
+    wu.d = unpack2x16float(scale_word(i >> 1u, 8u))[i & 1u];
+    wu.v = array<vec4<f32>, GV4>(i8x4(a.x), i8x4(a.y), i8x4(a.z), i8x4(a.w),
+                                 i8x4(b.x), i8x4(b.y), i8x4(b.z), i8x4(b.w));
+#endif
+#ifdef Q4_0
+    let i = row * (p.k / 32u) + ui;
+    let q = w[i];
+    wu.d = unpack2x16float(scale_word(i >> 1u, 4u))[i & 1u];
+    wu.m = -8.0 * wu.d;
+    wu.v = array<vec4<f32>, GV4>(nib_lo(q.x), nib_lo(q.y), nib_lo(q.z), nib_lo(q.w),
+                                 nib_hi(q.x), nib_hi(q.y), nib_hi(q.z), nib_hi(q.w));
+#endif
+#ifdef Q4_1
+    let i = row * (p.k / 32u) + ui;
+    let q = w[i];
+    let dm = unpack2x16float(scale_word(i, 4u));
+    wu.d = dm.x;
+    wu.m = dm.y;
+    wu.v = array<vec4<f32>, GV4>(nib_lo(q.x), nib_lo(q.y), nib_lo(q.z), nib_lo(q.w),
+                                 nib_hi(q.x), nib_hi(q.y), nib_hi(q.z), nib_hi(q.w));
+#endif
+    return wu;
+}
+
+fn unit_dot(wu: WUnit, xu: XUnit) -> f32 {
+    var s = 0.0;
+    for (var j = 0u; j < GV4; j++) {
+        s += dot(wu.v[j], xu.v[j]);
+    }
+    return wu.d * s + wu.m * xu.sum;
+}
+
 @compute @workgroup_size(64)
 fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let lane = lid % LANES;
     let base = (wid.x * (WG / LANES) + lid / LANES) * LG_ROWS;
     let t0 = wid.y * TOKENS;
     var acc: array<array<f32, TOKENS>, LG_ROWS>;
-    let groups = (p.k + 31u) / 32u;
-    for (var gi = lane; gi < groups; gi += LANES) {
+#ifdef WF16
+    let units = p.row_vec4;
+#else
+    let units = p.k / 32u;
+#endif
+    for (var ui = lane; ui < units; ui += LANES) {
+        // x rows past m repeat row m - 1 and are not stored
+        var xs: array<XUnit, TOKENS>;
         for (var t = 0u; t < TOKENS; t++) {
-            if t0 + t >= p.m {
-                break;
-            }
-            let xg = x_group((t0 + t) * p.x_stride4, gi, 1.0);
-            for (var r = 0u; r < LG_ROWS; r++) {
-                if base + r < p.n {
-                    acc[r][t] += group_dot(base + r, gi, xg);
+            xs[t] = x_unit(min(t0 + t, p.m - 1u) * p.x_stride4, ui);
+        }
+        for (var r = 0u; r < LG_ROWS; r++) {
+            if base + r < p.n {
+                let wu = w_unit(base + r, ui);
+                for (var t = 0u; t < TOKENS; t++) {
+                    acc[r][t] += unit_dot(wu, xs[t]);
                 }
             }
         }

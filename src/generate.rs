@@ -604,16 +604,10 @@ impl Engine {
         let mut prefill_in = llm.embed(gpu, &ids_buf, &s_full.x)?;
         let mut stage_buffers = Vec::new();
         let mut vis_raster = None;
-        let _encode_pass; // keeps the visual tokens alive until prefill has run
+        let mut _encode_pass = None; // keeps the visual tokens alive until prefill has run
         if let Some(image) = image {
             let ep = self.encode_pass(image, opts, &plan)?;
             timed(&ep.tower(), &mut timings.encode)?;
-            if std::env::var_os("VLM_RUN_PROFILE").is_some() {
-                eprintln!("vision tower: {} dispatches", ep.tower().len());
-                for (l, n, t) in gpu.profile(&ep.tower(), 3)? {
-                    eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
-                }
-            }
             timed(&ep.prune.iter().collect::<Vec<_>>(), &mut timings.prune)?;
             timed(
                 &ep.projector.iter().collect::<Vec<_>>(),
@@ -625,8 +619,8 @@ impl Engine {
             )?;
             prefill_in.push(llm.place_rows(gpu, &ep.out, &s_full.x, slot)?);
             vis_raster = ep.stage.as_ref().map(|s| s.raster.clone());
-            _encode_pass = ep;
-            if let Some(s) = _encode_pass.stage.as_ref() {
+            _encode_pass = Some(ep);
+            if let Some(s) = _encode_pass.as_ref().and_then(|ep| ep.stage.as_ref()) {
                 stage_buffers.push(s);
             }
         }
@@ -697,13 +691,6 @@ impl Engine {
         gpu.sample_memory(); // every buffer of the request is alive here
         let mut next = self.read_token(&staging)?;
         timings.prefill += ms(t_last);
-        if std::env::var_os("VLM_RUN_PROFILE").is_some() {
-            let ks: Vec<&Kernel> = head.iter().collect();
-            eprintln!("prefill (after any prune layer): {} dispatches", ks.len());
-            for (l, n, t) in gpu.profile(&ks, 3)? {
-                eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
-            }
-        }
         let prefill_logits = if opts.keep_prefill_logits {
             Some(logits.read(gpu)?)
         } else {
@@ -764,9 +751,21 @@ impl Engine {
             next = self.read_token(&staging)?;
         }
         timings.decode = ms(t);
-        // Developer switch: time each kernel of a decode step alone (5 runs each, grouped by
-        // kernel and grid) and print the table to stderr after the request.
+        // Developer switch: time each kernel of the vision tower, of the prefill (after any
+        // prune layer) and of a decode step alone (runs grouped by kernel and grid), and print
+        // the tables to stderr. Only after the request: the replays re-run residual adds.
         if std::env::var_os("VLM_RUN_PROFILE").is_some() {
+            if let Some(ep) = _encode_pass.as_ref() {
+                eprintln!("vision tower: {} dispatches", ep.tower().len());
+                for (l, n, t) in gpu.profile(&ep.tower(), 3)? {
+                    eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
+                }
+            }
+            let ks: Vec<&Kernel> = head.iter().collect();
+            eprintln!("prefill (after any prune layer): {} dispatches", ks.len());
+            for (l, n, t) in gpu.profile(&ks, 3)? {
+                eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
+            }
             let t = Instant::now();
             gpu.run(&kernels)?;
             let whole = ms(t);

@@ -129,7 +129,7 @@ fn quantized_gemv_gemm_and_embedding_match_cpu_dequantisation() {
                     // Q4_0/Q4_1/Q8_0 go to the lane kernel when the tile asks for it
                     let lanes = tile == GemmTile::Lanes
                         && ops::matmul::gemv_reads(&wt)
-                        && k >= ops::matmul::LANE_MIN_K;
+                        && k >= ops::matmul::lane_min_k(wt.ty);
                     let want = if lanes { "gemm_lanes" } else { "gemm" };
                     assert_eq!(ks[0].label, want, "{what}");
                 }

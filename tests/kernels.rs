@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Step, Tensor, Weight};
-use vlm_run::ops::matmul::LANE_MIN_K;
+use vlm_run::ops::matmul::lane_min_k;
 use vlm_run::ops::{self, attention::Heads, matmul::Act};
 
 fn cpu_linear(
@@ -64,7 +64,9 @@ fn step_buffer(gpu: &Gpu, step: Step) -> wgpu::Buffer {
 fn expected_entry(tile: GemmTile, m: usize, w: &Weight) -> &'static str {
     match (m, tile) {
         (1, _) => "gemv",
-        (_, GemmTile::Lanes) if ops::matmul::gemv_reads(w) && w.cols >= LANE_MIN_K => "gemm_lanes",
+        (_, GemmTile::Lanes) if ops::matmul::gemv_reads(w) && w.cols >= lane_min_k(w.ty) => {
+            "gemm_lanes"
+        }
         _ => "gemm",
     }
 }
@@ -88,6 +90,9 @@ fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
             (70, 96, 67),
             (13, 256, 130),
             (9, 300, 70),
+            // short f16 rows: the lane kernel steps 8 values per lane (k = 40: 5 of 8 busy)
+            (41, 64, 130),
+            (20, 40, 33),
         ] {
             let x = rng.vec(m * k, 1.0);
             let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
@@ -430,6 +435,8 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
             (45, 45, 6, 2, 16, true, 0),
             (5, 50, 6, 3, 32, true, 45),
             (1, 20, 2, 1, 64, true, 19),
+            // a head dim the direct variant does not take (not a multiple of 4): tiles
+            (9, 9, 2, 2, 6, true, 0),
         ] {
             let h = Heads {
                 heads,
@@ -461,9 +468,16 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
 #[test]
 fn decode_attention_over_the_cache_matches_cpu() {
     let mut rng = Rng::new(7);
-    for (name, gpu) in variants() {
+    for ((name, gpu), tiles) in variants()
+        .into_iter()
+        .flat_map(|v| [true, false].map(|t| (v.clone(), t)))
+    {
+        // attn_split (GPUs) and, on the CPU-device row with subgroups, attn_lanes
+        gpu.set_attention_tiles(tiles);
+        let lanes = !tiles && gpu.caps.subgroups && gpu.caps.subgroup_min >= 8;
+        let name = format!("{name} attention tiles {tiles}");
         // 3 splits of 64 keys: kv_len inside the first, at its end, across, and with the
-        // last split empty.
+        // last split empty; odd lengths end inside a lane group's 8 keys.
         let (ctx, heads, kv_heads, hd) = (190usize, 6usize, 2usize, 16usize);
         let h = Heads {
             heads,
@@ -478,7 +492,7 @@ fn decode_attention_over_the_cache_matches_cpu() {
         let vt = Tensor::from_f32(&gpu, "v", ctx, kv_heads * hd, &v).unwrap();
         let partials = ops::attention::decode_partials(&gpu, h, ctx).unwrap();
         let out = Tensor::new(&gpu, "o", 1, heads * hd).unwrap();
-        for kv_len in [1usize, 64, 67, 128, 190] {
+        for kv_len in [1usize, 8, 13, 64, 67, 128, 190] {
             let step = step_buffer(
                 &gpu,
                 Step {
@@ -489,6 +503,8 @@ fn decode_attention_over_the_cache_matches_cpu() {
             );
             let ks =
                 ops::attention::decode(&gpu, h, &qt, &kt, &vt, &partials, &step, &out).unwrap();
+            let entry = if lanes { "attn_lanes" } else { "attn_split" };
+            assert_eq!(ks[0].label, entry, "{name}");
             gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
             let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
             assert_close(

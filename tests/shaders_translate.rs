@@ -34,7 +34,12 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q4_0", "TOKENS", "ACCUMULATE"],
         ],
         "rope" => vec![vec![], vec!["KV_CACHE"]],
-        "attention" => vec![vec![], vec!["DIRECT_KV"]],
+        "attention" => vec![
+            vec![],
+            vec!["DIRECT_KV"],
+            // the CPU-device decode attention (the engine sets it only with SUBGROUPS)
+            vec!["DIRECT_KV", "DECODE_LANES"],
+        ],
         "norm" => vec![vec![], vec!["LAYER_NORM"]],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
         "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"]],
@@ -96,6 +101,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                     d.flag(f);
                 }
                 d.set("HD", 64).set("KT", 16).set("LG_ROWS", "4u");
+                d.set("KB", "8u").set("QPI", "4u");
                 if extra.contains(&"TOKENS") {
                     d.set("TOKENS", "4u");
                 }
@@ -110,7 +116,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
         }
     }
     // matmul 7 and matmul_quant 5 (each in two tiles), gemv 8, norm 2, elementwise 2,
-    // rope 2, attention 2, embed, sample, bandwidth, random_fill 1 each, prune_select 3,
+    // rope 2, attention 3, embed, sample, bandwidth, random_fill 1 each, prune_select 3,
     // prune_score and prune_gather 1 each.
-    assert_eq!(count, 4 * (2 * (7 + 5) + 8 + 2 + 2 + 2 + 2 + 4 + 3 + 2));
+    assert_eq!(count, 4 * (2 * (7 + 5) + 8 + 2 + 2 + 2 + 3 + 4 + 3 + 2));
 }

@@ -80,7 +80,7 @@ pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A weight matrix [rows, cols]. As f16 (`ty` F16), each row is padded with zeros to `cols4`
-/// (a multiple of 4) so that kernels can read 4 values at a time. Quantized (`ty` a ggml
+/// (a multiple of 8) so that kernels can read 4 values, or one 16-byte word of 8, at a time. Quantized (`ty` a ggml
 /// block type), rows are the file's blocks, `row_bytes` each, unpadded, in [`repack`]'s
 /// layout; each chunk's buffer is padded at its end to whole 4-byte words.
 pub struct Weight {
@@ -105,13 +105,18 @@ fn rows_per_chunk(gpu: &Gpu, name: &str, row_bytes: usize, reserve: u64) -> Resu
     Ok(rows)
 }
 
+/// Values per f16 weight row on the GPU: `cols` padded to whole 16-byte words.
+fn f16_row_len(cols: usize) -> usize {
+    cols.next_multiple_of(8)
+}
+
 impl Weight {
     /// Upload `data` (row-major f16 bits, `rows * cols`), split by rows to fit the binding limit.
     pub fn upload(gpu: &Gpu, name: &str, rows: usize, cols: usize, data: &[u16]) -> Result<Self> {
         if data.len() != rows * cols {
             bail!("{name}: expected {rows}x{cols} values, got {}", data.len());
         }
-        let cols4 = cols.next_multiple_of(4);
+        let cols4 = f16_row_len(cols);
         let rows_per_chunk = rows_per_chunk(gpu, name, 2 * cols4, 0)?;
         let mut chunks = Vec::new();
         let mut row0 = 0;
@@ -226,7 +231,7 @@ impl Weight {
             ),
         };
         let (cols4, row_bytes, reserve) = if ty == GgmlType::F16 {
-            let cols4 = cols.next_multiple_of(4);
+            let cols4 = f16_row_len(cols);
             (cols4, 2 * cols4, 0)
         } else {
             let Some(rb) = ty.row_bytes(cols) else {

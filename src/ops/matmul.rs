@@ -145,8 +145,15 @@ pub fn linear_at(
 /// weight rows reuse each input group more, more input rows only add registers).
 const LANE_TOKENS: usize = 4;
 
-/// The shortest rows gemm_lanes takes: one 32-value group per lane.
-pub const LANE_MIN_K: usize = 256;
+/// The shortest rows gemm_lanes takes: a 32-value block of the quant formats per lane, or
+/// for f16 half the lanes busy with a 16-byte word (8 values) each, which still beats the
+/// workgroup-memory tile on CPU devices.
+pub fn lane_min_k(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F16 => 32,
+        _ => 256,
+    }
+}
 
 /// Weight rows per lane group of gemm_lanes: 32, or fewer when a matrix has too few rows
 /// to keep two workgroups busy.
@@ -174,7 +181,7 @@ fn gemm_lanes(
 ) -> Result<Option<Vec<Kernel>>> {
     // Its 8 lanes stride over K in groups of 32: below 8 groups some lanes would idle, and
     // the workgroup tile is faster.
-    if !gemv_reads(w) || !x.cols.is_multiple_of(4) || w.cols < LANE_MIN_K {
+    if !gemv_reads(w) || !x.cols.is_multiple_of(4) || w.cols < lane_min_k(w.ty) {
         return Ok(None);
     }
     let mut d = gemv_defines(gpu, w);
