@@ -32,6 +32,11 @@ It is built the way LLaVA was:
              objects cover (and every tenth other one). Without it the decoder answered from
              the question alone for ~1500 steps and reached 65% after 5000; with it, it reads
              the image within a few hundred.
+  refine     a second cosine cycle of stage 2 (--steps-refine, peak --lr-refine) from its
+             end, with 16 question turns per sequence instead of 8: the 256 visual tokens
+             dominate a sequence, so twice the questions cost 1.35x the time per step. Val
+             (799 questions) went from 90.5% to 92.5% after 900 of its 2400 steps; existence,
+             which needs a colour and a shape at the same patch, from 78.8% to 92.5%.
 
 Reproducible from --seed; resumable: every stage checkpoints under --work and a rerun picks
 up where it stopped. Budget: the whole run is sized for <= 90 minutes on 2 CPU cores.
@@ -380,32 +385,47 @@ def init_projector(model, a):
         p.linear_2.bias.zero_()
 
 
-def stage2(model, tok, feats, scenes, a):
-    path = os.path.join(a.work, "stage2.pt")
-    if not os.path.exists(path) and a.init_projector:
+def load_stage2(model, st):
+    model.model.multi_modal_projector.load_state_dict(st["projector"])
+    model.model.language_model.load_state_dict(st["decoder"])
+    model.lm_head.load_state_dict(st["head"])
+
+
+def stage2(model, tok, feats, scenes, a, refine=False):
+    """Stage 2, or with `refine` its second cosine cycle: it starts from stage 2's end and
+    draws --turns-refine questions per sequence (more supervision per pass over the visual
+    tokens, which dominate the sequence), with no curriculum."""
+    name = "stage 2 refine" if refine else "stage 2"
+    path = os.path.join(a.work, "stage2-refine.pt" if refine else "stage2.pt")
+    total, peak = (a.steps_refine, a.lr_refine) if refine else (a.steps2, a.lr2)
+    if total == 0:
+        return
+    if not refine and not os.path.exists(path) and a.init_projector:
         init_projector(model, a)
-    seqs = Sequences(tok, scenes, a.turns, model.config)
+    seqs = Sequences(tok, scenes, a.turns_refine if refine else a.turns, model.config)
     params = (list(model.model.multi_modal_projector.parameters())
               + list(model.model.language_model.parameters()) + list(model.lm_head.parameters()))
-    opt = torch.optim.AdamW(params, lr=a.lr2, weight_decay=0.01, betas=(0.9, 0.98))
-    step, total = 0, a.steps2
+    opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01, betas=(0.9, 0.98))
+    step = 0
     if os.path.exists(path):
         st = torch.load(path, weights_only=False)
-        model.model.multi_modal_projector.load_state_dict(st["projector"])
-        model.model.language_model.load_state_dict(st["decoder"])
-        model.lm_head.load_state_dict(st["head"])
+        load_stage2(model, st)
         opt.load_state_dict(st["opt"]); step = st["step"]
-        log(f"stage 2: resumed at step {step}/{total}")
+        log(f"{name}: resumed at step {step}/{total}")
+    elif refine:
+        load_stage2(model, torch.load(os.path.join(a.work, "stage2.pt"), weights_only=False))
+    # the refine cycle's draws continue stage 2's sequence of seeds
+    offset = a.steps2 if refine else 0
     model.train()
     pad = model.config.text_config.pad_token_id
     t0, acc_n, acc_ok = time.time(), 0, 0
     while step < total:
-        rng = random.Random(a.seed * 1000003 + step)
+        rng = random.Random(a.seed * 1000003 + offset + step)
         per_epoch = len(seqs.images) // a.batch2
-        epoch, pos = divmod(step, per_epoch)
+        epoch, pos = divmod(offset + step, per_epoch)
         order = np.random.default_rng(a.seed + epoch).permutation(seqs.images)
         chosen = [int(i) for i in order[pos * a.batch2:(pos + 1) * a.batch2]]
-        if step < a.object_steps:
+        if not refine and step < a.object_steps:
             # Curriculum: the first steps see only the patches that objects cover (and every
             # tenth other one), in raster order, so that the lookup of an object among a few
             # dozen tokens is learnt before the decoder faces all 256.
@@ -431,7 +451,7 @@ def stage2(model, tok, feats, scenes, a):
         lg = logits[:, :-1]
         loss = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), ignore_index=-100)
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, total, a.lr2, 100)
+            g["lr"] = cosine_lr(step, total, peak, 100)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -444,7 +464,7 @@ def stage2(model, tok, feats, scenes, a):
         if step % 25 == 0 or step == total:
             rate = (time.time() - t0) / 25
             t0 = time.time()
-            log(f"stage 2 step {step}/{total} loss {loss.item():.4f} "
+            log(f"{name} step {step}/{total} loss {loss.item():.4f} "
                 f"answer-token acc {acc_ok / max(1, acc_n):.3f} ({rate:.2f} s/step)")
             acc_n = acc_ok = 0
         if step % 100 == 0 or step == total:
@@ -518,6 +538,10 @@ def main():
     ap.add_argument("--batch2", type=int, default=8)
     ap.add_argument("--lr2", type=float, default=1e-3)
     ap.add_argument("--turns", type=int, default=8, help="question turns per training sequence")
+    ap.add_argument("--steps-refine", type=int, default=2400,
+                    help="stage 2's second cosine cycle (0: none)")
+    ap.add_argument("--lr-refine", type=float, default=5e-4)
+    ap.add_argument("--turns-refine", type=int, default=16)
     ap.add_argument("--object-steps", type=int, default=1500,
                     help="stage 2 curriculum: this many first steps see object patches only")
     ap.add_argument("--width", type=int, default=128, help="decoder width (heads of 16)")
@@ -550,6 +574,7 @@ def main():
     feats = cache_features(model, scenes, a)
     log(f"features ready ({time.time() - start:.0f} s)")
     stage2(model, tok, feats, scenes, a)
+    stage2(model, tok, feats, scenes, a, refine=True)
     round_f16_(model)
     log(f"training done ({(time.time() - start) / 60:.1f} min)")
     export(model, tok, config, a.out)

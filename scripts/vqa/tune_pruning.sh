@@ -16,11 +16,16 @@ cargo build --release --quiet
 CAL=$(mktemp -d)/calibration.json
 $BIN calibrate --model $MODEL -o "$CAL" >/dev/null 2>&1
 
-score() {  # label, then eval options
+score() {  # label, then eval options; a failed run (a budget out of reach) prints "–: why"
   local label=$1; shift
-  local acc
-  acc=$($BIN eval --model $MODEL --data $DATA --limit "$N" --json "$@" \
-    | python3 -c 'import json,sys; t=json.loads(sys.stdin.readline())["overall"]; print("%.1f%%" % (100 * t["right"] / t["total"]))')
+  local out acc err
+  err=$(mktemp)
+  if out=$($BIN eval --model $MODEL --data $DATA --limit "$N" --json "$@" 2>"$err"); then
+    acc=$(python3 -c 'import json,sys; t=json.loads(sys.stdin.readline())["overall"]; print("%.1f%%" % (100 * t["right"] / t["total"]))' <<<"$out")
+  else
+    acc="–: $(grep -m1 error "$err" | cut -c1-60)"
+  fi
+  rm -f "$err"
   printf '%-44s %s\n' "$label" "$acc"
 }
 
@@ -30,5 +35,5 @@ score "posprune (defaults)" --prune posprune --keep $B
 score "posprune calibrated" --prune posprune --keep $B --calibration "$CAL"
 for f in 0 1; do score "posprune arp-floor $f" --prune posprune --keep $B --arp-floor $f; done
 for r in 2; do score "posprune arp-regions $r" --prune posprune --keep $B --arp-regions $r; done
-for l in 0.8 1; do score "posprune mmr-lambda $l" --prune posprune --keep $B --mmr-lambda $l; done
+for l in 0.2 0.6 0.8 1; do score "posprune mmr-lambda $l" --prune posprune --keep $B --mmr-lambda $l; done
 score "posprune arp-keep 128" --prune posprune --keep $B --arp-keep 128
