@@ -309,6 +309,13 @@ fn x_unit(row0: u32, ui: u32) -> XUnit {
     return xu;
 }
 
+// The 32 nibbles of a Q4_0 / Q4_1 block's 16 quant bytes, in value order (low nibbles are
+// values 0..15, high nibbles 16..31).
+fn block_nibbles(q: vec4<u32>) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(nib_lo(q.x), nib_lo(q.y), nib_lo(q.z), nib_lo(q.w),
+                               nib_hi(q.x), nib_hi(q.y), nib_hi(q.z), nib_hi(q.w));
+}
+
 fn w_unit(row: u32, ui: u32) -> WUnit {
     var wu: WUnit;
     wu.d = 1.0;
@@ -330,8 +337,7 @@ fn w_unit(row: u32, ui: u32) -> WUnit {
     let q = w[i];
     wu.d = unpack2x16float(scale_word(i >> 1u, 4u))[i & 1u];
     wu.m = -8.0 * wu.d;
-    wu.v = array<vec4<f32>, GV4>(nib_lo(q.x), nib_lo(q.y), nib_lo(q.z), nib_lo(q.w),
-                                 nib_hi(q.x), nib_hi(q.y), nib_hi(q.z), nib_hi(q.w));
+    wu.v = block_nibbles(q);
 #endif
 #ifdef Q4_1
     let i = row * (p.k / 32u) + ui;
@@ -339,8 +345,7 @@ fn w_unit(row: u32, ui: u32) -> WUnit {
     let dm = unpack2x16float(scale_word(i, 4u));
     wu.d = dm.x;
     wu.m = dm.y;
-    wu.v = array<vec4<f32>, GV4>(nib_lo(q.x), nib_lo(q.y), nib_lo(q.z), nib_lo(q.w),
-                                 nib_hi(q.x), nib_hi(q.y), nib_hi(q.z), nib_hi(q.w));
+    wu.v = block_nibbles(q);
 #endif
     return wu;
 }
