@@ -46,11 +46,10 @@ impl Heads {
     }
 
     fn defines(&self, gpu: &Gpu) -> Result<crate::gpu::shader::Defines> {
-        // the CPU-device variant: K/V read straight from the buffers, no barriers
-        let direct = !gpu.attention_tiles() && self.hd.is_multiple_of(4);
+        let direct = self.direct_kv(gpu);
         // Keys per workgroup-memory tile: K and V tiles of KT x hd f32 must fit.
         let kt = (gpu.caps.workgroup_memory as usize / (8 * self.hd)).min(32);
-        if kt == 0 && !direct {
+        if kt == 0 && direct.is_none() {
             bail!(
                 "attention: head dim {} needs more than the device's {} bytes of workgroup memory",
                 self.hd,
@@ -58,8 +57,7 @@ impl Heads {
             );
         }
         let mut d = gpu.base_defines().with("HD", self.hd).with("KT", kt.max(1));
-        if direct {
-            let (kb, qpi) = direct_shape(self.hd);
+        if let Some((kb, qpi)) = direct {
             d.flag("DIRECT_KV");
             d.set("KB", format!("{kb}u")).set("QPI", format!("{qpi}u"));
         }
@@ -67,6 +65,17 @@ impl Heads {
             d.flag("DECODE_LANES");
         }
         Ok(d)
+    }
+
+    /// The prefill attention's CPU-device variant (K/V read straight from the buffers, no
+    /// barriers) when it runs: its keys per softmax block and query rows per invocation.
+    fn direct_kv(&self, gpu: &Gpu) -> Option<(u32, u32)> {
+        (!gpu.attention_tiles() && self.hd.is_multiple_of(4)).then(|| direct_shape(self.hd))
+    }
+
+    /// Decode attention's partials (HD + 2 values each) per head over a cache of `ctx` rows.
+    fn partials(&self, gpu: &Gpu, ctx: usize) -> usize {
+        ctx.div_ceil(SPLIT) * (SPLIT / self.part_keys(gpu))
     }
 
     /// Whether decode attention runs `attn_lanes` (no barriers, a partial per 8 keys): on
@@ -126,11 +135,7 @@ pub fn prefill(
         pad: 0,
     };
     let defines = h.defines(gpu)?;
-    let rows_per_wg = if defines.has("DIRECT_KV") {
-        32 * direct_shape(h.hd).1
-    } else {
-        32
-    };
+    let rows_per_wg = 32 * h.direct_kv(gpu).map_or(1, |(_, qpi)| qpi);
     let grid = [(q.rows as u32).div_ceil(rows_per_wg), h.heads as u32, 1];
     let bindings = [(1, &q.buf), (2, &k.buf), (3, &v.buf), (4, &out.buf)];
     Kernel::new(
@@ -167,7 +172,7 @@ pub fn decode_partials(gpu: &Gpu, h: Heads, ctx: usize) -> Result<Tensor> {
         gpu,
         "attn.partials",
         h.heads,
-        ctx.div_ceil(SPLIT) * (SPLIT / h.part_keys(gpu)) * (h.hd + 2),
+        h.partials(gpu, ctx) * (h.hd + 2),
     )
 }
 
@@ -187,7 +192,7 @@ pub fn decode(
 ) -> Result<Vec<Kernel>> {
     h.check(q, k_cache)?;
     let splits = k_cache.rows.div_ceil(SPLIT);
-    let parts = splits * (SPLIT / h.part_keys(gpu));
+    let parts = h.partials(gpu, k_cache.rows);
     if partials.rows != h.heads || partials.cols < parts * (h.hd + 2) {
         bail!(
             "attention: partials must hold {} partials of {} heads",
