@@ -23,6 +23,9 @@
 //               workgroup is 8 lane groups of 8 lanes; lane group g takes the split's keys
 //               8g .. 8g + 8 (a partial of its own), each lane HD / 8 dims of q, K and V, and
 //               a key's score is summed over the lanes by subgroup shuffles.
+//   attn_lanes_one (DECODE_LANES): the same lane groups in one workgroup per head over all
+//               the keys, merged in workgroup memory straight into out: a single dispatch.
+//               Bindings 1 q, 2 k, 3 v, 4 out, 6 step; dispatch (1, heads, 1).
 //   attn_merge: 5 partials, 4 out f32 [heads * HD], 6 step: rescale the partials (one per
 //               PART_KEYS keys) to their common max and normalise. Dispatch (1, heads, 1).
 #include "common"
@@ -303,6 +306,59 @@ fn lane_sum(v: f32) -> f32 {
     return s + subgroupShuffleXor(s, 1u);
 }
 
+// One lane group's online-softmax state: its lane's HD / 8 dims of q (scaled) and of the
+// unnormalised Σ exp(s - mx) v, the running max and the sum of exp(s - mx).
+struct LaneState {
+    qv: array<f32, DL>,
+    acc: array<f32, DL>,
+    mx: f32,
+    l: f32,
+}
+
+fn lane_state(h: u32, lane: u32) -> LaneState {
+    var st: LaneState;
+    for (var i = 0u; i < DL; i++) {
+        st.qv[i] = q[h * HD + lane * DL + i] * p.scale;
+    }
+    st.mx = -3.0e38;
+    return st;
+}
+
+// Keys j0 .. j0 + 8 into the state. A fixed 8 keys, so that every lane of a subgroup reaches
+// each shuffle; keys past n read the last row and are not counted.
+fn lane_keys(st: ptr<function, LaneState>, j0: u32, n: u32, kvh: u32, lane: u32) {
+    for (var t = 0u; t < 8u; t++) {
+        let j = j0 + t;
+        let r = min(j, n - 1u) * p.kv_stride + kvh * HD + lane * DL;
+        var s = 0.0;
+        for (var i = 0u; i < DL; i++) {
+            s = fma((*st).qv[i], k[r + i], s);
+        }
+        s = lane_sum(s);
+        if j < n {
+            let m_new = max((*st).mx, s);
+            let corr = exp((*st).mx - m_new);
+            let pj = exp(s - m_new);
+            (*st).l = (*st).l * corr + pj;
+            for (var i = 0u; i < DL; i++) {
+                (*st).acc[i] = fma(pj, v[r + i], (*st).acc[i] * corr);
+            }
+            (*st).mx = m_new;
+        }
+    }
+}
+
+// A lane group's state as a partial at `o` of the partials: HD sums, then max and sum.
+fn lane_partial(st: LaneState, o: u32, lane: u32) {
+    for (var i = 0u; i < DL; i++) {
+        scores[o + lane * DL + i] = st.acc[i];
+    }
+    if lane == 0u {
+        scores[o + HD] = st.mx;
+        scores[o + HD + 1u] = st.l;
+    }
+}
+
 @compute @workgroup_size(64)
 fn attn_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let n = step.kv_len;
@@ -312,42 +368,55 @@ fn attn_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     let lane = lid % 8u;
     let part = wid.x * 8u + lid / 8u;
     let h = wid.y;
+    var st = lane_state(h, lane);
+    lane_keys(&st, part * 8u, n, h / (p.heads / p.kv_heads), lane);
+    lane_partial(st, (h * p.ctx + part) * (HD + 2u), lane);
+}
+
+var<workgroup> lg_part: array<f32, 8u * (HD + 2u)>;
+
+// attn_lanes_one: one workgroup per head takes all the keys, in rounds of 64 (lane group g:
+// keys 64 r + 8 g .. + 8), and merges its 8 lane groups through workgroup memory (one
+// barrier) into `out`: no partials and no merge dispatch. For caches of at most
+// ops::attention::ONE_PASS_KEYS rows. Bindings: 1 q, 2 k cache, 3 v cache, 4 out, 6 step.
+// Dispatch (1, heads, 1).
+@compute @workgroup_size(64)
+fn attn_lanes_one(@builtin(local_invocation_index) lid: u32,
+                  @builtin(workgroup_id) wid: vec3<u32>) {
+    let n = step.kv_len;
+    let lane = lid % 8u;
+    let g = lid / 8u;
+    let h = wid.y;
     let kvh = h / (p.heads / p.kv_heads);
-    var qv: array<f32, DL>;
-    var acc: array<f32, DL>;
-    for (var i = 0u; i < DL; i++) {
-        qv[i] = q[h * HD + lane * DL + i] * p.scale;
+    var st = lane_state(h, lane);
+    let rounds = (n + SPLIT - 1u) / SPLIT;
+    for (var rd = 0u; rd < rounds; rd++) {
+        lane_keys(&st, rd * SPLIT + g * 8u, n, kvh, lane);
     }
-    var mx = -3.0e38;
-    var l = 0.0;
-    // A fixed 8 keys, so that every lane of a subgroup reaches each shuffle; keys past n
-    // read the last row and are not counted.
-    for (var t = 0u; t < 8u; t++) {
-        let j = part * 8u + t;
-        let r = min(j, n - 1u) * p.kv_stride + kvh * HD + lane * DL;
-        var s = 0.0;
-        for (var i = 0u; i < DL; i++) {
-            s = fma(qv[i], k[r + i], s);
-        }
-        s = lane_sum(s);
-        if j < n {
-            let m_new = max(mx, s);
-            let corr = exp(mx - m_new);
-            let pj = exp(s - m_new);
-            l = l * corr + pj;
-            for (var i = 0u; i < DL; i++) {
-                acc[i] = fma(pj, v[r + i], acc[i] * corr);
-            }
-            mx = m_new;
-        }
-    }
-    let o = (h * p.ctx + part) * (HD + 2u);
+    let o = g * (HD + 2u);
     for (var i = 0u; i < DL; i++) {
-        scores[o + lane * DL + i] = acc[i];
+        lg_part[o + lane * DL + i] = st.acc[i];
     }
     if lane == 0u {
-        scores[o + HD] = mx;
-        scores[o + HD + 1u] = l;
+        lg_part[o + HD] = st.mx;
+        lg_part[o + HD + 1u] = st.l;
+    }
+    workgroupBarrier();
+    // lane groups without keys hold mx = -3e38 and l = 0: their weight is 0
+    var mx = -3.0e38;
+    for (var i = 0u; i < 8u; i++) {
+        mx = max(mx, lg_part[i * (HD + 2u) + HD]);
+    }
+    var l = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        l += exp(lg_part[i * (HD + 2u) + HD] - mx) * lg_part[i * (HD + 2u) + HD + 1u];
+    }
+    for (var d = lid; d < HD; d += 64u) {
+        var a = 0.0;
+        for (var i = 0u; i < 8u; i++) {
+            a += exp(lg_part[i * (HD + 2u) + HD] - mx) * lg_part[i * (HD + 2u) + d];
+        }
+        out[h * HD + d] = a / l;
     }
 }
 #endif

@@ -24,8 +24,11 @@
 //   for TOKENS input rows. Its lanes stride over units (a quant block of 32 values, or one
 //   16-byte word of 8 f16 values, so that k = 64 fills the lanes): the TOKENS rows' x over
 //   a unit is loaded once, and each weight row's unit is loaded and decoded once for all
-//   TOKENS rows. Then LG_ROWS * TOKENS lane partials are summed. No NORM, no GATE_UP.
-//   x is [m, x_stride4] vec4 rows. Dispatch (ceil(n / (8 * LG_ROWS)), ceil(m / TOKENS), 1).
+//   TOKENS rows. Then LG_ROWS * TOKENS lane partials are summed. NORM: x's units are
+//   scaled by g as they load and their squares summed alongside, so each row's RMS scale
+//   multiplies its sums at the end. GATE_UP as in gemv.
+//   x is [m, x_stride4] vec4 rows. Dispatch (ceil(outputs / (8 * LG_ROWS)), ceil(m / TOKENS),
+//   1), outputs = n (GATE_UP: n / 2 pairs, 2 rows each).
 #include "common"
 #include "linear_store"
 
@@ -280,10 +283,12 @@ const GV4: u32 = 2u;
 const GV4: u32 = 8u;
 #endif
 
-// x over one unit (zero past k), and its sum.
+// x over one unit (zero past k, times g with NORM), its sum, and the sum of the unscaled
+// squares (NORM).
 struct XUnit {
     v: array<vec4<f32>, GV4>,
     sum: f32,
+    sq: f32,
 }
 
 // One weight row over one unit, decoded once for all TOKENS rows of x: W = d * v + m.
@@ -293,19 +298,40 @@ struct WUnit {
     m: f32,
 }
 
-fn x_unit(row0: u32, ui: u32) -> XUnit {
+// The RMSNorm weight over one unit, loaded once for the TOKENS rows (ones without NORM).
+fn g_unit(ui: u32) -> array<vec4<f32>, GV4> {
+    var gu: array<vec4<f32>, GV4>;
+    for (var j = 0u; j < GV4; j++) {
+        gu[j] = vec4<f32>(1.0);
+#ifdef NORM
+        let c = ui * GV4 + j;
+        if c < p.k / 4u {
+            gu[j] = g[c];
+        }
+#endif
+    }
+    return gu;
+}
+
+fn x_unit(row0: u32, ui: u32, gu: array<vec4<f32>, GV4>) -> XUnit {
     var xu: XUnit;
     var tot = vec4<f32>(0.0);
+    var sq = vec4<f32>(0.0);
     for (var j = 0u; j < GV4; j++) {
         let c = ui * GV4 + j;
         var v = vec4<f32>(0.0);
         if c < p.k / 4u {
             v = x[row0 + c];
         }
+#ifdef NORM
+        sq += v * v;
+        v *= gu[j];
+#endif
         xu.v[j] = v;
         tot += v;
     }
     xu.sum = dot(tot, vec4<f32>(1.0));
+    xu.sq = dot(sq, vec4<f32>(1.0));
     return xu;
 }
 
@@ -358,12 +384,47 @@ fn unit_dot(wu: WUnit, xu: XUnit) -> f32 {
     return wu.d * s + wu.m * xu.sum;
 }
 
+// Each token's value summed over the lane group; lane 0 gets the sums (every lane with
+// SUBGROUPS). Called from uniform control flow: it may hold workgroup barriers.
+fn token_sums(lid: u32, v: array<f32, TOKENS>) -> array<f32, TOKENS> {
+    var s = v;
+#ifdef SUBGROUPS
+    for (var t = 0u; t < TOKENS; t++) {
+        s[t] = lane_sum(v[t]);
+    }
+#else
+    for (var t = 0u; t < TOKENS; t++) {
+        part_t[lid * TOKENS + t] = v[t];
+    }
+    workgroupBarrier();
+    if lid % LANES == 0u {
+        for (var t = 0u; t < TOKENS; t++) {
+            var a = 0.0;
+            for (var i = 0u; i < LANES; i++) {
+                a += part_t[(lid + i) * TOKENS + t];
+            }
+            s[t] = a;
+        }
+    }
+    workgroupBarrier();
+#endif
+    return s;
+}
+
 @compute @workgroup_size(64)
 fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let lane = lid % LANES;
-    let base = (wid.x * (WG / LANES) + lid / LANES) * LG_ROWS;
+    let lg = wid.x * (WG / LANES) + lid / LANES;
+#ifdef GATE_UP
+    let base = lg * (LG_ROWS / 2u);
+    let valid = p.n / 2u;
+#else
+    let base = lg * LG_ROWS;
+    let valid = p.n;
+#endif
     let t0 = wid.y * TOKENS;
     var acc: array<array<f32, TOKENS>, LG_ROWS>;
+    var sq: array<f32, TOKENS>;
 #ifdef WF16
     let units = p.row_vec4;
 #else
@@ -371,53 +432,54 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 #endif
     for (var ui = lane; ui < units; ui += LANES) {
         // x rows past m repeat row m - 1 and are not stored
+        let gu = g_unit(ui);
         var xs: array<XUnit, TOKENS>;
         for (var t = 0u; t < TOKENS; t++) {
-            xs[t] = x_unit(min(t0 + t, p.m - 1u) * p.x_stride4, ui);
+            xs[t] = x_unit(min(t0 + t, p.m - 1u) * p.x_stride4, ui, gu);
+            sq[t] += xs[t].sq;
         }
         for (var r = 0u; r < LG_ROWS; r++) {
-            if base + r < p.n {
-                let wu = w_unit(base + r, ui);
+            if in_range(base, r, valid) {
+                let wu = w_unit(row_of(base, r), ui);
                 for (var t = 0u; t < TOKENS; t++) {
                     acc[r][t] += unit_dot(wu, xs[t]);
                 }
             }
         }
     }
-#ifdef SUBGROUPS
     for (var r = 0u; r < LG_ROWS; r++) {
-        for (var t = 0u; t < TOKENS; t++) {
-            acc[r][t] = lane_sum(acc[r][t]);
-        }
+        acc[r] = token_sums(lid, acc[r]);
     }
-#else
-    // one weight row at a time, so that workgroup memory holds WG * TOKENS partials
-    for (var r = 0u; r < LG_ROWS; r++) {
-        for (var t = 0u; t < TOKENS; t++) {
-            part_t[lid * TOKENS + t] = acc[r][t];
+#ifdef NORM
+    // RMSNorm is linear in g * x: each row's sums take its 1 / rms at the end
+    let ss = token_sums(lid, sq);
+    for (var t = 0u; t < TOKENS; t++) {
+        let scale = inverseSqrt(ss[t] / f32(p.k) + p.eps);
+        for (var r = 0u; r < LG_ROWS; r++) {
+            acc[r][t] *= scale;
         }
-        workgroupBarrier();
-        if lane == 0u {
-            for (var t = 0u; t < TOKENS; t++) {
-                var s = 0.0;
-                for (var i = 0u; i < LANES; i++) {
-                    s += part_t[(lid + i) * TOKENS + t];
-                }
-                acc[r][t] = s;
-            }
-        }
-        workgroupBarrier();
     }
 #endif
     if lane != 0u {
         return;
     }
-    for (var r = 0u; r < LG_ROWS; r++) {
-        for (var t = 0u; t < TOKENS; t++) {
-            if base + r < p.n && t0 + t < p.m {
+    for (var t = 0u; t < TOKENS; t++) {
+        if t0 + t >= p.m {
+            break;
+        }
+#ifdef GATE_UP
+        for (var r = 0u; r < LG_ROWS / 2u; r++) {
+            if base + r < valid {
+                store(t0 + t, base + r, silu(acc[r][t]) * acc[r + LG_ROWS / 2u][t]);
+            }
+        }
+#else
+        for (var r = 0u; r < LG_ROWS; r++) {
+            if base + r < valid {
                 store(t0 + t, base + r, acc[r][t]);
             }
         }
+#endif
     }
 }
 #endif

@@ -329,11 +329,12 @@ fn malformed_gguf_files_are_clear_errors() {
     assert!(open_bytes("misaligned.gguf", &b).contains("aligned"));
 }
 
-/// The decode GEMV's fusions against CPU arithmetic: RMSNorm of x on load, SwiGLU over a
-/// stacked [gate; up] weight, and accumulation, for f16 and every repacked block format,
-/// with and without subgroups (their lane sums differ).
+/// The fusions of the decode GEMV (one row) and of gemm_lanes (6 rows: a full and a partial
+/// block of 4) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
+/// [gate; up] weight, and accumulation, for f16 and every repacked block format, with and
+/// without subgroups (their lane sums differ).
 #[test]
-fn fused_decode_gemv_matches_cpu() {
+fn fused_gemv_and_gemm_lanes_match_cpu() {
     let mut rng = Rng::new(11);
     let formats = [
         None,
@@ -342,7 +343,8 @@ fn fused_decode_gemv_matches_cpu() {
         Some(GgmlType::Q8_0),
     ];
     for (variant, gpu) in variants() {
-        for ty in formats {
+        gpu.set_gemm_tile(GemmTile::Lanes);
+        for (ty, rows) in formats.into_iter().flat_map(|t| [(t, 1usize), (t, 6)]) {
             // n: 2m rows of [gate; up]; k spans a partial lane round (9 groups of 32).
             let (m, k) = (37usize, 288usize);
             let n = 2 * m;
@@ -369,26 +371,35 @@ fn fused_decode_gemv_matches_cpu() {
                 }
             };
             assert!(ops::matmul::gemv_reads(&wt));
-            let x = rng.vec(k, 2.0);
+            // rows of different scales, so that a row's RMS cannot stand in for another's
+            let x: Vec<f32> = (0..rows).flat_map(|r| rng.vec(k, 0.5 + r as f32)).collect();
             let g = rng.vec(k, 1.0);
             let eps = 1e-5f32;
-            let xt = Tensor::from_f32(&gpu, "x", 1, k, &x).unwrap();
+            let xt = Tensor::from_f32(&gpu, "x", rows, k, &x).unwrap();
             let gb = gpu.storage_init("g", bytemuck::cast_slice(&g)).unwrap();
-            let rms = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / k as f32 + eps).sqrt();
-            let xn: Vec<f32> = x.iter().zip(&g).map(|(a, b)| a * b * rms).collect();
-            let plain = cpu_linear(&xn, 1, k, &w, n);
+            let xn: Vec<f32> = x
+                .chunks(k)
+                .flat_map(|row| {
+                    let ms = row.iter().map(|v| v * v).sum::<f32>() / k as f32;
+                    let rms = 1.0 / (ms + eps).sqrt();
+                    row.iter().zip(&g).map(move |(a, b)| a * b * rms)
+                })
+                .collect();
+            let plain = cpu_linear(&xn, rows, k, &w, n);
             let scale = plain.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
             let tol = 2e-5 * scale * (k as f32).sqrt();
-            let name = format!("{variant} {}", ty.map_or("F16", |t| t.name()));
+            let name = format!("{variant} {} rows={rows}", ty.map_or("F16", |t| t.name()));
+            let entry = if rows == 1 { "gemv" } else { "gemm_lanes" };
 
             // RMSNorm fused, accumulating onto y = 1.
-            let y = Tensor::from_f32(&gpu, "y", 1, n, &vec![1.0; n]).unwrap();
+            let y = Tensor::from_f32(&gpu, "y", rows, n, &vec![1.0; rows * n]).unwrap();
             let e = ops::matmul::Epilogue {
                 norm: Some((&gb, eps)),
                 accumulate: true,
                 ..Default::default()
             };
-            let ks = ops::matmul::gemv(&gpu, &xt, &wt, &y, e).unwrap().unwrap();
+            let ks = ops::matmul::fused(&gpu, &xt, &wt, &y, e).unwrap().unwrap();
+            assert_eq!(ks[0].label, entry, "{name}");
             gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
             let want: Vec<f32> = plain.iter().map(|v| v + 1.0).collect();
             assert_close(
@@ -399,16 +410,23 @@ fn fused_decode_gemv_matches_cpu() {
             );
 
             // RMSNorm and SwiGLU fused.
-            let act = Tensor::new(&gpu, "act", 1, m).unwrap();
+            let act = Tensor::new(&gpu, "act", rows, m).unwrap();
             let e = ops::matmul::Epilogue {
                 norm: Some((&gb, eps)),
                 gate_up: true,
                 ..Default::default()
             };
-            let ks = ops::matmul::gemv(&gpu, &xt, &wt, &act, e).unwrap().unwrap();
+            let ks = ops::matmul::fused(&gpu, &xt, &wt, &act, e)
+                .unwrap()
+                .unwrap();
+            assert_eq!(ks[0].label, entry, "{name}");
             gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-            let want: Vec<f32> = (0..m)
-                .map(|i| plain[i] / (1.0 + (-plain[i]).exp()) * plain[m + i])
+            let want: Vec<f32> = (0..rows * m)
+                .map(|i| {
+                    let (r, j) = (i / m, i % m);
+                    let (gate, up) = (plain[r * n + j], plain[r * n + m + j]);
+                    gate / (1.0 + (-gate).exp()) * up
+                })
                 .collect();
             assert_close(
                 &format!("{name} swiglu"),

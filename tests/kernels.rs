@@ -472,48 +472,66 @@ fn decode_attention_over_the_cache_matches_cpu() {
         .into_iter()
         .flat_map(|v| [true, false].map(|t| (v.clone(), t)))
     {
-        // attn_split (GPUs) and, on the CPU-device row with subgroups, attn_lanes
+        // attn_split (GPUs) and, on the CPU-device row with subgroups, attn_lanes_one, or
+        // attn_lanes past ONE_PASS_KEYS cache rows
         gpu.set_attention_tiles(tiles);
         let lanes = !tiles && gpu.caps.subgroups && gpu.caps.subgroup_min >= 8;
         let name = format!("{name} attention tiles {tiles}");
-        // 3 splits of 64 keys: kv_len inside the first, at its end, across, and with the
-        // last split empty; odd lengths end inside a lane group's 8 keys.
-        let (ctx, heads, kv_heads, hd) = (190usize, 6usize, 2usize, 16usize);
-        let h = Heads {
-            heads,
-            kv_heads,
-            hd,
-        };
-        let q = rng.vec(heads * hd, 2.0);
-        let k = rng.vec(ctx * kv_heads * hd, 2.0);
-        let v = rng.vec(ctx * kv_heads * hd, 1.0);
-        let qt = Tensor::from_f32(&gpu, "q", 1, heads * hd, &q).unwrap();
-        let kt = Tensor::from_f32(&gpu, "k", ctx, kv_heads * hd, &k).unwrap();
-        let vt = Tensor::from_f32(&gpu, "v", ctx, kv_heads * hd, &v).unwrap();
-        let partials = ops::attention::decode_partials(&gpu, h, ctx).unwrap();
-        let out = Tensor::new(&gpu, "o", 1, heads * hd).unwrap();
-        for kv_len in [1usize, 8, 13, 64, 67, 128, 190] {
-            let step = step_buffer(
-                &gpu,
-                Step {
-                    kv_offset: kv_len as u32 - 1,
-                    kv_len: kv_len as u32,
-                    ..Default::default()
-                },
-            );
-            let ks =
-                ops::attention::decode(&gpu, h, &qt, &kt, &vt, &partials, &step, &out).unwrap();
-            let entry = if lanes { "attn_lanes" } else { "attn_split" };
-            assert_eq!(ks[0].label, entry, "{name}");
-            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-            let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
-            assert_close(
-                &format!("{name} decode attention over {kv_len} keys"),
-                &out.read(&gpu).unwrap(),
-                &want,
-                2e-5,
-            );
+        // 3 splits (or rounds) of 64 keys: kv_len inside the first, at its end, across, and
+        // with the last split empty; odd lengths end inside a lane group's 8 keys. Then the
+        // longest cache of one pass, all rows used, and one row longer.
+        let one = ops::attention::ONE_PASS_KEYS;
+        for (ctx, lens) in [
+            (190usize, vec![1usize, 8, 13, 64, 67, 128, 190]),
+            (one, vec![13, one]),
+            (one + 1, vec![13, one + 1]),
+        ] {
+            decode_case(&mut rng, &gpu, &name, lanes, ctx, &lens);
         }
+    }
+}
+
+/// Decode attention over a cache of `ctx` rows, for each kv_len of `lens`, against CPU.
+fn decode_case(rng: &mut Rng, gpu: &Gpu, name: &str, lanes: bool, ctx: usize, lens: &[usize]) {
+    let one = ops::attention::ONE_PASS_KEYS;
+    let (heads, kv_heads, hd) = (6usize, 2usize, 16usize);
+    let h = Heads {
+        heads,
+        kv_heads,
+        hd,
+    };
+    let q = rng.vec(heads * hd, 2.0);
+    let k = rng.vec(ctx * kv_heads * hd, 2.0);
+    let v = rng.vec(ctx * kv_heads * hd, 1.0);
+    let qt = Tensor::from_f32(gpu, "q", 1, heads * hd, &q).unwrap();
+    let kt = Tensor::from_f32(gpu, "k", ctx, kv_heads * hd, &k).unwrap();
+    let vt = Tensor::from_f32(gpu, "v", ctx, kv_heads * hd, &v).unwrap();
+    let partials = ops::attention::decode_partials(gpu, h, ctx).unwrap();
+    let out = Tensor::new(gpu, "o", 1, heads * hd).unwrap();
+    for &kv_len in lens {
+        let step = step_buffer(
+            gpu,
+            Step {
+                kv_offset: kv_len as u32 - 1,
+                kv_len: kv_len as u32,
+                ..Default::default()
+            },
+        );
+        let ks = ops::attention::decode(gpu, h, &qt, &kt, &vt, &partials, &step, &out).unwrap();
+        let entry = match (lanes, ctx <= one) {
+            (false, _) => "attn_split",
+            (true, true) => "attn_lanes_one",
+            (true, false) => "attn_lanes",
+        };
+        assert_eq!(ks[0].label, entry, "{name} ctx {ctx}");
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
+        assert_close(
+            &format!("{name} decode attention over {kv_len} of {ctx} keys"),
+            &out.read(gpu).unwrap(),
+            &want,
+            2e-5,
+        );
     }
 }
 

@@ -32,6 +32,9 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             // gemm_lanes, the prefill kernel of the CPU-device table (TOKENS gets a value)
             vec!["WF16", "TOKENS", "BIAS", "ACT_GELU"],
             vec!["Q4_0", "TOKENS", "ACCUMULATE"],
+            // and its prefill fusions: RMSNorm on load, SwiGLU of [gate; up]
+            vec!["WF16", "TOKENS", "NORM", "GATE_UP"],
+            vec!["Q4_1", "TOKENS", "NORM"],
         ],
         "rope" => vec![vec![], vec!["KV_CACHE"]],
         "attention" => vec![
@@ -115,8 +118,8 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 7 and matmul_quant 5 (each in two tiles), gemv 8, norm 2, elementwise 2,
+    // matmul 7 and matmul_quant 5 (each in two tiles), gemv 10, norm 2, elementwise 2,
     // rope 2, attention 3, embed, sample, bandwidth, random_fill 1 each, prune_select 3,
     // prune_score and prune_gather 1 each.
-    assert_eq!(count, 4 * (2 * (7 + 5) + 8 + 2 + 2 + 2 + 3 + 4 + 3 + 2));
+    assert_eq!(count, 4 * (2 * (7 + 5) + 10 + 2 + 2 + 2 + 3 + 4 + 3 + 2));
 }

@@ -94,15 +94,20 @@ def draw_object(draw, obj, fill):
         draw.polygon(pts, fill=fill)
 
 
-def make_scene(rng):
+def make_scene(rng, small_share=None):
     """Objects and background of one scene. About a third of scenes carry exactly one small
-    object (for detail questions); half force an object into the top third."""
+    object (for detail questions); half force an object into the top third. With
+    `small_share`, every object is small with that probability instead (the ViT's
+    pretraining scenes; the splits never set it)."""
     n = rng.randint(1, 8)
     with_small = rng.random() < 0.35
     force_top = rng.random() < 0.5
     objects = []
     for i in range(n):
-        size = "small" if (with_small and i == 0) else rng.choice(["medium", "large"])
+        if small_share is None:
+            size = "small" if (with_small and i == 0) else rng.choice(["medium", "large"])
+        else:
+            size = "small" if rng.random() < small_share else rng.choice(["medium", "large"])
         r = rng.randint(*SIZES[size])
         for _ in range(200):
             cx = rng.uniform(r + 2, SIZE - r - 2)

@@ -331,8 +331,9 @@ impl Llama {
     }
 
     /// RMSNorm of `s.x` with `norm`, then the stacked projection `w`: into `s.qkv`, or with
-    /// `swiglu` into `s.act` through `s.gu`. One token with a format gemv.wgsl reads is a
-    /// single fused dispatch.
+    /// `swiglu` into `s.act` through `s.gu`. Where gemv.wgsl reads w's format and runs the
+    /// rows (decode; prefill on devices whose table picks the lane kernel) the projection
+    /// and SwiGLU are one dispatch, with the norm fused too where that pays.
     fn stacked_ops(
         &self,
         gpu: &Gpu,
@@ -343,19 +344,25 @@ impl Llama {
         ks: &mut Vec<Kernel>,
     ) -> Result<()> {
         let eps = self.cfg.rms_norm_eps as f32;
-        if let (1, Stacked::One(w)) = (s.rows, w) {
+        let norm_op = || ops::norm::norm(gpu, &s.x, 0, norm, None, eps, &s.hn);
+        if let Stacked::One(w) = w {
+            let y = if swiglu { &s.act } else { &s.qkv };
+            let on_load = s.rows == 1 || ops::matmul::lanes_norm_pays(w);
             let e = Epilogue {
-                norm: Some((norm, eps)),
+                norm: on_load.then_some((norm, eps)),
                 gate_up: swiglu,
                 ..Default::default()
             };
-            let y = if swiglu { &s.act } else { &s.qkv };
-            if let Some(fused) = ops::matmul::gemv(gpu, &s.x, w, y, e)? {
+            let x = if on_load { &s.x } else { &s.hn };
+            if let Some(fused) = ops::matmul::fused(gpu, x, w, y, e)? {
+                if !on_load {
+                    ks.push(norm_op()?);
+                }
                 ks.extend(fused);
                 return Ok(());
             }
         }
-        ks.push(ops::norm::norm(gpu, &s.x, 0, norm, None, eps, &s.hn)?);
+        ks.push(norm_op()?);
         let y = if swiglu { &s.gu } else { &s.qkv };
         let parts: Vec<&Weight> = match w {
             Stacked::One(w) => vec![w],

@@ -163,6 +163,10 @@ fn direct_shape(hd: usize) -> (u32, u32) {
 
 /// Keys per split of the decode attention (attention.wgsl's SPLIT).
 const SPLIT: usize = 64;
+/// The longest cache whose decode attention `attn_lanes_one` takes: one workgroup per head
+/// over every key, no merge dispatch. Its heads are the only parallelism, enough for a CPU
+/// device's cores; longer caches split the keys over workgroups (`attn_lanes`).
+pub const ONE_PASS_KEYS: usize = 4096;
 /// Keys per lane group in `attn_lanes`.
 const LANE_KEYS: usize = 8;
 
@@ -177,7 +181,8 @@ pub fn decode_partials(gpu: &Gpu, h: Heads, ctx: usize) -> Result<Tensor> {
 }
 
 /// Split-KV decode attention of one query row over the KV cache rows `0 .. step.kv_len`:
-/// one pass over splits of SPLIT keys, then a merge. `partials` comes from
+/// one pass over splits of SPLIT keys, then a merge; on the CPU-device row, for caches of
+/// up to [`ONE_PASS_KEYS`] rows, a single dispatch. `partials` comes from
 /// [`decode_partials`] for a context of at least the cache's rows.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
@@ -210,6 +215,23 @@ pub fn decode(
         ..Default::default()
     };
     let d = h.defines(gpu)?;
+    if h.decode_lanes(gpu) && k_cache.rows <= ONE_PASS_KEYS {
+        return Ok(vec![Kernel::new(
+            gpu,
+            "attention",
+            "attn_lanes_one",
+            &d,
+            bytes(&p),
+            &[
+                (1, &q.buf),
+                (2, &k_cache.buf),
+                (3, &v_cache.buf),
+                (4, &out.buf),
+                (6, step),
+            ],
+            [1, h.heads as u32, 1],
+        )?]);
+    }
     let split = Kernel::new(
         gpu,
         "attention",

@@ -3,7 +3,7 @@
 use super::{bytes, Kernel};
 use crate::gguf::quant::GgmlType;
 use crate::gpu::shader::Defines;
-use crate::gpu::{fold_workgroups, GemmTile, Gpu, Tensor, Weight};
+use crate::gpu::{fold_workgroups, GemmTile, Gpu, Tensor, Weight, WeightChunk};
 use anyhow::{bail, Result};
 
 /// Activation fused into the epilogue.
@@ -84,19 +84,19 @@ pub fn linear_at(
         }
         None => ("matmul", w.cols4, 4),
     };
+    let epilogue = Epilogue {
+        bias,
+        act,
+        accumulate,
+        y_col,
+        ..Default::default()
+    };
     if m > 1 && tile == GemmTile::Lanes {
-        if let Some(ks) = gemm_lanes(gpu, x, m, w, bias, y, y_col, act, accumulate)? {
+        if let Some(ks) = gemm_lanes(gpu, x, w, y, epilogue)? {
             return Ok(ks);
         }
     }
     if m == 1 {
-        let epilogue = Epilogue {
-            bias,
-            act,
-            accumulate,
-            y_col,
-            ..Default::default()
-        };
         if let Some(ks) = gemv(gpu, x, w, y, epilogue)? {
             return Ok(ks);
         }
@@ -164,48 +164,38 @@ fn lane_rows(rows: usize) -> usize {
         .unwrap_or(2)
 }
 
-/// y[.., y_col..] = act(x W^T + bias) for m > 1 rows with gemv.wgsl's lane groups
-/// (`gemm_lanes`), or None when that kernel does not read w's format or x's rows are not
-/// whole vec4s.
-#[allow(clippy::too_many_arguments)]
+/// y[.., y_col..] = x W^T with the fusions in `e`, for x's m > 1 rows, with gemv.wgsl's
+/// lane groups (`gemm_lanes`); None when that kernel does not read w's format, x's rows are
+/// not whole vec4s, or the fusions do not fit w.
 fn gemm_lanes(
     gpu: &Gpu,
     x: &Tensor,
-    m: usize,
     w: &Weight,
-    bias: Option<&wgpu::Buffer>,
     y: &Tensor,
-    y_col: usize,
-    act: Act,
-    accumulate: bool,
+    e: Epilogue,
 ) -> Result<Option<Vec<Kernel>>> {
-    // Its 8 lanes stride over K in groups of 32: below 8 groups some lanes would idle, and
-    // the workgroup tile is faster.
-    if !gemv_reads(w) || !x.cols.is_multiple_of(4) || w.cols < lane_min_k(w.ty) {
+    // Its 8 lanes stride over K in units: below lane_min_k some lanes would idle, and the
+    // workgroup tile is faster.
+    if !fusable(w, &e) || !x.cols.is_multiple_of(4) || w.cols < lane_min_k(w.ty) {
         return Ok(None);
     }
-    let mut d = gemv_defines(gpu, w);
+    let m = x.rows;
+    check_fit("gemm_lanes", m, x, w, y, &e)?;
+    let mut d = fused_defines(gpu, w, &e);
     d.set("TOKENS", format!("{LANE_TOKENS}u"));
-    epilogue_flags(&mut d, bias.is_some(), act, accumulate);
     let mut kernels = Vec::new();
     for chunk in &w.chunks {
+        // a lane group's LG_ROWS weight rows are LG_ROWS / 2 outputs with GATE_UP
         let rows = lane_rows(chunk.rows);
         d.set("LG_ROWS", format!("{rows}u"));
-        let params = GemvParams {
-            n: chunk.rows as u32,
-            k: w.cols as u32,
-            row_vec4: (w.cols4 / 8) as u32,
-            out_col: (y_col + chunk.row0) as u32,
-            eps: 0.0,
-            out_stride: y.cols as u32,
-            m: m as u32,
-            x_stride4: (x.cols / 4) as u32,
+        let (outputs, per_wg) = if e.gate_up {
+            (chunk.rows / 2, 4 * rows)
+        } else {
+            (chunk.rows, 8 * rows)
         };
-        let mut bindings = vec![(1, &x.buf), (2, &chunk.buf), (4, &y.buf)];
-        if let Some(b) = bias {
-            bindings.push((3, b));
-        }
-        let grid = grid_2d(gpu, chunk.rows, 8 * rows, m, LANE_TOKENS)?;
+        let bindings = fused_bindings(x, chunk, y, &e);
+        let grid = grid_2d(gpu, outputs, per_wg, m, LANE_TOKENS)?;
+        let params = fused_params(x, w, chunk, y, &e);
         kernels.push(Kernel::new(
             gpu,
             "gemv",
@@ -217,6 +207,32 @@ fn gemm_lanes(
         )?);
     }
     Ok(Some(kernels))
+}
+
+/// Whether gemm_lanes should take RMSNorm on load for w rather than a norm dispatch before
+/// it. For f16 rows it costs nothing (SmolLM2 F16 prefill 51.7 tok/s either way on
+/// lavapipe) and saves the dispatch (tiny-llava-32l prefill 290 ms against 309-317); for
+/// the quant formats, whose lane units hold 32 values, it slowed the q|k|v and gate|up
+/// products by ~30% (SmolLM2 Q4_1 prefill 51-62 tok/s against 68-76).
+pub fn lanes_norm_pays(w: &Weight) -> bool {
+    w.ty == GgmlType::F16
+}
+
+/// x's rows times w with the fusions in `e` (RMSNorm on load, SwiGLU over [gate; up]), one
+/// dispatch per chunk: the decode GEMV for one row, gemm_lanes for more where the device's
+/// table picks it. None where neither applies; the caller then runs the ops unfused.
+pub fn fused(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Weight,
+    y: &Tensor,
+    e: Epilogue,
+) -> Result<Option<Vec<Kernel>>> {
+    match x.rows {
+        1 => gemv(gpu, x, w, y, e),
+        _ if gpu.gemm_tile() == GemmTile::Lanes => gemm_lanes(gpu, x, w, y, e),
+        _ => Ok(None),
+    }
 }
 
 /// What the decode GEMV fuses around the product.
@@ -308,6 +324,80 @@ fn gemv_rows(gpu: &Gpu, rows: usize) -> usize {
         .unwrap_or(2)
 }
 
+/// Whether gemv.wgsl reads w's format with the fusions in `e` (GATE_UP needs [gate; up]
+/// whole in one chunk).
+fn fusable(w: &Weight, e: &Epilogue) -> bool {
+    gemv_reads(w) && (!e.gate_up || (w.chunks.len() == 1 && w.rows.is_multiple_of(2)))
+}
+
+/// An error unless m rows of x, w and y fit together (and a bias has no column offset).
+fn check_fit(what: &str, m: usize, x: &Tensor, w: &Weight, y: &Tensor, e: &Epilogue) -> Result<()> {
+    let out_cols = if e.gate_up { w.rows / 2 } else { w.rows };
+    if e.bias.is_some() && e.y_col != 0 {
+        bail!("{what}: a bias with an output column offset");
+    }
+    if x.rows < m || x.cols < w.cols || y.cols < e.y_col + out_cols || y.rows < m {
+        bail!(
+            "{what}: x {}x{}, w {}x{}, y {}x{} do not fit",
+            x.rows,
+            x.cols,
+            w.rows,
+            w.cols,
+            y.rows,
+            y.cols
+        );
+    }
+    Ok(())
+}
+
+/// gemv.wgsl's variant for w with the fusions in `e`.
+fn fused_defines(gpu: &Gpu, w: &Weight, e: &Epilogue) -> Defines {
+    let mut d = gemv_defines(gpu, w);
+    epilogue_flags(&mut d, e.bias.is_some(), e.act, e.accumulate);
+    if e.norm.is_some() {
+        d.flag("NORM");
+    }
+    if e.gate_up {
+        d.flag("GATE_UP");
+    }
+    d
+}
+
+fn fused_bindings<'a>(
+    x: &'a Tensor,
+    chunk: &'a WeightChunk,
+    y: &'a Tensor,
+    e: &Epilogue<'a>,
+) -> Vec<(u32, &'a wgpu::Buffer)> {
+    let mut bindings = vec![(1, &x.buf), (2, &chunk.buf), (4, &y.buf)];
+    if let Some(b) = e.bias {
+        bindings.push((3, b));
+    }
+    if let Some((g, _)) = e.norm {
+        bindings.push((6, g));
+    }
+    bindings
+}
+
+fn fused_params(
+    x: &Tensor,
+    w: &Weight,
+    chunk: &WeightChunk,
+    y: &Tensor,
+    e: &Epilogue,
+) -> GemvParams {
+    GemvParams {
+        n: chunk.rows as u32,
+        k: w.cols as u32,
+        row_vec4: (w.cols4 / 8) as u32,
+        out_col: (e.y_col + chunk.row0) as u32,
+        eps: e.norm.map_or(0.0, |n| n.1),
+        out_stride: y.cols as u32,
+        m: x.rows as u32,
+        x_stride4: (x.cols / 4) as u32,
+    }
+}
+
 /// The decode GEMV of row 0 of x with gemv.wgsl and the fusions in `e`, or None when that
 /// kernel does not read w's format (or GATE_UP meets a weight split into chunks).
 pub fn gemv(
@@ -317,32 +407,11 @@ pub fn gemv(
     y: &Tensor,
     e: Epilogue,
 ) -> Result<Option<Vec<Kernel>>> {
-    if !gemv_reads(w) || (e.gate_up && (w.chunks.len() != 1 || !w.rows.is_multiple_of(2))) {
+    if !fusable(w, &e) {
         return Ok(None);
     }
-    let out_cols = if e.gate_up { w.rows / 2 } else { w.rows };
-    if e.bias.is_some() && e.y_col != 0 {
-        bail!("gemv: a bias with an output column offset");
-    }
-    if x.cols < w.cols || y.cols < e.y_col + out_cols {
-        bail!(
-            "gemv: x {}x{}, w {}x{}, y {}x{} do not fit",
-            x.rows,
-            x.cols,
-            w.rows,
-            w.cols,
-            y.rows,
-            y.cols
-        );
-    }
-    let mut d = gemv_defines(gpu, w);
-    epilogue_flags(&mut d, e.bias.is_some(), e.act, e.accumulate);
-    if e.norm.is_some() {
-        d.flag("NORM");
-    }
-    if e.gate_up {
-        d.flag("GATE_UP");
-    }
+    check_fit("gemv", 1, x, w, y, &e)?;
+    let d0 = fused_defines(gpu, w, &e);
     let mut kernels = Vec::new();
     for chunk in &w.chunks {
         let outputs = if e.gate_up {
@@ -351,25 +420,12 @@ pub fn gemv(
             chunk.rows
         };
         let rows = gemv_rows(gpu, outputs);
+        let mut d = d0.clone();
         d.set("LG_ROWS", format!("{rows}u"));
         let per_wg = if e.gate_up { 4 * rows } else { 8 * rows };
-        let params = GemvParams {
-            n: chunk.rows as u32,
-            k: w.cols as u32,
-            row_vec4: (w.cols4 / 8) as u32,
-            out_col: (e.y_col + chunk.row0) as u32,
-            eps: e.norm.map_or(0.0, |n| n.1),
-            out_stride: y.cols as u32,
-            m: 1,
-            x_stride4: 0,
-        };
-        let mut bindings = vec![(1, &x.buf), (2, &chunk.buf), (4, &y.buf)];
-        if let Some(b) = e.bias {
-            bindings.push((3, b));
-        }
-        if let Some((g, _)) = e.norm {
-            bindings.push((6, g));
-        }
+        let mut params = fused_params(x, w, chunk, y, &e);
+        params.m = 1;
+        params.x_stride4 = 0;
         let grid = fold_workgroups(
             outputs.div_ceil(per_wg) as u32,
             gpu.caps.max_workgroups_per_dim,
@@ -380,7 +436,7 @@ pub fn gemv(
             "gemv",
             &d,
             bytes(&params),
-            &bindings,
+            &fused_bindings(x, chunk, y, &e),
             grid,
         )?);
     }
