@@ -211,9 +211,9 @@ fn gemm_lanes(
 
 /// Whether gemm_lanes should take RMSNorm on load for w rather than a norm dispatch before
 /// it. For f16 rows it costs nothing (SmolLM2 F16 prefill 51.7 tok/s either way on
-/// lavapipe) and saves the dispatch (tiny-llava-32l prefill 290 ms against 309-317); for
-/// the quant formats, whose lane units hold 32 values, it slowed the q|k|v and gate|up
-/// products by ~30% (SmolLM2 Q4_1 prefill 51-62 tok/s against 68-76).
+/// lavapipe) and saves the dispatch (tiny-llava-32l unpruned time to first token 290-294 ms
+/// against 309-317); for the quant formats, whose lane units hold 32 values, it slowed the
+/// q|k|v and gate|up products by ~30% (SmolLM2 Q4_1 prefill 51-62 tok/s against 68-76).
 pub fn lanes_norm_pays(w: &Weight) -> bool {
     w.ty == GgmlType::F16
 }
