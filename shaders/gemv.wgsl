@@ -424,7 +424,7 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 #endif
     let t0 = wid.y * TOKENS;
     var acc: array<array<f32, TOKENS>, LG_ROWS>;
-    var sq: array<f32, TOKENS>;
+    var sq: array<f32, TOKENS>; // NORM: each row's sum of squares
 #ifdef WF16
     let units = p.row_vec4;
 #else
@@ -436,7 +436,9 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         var xs: array<XUnit, TOKENS>;
         for (var t = 0u; t < TOKENS; t++) {
             xs[t] = x_unit(min(t0 + t, p.m - 1u) * p.x_stride4, ui, gu);
+#ifdef NORM
             sq[t] += xs[t].sq;
+#endif
         }
         for (var r = 0u; r < LG_ROWS; r++) {
             if in_range(base, r, valid) {

@@ -75,7 +75,16 @@ impl Heads {
 
     /// Decode attention's partials (HD + 2 values each) per head over a cache of `ctx` rows.
     fn partials(&self, gpu: &Gpu, ctx: usize) -> usize {
+        if self.one_pass(gpu, ctx) {
+            return 1; // attn_lanes_one writes none; one keeps the scratch a valid tensor
+        }
         ctx.div_ceil(SPLIT) * (SPLIT / self.part_keys(gpu))
+    }
+
+    /// Whether decode attention over a cache of `ctx` rows is `attn_lanes_one`: a single
+    /// dispatch, one workgroup per head, no partials.
+    fn one_pass(&self, gpu: &Gpu, ctx: usize) -> bool {
+        self.decode_lanes(gpu) && ctx <= ONE_PASS_KEYS
     }
 
     /// Whether decode attention runs `attn_lanes` (no barriers, a partial per 8 keys): on
@@ -215,7 +224,7 @@ pub fn decode(
         ..Default::default()
     };
     let d = h.defines(gpu)?;
-    if h.decode_lanes(gpu) && k_cache.rows <= ONE_PASS_KEYS {
+    if h.one_pass(gpu, k_cache.rows) {
         return Ok(vec![Kernel::new(
             gpu,
             "attention",

@@ -195,7 +195,7 @@ fn gemm_lanes(
         };
         let bindings = fused_bindings(x, chunk, y, &e);
         let grid = grid_2d(gpu, outputs, per_wg, m, LANE_TOKENS)?;
-        let params = fused_params(x, w, chunk, y, &e);
+        let params = fused_params(m, x, w, chunk, y, &e);
         kernels.push(Kernel::new(
             gpu,
             "gemv",
@@ -379,7 +379,9 @@ fn fused_bindings<'a>(
     bindings
 }
 
+/// gemv.wgsl's parameters for `m` rows of x (gemv reads row 0 only: m = 1).
 fn fused_params(
+    m: usize,
     x: &Tensor,
     w: &Weight,
     chunk: &WeightChunk,
@@ -393,7 +395,7 @@ fn fused_params(
         out_col: (e.y_col + chunk.row0) as u32,
         eps: e.norm.map_or(0.0, |n| n.1),
         out_stride: y.cols as u32,
-        m: x.rows as u32,
+        m: m as u32,
         x_stride4: (x.cols / 4) as u32,
     }
 }
@@ -423,9 +425,7 @@ pub fn gemv(
         let mut d = d0.clone();
         d.set("LG_ROWS", format!("{rows}u"));
         let per_wg = if e.gate_up { 4 * rows } else { 8 * rows };
-        let mut params = fused_params(x, w, chunk, y, &e);
-        params.m = 1;
-        params.x_stride4 = 0;
+        let params = fused_params(1, x, w, chunk, y, &e);
         let grid = fold_workgroups(
             outputs.div_ceil(per_wg) as u32,
             gpu.caps.max_workgroups_per_dim,
