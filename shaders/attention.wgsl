@@ -299,12 +299,7 @@ fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 
 #ifdef DECODE_LANES
 const DL: u32 = HD / 8u;
-
-fn lane_sum(v: f32) -> f32 {
-    var s = v + subgroupShuffleXor(v, 4u);
-    s += subgroupShuffleXor(s, 2u);
-    return s + subgroupShuffleXor(s, 1u);
-}
+#include "lanes"
 
 // One lane group's online-softmax state: its lane's HD / 8 dims of q (scaled) and of the
 // unnormalised Σ exp(s - mx) v, the running max and the sum of exp(s - mx).

@@ -7,6 +7,8 @@
 // im2col: the patch-embedding convolution as a GEMM input. Patch n of a grid x grid layout,
 //   column (ch, ky, kx) in the conv weight's order.
 //   Bindings: 0 params, 4 pixels f32 [3, img, img], 3 out f32 [grid * grid, 3 * patch * patch]
+//   One invocation per (n, ch, ky): a pixel row of `patch` values (the index arithmetic,
+//   integer divisions, is paid once per row, not per value). WG_SIZE per workgroup, fold.
 // clip_embed: out[0] = cls + pos[0]; out[1 + i] = patches[i] + pos[1 + i].
 //   Bindings: 0 params, 4 patches f32 [n, d], 5 cls f32 [d], 6 pos f32 [n + 1, d], 3 out
 #include "common"
@@ -57,18 +59,20 @@ fn embed_gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
 fn im2col(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(lid, wid, nwg);
-    let kdim = 3u * p.patch_size * p.patch_size;
-    if i >= p.grid * p.grid * kdim {
+    let ps = p.patch_size;
+    if i >= p.grid * p.grid * 3u * ps {
         return;
     }
-    let n = i / kdim;
-    let kk = i % kdim;
-    let ch = kk / (p.patch_size * p.patch_size);
-    let ky = (kk / p.patch_size) % p.patch_size;
-    let kx = kk % p.patch_size;
+    let n = i / (3u * ps);
+    let ch = (i / ps) % 3u;
+    let ky = i % ps;
     let py = n / p.grid;
     let px = n % p.grid;
-    out[i] = src[ch * p.img * p.img + (py * p.patch_size + ky) * p.img + px * p.patch_size + kx];
+    let at = ch * p.img * p.img + (py * ps + ky) * p.img + px * ps;
+    let to = i * ps; // = n * 3 * ps * ps + (ch * ps + ky) * ps
+    for (var kx = 0u; kx < ps; kx++) {
+        out[to + kx] = src[at + kx];
+    }
 }
 
 @compute @workgroup_size(WG_SIZE)

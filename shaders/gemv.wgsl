@@ -150,13 +150,8 @@ var<workgroup> red: array<f32, WG>;
 var<workgroup> part: array<f32, WG * LG_ROWS>;
 #endif
 
-// Sum of v over the 8 lanes of this lane group (every lane gets it).
 #ifdef SUBGROUPS
-fn lane_sum(v: f32) -> f32 {
-    var s = v + subgroupShuffleXor(v, 4u);
-    s += subgroupShuffleXor(s, 2u);
-    return s + subgroupShuffleXor(s, 1u);
-}
+#include "lanes"
 #endif
 
 // Output row r of this lane group.

@@ -199,8 +199,12 @@ fn weights_over_the_binding_limit_are_split_by_rows() {
 #[test]
 fn norms_match_cpu() {
     let mut rng = Rng::new(3);
+    let (mut paths, mut cpu_with_lanes) = (Vec::new(), false);
     for (name, gpu) in variants() {
-        for &(rows, d) in &[(1usize, 7usize), (5, 96), (3, 1000)] {
+        paths.push(ops::norm::row_lanes(&gpu));
+        cpu_with_lanes |= gpu.gemm_tile() == GemmTile::Lanes && gpu.lane_groups();
+        // 13 rows: one full workgroup of 8 lane groups and a partial one
+        for &(rows, d) in &[(1usize, 7usize), (5, 96), (3, 1000), (13, 64)] {
             let x: Vec<f32> = rng
                 .vec((rows + 2) * d, 2.0)
                 .iter()
@@ -248,6 +252,11 @@ fn norms_match_cpu() {
                 1e-4,
             );
         }
+    }
+    // On a CPU device with subgroups (lavapipe) both variants ran: the lane-group one (a
+    // lane group per row, no barriers) and the workgroup reduction without subgroups.
+    if cpu_with_lanes {
+        assert!(paths.contains(&true) && paths.contains(&false), "{paths:?}");
     }
 }
 
@@ -475,7 +484,7 @@ fn decode_attention_over_the_cache_matches_cpu() {
         // attn_split (GPUs) and, on the CPU-device row with subgroups, attn_lanes_one, or
         // attn_lanes past ONE_PASS_KEYS cache rows
         gpu.set_attention_tiles(tiles);
-        let lanes = !tiles && gpu.caps.subgroups && gpu.caps.subgroup_min >= 8;
+        let lanes = !tiles && gpu.lane_groups();
         let name = format!("{name} attention tiles {tiles}");
         // 3 splits (or rounds) of 64 keys: kv_len inside the first, at its end, across, and
         // with the last split empty; odd lengths end inside a lane group's 8 keys. Then the

@@ -43,7 +43,13 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             // the CPU-device decode attention (the engine sets it only with SUBGROUPS)
             vec!["DIRECT_KV", "DECODE_LANES"],
         ],
-        "norm" => vec![vec![], vec!["LAYER_NORM"]],
+        "norm" => vec![
+            vec![],
+            vec!["LAYER_NORM"],
+            // the CPU-device variant (the engine sets it only with SUBGROUPS)
+            vec!["ROW_LANES"],
+            vec!["LAYER_NORM", "ROW_LANES"],
+        ],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
         "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"]],
         _ => vec![vec![]],
@@ -118,8 +124,8 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 7 and matmul_quant 5 (each in two tiles), gemv 10, norm 2, elementwise 2,
+    // matmul 7 and matmul_quant 5 (each in two tiles), gemv 10, norm 4, elementwise 2,
     // rope 2, attention 3, embed, sample, bandwidth, random_fill 1 each, prune_select 3,
     // prune_score and prune_gather 1 each.
-    assert_eq!(count, 4 * (2 * (7 + 5) + 10 + 2 + 2 + 2 + 3 + 4 + 3 + 2));
+    assert_eq!(count, 4 * (2 * (7 + 5) + 10 + 4 + 2 + 2 + 3 + 4 + 3 + 2));
 }

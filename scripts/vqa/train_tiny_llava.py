@@ -20,8 +20,10 @@ It is built the way LLaVA was:
              is there) from the layer -2 features that the projector reads. The CLS token so
              carries the scene, and its attention is meaningful for [CLS]-based pruning. The
              quadrant label is there because the decoder reads the patches as a 1-D sequence:
-             without it, it never learnt left from right. (--small-share1: an experiment
-             with fresh scenes rich in small objects; see stage1_scenes.)
+             without it, it never learnt left from right. --small-share1 trains it on
+             fresh scenes rich in small objects (see stage1_scenes); --density1 adds a
+             linear count-density head (see labels_of) whose sum over the patches is
+             every per-colour and per-shape count that a question can ask.
   features   the ViT is frozen (rounded to f16, as shipped) and its layer -2 features are
              cached for every training image.
   stage 2    train the projector and the decoder from scratch on the QA, in LLaVA-1.5's
@@ -160,9 +162,13 @@ def pixels_of(scene):
 
 
 def labels_of(scene):
-    """Per-patch colour/shape/size/centre/quadrant labels (0 = background) and the CLS
-    multi-hot. The quadrant is the one of the object's centre, as position questions ask it:
-    the decoder cannot read left from right off a 1-D token order."""
+    """Per-patch colour/shape/size/centre/quadrant labels (0 = background), the CLS
+    multi-hot, and the per-patch count density. The quadrant is the one of the object's
+    centre, as position questions ask it: the decoder cannot read left from right off a 1-D
+    token order. The density spreads each object's count of 1 over the patches it covers, in
+    proportion to its pixels there, in one channel per colour and one per shape: summed over
+    the patches it gives every count that a question asks, and unlike the centre label it
+    does not jump when a centre crosses a patch border."""
     objs = scene["objects"]
     lm = Image.new("L", (ds.SIZE, ds.SIZE), 0)
     d = ImageDraw.Draw(lm)
@@ -183,22 +189,33 @@ def labels_of(scene):
             dense[4][m] = QUADRANTS.index(ds.quadrant(o)) + 1
             dense[3][min(int(o["cy"] // LABEL_PATCH), GRID - 1),
                      min(int(o["cx"] // LABEL_PATCH), GRID - 1)] = 1
+    density = np.zeros((len(COLORS) + len(ds.SHAPES), GRID, GRID), np.float32)
+    for i, o in enumerate(objs):
+        share = cover[:, :, i] / max(1, cover[:, :, i].sum())
+        density[COLORS.index(o["color"])] += share
+        density[len(COLORS) + ds.SHAPES.index(o["shape"])] += share
     multi = np.zeros(len(COLORS) + len(ds.SHAPES) + len(PAIRS), np.float32)
     for o in objs:
         multi[COLORS.index(o["color"])] = 1
         multi[len(COLORS) + ds.SHAPES.index(o["shape"])] = 1
         multi[len(COLORS) + len(ds.SHAPES) + PAIRS.index((o["color"], o["shape"]))] = 1
-    return dense.reshape(len(DENSE), -1), multi
+    return dense.reshape(len(DENSE), -1), multi, density.reshape(len(density), -1)
 
 
 class Stage1Heads(torch.nn.Module):
-    def __init__(self, width, small_weight=1.0):
+    def __init__(self, width, small_weight=1.0, density_weight=0.0):
         super().__init__()
         self.small_weight = small_weight
+        self.density_weight = density_weight
         self.cls = torch.nn.Linear(width, len(COLORS) + len(ds.SHAPES) + len(PAIRS))
         self.dense = torch.nn.Linear(width, sum(DENSE))
+        if density_weight:
+            self.density = torch.nn.Linear(width, len(COLORS) + len(ds.SHAPES))
+            # from zero: a random head's sum over 256 patches swamps the other losses
+            torch.nn.init.zeros_(self.density.weight)
+            torch.nn.init.zeros_(self.density.bias)
 
-    def loss(self, pooled, feats, dense, multi):
+    def loss(self, pooled, feats, dense, multi, density):
         lc = F.binary_cross_entropy_with_logits(self.cls(pooled), multi)
         logits = self.dense(feats)                                   # b, patches, 26
         splits = torch.split(logits, DENSE, dim=-1)
@@ -210,6 +227,12 @@ class Stage1Heads(torch.nn.Module):
             t = dense[:, k]
             w = torch.where(t > 0, 4.0, 1.0) * (2.0 if k == 1 else 1.0) * small  # shape is hard
             ld = ld + (F.cross_entropy(lg.transpose(1, 2), t, reduction="none") * w).mean()
+        if self.density_weight:
+            # --density1: a linear read of the count density, per patch and summed per scene
+            pred = self.density(feats).transpose(1, 2)               # b, channels, patches
+            per_patch = ((pred - density) ** 2).sum(1).mean() * GRID
+            per_scene = ((pred.sum(-1) - density.sum(-1)) ** 2).mean() / GRID
+            ld = ld + self.density_weight * (per_patch + per_scene)
         return lc, ld
 
 
@@ -270,7 +293,7 @@ def stage1(model, scenes, a):
     emb = vt.embeddings.position_embedding
     with torch.no_grad():
         emb.weight.copy_(sincos_positions(emb.weight.shape[1]))
-    heads = Stage1Heads(vt.config.hidden_size, a.small_weight1)
+    heads = Stage1Heads(vt.config.hidden_size, a.small_weight1, a.density1)
     params = list(vt.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr1, weight_decay=0.01)
     step, total = 0, a.steps1
@@ -290,8 +313,10 @@ def stage1(model, scenes, a):
         lab = [labels_of(sc) for sc in batch]
         dense = torch.from_numpy(np.stack([l[0] for l in lab]))
         multi = torch.from_numpy(np.stack([l[1] for l in lab]))
+        density = torch.from_numpy(np.stack([l[2] for l in lab]))
         out = vt(pixel_values=px, output_hidden_states=True)
-        lc, ld = heads.loss(out.pooler_output, out.hidden_states[-2][:, 1:], dense, multi)
+        lc, ld = heads.loss(out.pooler_output, out.hidden_states[-2][:, 1:], dense, multi,
+                            density)
         loss = lc * 4 + ld
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, total, a.lr1, 30)
@@ -394,6 +419,9 @@ def init_projector(model, a):
     LLaVA projector.)"""
     st = torch.load(os.path.join(a.work, "stage1.pt"), weights_only=False)
     w, b = st["heads"]["dense.weight"], st["heads"]["dense.bias"]
+    if "density.weight" in st["heads"]:  # --density1: the count density's rows follow
+        w = torch.cat([w, st["heads"]["density.weight"]])
+        b = torch.cat([b, st["heads"]["density.bias"]])
     p = model.model.multi_modal_projector
     with torch.no_grad():
         p.linear_1.weight[:w.shape[0]] = w
@@ -453,7 +481,7 @@ def stage2(model, tok, feats, scenes, a, refine=0):
             # dozen tokens is learnt before the decoder faces all 256.
             rows = []
             for i in chosen:
-                dense, _ = labels_of(scenes[i])
+                dense = labels_of(scenes[i])[0]
                 rows.append(np.flatnonzero((dense[0] > 0) | (np.arange(GRID * GRID) % 10 == 0)))
         else:
             rows = [np.arange(GRID * GRID)] * len(chosen)
@@ -561,6 +589,8 @@ def main():
                          "(default: the train scenes)")
     ap.add_argument("--small-weight1", type=float, default=1.0,
                     help="stage 1: loss weight of small objects' patches")
+    ap.add_argument("--density1", type=float, default=0.0,
+                    help="stage 1: loss weight of a per-patch count density head (0: none)")
     ap.add_argument("--steps2", type=int, default=6000)
     ap.add_argument("--batch2", type=int, default=8)
     ap.add_argument("--lr2", type=float, default=1e-3)

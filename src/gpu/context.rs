@@ -215,6 +215,12 @@ impl Gpu {
             .store(tile_index(tile), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether subgroups hold a lane group (8 invocations): what the CPU-device kernels that
+    /// reduce by subgroup shuffles need (lanes.wgsl).
+    pub fn lane_groups(&self) -> bool {
+        self.caps.subgroups && self.caps.subgroup_min >= 8
+    }
+
     /// Whether prefill attention kernels built from now on stage K/V through workgroup memory.
     pub fn attention_tiles(&self) -> bool {
         self.attention_tiles

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 pub const SOURCES: &[(&str, &str)] = &[
     ("common", include_str!("../../shaders/common.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
+    ("lanes", include_str!("../../shaders/lanes.wgsl")),
     (
         "activations",
         include_str!("../../shaders/activations.wgsl"),

@@ -90,10 +90,7 @@ impl Heads {
     /// Whether decode attention runs `attn_lanes` (no barriers, a partial per 8 keys): on
     /// the CPU-device row of the table, with subgroups of at least 8 and whole lanes of dims.
     fn decode_lanes(&self, gpu: &Gpu) -> bool {
-        !gpu.attention_tiles()
-            && gpu.caps.subgroups
-            && gpu.caps.subgroup_min >= 8
-            && self.hd.is_multiple_of(8)
+        !gpu.attention_tiles() && gpu.lane_groups() && self.hd.is_multiple_of(8)
     }
 
     /// Keys per partial of the decode attention.

@@ -123,7 +123,7 @@ pub fn im2col(
         ..Default::default()
     };
     let bindings = [(4, pixels), (3, &out.buf)];
-    let n = out.rows * out.cols;
+    let n = g * g * 3 * patch; // one invocation per pixel row of a patch
     Kernel::new(
         gpu,
         "embed",

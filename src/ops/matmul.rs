@@ -297,7 +297,7 @@ fn epilogue_flags(d: &mut Defines, bias: bool, act: Act, accumulate: bool) {
 /// hold at least a lane group (8).
 fn gemv_defines(gpu: &Gpu, w: &Weight) -> Defines {
     let mut d = Defines::new();
-    if gpu.caps.subgroups && gpu.caps.subgroup_min >= 8 {
+    if gpu.lane_groups() {
         d.flag("SUBGROUPS");
     }
     d.flag(w.ty.shader_flag().unwrap_or("WF16"));
