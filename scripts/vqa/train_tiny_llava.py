@@ -229,6 +229,8 @@ class Stage1Heads(torch.nn.Module):
             ld = ld + (F.cross_entropy(lg.transpose(1, 2), t, reduction="none") * w).mean()
         if self.density_weight:
             # --density1: a linear read of the count density, per patch and summed per scene
+            # (the per-patch error summed over channels, the per-scene one over the 16 x 16
+            # patches, each scaled by the grid side so that both weigh alike at the start)
             pred = self.density(feats).transpose(1, 2)               # b, channels, patches
             per_patch = ((pred - density) ** 2).sum(1).mean() * GRID
             per_scene = ((pred.sum(-1) - density.sum(-1)) ** 2).mean() / GRID

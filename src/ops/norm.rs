@@ -1,7 +1,7 @@
 //! LayerNorm (CLIP) and RMSNorm (Llama).
 
 use super::{bytes, check_len, Kernel};
-use crate::gpu::{fold_workgroups, GemmTile, Gpu, Tensor};
+use crate::gpu::{fold_workgroups, Gpu, Tensor};
 use anyhow::{bail, Result};
 
 #[repr(C)]
@@ -13,14 +13,15 @@ struct Params {
     eps: f32,
 }
 
-/// Rows per workgroup of the ROW_LANES variant: its 8 lane groups.
+/// Rows per workgroup of the ROW_LANES variant: its 8 lane groups (norm.wgsl's
+/// WG_SIZE / 8).
 const ROWS_PER_LANE_WG: usize = 8;
 
-/// Whether norms run the CPU-device variant (a lane group per row, no barriers): on the
-/// CPU-device row of the table (the lane GEMM), with lane groups. A workgroup per row with
-/// barrier reductions took ~1 ms per CLIP LayerNorm of 577 rows on lavapipe.
+/// Whether norms run the CPU-device variant (a lane group per row, no barriers): on CPU
+/// devices with lane groups. A workgroup per row with barrier reductions took ~1 ms per
+/// CLIP LayerNorm of 577 rows on lavapipe.
 pub fn row_lanes(gpu: &Gpu) -> bool {
-    gpu.gemm_tile() == GemmTile::Lanes && gpu.lane_groups()
+    gpu.caps.cpu && gpu.lane_groups()
 }
 
 /// Normalise rows `in_row0 .. in_row0 + y.rows` of x into y. `beta` selects LayerNorm;
