@@ -29,6 +29,9 @@
 //   multiplies its sums at the end. GATE_UP as in gemv.
 //   x is [m, x_stride4] vec4 rows. Dispatch (ceil(outputs / (8 * LG_ROWS)), ceil(m / TOKENS),
 //   1), outputs = n (GATE_UP: n / 2 pairs, 2 rows each).
+// gemm_tokens (with TOKENS too, for short rows): an invocation per input row walks all of k;
+//   the workgroup's 64 rows share its LG_ROWS weight rows (uniform loads, no lane sums).
+//   Dispatch (ceil(outputs / LG_ROWS), ceil(m / 64), 1); see the entry point.
 #include "common"
 #include "linear_store"
 
@@ -478,5 +481,60 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         }
 #endif
     }
+}
+// gemm_tokens: the same units with the roles of lanes turned round. Every invocation owns one
+// input row (token) and walks all of k itself; the workgroup's 64 tokens share LG_ROWS
+// weight rows, so each weight unit is read at an address uniform over the workgroup (one
+// load, broadcast across a CPU's SIMD lanes) and no lane sums are needed. Dispatch
+// (ceil(outputs / LG_ROWS), ceil(m / 64), 1), outputs as in gemm_lanes (GATE_UP: LG_ROWS / 2
+// pairs per workgroup).
+@compute @workgroup_size(64)
+fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+#ifdef GATE_UP
+    let base = wid.x * (LG_ROWS / 2u);
+    let valid = p.n / 2u;
+#else
+    let base = wid.x * LG_ROWS;
+    let valid = p.n;
+#endif
+    let t = wid.y * WG + lid;
+    // rows past m repeat row m - 1 and are not stored
+    let row0 = min(t, p.m - 1u) * p.x_stride4;
+#ifdef WF16
+    let units = p.row_vec4;
+#else
+    let units = p.k / 32u;
+#endif
+    var acc: array<f32, LG_ROWS>;
+    var sq = 0.0;
+    for (var ui = 0u; ui < units; ui++) {
+        let xu = x_unit(row0, ui, g_unit(ui));
+        sq += xu.sq;
+        for (var r = 0u; r < LG_ROWS; r++) {
+            if in_range(base, r, valid) {
+                acc[r] += unit_dot(w_unit(row_of(base, r), ui), xu);
+            }
+        }
+    }
+    if t >= p.m {
+        return;
+    }
+    var scale = 1.0;
+#ifdef NORM
+    scale = inverseSqrt(sq / f32(p.k) + p.eps);
+#endif
+#ifdef GATE_UP
+    for (var r = 0u; r < LG_ROWS / 2u; r++) {
+        if base + r < valid {
+            store(t, base + r, silu(acc[r] * scale) * (acc[r + LG_ROWS / 2u] * scale));
+        }
+    }
+#else
+    for (var r = 0u; r < LG_ROWS; r++) {
+        if base + r < valid {
+            store(t, base + r, acc[r] * scale);
+        }
+    }
+#endif
 }
 #endif

@@ -184,6 +184,10 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     let prompt = args.prompt.as_deref().unwrap_or(IMAGE_PROMPT);
     let n = engine.model.visual_tokens();
     if !args.json {
+        if args.sweep_only {
+            println!("device: {}", engine.gpu.describe());
+            println!("model: {}", engine.model_dir.display());
+        }
         println!();
         println!(
             "pruning sweep: time to first token, best of {} (speed-up: over the first row; \
@@ -202,7 +206,11 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     let mut baseline: Option<(f64, u64)> = None;
     for &method in &args.methods {
         for &b in &budgets {
-            if method == Method::None && b != n {
+            // none runs only at N; a method at B = N keeps every token, which is the
+            // unpruned row again when that row is in the sweep
+            if (method == Method::None && b != n)
+                || (method != Method::None && b == n && args.methods.contains(&Method::None))
+            {
                 continue;
             }
             let opts = GenerateOptions {

@@ -232,6 +232,10 @@ pub struct BenchArgs {
     /// every budget, next to the speed-up that the prefill FLOPs predict (image models).
     #[arg(long)]
     pub prune_sweep: bool,
+    /// Skip the single-request report (its warm-up and runs) and measure only the pruning
+    /// sweep: for shapes whose unpruned prefill takes minutes on this device.
+    #[arg(long, requires = "prune_sweep")]
+    pub sweep_only: bool,
     /// Methods the pruning sweep compares, comma-separated.
     #[arg(
         long,

@@ -356,7 +356,9 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
     let image_path = args.image.clone().unwrap_or_else(|| repo_path(BENCH_IMAGE));
     let image = vlm_run::image::load(&image_path)?;
     let shown = image_path.display().to_string();
-    bench::run(&engine, args, Some((&image, &shown)))?;
+    if !args.sweep_only {
+        bench::run(&engine, args, Some((&image, &shown)))?;
+    }
     if args.prune_sweep {
         bench::prune_sweep(&engine, args, &image)?;
     }

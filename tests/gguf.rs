@@ -329,8 +329,9 @@ fn malformed_gguf_files_are_clear_errors() {
     assert!(open_bytes("misaligned.gguf", &b).contains("aligned"));
 }
 
-/// The fusions of the decode GEMV (one row) and of gemm_lanes (6 rows: a full and a partial
-/// block of 4) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
+/// The fusions of the decode GEMV (one row), of gemm_lanes (6 rows: a full and a partial
+/// block of 4) and of gemm_tokens (f16 rows of k <= 64; 70 rows: a full and a partial
+/// workgroup of 64) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
 /// [gate; up] weight, and accumulation, for f16 and every repacked block format, with and
 /// without subgroups (their lane sums differ).
 #[test]
@@ -344,9 +345,15 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
     ];
     for (variant, gpu) in variants() {
         gpu.set_gemm_tile(GemmTile::Lanes);
-        for (ty, rows) in formats.into_iter().flat_map(|t| [(t, 1usize), (t, 6)]) {
-            // n: 2m rows of [gate; up]; k spans a partial lane round (9 groups of 32).
-            let (m, k) = (37usize, 288usize);
+        // k = 288 spans a partial lane round (9 groups of 32); k = 44 (five and a half units of 8) is short enough for
+        // gemm_tokens, whose invocations walk all of k alone.
+        let cases = formats
+            .into_iter()
+            .flat_map(|t| [(t, 1usize, 288usize, "gemv"), (t, 6, 288, "gemm_lanes")])
+            .chain([(None, 70, 44, "gemm_tokens")]);
+        for (ty, rows, k, entry) in cases {
+            // n: 2m rows of [gate; up]
+            let m = 37usize;
             let n = 2 * m;
             let (w, wt) = match ty {
                 Some(ty) => {
@@ -388,8 +395,10 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
             let plain = cpu_linear(&xn, rows, k, &w, n);
             let scale = plain.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
             let tol = 2e-5 * scale * (k as f32).sqrt();
-            let name = format!("{variant} {} rows={rows}", ty.map_or("F16", |t| t.name()));
-            let entry = if rows == 1 { "gemv" } else { "gemm_lanes" };
+            let name = format!(
+                "{variant} {} rows={rows} k={k}",
+                ty.map_or("F16", |t| t.name())
+            );
 
             // RMSNorm fused, accumulating onto y = 1.
             let y = Tensor::from_f32(&gpu, "y", rows, n, &vec![1.0; rows * n]).unwrap();

@@ -6,8 +6,9 @@
 
 mod common;
 use common::*;
+use vlm_run::gguf::quant::GgmlType;
 use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Step, Tensor, Weight};
-use vlm_run::ops::matmul::lane_min_k;
+use vlm_run::ops::matmul::{lane_min_k, TOKENS_MAX_K};
 use vlm_run::ops::{self, attention::Heads, matmul::Act};
 
 fn cpu_linear(
@@ -59,13 +60,18 @@ fn step_buffer(gpu: &Gpu, step: Step) -> wgpu::Buffer {
     gpu.uniform_init("step", bytemuck::bytes_of(&step))
 }
 
-/// The entry point `linear` must pick: the decode GEMV for one row, the lane kernel where
-/// the tile asks for it and it reads the format, else the workgroup-memory tile.
+/// The entry point `linear` must pick: the decode GEMV for one row, the lane kernels where
+/// the tile asks for them and they read the format (an invocation per input row for short
+/// f16 rows), else the workgroup-memory tile.
 fn expected_entry(tile: GemmTile, m: usize, w: &Weight) -> &'static str {
     match (m, tile) {
         (1, _) => "gemv",
         (_, GemmTile::Lanes) if ops::matmul::gemv_reads(w) && w.cols >= lane_min_k(w.ty) => {
-            "gemm_lanes"
+            if w.ty == GgmlType::F16 && w.cols <= TOKENS_MAX_K {
+                "gemm_tokens"
+            } else {
+                "gemm_lanes"
+            }
         }
         _ => "gemm",
     }

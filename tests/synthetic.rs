@@ -139,8 +139,14 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // the single-request report, then one line per sweep cell
-    assert_eq!(lines.len(), 4, "{stdout}");
+    // the single-request report, then one line per sweep cell: fastv at B=576 would keep
+    // every token, the none row again, so the sweep skips it
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let cells: Vec<_> = lines[1..]
+        .iter()
+        .map(|l| (l["method"].as_str().unwrap(), l["budget"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(cells, [("none", 576), ("fastv", 320)], "{stdout}");
     assert_eq!(lines[0]["decoded_tokens"], 1, "{stdout}");
     assert!(
         lines[0]["vision_encoder_ms"].as_f64().unwrap() > 0.0,
@@ -166,6 +172,34 @@ fn synthetic_tiny_costs_what_the_fixture_of_its_shape_costs() {
             assert!(s["timings_ms"]["prefill"].as_f64().unwrap() > 0.0);
         }
     }
+}
+
+#[test]
+fn sweep_only_prints_the_sweep_without_the_report() {
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+        .args(["bench", "--synthetic", "tiny", "--json", "--repeat", "1"])
+        .args([
+            "--prune-sweep",
+            "--sweep-only",
+            "--methods",
+            "none",
+            "--budgets",
+            "576",
+        ])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(lines[0]["method"], "none", "{stdout}");
+    assert!(lines[0].get("decoded_tokens").is_none(), "{stdout}");
 }
 
 /// `vlm-run bench --synthetic tiny ARGS` with `env` must fail with one error line holding

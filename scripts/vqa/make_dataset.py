@@ -156,9 +156,11 @@ def pick_target(rng, candidates):
     return rng.choice(candidates)
 
 
-def ask(rng, scene, category):
+def ask(rng, scene, category, count_power=0):
     """One question of the category about the scene, or None when the scene has no
-    unambiguous one."""
+    unambiguous one. A count question asks about a colour or shape in the scene 85% of the
+    time, chosen uniformly, or with `count_power` p in proportion to its count to the power
+    p (stage 2 of the training sets it to see more large counts; the splits never do)."""
     objs = scene["objects"]
     shape_n = {s: sum(o["shape"] == s for o in objs) for s in SHAPES}
     color_n = {c: sum(o["color"] == c for o in objs) for c in COLORS}
@@ -187,12 +189,17 @@ def ask(rng, scene, category):
         o = pick_target(rng, cands)
         return f"What shape is the {o['color']} object?", o["shape"], o
     if category == "count":
+        def subject(names, count):
+            present = [x for x in names if count[x]]
+            if not present or rng.random() >= 0.85:
+                return rng.choice(names)
+            if count_power:
+                return rng.choices(present, [count[x] ** count_power for x in present])[0]
+            return rng.choice(present)
         if rng.random() < 0.5:
-            present = [s for s in SHAPES if shape_n[s]]
-            s = rng.choice(present) if present and rng.random() < 0.85 else rng.choice(SHAPES)
+            s = subject(SHAPES, shape_n)
             return f"How many {PLURAL[s]} are there?", COUNT_WORDS[shape_n[s]], None
-        present = [c for c in COLORS if color_n[c]]
-        c = rng.choice(present) if present and rng.random() < 0.85 else rng.choice(list(COLORS))
+        c = subject(list(COLORS), color_n)
         return f"How many {c} objects are there?", COUNT_WORDS[color_n[c]], None
     if category == "position":
         cands = [o for o in objs if shape_n[o["shape"]] == 1
@@ -212,12 +219,13 @@ def ask(rng, scene, category):
     raise ValueError(category)
 
 
-def questions_for(rng, scene, n):
+def questions_for(rng, scene, n, weights=CATEGORY_WEIGHTS, count_power=0):
+    """Up to n distinct questions about the scene, categories drawn with `weights`."""
     out, seen = [], set()
     for _ in range(n * 6):
         if len(out) == n:
             break
-        q = ask(rng, scene, rng.choices(CATEGORIES, CATEGORY_WEIGHTS)[0])
+        q = ask(rng, scene, rng.choices(CATEGORIES, weights)[0], count_power)
         if q is None or q[0] in seen:
             continue
         seen.add(q[0])

@@ -30,7 +30,8 @@ It is built the way LLaVA was:
              multi-turn format ("USER: <image>\nQ ASSISTANT: A</s>USER: Q ..."), with loss on
              the answer tokens only. The first turn is exactly vlm-run's single-turn prompt.
              Questions are drawn afresh for every pass over an image by the dataset
-             generator's own sampler. The projector starts from stage 1's patch classifiers.
+             generator's own sampler (--weights2 and --count-power2 change its mix: tried
+             for more large counts, val 93.7%, not kept). The projector starts from stage 1's patch classifiers.
              Curriculum: the first --object-steps steps show the decoder only the patches that
              objects cover (and every tenth other one). Without it the decoder answered from
              the question alone for ~1500 steps and reached 65% after 5000; with it, it reads
@@ -364,10 +365,12 @@ class Sequences:
     turns are drawn afresh by the generator's own question sampler (make_dataset.questions_for:
     the same families and mix as the files), so that later epochs do not repeat questions."""
 
-    def __init__(self, tok, scenes, turns, config):
+    def __init__(self, tok, scenes, turns, config, weights=ds.CATEGORY_WEIGHTS, count_power=0):
         self.tok = tok
         self.scenes = scenes
         self.turns = turns
+        self.weights = weights
+        self.count_power = count_power
         self.images = list(range(len(scenes)))
         self.image_id = config.image_token_index
         self.eos = 2
@@ -390,7 +393,8 @@ class Sequences:
 
     def build(self, img, rng, n_visual):
         qs = [{"question": q, "answer": ans}
-              for q, ans, _ in ds.questions_for(rng, self.scenes[img], self.turns)]
+              for q, ans, _ in ds.questions_for(rng, self.scenes[img], self.turns,
+                                                self.weights, self.count_power)]
         ids, labels = [], []
         for k, q in enumerate(qs):
             p, ans = self.turn(q, k == 0)
@@ -453,7 +457,8 @@ def stage2(model, tok, feats, scenes, a, refine=0):
         return
     if not refine and not os.path.exists(path) and a.init_projector:
         init_projector(model, a)
-    seqs = Sequences(tok, scenes, a.turns_refine if refine else a.turns, model.config)
+    seqs = Sequences(tok, scenes, a.turns_refine if refine else a.turns, model.config,
+                     a.weights2, a.count_power2)
     params = (list(model.model.multi_modal_projector.parameters())
               + list(model.model.language_model.parameters()) + list(model.lm_head.parameters()))
     opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01, betas=(0.9, 0.98))
@@ -597,6 +602,14 @@ def main():
     ap.add_argument("--batch2", type=int, default=8)
     ap.add_argument("--lr2", type=float, default=1e-3)
     ap.add_argument("--turns", type=int, default=8, help="question turns per training sequence")
+    ap.add_argument("--weights2", type=lambda t: [float(x) for x in t.split(",")],
+                    default=ds.CATEGORY_WEIGHTS,
+                    help="stage 2: category weights of the questions drawn, in the order "
+                         + ",".join(ds.CATEGORIES) + " (default: the splits' mix)")
+    ap.add_argument("--count-power2", type=float, default=0,
+                    help="stage 2: ask count questions about a colour or shape with "
+                         "probability proportional to its count to this power (0: uniform, "
+                         "as the splits)")
     ap.add_argument("--steps-refine", type=int, default=2400,
                     help="stage 2's second cosine cycle (0: none)")
     ap.add_argument("--lr-refine", type=float, default=5e-4)
@@ -612,6 +625,8 @@ def main():
     ap.add_argument("--no-init-projector", dest="init_projector", action="store_false",
                     help="start the projector at random instead of from stage 1's heads")
     a = ap.parse_args()
+    if len(a.weights2) != len(ds.CATEGORIES):
+        ap.error(f"--weights2 needs {len(ds.CATEGORIES)} weights ({','.join(ds.CATEGORIES)})")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)

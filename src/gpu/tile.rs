@@ -18,8 +18,9 @@ pub enum GemmTile {
     /// short prompts and narrow matrices.
     T32,
     /// No workgroup-memory tile: lane groups of 8 stride over K with vec4 loads, each
-    /// computing 4 weight rows for 8 input rows (`gemv.wgsl`'s `gemm_lanes`). For the
-    /// formats the GEMV reads; other weights use the 64 tile.
+    /// computing 4 weight rows for 8 input rows (`gemv.wgsl`'s `gemm_lanes`; f16 rows of
+    /// k <= 64 take `gemm_tokens`, an invocation per input row). For the formats the GEMV
+    /// reads; other weights use the 64 tile.
     Lanes,
 }
 

@@ -145,6 +145,20 @@ pub fn linear_at(
 /// weight rows reuse each input group more, more input rows only add registers).
 const LANE_TOKENS: usize = 4;
 
+/// The longest rows gemm_tokens takes instead of gemm_lanes. Its invocations each own an
+/// input row and walk all of k, and the workgroup's 64 rows share every weight load, so it
+/// needs no lane sums: at k = 64 the 8 lanes of gemm_lanes hold one unit each and spend
+/// as long summing as multiplying. Measured on lavapipe (profile, 2 cores): on
+/// tiny-llava-32l (k = 32 and 64) the decoder's GEMMs took 110-150 ms instead of ~250 and
+/// the encoder's layer GEMMs 20-27 ms instead of 32-38; at k = 128 (weights/tiny-llava-vqa)
+/// the lane groups were as fast in the encoder and faster in the decoder (SwiGLU's
+/// [gate; up] 99-120 ms against 115-139, with 8 to 32 weight rows per workgroup).
+pub const TOKENS_MAX_K: usize = 64;
+
+/// Input rows per gemm_tokens workgroup (its invocations) and weight rows per workgroup.
+const TOKENS_PER_WG: usize = 64;
+const TOKENS_ROWS: usize = 8;
+
 /// The shortest rows gemm_lanes takes: a 32-value block of the quant formats per lane, or
 /// for f16 half the lanes busy with a 16-byte word (8 values) each, which still beats the
 /// workgroup-memory tile on CPU devices.
@@ -165,8 +179,9 @@ fn lane_rows(rows: usize) -> usize {
 }
 
 /// y[.., y_col..] = x W^T with the fusions in `e`, for x's m > 1 rows, with gemv.wgsl's
-/// lane groups (`gemm_lanes`); None when that kernel does not read w's format, x's rows are
-/// not whole vec4s, or the fusions do not fit w.
+/// lane groups (`gemm_lanes`), or for rows of k <= TOKENS_MAX_K an invocation per input
+/// row (`gemm_tokens`); None when those kernels do not read w's format, x's rows are not
+/// whole vec4s, or the fusions do not fit w.
 fn gemm_lanes(
     gpu: &Gpu,
     x: &Tensor,
@@ -183,23 +198,35 @@ fn gemm_lanes(
     check_fit("gemm_lanes", m, x, w, y, &e)?;
     let mut d = fused_defines(gpu, w, &e);
     d.set("TOKENS", format!("{LANE_TOKENS}u"));
+    // short rows: an invocation per input row (gemm_tokens) instead of lanes over k
+    let by_token = w.ty == GgmlType::F16 && w.cols <= TOKENS_MAX_K;
+    let (entry, m_per) = if by_token {
+        ("gemm_tokens", TOKENS_PER_WG)
+    } else {
+        ("gemm_lanes", LANE_TOKENS)
+    };
     let mut kernels = Vec::new();
     for chunk in &w.chunks {
-        // a lane group's LG_ROWS weight rows are LG_ROWS / 2 outputs with GATE_UP
-        let rows = lane_rows(chunk.rows);
+        // LG_ROWS weight rows per lane group (gemm_lanes, 8 groups per workgroup) or per
+        // workgroup (gemm_tokens); they are LG_ROWS / 2 outputs with GATE_UP
+        let (rows, groups) = if by_token {
+            (TOKENS_ROWS, 1)
+        } else {
+            (lane_rows(chunk.rows), 8)
+        };
         d.set("LG_ROWS", format!("{rows}u"));
         let (outputs, per_wg) = if e.gate_up {
-            (chunk.rows / 2, 4 * rows)
+            (chunk.rows / 2, groups * rows / 2)
         } else {
-            (chunk.rows, 8 * rows)
+            (chunk.rows, groups * rows)
         };
         let bindings = fused_bindings(x, chunk, y, &e);
-        let grid = grid_2d(gpu, outputs, per_wg, m, LANE_TOKENS)?;
+        let grid = grid_2d(gpu, outputs, per_wg, m, m_per)?;
         let params = fused_params(m, x, w, chunk, y, &e);
         kernels.push(Kernel::new(
             gpu,
             "gemv",
-            "gemm_lanes",
+            entry,
             &d,
             bytes(&params),
             &bindings,
