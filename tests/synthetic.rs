@@ -112,35 +112,40 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
     assert!(e.to_string().contains("not supported"), "{e}");
 }
 
-fn bench_json(args: &[&str]) -> serde_json::Value {
+/// The JSON lines of `vlm-run bench --json ARGS`, asserting success.
+fn bench_lines(args: &[&str]) -> Vec<serde_json::Value> {
     let runtime = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
-        .arg("bench")
+        .args(["bench", "--json"])
         .args(args)
-        .args([
-            "--json",
-            "--repeat",
-            "1",
-            "-n",
-            "2",
-            "--prune-sweep",
-            "--methods",
-            "none,fastv",
-            "--budgets",
-            "576,320",
-        ])
         .env("XDG_RUNTIME_DIR", runtime.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?}: {stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout
+    stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    // the single-request report, then one line per sweep cell: fastv at B=576 would keep
-    // every token, the none row again, so the sweep skips it
+        .collect()
+}
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let sweep = [
+        "--repeat",
+        "1",
+        "-n",
+        "2",
+        "--prune-sweep",
+        "--methods",
+        "none,fastv",
+        "--budgets",
+        "576,320",
+    ];
+    let lines = bench_lines(&[args, &sweep].concat());
+    let stdout = serde_json::Value::Array(lines.clone()); // for the messages
+                                                          // the single-request report, then one line per sweep cell: fastv at B=576 would keep
+                                                          // every token, the none row again, so the sweep skips it
     assert_eq!(lines.len(), 3, "{stdout}");
     let cells: Vec<_> = lines[1..]
         .iter()
@@ -176,30 +181,21 @@ fn synthetic_tiny_costs_what_the_fixture_of_its_shape_costs() {
 
 #[test]
 fn sweep_only_prints_the_sweep_without_the_report() {
-    let runtime = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
-        .args(["bench", "--synthetic", "tiny", "--json", "--repeat", "1"])
-        .args([
-            "--prune-sweep",
-            "--sweep-only",
-            "--methods",
-            "none",
-            "--budgets",
-            "576",
-        ])
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 1, "{stdout}");
-    assert_eq!(lines[0]["method"], "none", "{stdout}");
-    assert!(lines[0].get("decoded_tokens").is_none(), "{stdout}");
+    let lines = bench_lines(&[
+        "--synthetic",
+        "tiny",
+        "--repeat",
+        "1",
+        "--prune-sweep",
+        "--sweep-only",
+        "--methods",
+        "none",
+        "--budgets",
+        "576",
+    ]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["method"], "none", "{lines:?}");
+    assert!(lines[0].get("decoded_tokens").is_none(), "{lines:?}");
 }
 
 /// `vlm-run bench --synthetic tiny ARGS` with `env` must fail with one error line holding
