@@ -31,7 +31,8 @@
 //   1), outputs = n (GATE_UP: n / 2 pairs, 2 rows each).
 // gemm_tokens (with TOKENS too, for short rows): an invocation per input row walks all of k;
 //   the workgroup's 64 rows share its LG_ROWS weight rows (uniform loads, no lane sums).
-//   Dispatch (ceil(outputs / LG_ROWS), ceil(m / 64), 1); see the entry point.
+//   Dispatch (ceil(outputs / LG_ROWS), ceil(m / 64), 1), outputs as in gemm_lanes
+//   (GATE_UP: LG_ROWS / 2 pairs per workgroup).
 #include "common"
 #include "linear_store"
 
@@ -485,9 +486,8 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 // gemm_tokens: the same units with the roles of lanes turned round. Every invocation owns one
 // input row (token) and walks all of k itself; the workgroup's 64 tokens share LG_ROWS
 // weight rows, so each weight unit is read at an address uniform over the workgroup (one
-// load, broadcast across a CPU's SIMD lanes) and no lane sums are needed. Dispatch
-// (ceil(outputs / LG_ROWS), ceil(m / 64), 1), outputs as in gemm_lanes (GATE_UP: LG_ROWS / 2
-// pairs per workgroup).
+// load, broadcast across a CPU's SIMD lanes) and no lane sums are needed. Geometry in the
+// header.
 @compute @workgroup_size(64)
 fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
 #ifdef GATE_UP
@@ -521,18 +521,22 @@ fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
     var scale = 1.0;
 #ifdef NORM
+    // RMSNorm is linear in g * x: the row's 1 / rms scales its sums
     scale = inverseSqrt(sq / f32(p.k) + p.eps);
 #endif
+    for (var r = 0u; r < LG_ROWS; r++) {
+        acc[r] *= scale;
+    }
 #ifdef GATE_UP
     for (var r = 0u; r < LG_ROWS / 2u; r++) {
         if base + r < valid {
-            store(t, base + r, silu(acc[r] * scale) * (acc[r + LG_ROWS / 2u] * scale));
+            store(t, base + r, silu(acc[r]) * acc[r + LG_ROWS / 2u]);
         }
     }
 #else
     for (var r = 0u; r < LG_ROWS; r++) {
         if base + r < valid {
-            store(t, base + r, acc[r] * scale);
+            store(t, base + r, acc[r]);
         }
     }
 #endif

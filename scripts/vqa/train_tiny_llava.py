@@ -31,7 +31,8 @@ It is built the way LLaVA was:
              the answer tokens only. The first turn is exactly vlm-run's single-turn prompt.
              Questions are drawn afresh for every pass over an image by the dataset
              generator's own sampler (--weights2 and --count-power2 change its mix: tried
-             for more large counts, val 93.7%, not kept). The projector starts from stage 1's patch classifiers.
+             for more large counts, val 93.7%, not kept). The projector starts from stage
+             1's patch classifiers.
              Curriculum: the first --object-steps steps show the decoder only the patches that
              objects cover (and every tenth other one). Without it the decoder answered from
              the question alone for ~1500 steps and reached 65% after 5000; with it, it reads
