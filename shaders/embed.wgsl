@@ -2,7 +2,8 @@
 //
 // embed_gather: out[t, c] = table[ids[t] - row0, c] for ids in this chunk's rows
 //               [row0, row0 + rows) (big tables are split into chunks, one dispatch each).
-//   Bindings: 0 params, 1 ids u32 [n], 2 table W4 [rows, d4 / 4], 3 out f32 [n, d]
+//   Bindings: 0 params, 1 ids u32 [n], 2 table W4 [rows, d4 / 4] (WTEX: in a texture,
+//             weight_texture.wgsl), 3 out f32 [n, d]
 //   One invocation per (t, c), WG_SIZE per workgroup, fold.
 // im2col: the patch-embedding convolution as a GEMM input. Patch n of a grid x grid layout,
 //   column (ch, ky, kx) in the conv weight's order.
@@ -28,7 +29,18 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
+#ifdef WTEX
+#include "weight_texture"
+// W4 element i: half of texel i / 2.
+fn w_w4(i: u32) -> vec4<f32> {
+    let t = weight_texel(i >> 1u);
+    let h = select(t.xy, t.zw, (i & 1u) == 1u);
+    return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
+}
+#else
 @group(0) @binding(2) var<storage, read> table: array<W4>;
+fn w_w4(i: u32) -> vec4<f32> { return w4(table[i]); }
+#endif
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> src: array<f32>;
 @group(0) @binding(5) var<storage, read> cls: array<f32>;
@@ -52,7 +64,7 @@ fn embed_gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
         return;
     }
     let e = (id - p.row0) * p.d4 + c;
-    out[i] = w4(table[e / 4u])[e % 4u];
+    out[i] = w_w4(e / 4u)[e % 4u];
 }
 
 @compute @workgroup_size(WG_SIZE)

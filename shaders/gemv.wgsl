@@ -7,10 +7,11 @@
 //           2 w     vec4<u32> words of one weight chunk of n rows:
 //                   WF16:  f16 rows padded to row_vec4 * 8 values (row_vec4 = cols4 / 8)
 //                   Q4_0 / Q4_1 / Q8_0: gpu::tensor::repack's layout (quants, then scales)
+//                   (WTEX: the same words in a texture, weight_texture.wgsl)
 //           3 bias  f32 [out_col + n]          (BIAS)
 //           4 y     f32 [out_col + n]          (GATE_UP: [n / 2])
 //           6 g     vec4<f32> [k / 4]: the RMSNorm weight (NORM)
-// Variants: one of WF16, Q4_0, Q4_1, Q8_0; LG_ROWS (value, even); NORM; GATE_UP; BIAS;
+// Variants: one of WF16, Q4_0, Q4_1, Q8_0; WTEX; LG_ROWS (value, even); NORM; GATE_UP; BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
 //           shuffles; the host sets it only when subgroups hold at least 8 invocations).
 // Geometry: 64 invocations = 8 lane groups of 8 lanes. A lane group computes LG_ROWS rows; its
@@ -49,7 +50,13 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+#ifdef WTEX
+#include "weight_texture"
+fn w_word(i: u32) -> vec4<u32> { return weight_texel(i); }
+#else
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+fn w_word(i: u32) -> vec4<u32> { return w[i]; }
+#endif
 #ifdef BIAS
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 #endif
@@ -102,7 +109,7 @@ fn x_group(row0: u32, gi: u32, scale: f32) -> XGroup {
 // Word i of the scale region that follows the n * nb groups of QW words.
 fn scale_word(i: u32, qw: u32) -> u32 {
     let s = p.n * (p.k / 32u) * qw + i;
-    return w[s >> 2u][s & 3u];
+    return w_word(s >> 2u)[s & 3u];
 }
 
 // W[row, 32 gi .. 32 gi + 32] · x over that group.
@@ -112,7 +119,7 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
     for (var u = 0u; u < 4u; u++) {
         let o = 4u * gi + u;
         if o < p.row_vec4 {
-            let q = w[row * p.row_vec4 + o];
+            let q = w_word(row * p.row_vec4 + o);
             acc += dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), xg.v[2u * u])
                 + dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), xg.v[2u * u + 1u]);
         }
@@ -121,8 +128,8 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
 #endif
 #ifdef Q8_0
     let i = row * (p.k / 32u) + gi;
-    let a = w[2u * i];
-    let b = w[2u * i + 1u];
+    let a = w_word(2u * i);
+    let b = w_word(2u * i + 1u);
     let d = unpack2x16float(scale_word(i >> 1u, 8u))[i & 1u];
     let s = dot(i8x4(a.x), xg.v[0]) + dot(i8x4(a.y), xg.v[1]) + dot(i8x4(a.z), xg.v[2])
         + dot(i8x4(a.w), xg.v[3]) + dot(i8x4(b.x), xg.v[4]) + dot(i8x4(b.y), xg.v[5])
@@ -131,7 +138,7 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
 #endif
 #ifdef Q4_0
     let i = row * (p.k / 32u) + gi;
-    let q = w[i];
+    let q = w_word(i);
     let d = unpack2x16float(scale_word(i >> 1u, 4u))[i & 1u];
     let s = dot(nib_lo(q.x), xg.v[0]) + dot(nib_lo(q.y), xg.v[1]) + dot(nib_lo(q.z), xg.v[2])
         + dot(nib_lo(q.w), xg.v[3]) + dot(nib_hi(q.x), xg.v[4]) + dot(nib_hi(q.y), xg.v[5])
@@ -140,7 +147,7 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
 #endif
 #ifdef Q4_1
     let i = row * (p.k / 32u) + gi;
-    let q = w[i];
+    let q = w_word(i);
     let dm = unpack2x16float(scale_word(i, 4u));
     let s = dot(nib_lo(q.x), xg.v[0]) + dot(nib_lo(q.y), xg.v[1]) + dot(nib_lo(q.z), xg.v[2])
         + dot(nib_lo(q.w), xg.v[3]) + dot(nib_hi(q.x), xg.v[4]) + dot(nib_hi(q.y), xg.v[5])
@@ -345,28 +352,28 @@ fn w_unit(row: u32, ui: u32) -> WUnit {
     var wu: WUnit;
     wu.d = 1.0;
 #ifdef WF16
-    let q = w[row * p.row_vec4 + ui];
+    let q = w_word(row * p.row_vec4 + ui);
     wu.v[0] = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
     wu.v[1] = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
 #endif
 #ifdef Q8_0
     let i = row * (p.k / 32u) + ui;
-    let a = w[2u * i];
-    let b = w[2u * i + 1u];
+    let a = w_word(2u * i);
+    let b = w_word(2u * i + 1u);
     wu.d = unpack2x16float(scale_word(i >> 1u, 8u))[i & 1u];
     wu.v = array<vec4<f32>, GV4>(i8x4(a.x), i8x4(a.y), i8x4(a.z), i8x4(a.w),
                                  i8x4(b.x), i8x4(b.y), i8x4(b.z), i8x4(b.w));
 #endif
 #ifdef Q4_0
     let i = row * (p.k / 32u) + ui;
-    let q = w[i];
+    let q = w_word(i);
     wu.d = unpack2x16float(scale_word(i >> 1u, 4u))[i & 1u];
     wu.m = -8.0 * wu.d;
     wu.v = block_nibbles(q);
 #endif
 #ifdef Q4_1
     let i = row * (p.k / 32u) + ui;
-    let q = w[i];
+    let q = w_word(i);
     let dm = unpack2x16float(scale_word(i, 4u));
     wu.d = dm.x;
     wu.m = dm.y;

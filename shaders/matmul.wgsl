@@ -2,11 +2,12 @@
 //
 // Bindings: 0 params (uniform Params)
 //           1 x     f32 [m, x_stride], columns 0..k used
-//           2 w     W4  [n, k4 / 4]   (f16 rows padded to k4, see common.wgsl)
+//           2 w     W4  [n, k4 / 4]   (f16 rows padded to k4, see common.wgsl; WTEX: the
+//                   same bytes in a texture, weight_texture.wgsl)
 //           3 bias  f32 [out_col + n] (only with BIAS)
 //           4 y     f32 [m, out_stride]
 // Variants: BIAS, ACT_GELU | ACT_QUICK_GELU, ACCUMULATE (y += result, for residual adds),
-//           F16, SUBGROUPS.
+//           F16, SUBGROUPS, WTEX.
 // Entry points:
 //   gemm: (4*TN)x(4*TN) output tile per workgroup of TNxTN invocations, each computing 4x4
 //         outputs, K in steps of 16 through workgroup memory. TN (value: 16 or 8, a 64x64 or
@@ -30,7 +31,18 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#ifdef WTEX
+#include "weight_texture"
+// W4 element i: half of texel i / 2.
+fn w_w4(i: u32) -> vec4<f32> {
+    let t = weight_texel(i >> 1u);
+    let h = select(t.xy, t.zw, (i & 1u) == 1u);
+    return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
+}
+#else
 @group(0) @binding(2) var<storage, read> w: array<W4>;
+fn w_w4(i: u32) -> vec4<f32> { return w4(w[i]); }
+#endif
 #ifdef BIAS
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 #endif
@@ -77,7 +89,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             let k = k0 + kq;
             var v = vec4<f32>(0.0);
             if n < p.n && k < p.k4 {
-                v = w4(w[(n * p.k4 + k) / 4u]);
+                v = w_w4((n * p.k4 + k) / 4u);
             }
             b_tile[kq * BN + nl] = v.x;
             b_tile[(kq + 1u) * BN + nl] = v.y;
@@ -150,7 +162,7 @@ fn gemv(
         let xv = load_x4(c * 4u);
         for (var r = 0u; r < ROWS; r++) {
             if row0 + r < p.n {
-                acc[r] += dot(xv, w4(w[(row0 + r) * quads + c]));
+                acc[r] += dot(xv, w_w4((row0 + r) * quads + c));
             }
         }
     }

@@ -11,7 +11,8 @@
 //           3 bias  f32 [out_col + n] (only with BIAS)
 //           4 y     f32 [m, out_stride]
 //           5 ids   u32 [m] (embed_rows only)
-// Variants: one of Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE.
+// Variants: one of Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE;
+//           WTEX (w's words in a texture, weight_texture.wgsl).
 // Every format is read as groups of 32 consecutive values: the block itself (Q4_0, Q4_1,
 // Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q6_K).
 // Entry points:
@@ -39,7 +40,13 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#ifdef WTEX
+#include "weight_texture"
+fn w_u32(i: u32) -> u32 { return weight_texel(i >> 2u)[i & 3u]; }
+#else
 @group(0) @binding(2) var<storage, read> w: array<u32>;
+fn w_u32(i: u32) -> u32 { return w[i]; }
+#endif
 #ifdef BIAS
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 #endif
@@ -48,18 +55,18 @@ struct Params {
 
 // Byte, f16 and 4-byte word at any byte offset o (f16 at even offsets).
 fn byte_at(o: u32) -> u32 {
-    return (w[o >> 2u] >> ((o & 3u) << 3u)) & 0xffu;
+    return (w_u32(o >> 2u) >> ((o & 3u) << 3u)) & 0xffu;
 }
 fn half_at(o: u32) -> f32 {
-    return unpack2x16float((w[o >> 2u] >> ((o & 2u) << 3u)) & 0xffffu).x;
+    return unpack2x16float((w_u32(o >> 2u) >> ((o & 2u) << 3u)) & 0xffffu).x;
 }
 fn word_at(o: u32) -> u32 {
     let s = (o & 3u) << 3u;
-    let a = w[o >> 2u];
+    let a = w_u32(o >> 2u);
     if s == 0u {
         return a;
     }
-    return (a >> s) | (w[(o >> 2u) + 1u] << (32u - s));
+    return (a >> s) | (w_u32((o >> 2u) + 1u) << (32u - s));
 }
 
 #ifdef Q4_0
@@ -86,7 +93,7 @@ fn scales_base() -> u32 {
     return p.n * (p.k / 32u) * QW;
 }
 fn packed_half(i: u32) -> f32 {
-    return unpack2x16float(w[scales_base() + (i >> 1u)])[i & 1u];
+    return unpack2x16float(w_u32(scales_base() + (i >> 1u)))[i & 1u];
 }
 
 // A group's 32 values are q[l] * scale + offset (q as unsigned or signed integers), with
@@ -116,7 +123,7 @@ fn group(row: u32, g: u32) -> Group {
 #endif
 #ifdef Q4_1
     let i = packed_group(row, g);
-    let dm = unpack2x16float(w[scales_base() + i]);
+    let dm = unpack2x16float(w_u32(scales_base() + i));
     r.qs = i * QW;
     r.scale0 = dm.x;
     r.scale1 = dm.x;
@@ -175,14 +182,14 @@ fn u8x4(q: u32) -> vec4<f32> {
 
 // Q4_0 / Q4_1: values 0..16 are the low nibbles of bytes 0..16, values 16..32 the high ones.
 fn nibbles(gr: Group, l: u32) -> vec4<f32> {
-    let wd = w[gr.qs + ((l & 15u) >> 2u)];
+    let wd = w_u32(gr.qs + ((l & 15u) >> 2u));
     return u8x4((wd >> select(0u, 4u, l >= 16u)) & 0x0f0f0f0fu);
 }
 
 // The four integer quants of values l .. l + 4 (l a multiple of 4) of a group.
 fn quads(gr: Group, l: u32) -> vec4<f32> {
 #ifdef Q8_0
-    let v = i32(w[gr.qs + (l >> 2u)]);
+    let v = i32(w_u32(gr.qs + (l >> 2u)));
     return vec4<f32>(f32(extractBits(v, 0u, 8u)), f32(extractBits(v, 8u, 8u)),
                      f32(extractBits(v, 16u, 8u)), f32(extractBits(v, 24u, 8u)));
 #endif

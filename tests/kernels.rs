@@ -106,6 +106,12 @@ fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
             let b = rng.vec(n, 0.5);
             let xt = Tensor::from_f32(&gpu, "x", m, k, &x).unwrap();
             let wt = Weight::upload(&gpu, "w", n, k, &w16).unwrap();
+            // the variant's store: textures on CPU devices unless turned off
+            assert_eq!(
+                wt.chunks[0].store.is_texture(),
+                gpu.caps.weight_textures,
+                "{name}"
+            );
             let bias = gpu.storage_init("b", bytemuck::cast_slice(&b)).unwrap();
             let want = cpu_linear(&x, m, k, &w, n, Some(&b));
             let tol = 2e-5 * k as f32;
@@ -169,6 +175,8 @@ fn weights_over_the_binding_limit_are_split_by_rows() {
         ..Default::default()
     })
     .unwrap();
+    // weights live in textures exactly on CPU devices unless an option says otherwise
+    assert_eq!(gpu.caps.weight_textures, gpu.caps.cpu);
     let mut rng = Rng::new(2);
     let (k, n) = (37, 300);
     let w16 = to_f16_bits(&rng.vec(n * k, 0.5));

@@ -25,23 +25,25 @@ fn reference() -> serde_json::Value {
 fn engines() -> Vec<(&'static str, Engine)> {
     let paths = [
         (
-            "f16 + subgroups, the device's GEMM table",
+            "f16 + subgroups, the device's GEMM table and weight store",
             GpuOptions {
                 f16: None,
                 subgroups: None,
                 max_binding: None,
                 gemm_tile: TileChoice::Table,
                 attention_tiles: None,
+                weight_textures: None,
             },
         ),
         (
-            "f32 unpack + workgroup memory, 32 tile GEMM, attention K/V tiles",
+            "f32 unpack + workgroup memory, 32 tile GEMM, attention K/V tiles, weights in buffers",
             GpuOptions {
                 f16: Some(false),
                 subgroups: Some(false),
                 max_binding: None,
                 gemm_tile: TileChoice::Fixed(GemmTile::T32),
                 attention_tiles: Some(true),
+                weight_textures: Some(false),
             },
         ),
     ];

@@ -14,6 +14,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["ACT_QUICK_GELU"],
             vec!["ACCUMULATE"],
             vec!["BIAS", "ACCUMULATE"],
+            // weights in a texture (the CPU-device default, weight_texture.wgsl)
+            vec!["WTEX", "BIAS"],
         ],
         "matmul_quant" => vec![
             vec!["Q4_0"],
@@ -21,6 +23,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q8_0", "ACCUMULATE"],
             vec!["Q4_K", "BIAS", "ACT_GELU"],
             vec!["Q6_K", "BIAS", "ACT_QUICK_GELU"],
+            vec!["Q4_1", "WTEX"],
+            vec!["Q6_K", "WTEX", "ACCUMULATE"],
         ],
         "gemv" => vec![
             vec!["WF16"],
@@ -35,6 +39,10 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             // and its prefill fusions: RMSNorm on load, SwiGLU of [gate; up]
             vec!["WF16", "TOKENS", "NORM", "GATE_UP"],
             vec!["Q4_1", "TOKENS", "NORM"],
+            // weights in a texture: the decode GEMV and both prefill kernels
+            vec!["Q4_1", "WTEX", "NORM", "GATE_UP"],
+            vec!["Q8_0", "WTEX", "TOKENS", "ACCUMULATE"],
+            vec!["WF16", "WTEX", "TOKENS", "BIAS"],
         ],
         "rope" => vec![vec![], vec!["KV_CACHE"]],
         "attention" => vec![
@@ -51,6 +59,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["LAYER_NORM", "ROW_LANES"],
         ],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
+        "embed" => vec![vec![], vec!["WTEX"]],
         "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"]],
         _ => vec![vec![]],
     }
@@ -124,8 +133,11 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 7 and matmul_quant 5 (each in two tiles), gemv 10, norm 4, elementwise 2,
-    // rope 2, attention 3, embed, sample, bandwidth, random_fill 1 each, prune_select 3,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 13, norm 4, elementwise 2,
+    // rope 2, attention 3, embed 2, sample, bandwidth, random_fill 1 each, prune_select 3,
     // prune_score and prune_gather 1 each.
-    assert_eq!(count, 4 * (2 * (7 + 5) + 10 + 4 + 2 + 2 + 3 + 4 + 3 + 2));
+    assert_eq!(
+        count,
+        4 * (2 * (8 + 7) + 13 + 4 + 2 + 2 + 3 + 2 + 3 + 3 + 2)
+    );
 }

@@ -37,19 +37,23 @@ fn chunk_bytes(gpu: &Gpu, w: &Weight) -> Vec<Vec<u8>> {
         .iter()
         .map(|c| {
             let n = (c.rows * w.row_bytes) as u64;
-            gpu.read_bytes(&c.buf, 0, n.next_multiple_of(4)).unwrap()[..n as usize].to_vec()
+            c.store.read(gpu, n.next_multiple_of(4)).unwrap()[..n as usize].to_vec()
         })
         .collect()
 }
 
 #[test]
 fn random_weights_keep_the_layout_and_stay_in_range() {
-    // A 4 KiB chunk limit splits every weight into several chunks.
-    let gpu = Gpu::new(&GpuOptions {
-        max_binding: Some(4096),
-        ..Default::default()
-    })
-    .unwrap();
+    // A 4 KiB chunk limit splits every weight into several chunks; weights in textures must
+    // hold the same bytes as in buffers.
+    let [gpu, tex_gpu] = [false, true].map(|textures| {
+        Gpu::new(&GpuOptions {
+            max_binding: Some(4096),
+            weight_textures: Some(textures),
+            ..Default::default()
+        })
+        .unwrap()
+    });
     let rows = 37;
     for ty in [
         GgmlType::F16,
@@ -95,6 +99,13 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
                 }
             }
         }
+        let in_texture = Weight::random(&tex_gpu, "w", ty, rows, cols, 7).unwrap();
+        assert!(in_texture.chunks.iter().all(|c| c.store.is_texture()));
+        assert_eq!(
+            chunk_bytes(&tex_gpu, &in_texture),
+            chunks,
+            "{what}: in textures"
+        );
         let again = chunk_bytes(&gpu, &Weight::random(&gpu, "w", ty, rows, cols, 7).unwrap());
         assert_eq!(
             again, chunks,

@@ -29,6 +29,11 @@ pub struct Caps {
     pub subgroup_min: u32,
     /// A CPU device (lavapipe, llvmpipe, WARP): few, wide workgroups pay off there.
     pub cpu: bool,
+    /// Weights live in rgba32uint textures instead of storage buffers (the kernels' WTEX
+    /// variant). On by default on CPU devices, whose drivers fetch texels with vector
+    /// gathers but load storage buffers lane by lane; off elsewhere. Env
+    /// `VLM_RUN_WEIGHT_TEXTURES=0|1`.
+    pub weight_textures: bool,
 }
 
 /// Choices a caller (or the environment) can make about the device.
@@ -46,6 +51,8 @@ pub struct GpuOptions {
     /// Prefill attention stages K/V tiles through workgroup memory (`None`: the device
     /// class's table, see [`super::tile::attention_tiles_for`]; env `VLM_RUN_ATTN_TILES=0|1`).
     pub attention_tiles: Option<bool>,
+    /// Keep weights in textures (`None`: on CPU devices; env `VLM_RUN_WEIGHT_TEXTURES=0|1`).
+    pub weight_textures: Option<bool>,
 }
 
 impl GpuOptions {
@@ -75,6 +82,7 @@ impl GpuOptions {
             max_binding,
             gemm_tile: TileChoice::parse(&std::env::var("VLM_RUN_GEMM_TILE").unwrap_or_default())?,
             attention_tiles: flag("VLM_RUN_ATTN_TILES")?,
+            weight_textures: flag("VLM_RUN_WEIGHT_TEXTURES")?,
         })
     }
 }
@@ -171,7 +179,17 @@ impl Gpu {
 
         let max_binding =
             (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
-        let weight_chunk = max_binding.min(opts.max_binding.unwrap_or(u64::MAX));
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        let weight_textures = opts.weight_textures.unwrap_or(cpu);
+        // a texture chunk holds at most max_texture_dimension_2d rows of TEX_ROW_TEXELS words
+        let texture_bytes = if weight_textures {
+            16 * super::TEX_ROW_TEXELS as u64 * limits.max_texture_dimension_2d as u64
+        } else {
+            u64::MAX
+        };
+        let weight_chunk = max_binding
+            .min(texture_bytes)
+            .min(opts.max_binding.unwrap_or(u64::MAX));
         let caps = Caps {
             f16,
             subgroups,
@@ -181,7 +199,8 @@ impl Gpu {
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             workgroup_memory: limits.max_compute_workgroup_storage_size,
             subgroup_min: if subgroups { info.subgroup_min_size } else { 0 },
-            cpu: info.device_type == wgpu::DeviceType::Cpu,
+            cpu,
+            weight_textures,
         };
         let info_type = info.device_type;
         Ok(Arc::new(Self {
@@ -236,12 +255,18 @@ impl Gpu {
     /// A one-line description of the adapter and the paths in use.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}); f16 {}, subgroups {}, max binding {} MiB, GEMM {}, attention K/V {}",
+            "{} ({:?}); f16 {}, subgroups {}, max binding {} MiB, weights in {}, GEMM {}, \
+             attention K/V {}",
             self.info.name,
             self.info.backend,
             if self.caps.f16 { "on" } else { "off" },
             if self.caps.subgroups { "on" } else { "off" },
             self.caps.max_binding >> 20,
+            if self.caps.weight_textures {
+                "textures"
+            } else {
+                "buffers"
+            },
             self.gemm_tile().name(),
             if self.attention_tiles() {
                 "tiles"

@@ -1,7 +1,7 @@
 //! A kernel is one compute dispatch: a cached pipeline, a bind group made once, and a grid.
 
 use super::shader::Defines;
-use super::Gpu;
+use super::{Gpu, WeightChunk};
 use anyhow::Result;
 use std::sync::Arc;
 
@@ -25,6 +25,44 @@ impl Kernel {
         buffers: &[(u32, &wgpu::Buffer)],
         workgroups: [u32; 3],
     ) -> Result<Self> {
+        Self::build(
+            gpu, family, entry, defines, params, buffers, None, workgroups,
+        )
+    }
+
+    /// [`Kernel::new`] for a kernel that reads a weight chunk at binding 2: its WTEX variant
+    /// (weight_texture.wgsl) when the chunk is a texture.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_weight(
+        gpu: &Gpu,
+        family: &'static str,
+        entry: &'static str,
+        defines: &Defines,
+        params: &[u8],
+        buffers: &[(u32, &wgpu::Buffer)],
+        weight: &WeightChunk,
+        workgroups: [u32; 3],
+    ) -> Result<Self> {
+        let defines = if weight.store.is_texture() {
+            defines.clone().with_flag("WTEX")
+        } else {
+            defines.clone()
+        };
+        let w = Some(weight.store.binding());
+        Self::build(gpu, family, entry, &defines, params, buffers, w, workgroups)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        gpu: &Gpu,
+        family: &'static str,
+        entry: &'static str,
+        defines: &Defines,
+        params: &[u8],
+        buffers: &[(u32, &wgpu::Buffer)],
+        weight: Option<wgpu::BindingResource<'_>>,
+        workgroups: [u32; 3],
+    ) -> Result<Self> {
         let pipeline = gpu.pipeline(family, entry, defines)?;
         let params = gpu.uniform_init(entry, params);
         let mut entries = vec![wgpu::BindGroupEntry {
@@ -35,6 +73,12 @@ impl Kernel {
             entries.push(wgpu::BindGroupEntry {
                 binding: *binding,
                 resource: b.as_entire_binding(),
+            });
+        }
+        if let Some(resource) = weight {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 2,
+                resource,
             });
         }
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);

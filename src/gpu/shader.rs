@@ -26,6 +26,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/matmul_quant.wgsl"),
     ),
     ("gemv", include_str!("../../shaders/gemv.wgsl")),
+    (
+        "weight_texture",
+        include_str!("../../shaders/weight_texture.wgsl"),
+    ),
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
     (
         "random_fill",

@@ -48,14 +48,14 @@ pub fn gather(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Re
                 rows: c.rows as u32,
                 ..Default::default()
             };
-            let bindings = [(1, ids), (2, &c.buf), (3, &out.buf)];
-            Kernel::new(
+            Kernel::with_weight(
                 gpu,
                 "embed",
                 "embed_gather",
                 &gpu.base_defines(),
                 bytes(&p),
-                &bindings,
+                &[(1, ids), (3, &out.buf)],
+                c,
                 grid(gpu, n),
             )
         })
@@ -89,14 +89,14 @@ fn gather_quantized(
                 out_col: c.row0 as u32,
                 pad: 0,
             };
-            let bindings = [(5, ids), (2, &c.buf), (4, &out.buf)];
-            Kernel::new(
+            Kernel::with_weight(
                 gpu,
                 "matmul_quant",
                 "embed_rows",
                 &defines,
                 bytes(&p),
-                &bindings,
+                &[(5, ids), (4, &out.buf)],
+                c,
                 grid(gpu, out.rows * out.cols),
             )
         })

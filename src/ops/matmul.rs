@@ -113,7 +113,7 @@ pub fn linear_at(
             out_col: (y_col + chunk.row0) as u32,
             pad: 0,
         };
-        let mut bindings = vec![(1, &x.buf), (2, &chunk.buf), (4, &y.buf)];
+        let mut bindings = vec![(1, &x.buf), (4, &y.buf)];
         if let Some(b) = bias {
             bindings.push((3, b));
         }
@@ -127,13 +127,14 @@ pub fn linear_at(
             let side = tile.side() as usize;
             ("gemm", grid_2d(gpu, chunk.rows, side, m, side)?)
         };
-        kernels.push(Kernel::new(
+        kernels.push(Kernel::with_weight(
             gpu,
             family,
             entry,
             &defines,
             bytes(&params),
             &bindings,
+            chunk,
             grid,
         )?);
     }
@@ -221,16 +222,16 @@ fn gemm_lanes(
         } else {
             (chunk.rows, groups * rows)
         };
-        let bindings = fused_bindings(x, chunk, y, &e);
         let grid = grid_2d(gpu, outputs, per_wg, m, m_per)?;
         let params = fused_params(m, x, w, chunk, y, &e);
-        kernels.push(Kernel::new(
+        kernels.push(Kernel::with_weight(
             gpu,
             "gemv",
             entry,
             &d,
             bytes(&params),
-            &bindings,
+            &fused_bindings(x, y, &e),
+            chunk,
             grid,
         )?);
     }
@@ -391,13 +392,13 @@ fn fused_defines(gpu: &Gpu, w: &Weight, e: &Epilogue) -> Defines {
     d
 }
 
+/// gemv.wgsl's buffer bindings (the weight chunk is bound by [`Kernel::with_weight`]).
 fn fused_bindings<'a>(
     x: &'a Tensor,
-    chunk: &'a WeightChunk,
     y: &'a Tensor,
     e: &Epilogue<'a>,
 ) -> Vec<(u32, &'a wgpu::Buffer)> {
-    let mut bindings = vec![(1, &x.buf), (2, &chunk.buf), (4, &y.buf)];
+    let mut bindings = vec![(1, &x.buf), (4, &y.buf)];
     if let Some(b) = e.bias {
         bindings.push((3, b));
     }
@@ -458,13 +459,14 @@ pub fn gemv(
             outputs.div_ceil(per_wg) as u32,
             gpu.caps.max_workgroups_per_dim,
         );
-        kernels.push(Kernel::new(
+        kernels.push(Kernel::with_weight(
             gpu,
             "gemv",
             "gemv",
             &d,
             bytes(&params),
-            &fused_bindings(x, chunk, y, &e),
+            &fused_bindings(x, y, &e),
+            chunk,
             grid,
         )?);
     }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use vlm_run::gpu::{Gpu, GpuOptions};
 
-/// Every (f16, subgroups) combination the adapter supports, each on its own device.
+/// Every (f16, subgroups) combination the adapter supports, each on its own device with
+/// the device class's weight store, and the last once more with the other store (weights in
+/// buffers on a CPU device, where textures are the default; in textures elsewhere).
 pub fn variants() -> Vec<(String, Arc<Gpu>)> {
     let mut out = Vec::new();
     for f16 in [false, true] {
@@ -18,6 +20,20 @@ pub fn variants() -> Vec<(String, Arc<Gpu>)> {
                 Ok(g) => out.push((format!("f16={f16} subgroups={sg}"), g)),
                 Err(e) => eprintln!("skipping variant f16={f16} subgroups={sg}: {e}"),
             }
+        }
+    }
+    if let Some((name, last)) = out.last() {
+        let textures = !last.caps.weight_textures;
+        let opts = GpuOptions {
+            f16: Some(last.caps.f16),
+            subgroups: Some(last.caps.subgroups),
+            weight_textures: Some(textures),
+            ..Default::default()
+        };
+        let store = if textures { "textures" } else { "buffers" };
+        match Gpu::new(&opts) {
+            Ok(g) => out.push((format!("{name} weights in {store}"), g)),
+            Err(e) => eprintln!("skipping variant {name} weights in {store}: {e}"),
         }
     }
     assert!(
