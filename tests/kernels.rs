@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use vlm_run::gguf::quant::GgmlType;
-use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Step, Tensor, Weight};
+use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Step, Tensor, Weight, MIN_TEXTURE_BYTES};
 use vlm_run::ops::matmul::{lane_min_k, TOKENS_MAX_K};
 use vlm_run::ops::{self, attention::Heads, matmul::Act};
 
@@ -106,10 +106,11 @@ fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
             let b = rng.vec(n, 0.5);
             let xt = Tensor::from_f32(&gpu, "x", m, k, &x).unwrap();
             let wt = Weight::upload(&gpu, "w", n, k, &w16).unwrap();
-            // the variant's store: textures on CPU devices unless turned off
+            // the variant's store: textures on CPU devices unless turned off, for chunks of
+            // at least one texture row
             assert_eq!(
                 wt.chunks[0].store.is_texture(),
-                gpu.caps.weight_textures,
+                gpu.caps.weight_textures && n * wt.row_bytes >= MIN_TEXTURE_BYTES,
                 "{name}"
             );
             let bias = gpu.storage_init("b", bytemuck::cast_slice(&b)).unwrap();

@@ -8,7 +8,7 @@ pub mod tile;
 
 pub use context::{Caps, Gpu, GpuOptions};
 pub use kernel::{Kernel, Step};
-pub use tensor::{Tensor, Weight, WeightChunk, WeightStore, TEX_ROW_TEXELS};
+pub use tensor::{Tensor, Weight, WeightChunk, WeightStore, MIN_TEXTURE_BYTES, TEX_ROW_TEXELS};
 pub use tile::{GemmTile, TileChoice};
 
 /// Split `n` workgroups into a 2-D grid whose x dimension stays within `max_per_dim`.

@@ -59,6 +59,12 @@ pub struct WeightChunk {
 /// so that a chunk wastes less than that at its end.
 pub const TEX_ROW_TEXELS: u32 = 512;
 
+/// Chunks smaller than one texture row stay in buffers even where weights live in textures:
+/// the driver allocates every texture in granules of its own (on lavapipe the 32-layer
+/// fixture, ~140 matrices of 1-8 KiB, took 13.0 MiB of device memory in textures against
+/// 9.2 in buffers), and reads of so few bytes cost little either way.
+pub const MIN_TEXTURE_BYTES: usize = 16 * TEX_ROW_TEXELS as usize;
+
 /// Where a weight chunk's bytes live. Kernels read both the same way (the WTEX variant
 /// reads the texture); see [`super::Caps::weight_textures`] for which the device uses.
 pub enum WeightStore {
@@ -70,9 +76,9 @@ pub enum WeightStore {
 }
 
 impl WeightStore {
-    /// `bytes` on the device in the store it uses for weights.
+    /// `bytes` on the device in the store it uses for weights (see [`MIN_TEXTURE_BYTES`]).
     pub fn new(gpu: &Gpu, label: &str, bytes: &[u8]) -> Result<Self> {
-        if !gpu.caps.weight_textures {
+        if !gpu.caps.weight_textures || bytes.len() < MIN_TEXTURE_BYTES {
             return Ok(Self::Buffer(gpu.storage_init(label, bytes)?));
         }
         let row_bytes = 16 * TEX_ROW_TEXELS as usize;
@@ -92,7 +98,7 @@ impl WeightStore {
     /// The store of a buffer filled on the GPU (`words` 4-byte words): the buffer itself,
     /// or a texture it is copied into (the copy is queued; the buffer may be dropped).
     fn from_buffer(gpu: &Gpu, label: &str, buf: wgpu::Buffer, words: usize) -> Result<Self> {
-        if !gpu.caps.weight_textures {
+        if !gpu.caps.weight_textures || 4 * words < MIN_TEXTURE_BYTES {
             return Ok(Self::Buffer(buf));
         }
         let rows = words.div_ceil(4 * TEX_ROW_TEXELS as usize).max(1) as u32;
@@ -438,7 +444,7 @@ impl Weight {
                 _ => words,
             };
             // a texture copy reads whole texture rows
-            let buf_words = if gpu.caps.weight_textures {
+            let buf_words = if gpu.caps.weight_textures && 4 * words >= MIN_TEXTURE_BYTES {
                 words.next_multiple_of(4 * TEX_ROW_TEXELS as usize)
             } else {
                 words
