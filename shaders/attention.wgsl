@@ -57,8 +57,15 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
+#ifdef KV_TEX
+// K and V copied into rgba32float textures by kv_texture.wgsl: key j's 16-byte group c of
+// the KV row at texel (c, j). Only the prefill entry point is built with it.
+@group(0) @binding(2) var k_tex: texture_2d<f32>;
+@group(0) @binding(3) var v_tex: texture_2d<f32>;
+#else
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
+#endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<uniform> step: Step;
@@ -69,12 +76,24 @@ const HD4: u32 = HD / 4u;
 // invocation: each K and V row loaded serves QPI rows) are value defines, smaller for wide
 // heads so that the unrolled block stays small (ops::attention::direct_shape).
 
-fn k4(r: u32) -> vec4<f32> {
+// Values 4c .. 4c + 4 of KV head kvh for key j.
+#ifdef KV_TEX
+fn k4(j: u32, kvh: u32, c: u32) -> vec4<f32> {
+    return textureLoad(k_tex, vec2<u32>(kvh * HD4 + c, j), 0);
+}
+fn v4(j: u32, kvh: u32, c: u32) -> vec4<f32> {
+    return textureLoad(v_tex, vec2<u32>(kvh * HD4 + c, j), 0);
+}
+#else
+fn k4(j: u32, kvh: u32, c: u32) -> vec4<f32> {
+    let r = j * p.kv_stride + kvh * HD + 4u * c;
     return vec4<f32>(k[r], k[r + 1u], k[r + 2u], k[r + 3u]);
 }
-fn v4(r: u32) -> vec4<f32> {
+fn v4(j: u32, kvh: u32, c: u32) -> vec4<f32> {
+    let r = j * p.kv_stride + kvh * HD + 4u * c;
     return vec4<f32>(v[r], v[r + 1u], v[r + 2u], v[r + 3u]);
 }
+#endif
 
 // The CPU-device variant. Each invocation takes QPI query rows (lid, lid + QB, ...) and walks
 // the workgroup's keys in a uniform loop, KB keys per block, loading each K and V row once
@@ -107,16 +126,15 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
             end[i] = min(p.kv_len, p.q_pos0 + qi + 1u);
         }
     }
-    let off = kvh * HD;
     for (var j0 = 0u; j0 < kv_end; j0 += KB) {
         var sc: array<f32, KB * QPI>;
         var bm = mx;
         for (var t = 0u; t < KB; t++) {
             let j = j0 + t;
-            let r = min(j, kv_end - 1u) * p.kv_stride + off;
+            let jr = min(j, kv_end - 1u);
             var kr: array<vec4<f32>, HD4>;
             for (var c = 0u; c < HD4; c++) {
-                kr[c] = k4(r + 4u * c);
+                kr[c] = k4(jr, kvh, c);
             }
             for (var i = 0u; i < QPI; i++) {
                 var s = 0.0;
@@ -138,10 +156,10 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         }
         for (var t = 0u; t < KB; t++) {
             let j = j0 + t;
-            let r = min(j, kv_end - 1u) * p.kv_stride + off;
+            let jr = min(j, kv_end - 1u);
             var vr: array<vec4<f32>, HD4>;
             for (var c = 0u; c < HD4; c++) {
-                vr[c] = v4(r + 4u * c);
+                vr[c] = v4(jr, kvh, c);
             }
             for (var i = 0u; i < QPI; i++) {
                 let pj = select(0.0, exp(sc[t * QPI + i] - bm[i]), j < end[i]);
@@ -169,6 +187,7 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     }
 }
 #else
+#ifndef KV_TEX
 var<workgroup> k_tile: array<f32, KT * HD>;
 var<workgroup> v_tile: array<f32, KT * HD>;
 
@@ -245,7 +264,9 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     }
 }
 #endif
+#endif
 
+#ifndef KV_TEX
 var<workgroup> q_sh: array<f32, HD>;
 var<workgroup> s_sh: array<f32, SPLIT>;
 var<workgroup> p_sh: array<f32, SPLIT>;
@@ -438,3 +459,4 @@ fn attn_merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         out[h * HD + d] = acc / l;
     }
 }
+#endif

@@ -477,18 +477,35 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
             let qt = Tensor::from_f32(&gpu, "q", m, heads * hd, &q).unwrap();
             let kt = Tensor::from_f32(&gpu, "k", kv_len, kv_heads * hd, &k).unwrap();
             let vt = Tensor::from_f32(&gpu, "v", kv_len, kv_heads * hd, &v).unwrap();
-            let out = Tensor::new(&gpu, "o", m, heads * hd).unwrap();
-            let kern =
-                ops::attention::prefill(&gpu, h, &qt, &kt, &vt, kv_len, causal, q_pos0, &out)
-                    .unwrap();
-            gpu.run(&[&kern]).unwrap();
             let want = cpu_attention(&q, &k, &v, m, kv_len, h, causal, q_pos0);
-            assert_close(
-                &format!("{name} attention m={m} kv={kv_len}"),
-                &out.read(&gpu).unwrap(),
-                &want,
-                2e-5,
-            );
+            // K/V from the buffers, and copied into textures (on CPU devices with the direct
+            // variant; the pair may hold more rows than this pass uses)
+            let tex = ops::attention::KvTextures::new(&gpu, h, kv_len + 3);
+            let direct = !tiles && hd % 4 == 0;
+            assert_eq!(tex.is_some(), gpu.caps.weight_textures && direct, "{name}");
+            for t in [None, tex.as_ref()] {
+                let out = Tensor::new(&gpu, "o", m, heads * hd).unwrap();
+                let ks = ops::attention::prefill(
+                    &gpu, h, &qt, &kt, &vt, kv_len, causal, q_pos0, &out, t,
+                )
+                .unwrap();
+                let labels: Vec<_> = ks.iter().map(|k| k.label).collect();
+                let want_labels = match t {
+                    Some(_) => vec!["kv_texture", "attention"],
+                    None => vec!["attention"],
+                };
+                assert_eq!(labels, want_labels, "{name}");
+                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                assert_close(
+                    &format!(
+                        "{name} attention m={m} kv={kv_len} textures {}",
+                        t.is_some()
+                    ),
+                    &out.read(&gpu).unwrap(),
+                    &want,
+                    2e-5,
+                );
+            }
         }
     }
 }

@@ -50,6 +50,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["DIRECT_KV"],
             // the CPU-device decode attention (the engine sets it only with SUBGROUPS)
             vec!["DIRECT_KV", "DECODE_LANES"],
+            // the direct prefill reading K/V from textures (kv_texture.wgsl fills them)
+            vec!["DIRECT_KV", "KV_TEX"],
         ],
         "norm" => vec![
             vec![],
@@ -134,10 +136,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
         }
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 13, norm 4, elementwise 2,
-    // rope 2, attention 3, embed 2, sample, bandwidth, random_fill 1 each, prune_select 3,
-    // prune_score and prune_gather 1 each.
+    // rope 2, attention 4, embed 2, sample, bandwidth, random_fill, kv_texture 1 each,
+    // prune_select 3, prune_score and prune_gather 1 each.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 13 + 4 + 2 + 2 + 3 + 2 + 3 + 3 + 2)
+        4 * (2 * (8 + 7) + 13 + 4 + 2 + 2 + 4 + 2 + 4 + 3 + 2)
     );
 }

@@ -26,7 +26,14 @@ impl Kernel {
         workgroups: [u32; 3],
     ) -> Result<Self> {
         Self::build(
-            gpu, family, entry, defines, params, buffers, None, workgroups,
+            gpu,
+            family,
+            entry,
+            defines,
+            params,
+            buffers,
+            Vec::new(),
+            workgroups,
         )
     }
 
@@ -48,8 +55,25 @@ impl Kernel {
         } else {
             defines.clone()
         };
-        let w = Some(weight.store.binding());
+        let w = vec![(2, weight.store.binding())];
         Self::build(gpu, family, entry, &defines, params, buffers, w, workgroups)
+    }
+
+    /// [`Kernel::new`] with more bindings that are not buffers (textures).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_resources(
+        gpu: &Gpu,
+        family: &'static str,
+        entry: &'static str,
+        defines: &Defines,
+        params: &[u8],
+        buffers: &[(u32, &wgpu::Buffer)],
+        resources: Vec<(u32, wgpu::BindingResource<'_>)>,
+        workgroups: [u32; 3],
+    ) -> Result<Self> {
+        Self::build(
+            gpu, family, entry, defines, params, buffers, resources, workgroups,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -60,7 +84,7 @@ impl Kernel {
         defines: &Defines,
         params: &[u8],
         buffers: &[(u32, &wgpu::Buffer)],
-        weight: Option<wgpu::BindingResource<'_>>,
+        resources: Vec<(u32, wgpu::BindingResource<'_>)>,
         workgroups: [u32; 3],
     ) -> Result<Self> {
         let pipeline = gpu.pipeline(family, entry, defines)?;
@@ -75,11 +99,8 @@ impl Kernel {
                 resource: b.as_entire_binding(),
             });
         }
-        if let Some(resource) = weight {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 2,
-                resource,
-            });
+        for (binding, resource) in resources {
+            entries.push(wgpu::BindGroupEntry { binding, resource });
         }
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -42,6 +42,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
+    ("kv_texture", include_str!("../../shaders/kv_texture.wgsl")),
     ("embed", include_str!("../../shaders/embed.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
     (
@@ -69,6 +70,7 @@ pub const KERNEL_FAMILIES: &[&str] = &[
     "elementwise",
     "rope",
     "attention",
+    "kv_texture",
     "embed",
     "sample",
     "prune_score",

@@ -253,14 +253,24 @@ impl ClipVisionTower {
             eps,
             &x,
         )?);
+        let kv_tex = ops::attention::KvTextures::new(gpu, heads, t);
         for layer in &self.layers {
             let ln1 = &layer.layer_norm1;
             ks.push(ops::norm::norm(gpu, &x, 0, &ln1.w, Some(&ln1.b), eps, &h)?);
             ks.extend(layer.q_proj.ops(gpu, &h, &q, Act::None, false)?);
             ks.extend(layer.k_proj.ops(gpu, &h, &k, Act::None, false)?);
             ks.extend(layer.v_proj.ops(gpu, &h, &v, Act::None, false)?);
-            ks.push(ops::attention::prefill(
-                gpu, heads, &q, &k, &v, t, false, 0, &attn,
+            ks.extend(ops::attention::prefill(
+                gpu,
+                heads,
+                &q,
+                &k,
+                &v,
+                t,
+                false,
+                0,
+                &attn,
+                kv_tex.as_ref(),
             )?);
             ks.extend(layer.out_proj.ops(gpu, &attn, &x, Act::None, true)?);
             let ln2 = &layer.layer_norm2;

@@ -282,6 +282,11 @@ impl Llama {
         let h = self.heads();
         let rows = s.rows;
         let mut ks = Vec::new();
+        // prefill: one K/V texture pair for the layers' attention, where the device wants it
+        let kv_tex = match decode_scores {
+            None => ops::attention::KvTextures::new(gpu, h, rows),
+            Some(_) => None,
+        };
         for l in layers {
             let layer = &self.layers[l];
             let step = io.step_for(l);
@@ -308,8 +313,17 @@ impl Llama {
                 },
             )?);
             match decode_scores {
-                None => ks.push(ops::attention::prefill(
-                    gpu, h, &s.q, kc, vc, rows, true, 0, &s.attn,
+                None => ks.extend(ops::attention::prefill(
+                    gpu,
+                    h,
+                    &s.q,
+                    kc,
+                    vc,
+                    rows,
+                    true,
+                    0,
+                    &s.attn,
+                    kv_tex.as_ref(),
                 )?),
                 Some(partials) => ks.extend(ops::attention::decode(
                     gpu, h, &s.q, kc, vc, partials, step, &s.attn,

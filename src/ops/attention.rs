@@ -103,8 +103,67 @@ impl Heads {
     }
 }
 
+/// Textures that the direct prefill attention reads K and V from (its KV_TEX variant), after
+/// `kv_texture.wgsl` copies them there: on devices where textures read faster than storage
+/// buffers ([`crate::gpu::Caps::weight_textures`]: CPU drivers), since every query tile
+/// re-reads every K and V row. One pair serves every layer of a pass.
+pub struct KvTextures {
+    k: wgpu::TextureView,
+    v: wgpu::TextureView,
+    rows: usize,
+    width4: usize,
+}
+
+impl KvTextures {
+    /// A pair for up to `rows` keys of `h`'s KV heads, or None where the prefill attention
+    /// reads buffers: GPUs, the workgroup-tile variant, or shapes past the texture limits.
+    pub fn new(gpu: &Gpu, h: Heads, rows: usize) -> Option<Self> {
+        let width4 = h.kv_heads * h.hd / 4;
+        let max = gpu.device.limits().max_texture_dimension_2d as usize;
+        let fits = rows > 0 && rows <= max && width4 > 0 && width4 <= max;
+        if !gpu.caps.weight_textures || h.direct_kv(gpu).is_none() || !fits {
+            return None;
+        }
+        let texture = |label| {
+            gpu.device
+                .create_texture(&wgpu::TextureDescriptor {
+                    label: Some(label),
+                    size: wgpu::Extent3d {
+                        width: width4 as u32,
+                        height: rows as u32,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING
+                        | wgpu::TextureUsages::STORAGE_BINDING,
+                    view_formats: &[],
+                })
+                .create_view(&Default::default())
+        };
+        Some(Self {
+            k: texture("attn.k_tex"),
+            v: texture("attn.v_tex"),
+            rows,
+            width4,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CopyParams {
+    rows: u32,
+    stride: u32,
+    width4: u32,
+    pad: u32,
+}
+
 /// Fused attention for `q.rows` query rows over the first `kv_len` rows of k and v.
 /// Causal: query row i sits at position `q_pos0 + i` and sees keys up to that position.
+/// With `tex` (see [`KvTextures::new`]) K and V are first copied into its textures.
 #[allow(clippy::too_many_arguments)]
 pub fn prefill(
     gpu: &Gpu,
@@ -116,7 +175,8 @@ pub fn prefill(
     causal: bool,
     q_pos0: usize,
     out: &Tensor,
-) -> Result<Kernel> {
+    tex: Option<&KvTextures>,
+) -> Result<Vec<Kernel>> {
     h.check(q, k)?;
     if kv_len > k.rows || out.rows < q.rows || out.cols < h.heads * h.hd {
         bail!(
@@ -143,16 +203,56 @@ pub fn prefill(
     let defines = h.defines(gpu)?;
     let rows_per_wg = 32 * h.direct_kv(gpu).map_or(1, |(_, qpi)| qpi);
     let grid = [(q.rows as u32).div_ceil(rows_per_wg), h.heads as u32, 1];
-    let bindings = [(1, &q.buf), (2, &k.buf), (3, &v.buf), (4, &out.buf)];
-    Kernel::new(
+    let tex = tex.filter(|t| kv_len <= t.rows && t.width4 == h.kv_heads * h.hd / 4);
+    let Some(t) = tex else {
+        let bindings = [(1, &q.buf), (2, &k.buf), (3, &v.buf), (4, &out.buf)];
+        let attention = Kernel::new(
+            gpu,
+            "attention",
+            "attention",
+            &defines,
+            bytes(&p),
+            &bindings,
+            grid,
+        )?;
+        return Ok(vec![attention]);
+    };
+    let cp = CopyParams {
+        rows: kv_len as u32,
+        stride: k.cols as u32,
+        width4: t.width4 as u32,
+        pad: 0,
+    };
+    let copy = Kernel::with_resources(
+        gpu,
+        "kv_texture",
+        "kv_texture",
+        &gpu.base_defines(),
+        bytes(&cp),
+        &[(1, &k.buf), (2, &v.buf)],
+        vec![
+            (3, wgpu::BindingResource::TextureView(&t.k)),
+            (4, wgpu::BindingResource::TextureView(&t.v)),
+        ],
+        crate::gpu::fold_workgroups(
+            ((kv_len * t.width4) as u32).div_ceil(64),
+            gpu.caps.max_workgroups_per_dim,
+        ),
+    )?;
+    let attention = Kernel::with_resources(
         gpu,
         "attention",
         "attention",
-        &defines,
+        &defines.with_flag("KV_TEX"),
         bytes(&p),
-        &bindings,
+        &[(1, &q.buf), (4, &out.buf)],
+        vec![
+            (2, wgpu::BindingResource::TextureView(&t.k)),
+            (3, wgpu::BindingResource::TextureView(&t.v)),
+        ],
         grid,
-    )
+    )?;
+    Ok(vec![copy, attention])
 }
 
 /// The direct prefill variant's keys per softmax block (KB) and query rows per invocation

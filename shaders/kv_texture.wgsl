@@ -1,0 +1,38 @@
+// kv_texture.wgsl: K and V rows copied from their f32 buffers into rgba32float textures for
+// the prefill attention's KV_TEX variant (attention.wgsl). Every query tile of the prefill
+// re-reads every K and V row; CPU drivers (lavapipe) load storage buffers lane by lane but
+// fetch texels for a whole SIMD row at once (see gpu::tensor::WeightStore), so one pass
+// here saves many there.
+//
+// Bindings: 0 params, 1 k f32 [rows, stride], 2 v f32 [rows, stride],
+//           3 k_out, 4 v_out: texture_storage_2d<rgba32float, write> of width4 x >= rows.
+// One invocation per texel (key j, group c of 4 values): out(c, j) = in[j * stride + 4c ..].
+// Dispatch fold(ceil(rows * width4 / 64)).
+#include "common"
+
+struct Params {
+    rows: u32,
+    stride: u32,
+    width4: u32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> k: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var k_out: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(4) var v_out: texture_storage_2d<rgba32float, write>;
+
+@compute @workgroup_size(64)
+fn kv_texture(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_wg(wid, nwg) * 64u + lid;
+    if i >= p.rows * p.width4 {
+        return;
+    }
+    let j = i / p.width4;
+    let c = i % p.width4;
+    let o = j * p.stride + 4u * c;
+    textureStore(k_out, vec2<u32>(c, j), vec4<f32>(k[o], k[o + 1u], k[o + 2u], k[o + 3u]));
+    textureStore(v_out, vec2<u32>(c, j), vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]));
+}
