@@ -1,7 +1,7 @@
 // kv_texture.wgsl: K and V rows copied from their f32 buffers into rgba32float textures for
 // the prefill attention's KV_TEX variant (attention.wgsl). Every query tile of the prefill
 // re-reads every K and V row; CPU drivers (lavapipe) load storage buffers lane by lane but
-// fetch texels for a whole SIMD row at once (see gpu::tensor::WeightStore), so one pass
+// fetch texels for a whole SIMD row at once (see gpu::WeightStore), so one pass
 // here saves many there.
 //
 // Bindings: 0 params, 1 k f32 [rows, stride], 2 v f32 [rows, stride],

@@ -1,16 +1,16 @@
 // weight_texture.wgsl: a weight chunk held in a 2-D rgba32uint texture instead of a storage
-// buffer (the WTEX variant of every kernel that reads weights; gpu::tensor::WeightStore).
+// buffer (the WTEX variant of every kernel that reads weights; gpu::WeightStore).
 // The chunk's 16-byte words lie in row-major order, TEX_ROW_TEXELS words per texture row:
 // word i is texel (i % TEX_ROW_TEXELS, i / TEX_ROW_TEXELS). Why: CPU drivers (lavapipe)
 // fetch texels with vector gathers but load storage buffers lane by lane, so the same words
-// read 2-5x faster from a texture there (examples in README's performance notes).
+// read 2-5x faster from a texture there (examples/load_probe.rs measures both).
 //
 // Bindings: 2 wt texture_2d<u32> (the chunk). The including file reads it through
 //           weight_texel and names its own accessor after its element type.
 
 @group(0) @binding(2) var wt: texture_2d<u32>;
 
-const TEX_ROW_SHIFT: u32 = 9u; // 512 texels (8 KiB) per texture row: gpu::tensor::TEX_ROW_TEXELS
+const TEX_ROW_SHIFT: u32 = 9u; // 512 texels (8 KiB) per texture row: gpu::TEX_ROW_TEXELS
 
 // The chunk's 16-byte word i.
 fn weight_texel(i: u32) -> vec4<u32> {

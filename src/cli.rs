@@ -29,8 +29,8 @@ pub const DEFAULT_MODEL: &str = "weights/tiny-llava-vqa";
                   ENVIRONMENT:\n  VLM_RUN_F16=0|1         use shader-f16 (default: when the adapter has it)\n  \
                   VLM_RUN_SUBGROUPS=0|1   use subgroup reductions (default: when the adapter has them)\n  \
                   VLM_RUN_MAX_BINDING=N   split weights into chunks of at most N bytes\n  \
-                  VLM_RUN_WEIGHT_TEXTURES=0|1  keep weights in textures (default: on CPU devices, where\n                          \
-                  texel fetches are faster than storage-buffer loads)\n  \
+                  VLM_RUN_WEIGHT_TEXTURES=0|1  keep weights (and the prefill attention's K/V) in textures\n                          \
+                  (default: on CPU devices, where texel fetches beat storage-buffer loads)\n  \
                   VLM_RUN_GEMM_TILE=K     prefill GEMM kernel: 64 or 32 (workgroup tiles), lanes (lane groups),\n                          \
                   tune (time each on the model at load; cached in VLM_RUN_CACHE_DIR,\n                          \
                   else ~/.cache/vlm-run), auto (default: the device class's table)"

@@ -30,9 +30,10 @@ pub struct Caps {
     /// A CPU device (lavapipe, llvmpipe, WARP): few, wide workgroups pay off there.
     pub cpu: bool,
     /// Weights live in rgba32uint textures instead of storage buffers (the kernels' WTEX
-    /// variant). On by default on CPU devices, whose drivers fetch texels with vector
-    /// gathers but load storage buffers lane by lane; off elsewhere. Env
-    /// `VLM_RUN_WEIGHT_TEXTURES=0|1`.
+    /// variant), and the direct prefill attention reads K/V from textures too
+    /// (`ops::attention::KvTextures`). On by default on CPU devices, whose drivers fetch
+    /// texels for a SIMD row at once but load storage buffers lane by lane; off elsewhere.
+    /// Env `VLM_RUN_WEIGHT_TEXTURES=0|1`.
     pub weight_textures: bool,
 }
 

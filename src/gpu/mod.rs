@@ -5,11 +5,13 @@ mod kernel;
 pub mod shader;
 mod tensor;
 pub mod tile;
+mod weight_store;
 
 pub use context::{Caps, Gpu, GpuOptions};
 pub use kernel::{Kernel, Step};
-pub use tensor::{Tensor, Weight, WeightChunk, WeightStore, MIN_TEXTURE_BYTES, TEX_ROW_TEXELS};
+pub use tensor::{Tensor, Weight, WeightChunk};
 pub use tile::{GemmTile, TileChoice};
+pub use weight_store::{WeightStore, MIN_TEXTURE_BYTES, TEX_ROW_TEXELS};
 
 /// Split `n` workgroups into a 2-D grid whose x dimension stays within `max_per_dim`.
 /// Shaders recover the linear index as `wid.y * nwg.x + wid.x` and return when it is >= n.
