@@ -31,12 +31,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 #ifdef WTEX
 #include "weight_texture"
-// W4 element i: half of texel i / 2.
-fn w_w4(i: u32) -> vec4<f32> {
-    let t = weight_texel(i >> 1u);
-    let h = select(t.xy, t.zw, (i & 1u) == 1u);
-    return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
-}
+fn w_w4(i: u32) -> vec4<f32> { return weight_texel_w4(i); }
 #else
 @group(0) @binding(2) var<storage, read> table: array<W4>;
 fn w_w4(i: u32) -> vec4<f32> { return w4(table[i]); }

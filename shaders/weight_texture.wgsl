@@ -6,7 +6,8 @@
 // read 2-5x faster from a texture there (examples/load_probe.rs measures both).
 //
 // Bindings: 2 wt texture_2d<u32> (the chunk). The including file reads it through
-//           weight_texel and names its own accessor after its element type.
+//           weight_texel (16-byte words) or weight_texel_w4 (f16 quads), under an accessor
+//           named after its element type.
 
 @group(0) @binding(2) var wt: texture_2d<u32>;
 
@@ -15,4 +16,11 @@ const TEX_ROW_SHIFT: u32 = 9u; // 512 texels (8 KiB) per texture row: gpu::TEX_R
 // The chunk's 16-byte word i.
 fn weight_texel(i: u32) -> vec4<u32> {
     return textureLoad(wt, vec2<u32>(i & ((1u << TEX_ROW_SHIFT) - 1u), i >> TEX_ROW_SHIFT), 0);
+}
+
+// W4 element i of f16 weights (8 bytes: 4 halves, see common.wgsl) as f32: half a texel.
+fn weight_texel_w4(i: u32) -> vec4<f32> {
+    let t = weight_texel(i >> 1u);
+    let h = select(t.xy, t.zw, (i & 1u) == 1u);
+    return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
 }

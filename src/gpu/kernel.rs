@@ -25,7 +25,7 @@ impl Kernel {
         buffers: &[(u32, &wgpu::Buffer)],
         workgroups: [u32; 3],
     ) -> Result<Self> {
-        Self::build(
+        Self::with_resources(
             gpu,
             family,
             entry,
@@ -56,28 +56,12 @@ impl Kernel {
             defines.clone()
         };
         let w = vec![(2, weight.store.binding())];
-        Self::build(gpu, family, entry, &defines, params, buffers, w, workgroups)
+        Self::with_resources(gpu, family, entry, &defines, params, buffers, w, workgroups)
     }
 
     /// [`Kernel::new`] with more bindings that are not buffers (textures).
     #[allow(clippy::too_many_arguments)]
     pub fn with_resources(
-        gpu: &Gpu,
-        family: &'static str,
-        entry: &'static str,
-        defines: &Defines,
-        params: &[u8],
-        buffers: &[(u32, &wgpu::Buffer)],
-        resources: Vec<(u32, wgpu::BindingResource<'_>)>,
-        workgroups: [u32; 3],
-    ) -> Result<Self> {
-        Self::build(
-            gpu, family, entry, defines, params, buffers, resources, workgroups,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build(
         gpu: &Gpu,
         family: &'static str,
         entry: &'static str,
