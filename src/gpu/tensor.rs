@@ -1,7 +1,7 @@
 //! GPU tensors: f32 activations, and f16 weight matrices split by rows when they exceed the
 //! storage-binding limit.
 
-use super::weight_store::{WeightStore, MIN_TEXTURE_BYTES, TEX_ROW_TEXELS};
+use super::weight_store::WeightStore;
 use super::Gpu;
 use crate::gguf::quant::GgmlType;
 use anyhow::{bail, Result};
@@ -266,12 +266,7 @@ impl Weight {
                 }
                 _ => words,
             };
-            // a texture copy reads whole texture rows
-            let buf_words = if gpu.caps.weight_textures && 4 * words >= MIN_TEXTURE_BYTES {
-                words.next_multiple_of(4 * TEX_ROW_TEXELS as usize)
-            } else {
-                words
-            };
+            let buf_words = WeightStore::buffer_words(gpu, words);
             let buf = gpu.storage_buffer(name, 4 * buf_words as u64)?;
             let amp = if ty == GgmlType::F16 { 0.05f32 } else { 0.003 };
             let chunk_seed = seed ^ (filled.len() as u32).wrapping_mul(0x9e37_79b9);

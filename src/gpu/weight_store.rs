@@ -7,12 +7,27 @@ use anyhow::{bail, Result};
 /// 16-byte words per row of a weight texture (weight_texture.wgsl's TEX_ROW_SHIFT): 8 KiB,
 /// so that a chunk wastes less than that at its end.
 pub const TEX_ROW_TEXELS: u32 = 512;
+const TEX_ROW_BYTES: u32 = 16 * TEX_ROW_TEXELS;
 
 /// Chunks smaller than one texture row stay in buffers even where weights live in textures:
 /// the driver allocates every texture in granules of its own (on lavapipe the 32-layer
 /// fixture, ~140 matrices of 1-8 KiB, took 13.0 MiB of device memory in textures against
 /// 9.2 in buffers), and reads of so few bytes cost little either way.
-pub const MIN_TEXTURE_BYTES: usize = 16 * TEX_ROW_TEXELS as usize;
+pub const MIN_TEXTURE_BYTES: usize = TEX_ROW_BYTES as usize;
+
+/// Whether a chunk of `bytes` goes into a texture on this device.
+fn in_texture(gpu: &Gpu, bytes: usize) -> bool {
+    gpu.caps.weight_textures && bytes >= MIN_TEXTURE_BYTES
+}
+
+/// Texture rows of `TEX_ROW_TEXELS` words, as a copy or texture size.
+fn rows_extent(rows: u32) -> wgpu::Extent3d {
+    wgpu::Extent3d {
+        width: TEX_ROW_TEXELS,
+        height: rows,
+        depth_or_array_layers: 1,
+    }
+}
 
 /// Where a weight chunk's bytes live. Kernels read both the same way (the WTEX variant
 /// reads the texture); see [`super::Caps::weight_textures`] for which the device uses.
@@ -27,12 +42,12 @@ pub enum WeightStore {
 impl WeightStore {
     /// `bytes` on the device in the store it uses for weights (see [`MIN_TEXTURE_BYTES`]).
     pub fn new(gpu: &Gpu, label: &str, bytes: &[u8]) -> Result<Self> {
-        if !gpu.caps.weight_textures || bytes.len() < MIN_TEXTURE_BYTES {
+        if !in_texture(gpu, bytes.len()) {
             return Ok(Self::Buffer(gpu.storage_init(label, bytes)?));
         }
-        let row_bytes = 16 * TEX_ROW_TEXELS as usize;
-        let rows = bytes.len().div_ceil(row_bytes).max(1);
-        let tex = weight_texture(gpu, label, rows as u32)?;
+        let row_bytes = TEX_ROW_BYTES as usize;
+        let tex = weight_texture(gpu, label, bytes.len().div_ceil(row_bytes) as u32)?;
+        // whole rows straight from `bytes` (at least one), then the last row padded
         let whole = bytes.len() / row_bytes * row_bytes;
         write_texture_rows(gpu, &tex, 0, &bytes[..whole]);
         if whole < bytes.len() {
@@ -44,18 +59,29 @@ impl WeightStore {
         Ok(Self::Texture(tex, view))
     }
 
-    /// The store of a buffer filled on the GPU (`words` 4-byte words): the buffer itself,
-    /// or a texture it is copied into (the copy is queued; the buffer may be dropped).
+    /// Words to allocate for a buffer of `words` that [`WeightStore::from_buffer`] takes: a
+    /// texture copy reads whole texture rows.
+    pub(super) fn buffer_words(gpu: &Gpu, words: usize) -> usize {
+        if in_texture(gpu, 4 * words) {
+            words.next_multiple_of(TEX_ROW_BYTES as usize / 4)
+        } else {
+            words
+        }
+    }
+
+    /// The store of a buffer filled on the GPU (`words` 4-byte words, allocated as
+    /// [`WeightStore::buffer_words`] says): the buffer itself, or a texture it is copied
+    /// into (the copy is queued; the buffer may be dropped).
     pub(super) fn from_buffer(
         gpu: &Gpu,
         label: &str,
         buf: wgpu::Buffer,
         words: usize,
     ) -> Result<Self> {
-        if !gpu.caps.weight_textures || 4 * words < MIN_TEXTURE_BYTES {
+        if !in_texture(gpu, 4 * words) {
             return Ok(Self::Buffer(buf));
         }
-        let rows = words.div_ceil(4 * TEX_ROW_TEXELS as usize).max(1) as u32;
+        let rows = (4 * words).div_ceil(TEX_ROW_BYTES as usize) as u32;
         let tex = weight_texture(gpu, label, rows)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_texture(
@@ -63,16 +89,12 @@ impl WeightStore {
                 buffer: &buf,
                 layout: wgpu::TexelCopyBufferLayout {
                     offset: 0,
-                    bytes_per_row: Some(16 * TEX_ROW_TEXELS),
+                    bytes_per_row: Some(TEX_ROW_BYTES),
                     rows_per_image: None,
                 },
             },
             tex.as_image_copy(),
-            wgpu::Extent3d {
-                width: TEX_ROW_TEXELS,
-                height: rows,
-                depth_or_array_layers: 1,
-            },
+            rows_extent(rows),
         );
         gpu.queue.submit([enc.finish()]);
         let view = tex.create_view(&Default::default());
@@ -97,7 +119,7 @@ impl WeightStore {
             Self::Buffer(b) => return gpu.read_bytes(b, 0, bytes),
             Self::Texture(t, _) => t,
         };
-        let row_bytes = 16 * TEX_ROW_TEXELS as u64;
+        let row_bytes = TEX_ROW_BYTES as u64;
         let rows = bytes.div_ceil(row_bytes).clamp(1, tex.height() as u64) as u32;
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -116,11 +138,7 @@ impl WeightStore {
                     rows_per_image: None,
                 },
             },
-            wgpu::Extent3d {
-                width: TEX_ROW_TEXELS,
-                height: rows,
-                depth_or_array_layers: 1,
-            },
+            rows_extent(rows),
         );
         gpu.queue.submit([enc.finish()]);
         gpu.map_and_read(&staging, bytes.min(rows as u64 * row_bytes))
@@ -139,11 +157,7 @@ fn weight_texture(gpu: &Gpu, label: &str, rows: u32) -> Result<wgpu::Texture> {
     }
     Ok(gpu.device.create_texture(&wgpu::TextureDescriptor {
         label: Some(label),
-        size: wgpu::Extent3d {
-            width: TEX_ROW_TEXELS,
-            height: rows,
-            depth_or_array_layers: 1,
-        },
+        size: rows_extent(rows),
         mip_level_count: 1,
         sample_count: 1,
         dimension: wgpu::TextureDimension::D2,
@@ -157,11 +171,7 @@ fn weight_texture(gpu: &Gpu, label: &str, rows: u32) -> Result<wgpu::Texture> {
 
 /// Write whole texture rows of `data` from row `row0`.
 fn write_texture_rows(gpu: &Gpu, tex: &wgpu::Texture, row0: u32, data: &[u8]) {
-    let row_bytes = 16 * TEX_ROW_TEXELS;
-    let rows = data.len() as u32 / row_bytes;
-    if rows == 0 {
-        return;
-    }
+    let rows = data.len() as u32 / TEX_ROW_BYTES;
     gpu.queue.write_texture(
         wgpu::TexelCopyTextureInfo {
             texture: tex,
@@ -176,13 +186,9 @@ fn write_texture_rows(gpu: &Gpu, tex: &wgpu::Texture, row0: u32, data: &[u8]) {
         data,
         wgpu::TexelCopyBufferLayout {
             offset: 0,
-            bytes_per_row: Some(row_bytes),
+            bytes_per_row: Some(TEX_ROW_BYTES),
             rows_per_image: None,
         },
-        wgpu::Extent3d {
-            width: TEX_ROW_TEXELS,
-            height: rows,
-            depth_or_array_layers: 1,
-        },
+        rows_extent(rows),
     );
 }
