@@ -1,6 +1,7 @@
 // gemv.wgsl: the decode matrix-vector product, y[out_col + n] (=|+=) act(W[n, :] · x + bias)
-// for one input row, with optional fusions: RMSNorm of x on load (NORM) and SwiGLU of a
-// [gate; up] weight (GATE_UP).
+// for one input row, with optional fusions: RMSNorm of x on load (NORM), SwiGLU of a
+// [gate; up] weight (GATE_UP), and RoPE with the KV-cache write after a stacked q|k|v
+// weight (ROPE).
 //
 // Bindings: 0 params (uniform Params)
 //           1 x     vec4<f32> [k / 4], row 0 of the input (k a multiple of 4)
@@ -11,15 +12,22 @@
 //           3 bias  f32 [out_col + n]          (BIAS)
 //           4 y     f32 [out_col + n]          (GATE_UP: [n / 2])
 //           6 g     vec4<f32> [k / 4]: the RMSNorm weight (NORM)
-// Variants: one of WF16, Q4_0, Q4_1, Q8_0; WTEX; LG_ROWS (value, even); NORM; GATE_UP; BIAS;
-//           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
+//           ROPE (decode's stacked q|k|v with rope.wgsl's rope_kv as its epilogue):
+//           4 y = the rotated queries [heads * hd], 7 positions u32 [1], 8 table (rope.wgsl),
+//           9 k_cache, 10 v_cache f32 [ctx, kv_stride] (row step.kv_offset is written),
+//           11 step (uniform Step)
+// Variants: one of WF16, Q4_0, Q4_1, Q8_0; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
+//           (with HALF = hd / 2, a value; each with PAIRS: rows come in pairs); BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
 //           shuffles; the host sets it only when subgroups hold at least 8 invocations).
 // Geometry: 64 invocations = 8 lane groups of 8 lanes. A lane group computes LG_ROWS rows; its
 //   lanes stride over the row's 32-value groups, keep x for one group in registers and
 //   reuse it for all LG_ROWS rows, then the 8 lane sums are added (subgroup shuffles, or
 //   workgroup memory). GATE_UP: a lane group computes gate rows j..j+LG_ROWS/2 and the same up
-//   rows (n/2 further on), and writes silu(gate) * up.
-//   Dispatch fold(ceil(rows / (8 * LG_ROWS))), rows = n (GATE_UP: n / 2 pairs, 2 rows each).
+//   rows (n/2 further on), and writes silu(gate) * up. ROPE: a lane group computes
+//   LG_ROWS/2 rotation pairs (rows h*hd + i and h*hd + i + hd/2 of head h) and writes them
+//   rotated (query and key heads) or as they are (value heads) to q and the KV cache.
+//   Dispatch fold(ceil(rows / (8 * LG_ROWS))), rows = n (GATE_UP, ROPE: n / 2 pairs, 2 rows
+//   each).
 // gemm_lanes (with TOKENS, a value): the same lane groups over m input rows, for prefill on
 //   CPU devices, where workgroup-memory tiles are slow. A lane group computes LG_ROWS rows
 //   for TOKENS input rows. Its lanes stride over units (a quant block of 32 values, or one
@@ -46,6 +54,10 @@ struct Params {
     out_stride: u32,
     m: u32,          // gemm_lanes only
     x_stride4: u32,  // gemm_lanes only
+    heads: u32,      // ROPE only: q|k|v's query and key heads, and the cache's row stride
+    kv_heads: u32,
+    kv_stride: u32,
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -64,14 +76,51 @@ fn w_word(i: u32) -> vec4<u32> { return w[i]; }
 #ifdef NORM
 @group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
 #endif
+#ifdef ROPE
+@group(0) @binding(7) var<storage, read> positions: array<u32>;
+@group(0) @binding(8) var<storage, read> table: array<f32>;
+@group(0) @binding(9) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(10) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(11) var<uniform> step: Step;
+
+// Rotation pair pi (head pi / HALF, index i = pi % HALF; HALF = hd / 2) of q|k|v: rows
+// (x1, x2) = (i, i + HALF) of the head. Query and key heads are rotated at positions[0]; queries go to
+// y, keys and values to cache row step.kv_offset (rope.wgsl's rope_kv for one row).
+fn rope_store(pi: u32, x1: f32, x2: f32) {
+    let hd = 2u * HALF;
+    let hh = pi / HALF;
+    let i = pi % HALF;
+    if hh >= p.heads + p.kv_heads {
+        let o = step.kv_offset * p.kv_stride + (hh - p.heads - p.kv_heads) * hd + i;
+        v_cache[o] = x1;
+        v_cache[o + HALF] = x2;
+        return;
+    }
+    let t = positions[0] * hd + i;
+    let c = table[t];
+    let s = table[t + HALF];
+    let a = x1 * c - x2 * s;
+    let b = x2 * c + x1 * s;
+    if hh < p.heads {
+        y[hh * hd + i] = a;
+        y[hh * hd + i + HALF] = b;
+    } else {
+        let o = step.kv_offset * p.kv_stride + (hh - p.heads) * hd + i;
+        k_cache[o] = a;
+        k_cache[o + HALF] = b;
+    }
+}
+#endif
 
 const LANES: u32 = 8u;
 const WG: u32 = 64u;
 
-// The 32 values of x for one group, in registers, and their sum.
+// The 32 values of x for one group, in registers, their sum, and (NORM) the sum of their
+// squares before the RMSNorm weight.
 struct XGroup {
     v: array<vec4<f32>, 8>,
     sum: f32,
+    sq: f32,
 }
 
 // Nibbles to floats through i32: CPUs convert signed integers in one instruction.
@@ -85,24 +134,27 @@ fn i8x4(q: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(q)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
-// Group gi of the x row starting at vec4 row0 (zero past k), scaled by the RMSNorm weight
-// and `scale` with NORM, and its sum.
-fn x_group(row0: u32, gi: u32, scale: f32) -> XGroup {
+// Group gi of the x row starting at vec4 row0 (zero past k), times the RMSNorm weight with
+// NORM, and its sums.
+fn x_group(row0: u32, gi: u32) -> XGroup {
     var xg: XGroup;
     var tot = vec4<f32>(0.0);
+    var sq = vec4<f32>(0.0);
     for (var j = 0u; j < 8u; j++) {
         let c = gi * 8u + j;
         var v = vec4<f32>(0.0);
         if c < p.k / 4u {
             v = x[row0 + c];
 #ifdef NORM
-            v *= g[c] * scale;
+            sq += v * v;
+            v *= g[c];
 #endif
         }
         xg.v[j] = v;
         tot += v;
     }
     xg.sum = dot(tot, vec4<f32>(1.0));
+    xg.sq = dot(sq, vec4<f32>(1.0));
     return xg;
 }
 
@@ -157,7 +209,7 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
 }
 
 #ifndef SUBGROUPS
-var<workgroup> red: array<f32, WG>;
+var<workgroup> red: array<f32, WG>; // NORM: the lanes' sums of x²
 var<workgroup> part: array<f32, WG * LG_ROWS>;
 #endif
 
@@ -172,12 +224,17 @@ fn row_of(base: u32, r: u32) -> u32 {
         return p.n / 2u + base + r - LG_ROWS / 2u;
     }
 #endif
+#ifdef ROPE
+    let pi = base + r % (LG_ROWS / 2u);
+    return (pi / HALF) * (2u * HALF) + pi % HALF + select(0u, HALF, r >= LG_ROWS / 2u);
+#else
     return base + r;
+#endif
 }
 
 // Whether row r of the lane group at `base` exists.
 fn in_range(base: u32, r: u32, valid: u32) -> bool {
-#ifdef GATE_UP
+#ifdef PAIRS
     return base + r % (LG_ROWS / 2u) < valid;
 #else
     return base + r < valid;
@@ -189,48 +246,19 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         @builtin(num_workgroups) nwg: vec3<u32>) {
     let lane = lid % LANES;
     let lg = linear_wg(wid, nwg) * (WG / LANES) + lid / LANES;
-#ifdef GATE_UP
+#ifdef PAIRS
     let base = lg * (LG_ROWS / 2u);
     let valid = p.n / 2u;
 #else
     let base = lg * LG_ROWS;
     let valid = p.n;
 #endif
-    let k4 = p.k / 4u;
-
-    var scale = 1.0;
-#ifdef NORM
-    // RMSNorm: every lane group sums x² itself (k values), which saves a dispatch.
-#ifdef SUBGROUPS
-    var ss = 0.0;
-    for (var i = lane; i < k4; i += LANES) {
-        let v = x[i];
-        ss += dot(v, v);
-    }
-    ss = lane_sum(ss);
-#else
-    var part_ss = 0.0;
-    for (var i = lid; i < k4; i += WG) {
-        let v = x[i];
-        part_ss += dot(v, v);
-    }
-    red[lid] = part_ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let ss = red[0];
-#endif
-    scale = inverseSqrt(ss / f32(p.k) + p.eps);
-#endif
-
     var acc: array<f32, LG_ROWS>;
+    var ss = 0.0; // NORM: this lane's part of the sum of x²
     let groups = (p.k + 31u) / 32u;
     for (var gi = lane; gi < groups; gi += LANES) {
-        let xg = x_group(0u, gi, scale);
+        let xg = x_group(0u, gi);
+        ss += xg.sq;
         for (var r = 0u; r < LG_ROWS; r++) {
             let row = row_of(base, r);
             if in_range(base, r, valid) {
@@ -243,10 +271,12 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var r = 0u; r < LG_ROWS; r++) {
         acc[r] = lane_sum(acc[r]);
     }
+    ss = lane_sum(ss);
 #else
     for (var r = 0u; r < LG_ROWS; r++) {
         part[lid * LG_ROWS + r] = acc[r];
     }
+    red[lid] = ss;
     workgroupBarrier();
     if lane == 0u {
         for (var r = 0u; r < LG_ROWS; r++) {
@@ -256,18 +286,39 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             acc[r] = t;
         }
+        var t_ss = 0.0;
+        for (var i = 0u; i < LANES; i++) {
+            t_ss += red[lid + i];
+        }
+        ss = t_ss;
     }
 #endif
     if lane != 0u {
         return;
     }
+#ifdef NORM
+    // RMSNorm is linear in x: the row sums over g * x take 1 / rms at the end, from the
+    // squares summed on the way (no pass over x of its own)
+    let scale = inverseSqrt(ss / f32(p.k) + p.eps);
+    for (var r = 0u; r < LG_ROWS; r++) {
+        acc[r] *= scale;
+    }
+#endif
 #ifdef GATE_UP
     for (var r = 0u; r < LG_ROWS / 2u; r++) {
         if base + r < valid {
             y[p.out_col + base + r] = silu(acc[r]) * acc[r + LG_ROWS / 2u];
         }
     }
-#else
+#endif
+#ifdef ROPE
+    for (var r = 0u; r < LG_ROWS / 2u; r++) {
+        if base + r < valid {
+            rope_store(base + r, acc[r], acc[r + LG_ROWS / 2u]);
+        }
+    }
+#endif
+#ifndef PAIRS
     for (var r = 0u; r < LG_ROWS; r++) {
         if base + r < valid {
             store(0u, base + r, acc[r]);

@@ -446,3 +446,122 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
         }
     }
 }
+
+/// Decode's q|k|v GEMV with RoPE and the KV-cache write as its epilogue (gemv.wgsl's ROPE):
+/// the rotated queries, key row and value row must match RMSNorm, the CPU product and
+/// rotate-half, and no other cache row may change.
+#[test]
+fn qkv_gemv_rotates_into_the_kv_cache() {
+    let mut rng = Rng::new(29);
+    let (heads, kv_heads, hd) = (4usize, 2usize, 16usize);
+    let (n, k, ctx, at, pos) = ((heads + 2 * kv_heads) * hd, 288usize, 6usize, 3u32, 37u32);
+    for (variant, gpu) in variants() {
+        for ty in [None, Some(GgmlType::Q4_1), Some(GgmlType::Q8_0)] {
+            let name = format!("{variant} {}", ty.map_or("F16", |t| t.name()));
+            let (w, wt) = match ty {
+                Some(ty) => {
+                    let raw = random_blocks(&mut rng, ty, n, k);
+                    let wt = Weight::upload_quantized(&gpu, "w", ty, n, k, &raw).unwrap();
+                    (dequantize(ty, &raw).unwrap(), wt)
+                }
+                None => {
+                    let bits: Vec<u16> = rng
+                        .vec(n * k, 0.2)
+                        .iter()
+                        .map(|&v| half::f16::from_f32(v).to_bits())
+                        .collect();
+                    let w = bits.iter().map(|&b| half::f16::from_bits(b).to_f32());
+                    (w.collect(), Weight::upload(&gpu, "w", n, k, &bits).unwrap())
+                }
+            };
+            let x = rng.vec(k, 2.0);
+            let g = rng.vec(k, 1.0);
+            let eps = 1e-5f32;
+            let rms = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / k as f32 + eps).sqrt();
+            let xn: Vec<f32> = x.iter().zip(&g).map(|(a, b)| a * b * rms).collect();
+            let qkv = cpu_linear(&xn, 1, k, &w, n);
+
+            let xt = Tensor::from_f32(&gpu, "x", 1, k, &x).unwrap();
+            let gb = gpu.storage_init("g", bytemuck::cast_slice(&g)).unwrap();
+            let table = ops::rope::rope_table(10000.0, hd, 64);
+            let tb = gpu
+                .storage_init("tab", bytemuck::cast_slice(&table))
+                .unwrap();
+            let pb = gpu.storage_init("pos", bytemuck::bytes_of(&pos)).unwrap();
+            let fill = vec![7.0f32; ctx * kv_heads * hd];
+            let kc = Tensor::from_f32(&gpu, "k", ctx, kv_heads * hd, &fill).unwrap();
+            let vc = Tensor::from_f32(&gpu, "v", ctx, kv_heads * hd, &fill).unwrap();
+            let q = Tensor::new(&gpu, "q", 1, heads * hd).unwrap();
+            let step = vlm_run::gpu::Step {
+                kv_offset: at,
+                kv_len: at + 1,
+                ..Default::default()
+            };
+            let sb = gpu.uniform_init("step", bytemuck::bytes_of(&step));
+            let rope = ops::rope::RopeKv {
+                heads: ops::attention::Heads {
+                    heads,
+                    kv_heads,
+                    hd,
+                },
+                positions: &pb,
+                table: &tb,
+                q: &q,
+                k_cache: &kc,
+                v_cache: &vc,
+                step: &sb,
+            };
+            let e = ops::matmul::Epilogue {
+                norm: Some((&gb, eps)),
+                rope: Some(rope),
+                ..Default::default()
+            };
+            let ks = ops::matmul::gemv(&gpu, &xt, &wt, &q, e).unwrap().unwrap();
+            assert_eq!(ks.len(), 1, "{name}: one dispatch");
+            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+
+            // rotate-half at `pos`, in f64
+            let rotate = |head: &[f32]| -> Vec<f32> {
+                let mut out = head.to_vec();
+                for i in 0..hd / 2 {
+                    let f = 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64);
+                    let (s, c) = (pos as f64 * f).sin_cos();
+                    let (x1, x2) = (head[i] as f64, head[i + hd / 2] as f64);
+                    out[i] = (x1 * c - x2 * s) as f32;
+                    out[i + hd / 2] = (x2 * c + x1 * s) as f32;
+                }
+                out
+            };
+            let heads_of = |from: usize, count: usize, rot: bool| -> Vec<f32> {
+                (from..from + count)
+                    .flat_map(|h| {
+                        let head = &qkv[h * hd..(h + 1) * hd];
+                        if rot {
+                            rotate(head)
+                        } else {
+                            head.to_vec()
+                        }
+                    })
+                    .collect()
+            };
+            let scale = qkv.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
+            let tol = 2e-5 * scale * (k as f32).sqrt();
+            assert_close(
+                &format!("{name} q"),
+                &q.read(&gpu).unwrap(),
+                &heads_of(0, heads, true),
+                tol,
+            );
+            let row = |want: Vec<f32>| -> Vec<f32> {
+                let mut all = fill.clone();
+                let o = at as usize * kv_heads * hd;
+                all[o..o + kv_heads * hd].copy_from_slice(&want);
+                all
+            };
+            let want_k = row(heads_of(heads, kv_heads, true));
+            let want_v = row(heads_of(heads + kv_heads, kv_heads, false));
+            assert_close(&format!("{name} k"), &kc.read(&gpu).unwrap(), &want_k, tol);
+            assert_close(&format!("{name} v"), &vc.read(&gpu).unwrap(), &want_v, tol);
+        }
+    }
+}

@@ -30,8 +30,11 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["WF16"],
             vec!["WF16", "BIAS", "ACT_GELU"],
             vec!["Q4_0", "NORM"],
-            vec!["Q4_1", "NORM", "GATE_UP"],
+            vec!["Q4_1", "NORM", "GATE_UP", "PAIRS"],
             vec!["Q8_0", "ACCUMULATE"],
+            // decode's q|k|v with RoPE and the KV-cache write (HALF gets a value)
+            vec!["Q4_1", "NORM", "ROPE", "PAIRS"],
+            vec!["WF16", "WTEX", "NORM", "ROPE", "PAIRS"],
             vec!["Q4_1", "BIAS", "ACT_QUICK_GELU"],
             // gemm_lanes, the prefill kernel of the CPU-device table (TOKENS gets a value)
             vec!["WF16", "TOKENS", "BIAS", "ACT_GELU"],
@@ -40,7 +43,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["WF16", "TOKENS", "NORM", "GATE_UP"],
             vec!["Q4_1", "TOKENS", "NORM"],
             // weights in a texture: the decode GEMV and both prefill kernels
-            vec!["Q4_1", "WTEX", "NORM", "GATE_UP"],
+            vec!["Q4_1", "WTEX", "NORM", "GATE_UP", "PAIRS"],
             vec!["Q8_0", "WTEX", "TOKENS", "ACCUMULATE"],
             vec!["WF16", "WTEX", "TOKENS", "BIAS"],
         ],
@@ -125,6 +128,9 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 if extra.contains(&"TOKENS") {
                     d.set("TOKENS", "4u");
                 }
+                if extra.contains(&"ROPE") {
+                    d.set("HALF", "32u");
+                }
                 // the GEMM families in both tiles of the table (TN: invocations per side)
                 for tn in [16, 8] {
                     if tn == 16 || family.starts_with("matmul") {
@@ -135,11 +141,11 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 13, norm 4, elementwise 2,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 15, norm 4, elementwise 2,
     // rope 2, attention 4, embed 2, sample, bandwidth, random_fill, kv_texture 1 each,
     // prune_select 3, prune_score and prune_gather 1 each.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 13 + 4 + 2 + 2 + 4 + 2 + 4 + 3 + 2)
+        4 * (2 * (8 + 7) + 15 + 4 + 2 + 2 + 4 + 2 + 4 + 3 + 2)
     );
 }

@@ -6,7 +6,7 @@ use super::clip::{Linear, Loader, Stacked};
 use super::config::LlamaConfig;
 use crate::gpu::{Gpu, Kernel, Tensor, Weight};
 use crate::ops::matmul::{Act, Epilogue};
-use crate::ops::rope::KvDest;
+use crate::ops::rope::RopeKv;
 use crate::ops::{self, attention::Heads, elementwise::RowDest, sample::Sampling};
 use crate::weights::Component;
 use anyhow::{bail, Result};
@@ -73,6 +73,15 @@ impl KvCache {
             .map(|t| 4 * (t.rows * t.cols) as u64)
             .sum()
     }
+}
+
+/// What follows a stacked projection in a decoder layer.
+#[derive(Clone, Copy)]
+enum Then<'a> {
+    /// RoPE over q|k|v into the KV cache.
+    Rope(&'a RopeKv<'a>),
+    /// SwiGLU over [gate; up].
+    SwiGlu,
 }
 
 /// Prefill runs the prompt from cache row 0 with the fused attention kernel; decode runs one
@@ -298,20 +307,26 @@ impl Llama {
                 );
             }
             // Attention input: RMSNorm, q|k|v, RoPE, into the cache.
-            self.stacked_ops(gpu, s, &layer.qkv, &layer.input_layernorm, false, &mut ks)?;
-            ks.push(ops::rope::rope_kv(
-                gpu,
-                &s.qkv,
-                h,
+            let rope = RopeKv {
+                heads: h,
                 positions,
-                &self.rope_table,
-                KvDest {
-                    q: &s.q,
-                    k_cache: kc,
-                    v_cache: vc,
-                    step,
-                },
-            )?);
+                table: &self.rope_table,
+                q: &s.q,
+                k_cache: kc,
+                v_cache: vc,
+                step,
+            };
+            let roped = self.stacked_ops(
+                gpu,
+                s,
+                &layer.qkv,
+                &layer.input_layernorm,
+                Then::Rope(&rope),
+                &mut ks,
+            )?;
+            if !roped {
+                ks.push(ops::rope::rope_kv(gpu, &s.qkv, &rope)?);
+            }
             match decode_scores {
                 None => ks.extend(ops::attention::prefill(
                     gpu,
@@ -336,7 +351,7 @@ impl Llama {
                 s,
                 &layer.gate_up,
                 &layer.post_attention_layernorm,
-                true,
+                Then::SwiGlu,
                 &mut ks,
             )?;
             ks.extend(layer.down_proj.ops(gpu, &s.act, &s.x, Act::None, true)?);
@@ -344,20 +359,23 @@ impl Llama {
         Ok(ks)
     }
 
-    /// RMSNorm of `s.x` with `norm`, then the stacked projection `w`: into `s.qkv`, or with
-    /// `swiglu` into `s.act` through `s.gu`. Where gemv.wgsl reads w's format and runs the
-    /// rows (decode; prefill on devices whose table picks the lane kernel) the projection
-    /// and SwiGLU are one dispatch, with the norm fused too where that pays.
+    /// RMSNorm of `s.x` with `norm`, then the stacked projection `w`: q|k|v into `s.qkv`,
+    /// or [gate; up] with SwiGLU into `s.act` through `s.gu`. Where gemv.wgsl reads w's
+    /// format and runs the rows (decode; prefill on devices whose table picks the lane
+    /// kernel) the projection and SwiGLU are one dispatch, with the norm fused too where
+    /// that pays. In decode the q|k|v GEMV also applies RoPE and writes the KV cache where
+    /// it can: then this returns true, and the caller runs no `rope_kv`.
     fn stacked_ops(
         &self,
         gpu: &Gpu,
         s: &Scratch,
         w: &Stacked,
         norm: &wgpu::Buffer,
-        swiglu: bool,
+        then: Then,
         ks: &mut Vec<Kernel>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let eps = self.cfg.rms_norm_eps as f32;
+        let swiglu = matches!(then, Then::SwiGlu);
         let norm_op = || ops::norm::norm(gpu, &s.x, 0, norm, None, eps, &s.hn);
         if let Stacked::One(w) = w {
             let y = if swiglu { &s.act } else { &s.qkv };
@@ -367,13 +385,23 @@ impl Llama {
                 gate_up: swiglu,
                 ..Default::default()
             };
+            if let (Then::Rope(rope), 1) = (then, s.rows) {
+                let with_rope = Epilogue {
+                    rope: Some(*rope),
+                    ..e
+                };
+                if let Some(fused) = ops::matmul::gemv(gpu, &s.x, w, rope.q, with_rope)? {
+                    ks.extend(fused);
+                    return Ok(true);
+                }
+            }
             let x = if on_load { &s.x } else { &s.hn };
             if let Some(fused) = ops::matmul::fused(gpu, x, w, y, e)? {
                 if !on_load {
                     ks.push(norm_op()?);
                 }
                 ks.extend(fused);
-                return Ok(());
+                return Ok(false);
             }
         }
         ks.push(norm_op()?);
@@ -399,7 +427,7 @@ impl Llama {
         if swiglu {
             ks.push(ops::elementwise::swiglu(gpu, &s.gu, &s.act)?);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Final norm of row `row` of `x`, the LM head into `logits`, and the token choice.

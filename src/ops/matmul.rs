@@ -1,5 +1,6 @@
 //! Linear layers: GEMM for many rows (prefill, encoder), GEMV for one row (decode).
 
+use super::rope::RopeKv;
 use super::{bytes, Kernel};
 use crate::gguf::quant::GgmlType;
 use crate::gpu::shader::Defines;
@@ -193,7 +194,8 @@ fn gemm_lanes(
 ) -> Result<Option<Vec<Kernel>>> {
     // Its 8 lanes stride over K in units: below lane_min_k some lanes would idle, and the
     // workgroup tile is faster.
-    if !fusable(w, &e) || !x.cols.is_multiple_of(4) || w.cols < lane_min_k(w.ty) {
+    if !fusable(w, &e) || e.rope.is_some() || !x.cols.is_multiple_of(4) || w.cols < lane_min_k(w.ty)
+    {
         return Ok(None);
     }
     let m = x.rows;
@@ -276,6 +278,9 @@ pub struct Epilogue<'a> {
     pub gate_up: bool,
     /// Write columns y_col.. of y (no bias then).
     pub y_col: usize,
+    /// The GEMV only, w the stacked q|k|v of these heads in one chunk (no other fusion
+    /// but the norm): RoPE and the KV-cache write as the epilogue, y = `rope.q`.
+    pub rope: Option<RopeKv<'a>>,
 }
 
 #[repr(C)]
@@ -290,6 +295,11 @@ struct GemvParams {
     /// gemm_lanes: input rows and the input's row stride in vec4s.
     m: u32,
     x_stride4: u32,
+    /// ROPE: q|k|v's query and key heads, and the KV cache's row length.
+    heads: u32,
+    kv_heads: u32,
+    kv_stride: u32,
+    pad: u32,
 }
 
 /// The grid of an m×n output in blocks of rows_per × m_per: (n blocks, m blocks, 1), or an
@@ -343,7 +353,8 @@ pub fn gemv_reads(w: &Weight) -> bool {
     }
 }
 
-/// Rows per lane group (gemv.wgsl's LG_ROWS): as many as keep enough workgroups in flight,
+/// Rows per lane group (gemv.wgsl's LG_ROWS) for a chunk of `rows` weight rows (paired or
+/// not, a workgroup holds 8 LG_ROWS of them): as many as keep enough workgroups in flight,
 /// few wide workgroups on a CPU device, many narrow ones on a GPU.
 fn gemv_rows(gpu: &Gpu, rows: usize) -> usize {
     let target = if gpu.caps.cpu { 8 } else { 128 };
@@ -354,14 +365,32 @@ fn gemv_rows(gpu: &Gpu, rows: usize) -> usize {
 }
 
 /// Whether gemv.wgsl reads w's format with the fusions in `e` (GATE_UP needs [gate; up]
-/// whole in one chunk).
+/// whole in one chunk, ROPE q|k|v whole and nothing else but the norm).
 fn fusable(w: &Weight, e: &Epilogue) -> bool {
-    gemv_reads(w) && (!e.gate_up || (w.chunks.len() == 1 && w.rows.is_multiple_of(2)))
+    let whole = w.chunks.len() == 1;
+    let rope_fits = e.rope.is_none_or(|r| {
+        let h = r.heads;
+        whole
+            && w.rows == (h.heads + 2 * h.kv_heads) * h.hd
+            && !e.gate_up
+            && e.bias.is_none()
+            && e.act == Act::None
+            && !e.accumulate
+            && e.y_col == 0
+    });
+    gemv_reads(w) && rope_fits && (!e.gate_up || (whole && w.rows.is_multiple_of(2)))
 }
 
 /// An error unless m rows of x, w and y fit together (and a bias has no column offset).
 fn check_fit(what: &str, m: usize, x: &Tensor, w: &Weight, y: &Tensor, e: &Epilogue) -> Result<()> {
-    let out_cols = if e.gate_up { w.rows / 2 } else { w.rows };
+    let out_cols = match e.rope {
+        Some(r) => {
+            r.check(m, w.rows)?;
+            r.heads.heads * r.heads.hd
+        }
+        None if e.gate_up => w.rows / 2,
+        None => w.rows,
+    };
     if e.bias.is_some() && e.y_col != 0 {
         bail!("{what}: a bias with an output column offset");
     }
@@ -388,6 +417,12 @@ fn fused_defines(gpu: &Gpu, w: &Weight, e: &Epilogue) -> Defines {
     }
     if e.gate_up {
         d.flag("GATE_UP");
+        d.flag("PAIRS");
+    }
+    if let Some(r) = e.rope {
+        d.flag("ROPE");
+        d.flag("PAIRS");
+        d.set("HALF", format!("{}u", r.heads.hd / 2));
     }
     d
 }
@@ -404,6 +439,15 @@ fn fused_bindings<'a>(
     }
     if let Some((g, _)) = e.norm {
         bindings.push((6, g));
+    }
+    if let Some(r) = &e.rope {
+        bindings.extend([
+            (7, r.positions),
+            (8, r.table),
+            (9, &r.k_cache.buf),
+            (10, &r.v_cache.buf),
+            (11, r.step),
+        ]);
     }
     bindings
 }
@@ -426,6 +470,10 @@ fn fused_params(
         out_stride: y.cols as u32,
         m: m as u32,
         x_stride4: (x.cols / 4) as u32,
+        heads: e.rope.map_or(0, |r| r.heads.heads as u32),
+        kv_heads: e.rope.map_or(0, |r| r.heads.kv_heads as u32),
+        kv_stride: e.rope.map_or(0, |r| r.k_cache.cols as u32),
+        pad: 0,
     }
 }
 
@@ -444,16 +492,13 @@ pub fn gemv(
     check_fit("gemv", 1, x, w, y, &e)?;
     let d0 = fused_defines(gpu, w, &e);
     let mut kernels = Vec::new();
+    let pairs = e.gate_up || e.rope.is_some();
     for chunk in &w.chunks {
-        let outputs = if e.gate_up {
-            chunk.rows / 2
-        } else {
-            chunk.rows
-        };
-        let rows = gemv_rows(gpu, outputs);
+        let outputs = if pairs { chunk.rows / 2 } else { chunk.rows };
+        let rows = gemv_rows(gpu, chunk.rows);
         let mut d = d0.clone();
         d.set("LG_ROWS", format!("{rows}u"));
-        let per_wg = if e.gate_up { 4 * rows } else { 8 * rows };
+        let per_wg = if pairs { 4 * rows } else { 8 * rows };
         let params = fused_params(1, x, w, chunk, y, &e);
         let grid = fold_workgroups(
             outputs.div_ceil(per_wg) as u32,

@@ -1,6 +1,6 @@
 //! Rotary position embedding (rotate-half), with a cos/sin table computed once on the CPU.
 
-use super::{bytes, Kernel};
+use super::{attention::Heads, bytes, Kernel};
 use crate::gpu::{fold_workgroups, Gpu, Tensor};
 use anyhow::{bail, Result};
 
@@ -71,36 +71,51 @@ pub fn rope(
     )
 }
 
-/// Where [`rope_kv`] writes: the rotated queries, and the KV cache rows from `step.kv_offset`.
-pub struct KvDest<'a> {
+/// The attention input step after the stacked q|k|v projection: rotate the queries into
+/// `q`, rotate the keys into the K cache and copy the values into the V cache, at cache rows
+/// `step.kv_offset + r`, for the rotary positions `positions[r]` from `table`. Either its
+/// own kernel ([`rope_kv`]) or, in decode, the q|k|v GEMV's epilogue
+/// (`ops::matmul::Epilogue::rope`).
+#[derive(Clone, Copy)]
+pub struct RopeKv<'a> {
+    pub heads: Heads,
+    pub positions: &'a wgpu::Buffer,
+    pub table: &'a wgpu::Buffer,
     pub q: &'a Tensor,
     pub k_cache: &'a Tensor,
     pub v_cache: &'a Tensor,
     pub step: &'a wgpu::Buffer,
 }
 
-/// From stacked q|k|v rows (`qkv`): rotate the queries into `dst.q`, rotate the keys into
-/// the K cache and copy the values into the V cache, at cache rows `step.kv_offset + r`.
-pub fn rope_kv(
-    gpu: &Gpu,
-    qkv: &Tensor,
-    h: super::attention::Heads,
-    positions: &wgpu::Buffer,
-    table: &wgpu::Buffer,
-    dst: KvDest,
-) -> Result<Kernel> {
-    let (heads, kv_heads, hd) = (h.heads, h.kv_heads, h.hd);
-    if (heads + 2 * kv_heads) * hd > qkv.cols
-        || !hd.is_multiple_of(2)
-        || dst.q.cols < heads * hd
-        || dst.q.rows < qkv.rows
-        || dst.k_cache.cols < kv_heads * hd
-    {
-        bail!(
-            "rope_kv: {heads}+2x{kv_heads} heads of {hd} in rows of {}",
-            qkv.cols
-        );
+impl RopeKv<'_> {
+    /// An error unless `rows` rows of `cols` stacked q|k|v values fit the destinations.
+    pub fn check(&self, rows: usize, cols: usize) -> Result<()> {
+        let Heads {
+            heads,
+            kv_heads,
+            hd,
+        } = self.heads;
+        if (heads + 2 * kv_heads) * hd > cols
+            || !hd.is_multiple_of(2)
+            || self.q.cols < heads * hd
+            || self.q.rows < rows
+            || self.k_cache.cols < kv_heads * hd
+            || self.v_cache.cols < kv_heads * hd
+        {
+            bail!("rope_kv: {heads}+2x{kv_heads} heads of {hd} in rows of {cols}");
+        }
+        Ok(())
     }
+}
+
+/// [`RopeKv`] as its own kernel over the rows of `qkv`.
+pub fn rope_kv(gpu: &Gpu, qkv: &Tensor, dst: &RopeKv) -> Result<Kernel> {
+    dst.check(qkv.rows, qkv.cols)?;
+    let Heads {
+        heads,
+        kv_heads,
+        hd,
+    } = dst.heads;
     let p = Params {
         rows: qkv.rows as u32,
         heads: heads as u32,
@@ -115,8 +130,8 @@ pub fn rope_kv(
     let grid = fold_workgroups(n.div_ceil(64), gpu.caps.max_workgroups_per_dim);
     let bindings = [
         (1, &qkv.buf),
-        (2, positions),
-        (3, table),
+        (2, dst.positions),
+        (3, dst.table),
         (4, &dst.q.buf),
         (5, &dst.k_cache.buf),
         (6, &dst.v_cache.buf),
