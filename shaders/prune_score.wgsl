@@ -20,7 +20,8 @@
 //   One invocation per row. Dispatch (ceil(rows / WG), 1, 1).
 // gram: dot products of every pair of rows of a unit-norm matrix (cosine similarity).
 //   Bindings: 0 params, 1 a f32 [rows, cols], 4 out f32 [rows, rows]
-//   One invocation per pair, 16x16 per workgroup. Dispatch (ceil(rows/16), ceil(rows/16), 1).
+//   One invocation per 4x4 block of pairs (8 loads per column for 16 products), 8x8
+//   invocations per workgroup. Dispatch (ceil(rows/32), ceil(rows/32), 1).
 
 const WG: u32 = 64u;
 
@@ -153,16 +154,31 @@ fn normalize_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-@compute @workgroup_size(16, 16)
+// gram's block of pairs per invocation: GB rows i by GB rows j.
+const GB: u32 = 4u;
+
+@compute @workgroup_size(8, 8)
 fn gram(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.y;
-    let j = gid.x;
-    if i >= p.rows || j >= p.rows {
+    let i0 = gid.y * GB;
+    let j0 = gid.x * GB;
+    if i0 >= p.rows || j0 >= p.rows {
         return;
     }
-    var s = 0.0;
+    // rows past the end repeat the last row and are not stored
+    let last = p.rows - 1u;
+    var acc: array<vec4<f32>, GB>;
     for (var c = 0u; c < p.cols; c++) {
-        s += a[i * p.cols + c] * a[j * p.cols + c];
+        let aj = vec4<f32>(a[min(j0, last) * p.cols + c], a[min(j0 + 1u, last) * p.cols + c],
+                           a[min(j0 + 2u, last) * p.cols + c], a[min(j0 + 3u, last) * p.cols + c]);
+        for (var t = 0u; t < GB; t++) {
+            acc[t] += a[min(i0 + t, last) * p.cols + c] * aj;
+        }
     }
-    out[i * p.rows + j] = s;
+    for (var t = 0u; t < GB; t++) {
+        for (var u = 0u; u < GB; u++) {
+            if i0 + t < p.rows && j0 + u < p.rows {
+                out[(i0 + t) * p.rows + j0 + u] = acc[t][u];
+            }
+        }
+    }
 }

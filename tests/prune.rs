@@ -344,6 +344,16 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
         g.run(&ks.iter().collect::<Vec<_>>()).unwrap();
         let gv = gram.read(g).unwrap();
         common::assert_close(&name, &gv, &select::cosine_gram(&x, d), 1e-5);
+        // rows from an offset, and a count that leaves the kernel's 4x4 blocks partial
+        let part = Tensor::new(g, "gram part", n - 1, n - 1).unwrap();
+        let ks = op::cosine_gram(g, &xt, 1..n, &unit, &part).unwrap();
+        g.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        common::assert_close(
+            &format!("{name} rows 1.."),
+            &part.read(g).unwrap(),
+            &select::cosine_gram(&x[d..], d),
+            1e-5,
+        );
         for k in [1, 10, 100] {
             let p = SelectParams {
                 lambda: 0.6,

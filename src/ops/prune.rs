@@ -184,7 +184,8 @@ pub fn cosine_gram(
         ..Default::default()
     };
     let d = gpu.base_defines();
-    let tiles = (n as u32).div_ceil(16);
+    // 32x32 pairs per workgroup (prune_score.wgsl's gram)
+    let tiles = (n as u32).div_ceil(32);
     Ok(vec![
         Kernel::new(
             gpu,
