@@ -17,7 +17,8 @@
 //           9 k_cache, 10 v_cache f32 [ctx, kv_stride] (row step.kv_offset is written),
 //           11 step (uniform Step)
 // Variants: one of WF16, Q4_0, Q4_1, Q8_0; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
-//           (with HALF = hd / 2, a value; each with PAIRS: rows come in pairs); BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
+//           (ROPE with HALF = hd / 2, a value; either with PAIRS: rows come in pairs); BIAS;
+//           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
 //           shuffles; the host sets it only when subgroups hold at least 8 invocations).
 // Geometry: 64 invocations = 8 lane groups of 8 lanes. A lane group computes LG_ROWS rows; its
 //   lanes stride over the row's 32-value groups, keep x for one group in registers and
@@ -84,8 +85,9 @@ fn w_word(i: u32) -> vec4<u32> { return w[i]; }
 @group(0) @binding(11) var<uniform> step: Step;
 
 // Rotation pair pi (head pi / HALF, index i = pi % HALF; HALF = hd / 2) of q|k|v: rows
-// (x1, x2) = (i, i + HALF) of the head. Query and key heads are rotated at positions[0]; queries go to
-// y, keys and values to cache row step.kv_offset (rope.wgsl's rope_kv for one row).
+// (x1, x2) = (i, i + HALF) of the head. Query and key heads are rotated at positions[0];
+// queries go to y, keys and values to cache row step.kv_offset (rope.wgsl's rope_kv for one
+// row).
 fn rope_store(pi: u32, x1: f32, x2: f32) {
     let hd = 2u * HALF;
     let hh = pi / HALF;
