@@ -83,34 +83,17 @@ fn w_word(i: u32) -> vec4<u32> { return w[i]; }
 @group(0) @binding(9) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(10) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(11) var<uniform> step: Step;
+#include "rope_kv_store"
 
-// Rotation pair pi (head pi / HALF, index i = pi % HALF; HALF = hd / 2) of q|k|v: rows
-// (x1, x2) = (i, i + HALF) of the head. Query and key heads are rotated at positions[0];
-// queries go to y, keys and values to cache row step.kv_offset (rope.wgsl's rope_kv for one
-// row).
+fn store_q(o: u32, v: f32) {
+    y[o] = v;
+}
+
+// Rotation pair pi (head pi / HALF, index pi % HALF; HALF = hd / 2) of q|k|v at
+// positions[0], into y and cache row step.kv_offset (rope.wgsl's rope_kv for one row).
 fn rope_store(pi: u32, x1: f32, x2: f32) {
-    let hd = 2u * HALF;
-    let hh = pi / HALF;
-    let i = pi % HALF;
-    if hh >= p.heads + p.kv_heads {
-        let o = step.kv_offset * p.kv_stride + (hh - p.heads - p.kv_heads) * hd + i;
-        v_cache[o] = x1;
-        v_cache[o + HALF] = x2;
-        return;
-    }
-    let t = positions[0] * hd + i;
-    let c = table[t];
-    let s = table[t + HALF];
-    let a = x1 * c - x2 * s;
-    let b = x2 * c + x1 * s;
-    if hh < p.heads {
-        y[hh * hd + i] = a;
-        y[hh * hd + i + HALF] = b;
-    } else {
-        let o = step.kv_offset * p.kv_stride + (hh - p.heads) * hd + i;
-        k_cache[o] = a;
-        k_cache[o + HALF] = b;
-    }
+    let l = QkvLayout(p.heads, p.kv_heads, 2u * HALF, 0u, step.kv_offset * p.kv_stride);
+    rope_kv_store(l, pi / HALF, pi % HALF, positions[0], x1, x2);
 }
 #endif
 

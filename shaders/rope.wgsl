@@ -40,6 +40,11 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(6) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(7) var<uniform> step: Step;
+#include "rope_kv_store"
+
+fn store_q(o: u32, v: f32) {
+    q_out[o] = v;
+}
 
 @compute @workgroup_size(WG_SIZE)
 fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
@@ -54,29 +59,9 @@ fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
     let hh = (idx % per_row) / half;
     let i = idx % half;
     let src = r * p.row_stride + hh * p.hd;
-    let x1 = qkv[src + i];
-    let x2 = qkv[src + half + i];
-    let row = step.kv_offset + r;
-    if hh >= p.heads + p.kv_heads {
-        let o = row * p.kv_stride + (hh - p.heads - p.kv_heads) * p.hd;
-        v_cache[o + i] = x1;
-        v_cache[o + half + i] = x2;
-        return;
-    }
-    let pos = positions[r];
-    let c = table[pos * p.hd + i];
-    let s = table[pos * p.hd + half + i];
-    let a = x1 * c - x2 * s;
-    let b = x2 * c + x1 * s;
-    if hh < p.heads {
-        let o = r * p.q_stride + hh * p.hd;
-        q_out[o + i] = a;
-        q_out[o + half + i] = b;
-    } else {
-        let o = row * p.kv_stride + (hh - p.heads) * p.hd;
-        k_cache[o + i] = a;
-        k_cache[o + half + i] = b;
-    }
+    let l = QkvLayout(p.heads, p.kv_heads, p.hd, r * p.q_stride,
+                      (step.kv_offset + r) * p.kv_stride);
+    rope_kv_store(l, hh, i, positions[r], qkv[src + i], qkv[src + half + i]);
 }
 #else
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;

@@ -27,6 +27,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("gemv", include_str!("../../shaders/gemv.wgsl")),
     (
+        "rope_kv_store",
+        include_str!("../../shaders/rope_kv_store.wgsl"),
+    ),
+    (
         "weight_texture",
         include_str!("../../shaders/weight_texture.wgsl"),
     ),

@@ -1,0 +1,42 @@
+// rope_kv_store.wgsl: where one rotation pair of a stacked q|k|v row goes, shared by
+// rope.wgsl's rope_kv and gemv.wgsl's ROPE epilogue. Query and key heads are rotated
+// (rotate-half, HF Llama) at rotary position `pos`; queries go to the includer's
+// `store_q`, keys to the K cache and values, unrotated, to the V cache.
+//
+// Needs the includer's bindings `table` (f32 [max_pos, hd]: cos of the hd/2 frequencies,
+// then their sin), `k_cache` and `v_cache` (f32, rows of kv_stride), and
+// `fn store_q(o: u32, v: f32)`.
+
+// Head layout of the q|k|v row and the destinations of one pair: q values from q_row,
+// cache row cache_row (an offset in values).
+struct QkvLayout {
+    heads: u32,
+    kv_heads: u32,
+    hd: u32,
+    q_row: u32,
+    cache_row: u32,
+}
+
+// Pair i < hd/2 of head hh (of heads + 2 kv_heads): values (x1, x2) = (i, i + hd/2).
+fn rope_kv_store(l: QkvLayout, hh: u32, i: u32, pos: u32, x1: f32, x2: f32) {
+    let half = l.hd / 2u;
+    if hh >= l.heads + l.kv_heads {
+        let o = l.cache_row + (hh - l.heads - l.kv_heads) * l.hd + i;
+        v_cache[o] = x1;
+        v_cache[o + half] = x2;
+        return;
+    }
+    let c = table[pos * l.hd + i];
+    let s = table[pos * l.hd + half + i];
+    let a = x1 * c - x2 * s;
+    let b = x2 * c + x1 * s;
+    if hh < l.heads {
+        let o = l.q_row + hh * l.hd + i;
+        store_q(o, a);
+        store_q(o + half, b);
+    } else {
+        let o = l.cache_row + (hh - l.heads) * l.hd + i;
+        k_cache[o] = a;
+        k_cache[o + half] = b;
+    }
+}
