@@ -19,12 +19,17 @@
 // Variants: one of WF16, Q4_0, Q4_1, Q8_0; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
 //           (ROPE with HALF = hd / 2, a value; either with PAIRS: rows come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
-//           shuffles; the host sets it only when subgroups hold at least 8 invocations).
+//           shuffles; the host sets it only when subgroups hold at least 8 invocations);
+//           TAIL (a value: ceil(k / 32) % 8 where it divides 8; gemv only).
 // Geometry: 64 invocations = 8 lane groups of 8 lanes. A lane group computes LG_ROWS rows; its
 //   lanes stride over the row's 32-value groups, keep x for one group in registers and
 //   reuse it for all LG_ROWS rows, then the 8 lane sums are added (subgroup shuffles, or
-//   workgroup memory). GATE_UP: a lane group computes gate rows j..j+LG_ROWS/2 and the same up
-//   rows (n/2 further on), and writes silu(gate) * up. ROPE: a lane group computes
+//   workgroup memory). TAIL: the groups past the last whole round of 8 go to lane teams
+//   (team t = lane % TAIL takes group t of them, its 8 / TAIL lanes split the rows), so
+//   that no lane idles there (k = 576: 18 groups, 3 rounds of lane work become 2¼).
+//   Q4_0 / Q4_1 nibbles are masked in place, not shifted down; x is pre-scaled to match.
+//   GATE_UP: a lane group computes gate rows j..j+LG_ROWS/2 and the same up rows (n/2
+//   further on), and writes silu(gate) * up. ROPE: a lane group computes
 //   LG_ROWS/2 rotation pairs (rows h*hd + i and h*hd + i + hd/2 of head h) and writes them
 //   rotated (query and key heads) or as they are (value heads) to q and the KV cache.
 //   Dispatch fold(ceil(rows / (8 * LG_ROWS))), rows = n (GATE_UP, ROPE: n / 2 pairs, 2 rows
@@ -99,6 +104,9 @@ fn rope_store(pi: u32, x1: f32, x2: f32) {
 
 const LANES: u32 = 8u;
 const WG: u32 = 64u;
+#ifdef TAIL
+const TEAM: u32 = LANES / TAIL;
+#endif
 
 // The 32 values of x for one group, in registers, their sum, and (NORM) the sum of their
 // squares before the RMSNorm weight.
@@ -114,6 +122,16 @@ fn nib_lo(q: u32) -> vec4<f32> {
 }
 fn nib_hi(q: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(q) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u)));
+}
+// The decode GEMV's nibbles, masked in place and never shifted down: byte j's low nibble
+// comes out times 256^j (exact in f32), so x_group scales x by 256^-j to match (X_NIB).
+const NIB_MASK = vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u);
+const X_NIB = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
+fn nib_lo_masked(q: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) & NIB_MASK));
+}
+fn nib_hi_masked(q: u32) -> vec4<f32> {
+    return nib_lo_masked(q >> 4u);
 }
 fn i8x4(q: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(q)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
@@ -135,8 +153,14 @@ fn x_group(row0: u32, gi: u32) -> XGroup {
             v *= g[c];
 #endif
         }
-        xg.v[j] = v;
         tot += v;
+#ifdef Q4_0
+        v *= X_NIB;
+#endif
+#ifdef Q4_1
+        v *= X_NIB;
+#endif
+        xg.v[j] = v;
     }
     xg.sum = dot(tot, vec4<f32>(1.0));
     xg.sq = dot(sq, vec4<f32>(1.0));
@@ -147,6 +171,15 @@ fn x_group(row0: u32, gi: u32) -> XGroup {
 fn scale_word(i: u32, qw: u32) -> u32 {
     let s = p.n * (p.k / 32u) * qw + i;
     return w_word(s >> 2u)[s & 3u];
+}
+
+// A Q4_0 / Q4_1 block's 32 nibbles (low nibbles values 0..15, high 16..31) · x over its
+// group, x pre-scaled by X_NIB.
+fn nibble_dot(q: vec4<u32>, xg: XGroup) -> f32 {
+    return dot(nib_lo_masked(q.x), xg.v[0]) + dot(nib_lo_masked(q.y), xg.v[1])
+        + dot(nib_lo_masked(q.z), xg.v[2]) + dot(nib_lo_masked(q.w), xg.v[3])
+        + dot(nib_hi_masked(q.x), xg.v[4]) + dot(nib_hi_masked(q.y), xg.v[5])
+        + dot(nib_hi_masked(q.z), xg.v[6]) + dot(nib_hi_masked(q.w), xg.v[7]);
 }
 
 // W[row, 32 gi .. 32 gi + 32] · x over that group.
@@ -177,19 +210,13 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
     let i = row * (p.k / 32u) + gi;
     let q = w_word(i);
     let d = unpack2x16float(scale_word(i >> 1u, 4u))[i & 1u];
-    let s = dot(nib_lo(q.x), xg.v[0]) + dot(nib_lo(q.y), xg.v[1]) + dot(nib_lo(q.z), xg.v[2])
-        + dot(nib_lo(q.w), xg.v[3]) + dot(nib_hi(q.x), xg.v[4]) + dot(nib_hi(q.y), xg.v[5])
-        + dot(nib_hi(q.z), xg.v[6]) + dot(nib_hi(q.w), xg.v[7]);
-    return d * (s - 8.0 * xg.sum);
+    return d * (nibble_dot(q, xg) - 8.0 * xg.sum);
 #endif
 #ifdef Q4_1
     let i = row * (p.k / 32u) + gi;
     let q = w_word(i);
     let dm = unpack2x16float(scale_word(i, 4u));
-    let s = dot(nib_lo(q.x), xg.v[0]) + dot(nib_lo(q.y), xg.v[1]) + dot(nib_lo(q.z), xg.v[2])
-        + dot(nib_lo(q.w), xg.v[3]) + dot(nib_hi(q.x), xg.v[4]) + dot(nib_hi(q.y), xg.v[5])
-        + dot(nib_hi(q.z), xg.v[6]) + dot(nib_hi(q.w), xg.v[7]);
-    return dm.x * s + dm.y * xg.sum;
+    return dm.x * nibble_dot(q, xg) + dm.y * xg.sum;
 #endif
 }
 
@@ -241,7 +268,12 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var acc: array<f32, LG_ROWS>;
     var ss = 0.0; // NORM: this lane's part of the sum of x²
     let groups = (p.k + 31u) / 32u;
-    for (var gi = lane; gi < groups; gi += LANES) {
+#ifdef TAIL
+    let rounds = groups - TAIL; // whole rounds of 8 groups
+#else
+    let rounds = groups;
+#endif
+    for (var gi = lane; gi < rounds; gi += LANES) {
         let xg = x_group(0u, gi);
         ss += xg.sq;
         for (var r = 0u; r < LG_ROWS; r++) {
@@ -251,6 +283,24 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
+#ifdef TAIL
+    // The last TAIL groups (TAIL divides 8): lane team t = lane % TAIL takes group rounds + t,
+    // and its TEAM = 8 / TAIL lanes share the rows (lane j = lane / TAIL takes rows j,
+    // j + TEAM, ...), so that no lane idles while two walk one more round. The lane sums
+    // below add the teams' rows as they add the rounds.
+    {
+        let gi = rounds + lane % TAIL;
+        let j = lane / TAIL; // this lane's place in its team
+        let xg = x_group(0u, gi);
+        ss += select(0.0, xg.sq, j == 0u); // one lane per group counts its squares
+        for (var s = 0u; s < (LG_ROWS + TEAM - 1u) / TEAM; s++) {
+            let r = s * TEAM + j;
+            if r < LG_ROWS && in_range(base, r, valid) {
+                acc[r] += group_dot(row_of(base, r), gi, xg);
+            }
+        }
+    }
+#endif
 
 #ifdef SUBGROUPS
     for (var r = 0u; r < LG_ROWS; r++) {

@@ -345,11 +345,20 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
     ];
     for (variant, gpu) in variants() {
         gpu.set_gemm_tile(GemmTile::Lanes);
-        // k = 288 spans a partial lane round (9 groups of 32); k = 44 (five and a half units of 8) is short enough for
-        // gemm_tokens, whose invocations walk all of k alone.
+        // The decode GEMV's lanes take groups of 32 values in rounds of 8; the groups left
+        // after the whole rounds are shared out by lane teams (TAIL) when they divide 8:
+        // k = 288 leaves 1 group, 576 leaves 2, 128 is 4 and no whole round, 256 is one round
+        // exactly, and 96 (3 groups) leaves some lanes idle instead. k = 288 also spans a
+        // partial lane round of gemm_lanes; k = 44 (five and a half units of 8) is short
+        // enough for gemm_tokens, whose invocations walk all of k alone.
         let cases = formats
             .into_iter()
-            .flat_map(|t| [(t, 1usize, 288usize, "gemv"), (t, 6, 288, "gemm_lanes")])
+            .flat_map(|t| {
+                [288usize, 576, 128, 256, 96]
+                    .map(|k| (t, 1usize, k, "gemv"))
+                    .into_iter()
+                    .chain([(t, 6, 288, "gemm_lanes")])
+            })
             .chain([(None, 70, 44, "gemm_tokens")]);
         for (ty, rows, k, entry) in cases {
             // n: 2m rows of [gate; up]

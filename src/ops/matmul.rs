@@ -493,11 +493,16 @@ pub fn gemv(
     let d0 = fused_defines(gpu, w, &e);
     let mut kernels = Vec::new();
     let pairs = e.gate_up || e.rope.is_some();
+    // the groups past the last whole round of 8 (if they divide 8): gemv.wgsl's TAIL
+    let tail = w.cols.div_ceil(32) % 8;
     for chunk in &w.chunks {
         let outputs = if pairs { chunk.rows / 2 } else { chunk.rows };
         let rows = gemv_rows(gpu, chunk.rows);
         let mut d = d0.clone();
         d.set("LG_ROWS", format!("{rows}u"));
+        if tail > 0 && 8 % tail == 0 {
+            d.set("TAIL", format!("{tail}u"));
+        }
         let per_wg = if pairs { 4 * rows } else { 8 * rows };
         let params = fused_params(1, x, w, chunk, y, &e);
         let grid = fold_workgroups(
