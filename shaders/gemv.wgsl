@@ -116,7 +116,8 @@ struct XGroup {
     sq: f32,
 }
 
-// Nibbles to floats through i32: CPUs convert signed integers in one instruction.
+// Nibbles to floats through i32 (CPUs convert signed integers in one instruction), shifted
+// down to 0..15: gemm_lanes decodes a block once for TOKENS rows of x, so it keeps x as is.
 fn nib_lo(q: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(q) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u)));
 }
@@ -154,6 +155,7 @@ fn x_group(row0: u32, gi: u32) -> XGroup {
 #endif
         }
         tot += v;
+        // nibble_dot's masked nibbles (Q4_0 and Q4_1 only) come out times 256^j
 #ifdef Q4_0
         v *= X_NIB;
 #endif
