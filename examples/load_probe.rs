@@ -1,16 +1,21 @@
-//! How fast does this device read the same 32 MiB as storage-buffer loads and as texel
-//! fetches? The measurement behind `Caps::weight_textures` (weights in textures on CPU
-//! devices). Run: `cargo run --release --example load_probe`.
+//! How fast does this device read the same 32 MiB as storage-buffer loads, as sampled
+//! texel fetches and as read-only storage-texture loads? The measurement behind
+//! `Caps::weight_textures` (weights in storage textures on CPU devices). Run:
+//! `cargo run --release --example load_probe`.
 //!
 //! Each kernel XORs every 16-byte word once, 16384 invocations in all, in two orders:
 //! interleaved (invocation i reads words i, i + 16384, ...) and in runs (invocation i reads
 //! its own contiguous 128 words, as a lane walks a weight row). Best of 6 runs.
+//! Two more read 32 MiB out of the first 64 KiB, as a storage buffer and as a uniform buffer,
+//! interleaved: the decode GEMV's input vector (`Caps::uniform_x`).
 use std::time::Instant;
 
 const SHADER: &str = r#"
 @group(0) @binding(0) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(1) var t: texture_2d<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
+@group(0) @binding(3) var st: texture_storage_2d<rgba32uint, read>;
+@group(0) @binding(4) var<uniform> u: array<vec4<u32>, 4096>;
 const W: u32 = 8192u;        // texels per texture row
 const TOTAL: u32 = 2097152u; // 16-byte words
 const INV: u32 = 16384u;     // invocations (256 workgroups of 64)
@@ -18,6 +23,35 @@ const RUN: u32 = TOTAL / INV;
 
 fn fold(v: vec4<u32>) -> u32 { return v.x ^ v.y ^ v.z ^ v.w; }
 fn texel(i: u32) -> vec4<u32> { return textureLoad(t, vec2<u32>(i % W, i / W), 0); }
+fn stexel(i: u32) -> vec4<u32> { return textureLoad(st, vec2<u32>(i % W, i / W)); }
+
+@compute @workgroup_size(64)
+fn storage_texture_interleaved(@builtin(global_invocation_id) g: vec3<u32>) {
+    var acc = vec4<u32>(0u);
+    for (var j = 0u; j < RUN; j++) { acc ^= stexel(g.x + j * INV); }
+    out[g.x] = fold(acc);
+}
+
+@compute @workgroup_size(64)
+fn buffer_64k_interleaved(@builtin(global_invocation_id) g: vec3<u32>) {
+    var acc = vec4<u32>(0u);
+    for (var j = 0u; j < RUN; j++) { acc ^= w[(g.x + j * INV) % 4096u]; }
+    out[g.x] = fold(acc);
+}
+
+@compute @workgroup_size(64)
+fn uniform_64k_interleaved(@builtin(global_invocation_id) g: vec3<u32>) {
+    var acc = vec4<u32>(0u);
+    for (var j = 0u; j < RUN; j++) { acc ^= u[(g.x + j * INV) % 4096u]; }
+    out[g.x] = fold(acc);
+}
+
+@compute @workgroup_size(64)
+fn storage_texture_runs(@builtin(global_invocation_id) g: vec3<u32>) {
+    var acc = vec4<u32>(0u);
+    for (var j = 0u; j < RUN; j++) { acc ^= stexel(g.x * RUN + j); }
+    out[g.x] = fold(acc);
+}
 
 @compute @workgroup_size(64)
 fn buffer_interleaved(@builtin(global_invocation_id) g: vec3<u32>) {
@@ -71,10 +105,17 @@ fn main() {
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: bytes.len() as u64,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::UNIFORM
+            | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
     queue.write_buffer(&buffer, 0, bytes);
+    let first_64k = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: &buffer,
+        offset: 0,
+        size: std::num::NonZeroU64::new(65536),
+    });
     let size = wgpu::Extent3d {
         width: WIDTH,
         height: WORDS / WIDTH,
@@ -87,7 +128,9 @@ fn main() {
         sample_count: 1,
         dimension: wgpu::TextureDimension::D2,
         format: wgpu::TextureFormat::Rgba32Uint,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING
+            | wgpu::TextureUsages::STORAGE_BINDING
+            | wgpu::TextureUsages::COPY_DST,
         view_formats: &[],
     });
     queue.write_texture(
@@ -117,6 +160,10 @@ fn main() {
         "buffer_runs",
         "texture_interleaved",
         "texture_runs",
+        "storage_texture_interleaved",
+        "storage_texture_runs",
+        "buffer_64k_interleaved",
+        "uniform_64k_interleaved",
     ] {
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: None,
@@ -126,7 +173,17 @@ fn main() {
             compilation_options: Default::default(),
             cache: None,
         });
-        let source = if entry.starts_with("texture") {
+        let source = if entry.starts_with("uniform") {
+            wgpu::BindGroupEntry {
+                binding: 4,
+                resource: first_64k.clone(),
+            }
+        } else if entry.starts_with("storage_texture") {
+            wgpu::BindGroupEntry {
+                binding: 3,
+                resource: wgpu::BindingResource::TextureView(&view),
+            }
+        } else if entry.starts_with("texture") {
             wgpu::BindGroupEntry {
                 binding: 1,
                 resource: wgpu::BindingResource::TextureView(&view),
@@ -163,7 +220,7 @@ fn main() {
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!(
-            "{entry:20} {:7.2} ms  {:6.2} GB/s",
+            "{entry:28} {:7.2} ms  {:6.2} GB/s",
             best * 1e3,
             bytes.len() as f64 / best / 1e9
         );

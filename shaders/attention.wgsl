@@ -60,8 +60,8 @@ struct Params {
 #ifdef KV_TEX
 // K and V copied into rgba32float textures by kv_texture.wgsl: key j's 16-byte group c of
 // the KV row at texel (c, j). Only the prefill entry point is built with it.
-@group(0) @binding(2) var k_tex: texture_2d<f32>;
-@group(0) @binding(3) var v_tex: texture_2d<f32>;
+@group(0) @binding(2) var k_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(3) var v_tex: texture_storage_2d<rgba32float, read>;
 #else
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
@@ -79,10 +79,10 @@ const HD4: u32 = HD / 4u;
 // Values 4c .. 4c + 4 of KV head kvh for key j.
 #ifdef KV_TEX
 fn k4(j: u32, kvh: u32, c: u32) -> vec4<f32> {
-    return textureLoad(k_tex, vec2<u32>(kvh * HD4 + c, j), 0);
+    return textureLoad(k_tex, vec2<u32>(kvh * HD4 + c, j));
 }
 fn v4(j: u32, kvh: u32, c: u32) -> vec4<f32> {
-    return textureLoad(v_tex, vec2<u32>(kvh * HD4 + c, j), 0);
+    return textureLoad(v_tex, vec2<u32>(kvh * HD4 + c, j));
 }
 #else
 fn k4(j: u32, kvh: u32, c: u32) -> vec4<f32> {

@@ -4,7 +4,8 @@
 // weight (ROPE).
 //
 // Bindings: 0 params (uniform Params)
-//           1 x     vec4<f32> [k / 4], row 0 of the input (k a multiple of 4)
+//           1 x     vec4<f32> [k / 4], row 0 of the input (k a multiple of 4); with XUBO (gemv
+//                   only) a uniform buffer of XLEN = k / 4 (a value), and so is g
 //           2 w     vec4<u32> words of one weight chunk of n rows:
 //                   WF16:  f16 rows padded to row_vec4 * 8 values (row_vec4 = cols4 / 8)
 //                   Q4_0 / Q4_1 / Q8_0: gpu::tensor::repack's layout (quants, then scales)
@@ -20,7 +21,9 @@
 //           (ROPE with HALF = hd / 2, a value; either with PAIRS: rows come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
 //           shuffles; the host sets it only when subgroups hold at least 8 invocations);
-//           TAIL (a value: ceil(k / 32) % 8 where it divides 8; gemv only).
+//           TAIL (a value: ceil(k / 32) % 8 where it divides 8; gemv only); XUBO with XLEN
+//           (gemv only: lavapipe gathers uniform loads in straight-line code but loads storage
+//           buffers at per-lane addresses in a loop with a branch per lane).
 // Geometry: 64 invocations = 8 lane groups of 8 lanes. A lane group computes LG_ROWS rows; its
 //   lanes stride over the row's 32-value groups, keep x for one group in registers and
 //   reuse it for all LG_ROWS rows, then the 8 lane sums are added (subgroup shuffles, or
@@ -67,7 +70,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#ifdef XUBO
+@group(0) @binding(1) var<uniform> x: array<vec4<f32>, XLEN>;
+#else
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+#endif
 #ifdef WTEX
 #include "weight_texture"
 fn w_word(i: u32) -> vec4<u32> { return weight_texel(i); }
@@ -80,7 +87,11 @@ fn w_word(i: u32) -> vec4<u32> { return w[i]; }
 #endif
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 #ifdef NORM
+#ifdef XUBO
+@group(0) @binding(6) var<uniform> g: array<vec4<f32>, XLEN>;
+#else
 @group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
+#endif
 #endif
 #ifdef ROPE
 @group(0) @binding(7) var<storage, read> positions: array<u32>;

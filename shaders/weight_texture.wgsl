@@ -2,20 +2,23 @@
 // buffer (the WTEX variant of every kernel that reads weights; gpu::WeightStore).
 // The chunk's 16-byte words lie in row-major order, TEX_ROW_TEXELS words per texture row:
 // word i is texel (i % TEX_ROW_TEXELS, i / TEX_ROW_TEXELS). Why: CPU drivers (lavapipe)
-// fetch texels with vector gathers but load storage buffers lane by lane, so the same words
-// read 2-5x faster from a texture there (examples/load_probe.rs measures both).
+// load image texels with vector gathers but storage buffers lane by lane, so the same words
+// read 2-5x faster from a texture there (examples/load_probe.rs measures the ways). It is
+// bound as a read-only storage texture, not a sampled one: lavapipe's sampled textureLoad
+// takes its mip level per lane and gathers each lane's level size and offset, an image
+// load has no level (1.5-2x the sampled reads in load_probe).
 //
-// Bindings: 2 wt texture_2d<u32> (the chunk). The including file reads it through
-//           weight_texel (16-byte words) or weight_texel_w4 (f16 quads), under an accessor
-//           named after its element type.
+// Bindings: 2 wt texture_storage_2d<rgba32uint, read> (the chunk). The including file reads
+//           it through weight_texel (16-byte words) or weight_texel_w4 (f16 quads), under an
+//           accessor named after its element type.
 
-@group(0) @binding(2) var wt: texture_2d<u32>;
+@group(0) @binding(2) var wt: texture_storage_2d<rgba32uint, read>;
 
 const TEX_ROW_SHIFT: u32 = 9u; // 512 texels (8 KiB) per texture row: gpu::TEX_ROW_TEXELS
 
 // The chunk's 16-byte word i.
 fn weight_texel(i: u32) -> vec4<u32> {
-    return textureLoad(wt, vec2<u32>(i & ((1u << TEX_ROW_SHIFT) - 1u), i >> TEX_ROW_SHIFT), 0);
+    return textureLoad(wt, vec2<u32>(i & ((1u << TEX_ROW_SHIFT) - 1u), i >> TEX_ROW_SHIFT));
 }
 
 // W4 element i of f16 weights (8 bytes: 4 halves, see common.wgsl) as f32: half a texel.

@@ -31,6 +31,8 @@ pub const DEFAULT_MODEL: &str = "weights/tiny-llava-vqa";
                   VLM_RUN_MAX_BINDING=N   split weights into chunks of at most N bytes\n  \
                   VLM_RUN_WEIGHT_TEXTURES=0|1  keep weights (and the prefill attention's K/V) in textures\n                          \
                   (default: on CPU devices, where texel fetches beat storage-buffer loads)\n  \
+                  VLM_RUN_UNIFORM_X=0|1   give the decode GEMV its input vector in uniform buffers\n                          \
+                  (default: on CPU devices, which load storage buffers lane by lane)\n  \
                   VLM_RUN_GEMM_TILE=K     prefill GEMM kernel: 64 or 32 (workgroup tiles), lanes (lane groups),\n                          \
                   tune (time each on the model at load; cached in VLM_RUN_CACHE_DIR,\n                          \
                   else ~/.cache/vlm-run), auto (default: the device class's table)"

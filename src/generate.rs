@@ -754,7 +754,13 @@ impl Engine {
         // Developer switch: time each kernel of the vision tower, of the prefill (after any
         // prune layer) and of a decode step alone (runs grouped by kernel and grid), and print
         // the tables to stderr. Only after the request: the replays re-run residual adds.
-        if std::env::var_os("VLM_RUN_PROFILE").is_some() {
+        // A number above 1 (VLM_RUN_PROFILE=20) sets the decode step's replays (default 5).
+        if let Some(p) = std::env::var_os("VLM_RUN_PROFILE") {
+            let decode_reps = p
+                .to_str()
+                .and_then(|s| s.parse().ok())
+                .filter(|&r: &usize| r > 1)
+                .unwrap_or(5);
             if let Some(ep) = _encode_pass.as_ref() {
                 eprintln!("vision tower: {} dispatches", ep.tower().len());
                 for (l, n, t) in gpu.profile(&ep.tower(), 3)? {
@@ -770,7 +776,7 @@ impl Engine {
             gpu.run(&kernels)?;
             let whole = ms(t);
             eprintln!("decode step: {whole:.2} ms, {} dispatches", kernels.len());
-            for (l, n, t) in gpu.profile(&kernels, 5)? {
+            for (l, n, t) in gpu.profile(&kernels, decode_reps)? {
                 eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
             }
         }

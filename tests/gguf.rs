@@ -345,6 +345,19 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
     ];
     for (variant, gpu) in variants() {
         gpu.set_gemm_tile(GemmTile::Lanes);
+        // On a CPU device the decode GEMV reads x from a uniform buffer (all but the last
+        // variant), up to the uniform-binding limit; elsewhere, and past it, from storage.
+        let limit = gpu.caps.max_uniform_binding as usize / 4;
+        assert_eq!(
+            ops::matmul::x_in_uniform(&gpu, 576),
+            gpu.caps.uniform_x,
+            "{variant}"
+        );
+        assert!(!ops::matmul::x_in_uniform(&gpu, limit + 4), "{variant}");
+        assert_eq!(
+            gpu.caps.uniform_x,
+            gpu.caps.cpu && !variant.contains("storage")
+        );
         // The decode GEMV's lanes take groups of 32 values in rounds of 8; the groups left
         // after the whole rounds are shared out by lane teams (TAIL) when they divide 8:
         // k = 288 leaves 1 group, 576 leaves 2, 128 is 4 and no whole round, 256 is one round

@@ -25,7 +25,7 @@ fn reference() -> serde_json::Value {
 fn engines() -> Vec<(&'static str, Engine)> {
     let paths = [
         (
-            "f16 + subgroups, the device's GEMM table and weight store",
+            "f16 + subgroups, the device's GEMM table, weight store and GEMV input",
             GpuOptions {
                 f16: None,
                 subgroups: None,
@@ -33,10 +33,12 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 gemm_tile: TileChoice::Table,
                 attention_tiles: None,
                 weight_textures: None,
+                uniform_x: None,
             },
         ),
         (
-            "f32 unpack + workgroup memory, 32 tile GEMM, attention K/V tiles, weights in buffers",
+            "f32 unpack + workgroup memory, 32 tile GEMM, attention K/V tiles, weights and x in \
+             storage buffers",
             GpuOptions {
                 f16: Some(false),
                 subgroups: Some(false),
@@ -44,6 +46,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 gemm_tile: TileChoice::Fixed(GemmTile::T32),
                 attention_tiles: Some(true),
                 weight_textures: Some(false),
+                uniform_x: Some(false),
             },
         ),
     ];

@@ -39,6 +39,9 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             // lane teams over the groups past the whole rounds (TAIL gets a value)
             vec!["Q4_1", "NORM", "GATE_UP", "PAIRS", "TAIL"],
             vec!["WF16", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL"],
+            // x and the RMSNorm weight in uniform buffers (XLEN gets a value)
+            vec!["Q4_1", "WTEX", "NORM", "GATE_UP", "PAIRS", "TAIL", "XUBO"],
+            vec!["WF16", "NORM", "ROPE", "PAIRS", "XUBO"],
             // gemm_lanes, the prefill kernel of the CPU-device table (TOKENS gets a value)
             vec!["WF16", "TOKENS", "BIAS", "ACT_GELU"],
             vec!["Q4_0", "TOKENS", "ACCUMULATE"],
@@ -137,6 +140,9 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 if extra.contains(&"TAIL") {
                     d.set("TAIL", "2u");
                 }
+                if extra.contains(&"XUBO") {
+                    d.set("XLEN", "144u");
+                }
                 // the GEMM families in both tiles of the table (TN: invocations per side)
                 for tn in [16, 8] {
                     if tn == 16 || family.starts_with("matmul") {
@@ -147,11 +153,11 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 17, norm 4, elementwise 2,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 19, norm 4, elementwise 2,
     // rope 2, attention 4, embed 2, sample, bandwidth, random_fill, kv_texture 1 each,
     // prune_select 3, prune_score and prune_gather 1 each.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 17 + 4 + 2 + 2 + 4 + 2 + 4 + 3 + 2)
+        4 * (2 * (8 + 7) + 19 + 4 + 2 + 2 + 4 + 2 + 4 + 3 + 2)
     );
 }

@@ -30,11 +30,21 @@ pub struct Caps {
     /// A CPU device (lavapipe, llvmpipe, WARP): few, wide workgroups pay off there.
     pub cpu: bool,
     /// Weights live in rgba32uint textures instead of storage buffers (the kernels' WTEX
-    /// variant), and the direct prefill attention reads K/V from textures too
-    /// (`ops::attention::KvTextures`). On by default on CPU devices, whose drivers fetch
-    /// texels for a SIMD row at once but load storage buffers lane by lane; off elsewhere.
+    /// variant, read-only storage textures), and the direct prefill attention reads K/V from
+    /// textures too (`ops::attention::KvTextures`). On by default on CPU devices, whose
+    /// drivers load texels for a SIMD row at once but storage buffers lane by lane; off
+    /// elsewhere.
     /// Env `VLM_RUN_WEIGHT_TEXTURES=0|1`.
     pub weight_textures: bool,
+    /// The decode GEMV reads its input vector (and RMSNorm weight) from uniform buffers
+    /// instead of storage buffers (gemv.wgsl's XUBO), up to `max_uniform_binding` bytes. On by
+    /// default on CPU devices: lavapipe loads a storage buffer at per-lane addresses in a loop
+    /// with a branch per lane, a uniform buffer with one straight-line gather. Off elsewhere,
+    /// where lanes that read different uniform addresses serialise. Every storage buffer then
+    /// also carries UNIFORM usage. Env `VLM_RUN_UNIFORM_X=0|1`.
+    pub uniform_x: bool,
+    /// Largest uniform-buffer binding in bytes.
+    pub max_uniform_binding: u64,
 }
 
 /// Choices a caller (or the environment) can make about the device.
@@ -54,6 +64,9 @@ pub struct GpuOptions {
     pub attention_tiles: Option<bool>,
     /// Keep weights in textures (`None`: on CPU devices; env `VLM_RUN_WEIGHT_TEXTURES=0|1`).
     pub weight_textures: Option<bool>,
+    /// Give the decode GEMV its input through uniform buffers (`None`: on CPU devices; env
+    /// `VLM_RUN_UNIFORM_X=0|1`; see [`Caps::uniform_x`]).
+    pub uniform_x: Option<bool>,
 }
 
 impl GpuOptions {
@@ -84,6 +97,7 @@ impl GpuOptions {
             gemm_tile: TileChoice::parse(&std::env::var("VLM_RUN_GEMM_TILE").unwrap_or_default())?,
             attention_tiles: flag("VLM_RUN_ATTN_TILES")?,
             weight_textures: flag("VLM_RUN_WEIGHT_TEXTURES")?,
+            uniform_x: flag("VLM_RUN_UNIFORM_X")?,
         })
     }
 }
@@ -202,6 +216,8 @@ impl Gpu {
             subgroup_min: if subgroups { info.subgroup_min_size } else { 0 },
             cpu,
             weight_textures,
+            uniform_x: opts.uniform_x.unwrap_or(cpu),
+            max_uniform_binding: limits.max_uniform_buffer_binding_size as u64,
         };
         let info_type = info.device_type;
         Ok(Arc::new(Self {
@@ -365,10 +381,17 @@ impl Gpu {
                 self.caps.max_buffer
             );
         }
+        // with uniform_x any buffer may be the decode GEMV's uniform input
+        let uniform = if self.caps.uniform_x {
+            wgpu::BufferUsages::UNIFORM
+        } else {
+            wgpu::BufferUsages::empty()
+        };
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
             usage: wgpu::BufferUsages::STORAGE
+                | uniform
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,

@@ -50,16 +50,44 @@ impl Kernel {
         weight: &WeightChunk,
         workgroups: [u32; 3],
     ) -> Result<Self> {
+        Self::with_weight_and(
+            gpu,
+            family,
+            entry,
+            defines,
+            params,
+            buffers,
+            weight,
+            Vec::new(),
+            workgroups,
+        )
+    }
+
+    /// [`Kernel::with_weight`] with more bindings that are not whole buffers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_weight_and<'a>(
+        gpu: &Gpu,
+        family: &'static str,
+        entry: &'static str,
+        defines: &Defines,
+        params: &[u8],
+        buffers: &[(u32, &wgpu::Buffer)],
+        weight: &'a WeightChunk,
+        mut resources: Vec<(u32, wgpu::BindingResource<'a>)>,
+        workgroups: [u32; 3],
+    ) -> Result<Self> {
         let defines = if weight.store.is_texture() {
             defines.clone().with_flag("WTEX")
         } else {
             defines.clone()
         };
-        let w = vec![(2, weight.store.binding())];
-        Self::with_resources(gpu, family, entry, &defines, params, buffers, w, workgroups)
+        resources.push((2, weight.store.binding()));
+        Self::with_resources(
+            gpu, family, entry, &defines, params, buffers, resources, workgroups,
+        )
     }
 
-    /// [`Kernel::new`] with more bindings that are not buffers (textures).
+    /// [`Kernel::new`] with more bindings that are not whole buffers (textures, ranges).
     #[allow(clippy::too_many_arguments)]
     pub fn with_resources(
         gpu: &Gpu,

@@ -137,8 +137,7 @@ impl KvTextures {
                     sample_count: 1,
                     dimension: wgpu::TextureDimension::D2,
                     format: wgpu::TextureFormat::Rgba32Float,
-                    usage: wgpu::TextureUsages::TEXTURE_BINDING
-                        | wgpu::TextureUsages::STORAGE_BINDING,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING,
                     view_formats: &[],
                 })
                 .create_view(&Default::default())

@@ -477,6 +477,31 @@ fn fused_params(
     }
 }
 
+/// Whether the decode GEMV over rows of k values reads x (and the RMSNorm weight) from
+/// uniform buffers (gemv.wgsl's XUBO): on devices that ask for it
+/// ([`crate::gpu::Caps::uniform_x`]) while k values fit one uniform binding.
+pub fn x_in_uniform(gpu: &Gpu, k: usize) -> bool {
+    gpu.caps.uniform_x && 16 * k.div_ceil(4) as u64 <= gpu.caps.max_uniform_binding
+}
+
+/// The bytes of x (and of the RMSNorm weight) that the decode GEMV binds as uniform buffers,
+/// or None when it keeps storage buffers (see [`x_in_uniform`]).
+fn uniform_x(gpu: &Gpu, x: &Tensor, w: &Weight, e: &Epilogue) -> Option<u64> {
+    let bytes = 16 * w.cols.div_ceil(4) as u64;
+    let fits = |b: &wgpu::Buffer| b.size() >= bytes;
+    (x_in_uniform(gpu, w.cols) && fits(&x.buf) && e.norm.is_none_or(|(g, _)| fits(g)))
+        .then_some(bytes)
+}
+
+/// The first `size` bytes of `buf` as a binding.
+fn range(buf: &wgpu::Buffer, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: buf,
+        offset: 0,
+        size: std::num::NonZeroU64::new(size),
+    })
+}
+
 /// The decode GEMV of row 0 of x with gemv.wgsl and the fusions in `e`, or None when that
 /// kernel does not read w's format (or GATE_UP meets a weight split into chunks).
 pub fn gemv(
@@ -490,7 +515,14 @@ pub fn gemv(
         return Ok(None);
     }
     check_fit("gemv", 1, x, w, y, &e)?;
-    let d0 = fused_defines(gpu, w, &e);
+    let mut d0 = fused_defines(gpu, w, &e);
+    let x_ubo = uniform_x(gpu, x, w, &e);
+    let mut bindings = fused_bindings(x, y, &e);
+    if let Some(bytes) = x_ubo {
+        d0.flag("XUBO");
+        d0.set("XLEN", format!("{}u", bytes / 16));
+        bindings.retain(|(b, _)| *b != 1 && *b != 6);
+    }
     let mut kernels = Vec::new();
     let pairs = e.gate_up || e.rope.is_some();
     // the groups past the last whole round of 8 (if they divide 8): gemv.wgsl's TAIL
@@ -509,14 +541,22 @@ pub fn gemv(
             outputs.div_ceil(per_wg) as u32,
             gpu.caps.max_workgroups_per_dim,
         );
-        kernels.push(Kernel::with_weight(
+        let mut ranges = Vec::new();
+        if let Some(size) = x_ubo {
+            ranges.push((1, range(&x.buf, size)));
+            if let Some((g, _)) = e.norm {
+                ranges.push((6, range(g, size)));
+            }
+        }
+        kernels.push(Kernel::with_weight_and(
             gpu,
             "gemv",
             "gemv",
             &d,
             bytes(&params),
-            &fused_bindings(x, y, &e),
+            &bindings,
             chunk,
+            ranges,
             grid,
         )?);
     }

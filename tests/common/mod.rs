@@ -5,8 +5,9 @@ use std::sync::Arc;
 use vlm_run::gpu::{Gpu, GpuOptions};
 
 /// Every (f16, subgroups) combination the adapter supports, each on its own device with
-/// the device class's weight store, and the last once more with the other store (weights in
-/// buffers on a CPU device, where textures are the default; in textures elsewhere).
+/// the device class's weight store, and the last once more with the other class's layout
+/// (on a CPU device, where textures and uniform inputs are the default: weights in buffers
+/// and the decode GEMV's x in a storage buffer; elsewhere the other way round).
 pub fn variants() -> Vec<(String, Arc<Gpu>)> {
     let mut out = Vec::new();
     for f16 in [false, true] {
@@ -28,9 +29,14 @@ pub fn variants() -> Vec<(String, Arc<Gpu>)> {
             f16: Some(last.caps.f16),
             subgroups: Some(last.caps.subgroups),
             weight_textures: Some(textures),
+            uniform_x: Some(!last.caps.uniform_x),
             ..Default::default()
         };
-        let store = if textures { "textures" } else { "buffers" };
+        let store = if textures {
+            "textures, x in a uniform buffer"
+        } else {
+            "buffers, x in a storage buffer"
+        };
         match Gpu::new(&opts) {
             Ok(g) => out.push((format!("{name} weights in {store}"), g)),
             Err(e) => eprintln!("skipping variant {name} weights in {store}: {e}"),
