@@ -481,14 +481,22 @@ fn fused_params(
 /// uniform buffers (gemv.wgsl's XUBO): on devices that ask for it
 /// ([`crate::gpu::Caps::uniform_x`]) while k values fit one uniform binding.
 pub fn x_in_uniform(gpu: &Gpu, k: usize) -> bool {
-    gpu.caps.uniform_x && 16 * k.div_ceil(4) as u64 <= gpu.caps.max_uniform_binding
+    gpu.caps.uniform_x && x_bytes(k) <= gpu.caps.max_uniform_binding
+}
+
+/// The bytes of x that gemv.wgsl's XUBO declares: XLEN = k / 4 vec4 rows.
+fn x_bytes(k: usize) -> u64 {
+    16 * k.div_ceil(4) as u64
 }
 
 /// The bytes of x (and of the RMSNorm weight) that the decode GEMV binds as uniform buffers,
-/// or None when it keeps storage buffers (see [`x_in_uniform`]).
+/// or None when it keeps storage buffers (see [`x_in_uniform`]; and for a buffer that is too
+/// short or was not made with UNIFORM usage, which `Gpu::storage_buffer` gives every buffer
+/// when `uniform_x` is on).
 fn uniform_x(gpu: &Gpu, x: &Tensor, w: &Weight, e: &Epilogue) -> Option<u64> {
-    let bytes = 16 * w.cols.div_ceil(4) as u64;
-    let fits = |b: &wgpu::Buffer| b.size() >= bytes;
+    let bytes = x_bytes(w.cols);
+    let fits =
+        |b: &wgpu::Buffer| b.size() >= bytes && b.usage().contains(wgpu::BufferUsages::UNIFORM);
     (x_in_uniform(gpu, w.cols) && fits(&x.buf) && e.norm.is_none_or(|(g, _)| fits(g)))
         .then_some(bytes)
 }
