@@ -38,34 +38,10 @@ impl Kernel {
     }
 
     /// [`Kernel::new`] for a kernel that reads a weight chunk at binding 2: its WTEX variant
-    /// (weight_texture.wgsl) when the chunk is a texture.
+    /// (weight_texture.wgsl) when the chunk is a texture. `resources`: more bindings that are
+    /// not whole buffers (ranges), usually none.
     #[allow(clippy::too_many_arguments)]
-    pub fn with_weight(
-        gpu: &Gpu,
-        family: &'static str,
-        entry: &'static str,
-        defines: &Defines,
-        params: &[u8],
-        buffers: &[(u32, &wgpu::Buffer)],
-        weight: &WeightChunk,
-        workgroups: [u32; 3],
-    ) -> Result<Self> {
-        Self::with_weight_and(
-            gpu,
-            family,
-            entry,
-            defines,
-            params,
-            buffers,
-            weight,
-            Vec::new(),
-            workgroups,
-        )
-    }
-
-    /// [`Kernel::with_weight`] with more bindings that are not whole buffers.
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_weight_and<'a>(
+    pub fn with_weight<'a>(
         gpu: &Gpu,
         family: &'static str,
         entry: &'static str,

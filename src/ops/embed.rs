@@ -56,6 +56,7 @@ pub fn gather(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Re
                 bytes(&p),
                 &[(1, ids), (3, &out.buf)],
                 c,
+                Vec::new(),
                 grid(gpu, n),
             )
         })
@@ -97,6 +98,7 @@ fn gather_quantized(
                 bytes(&p),
                 &[(5, ids), (4, &out.buf)],
                 c,
+                Vec::new(),
                 grid(gpu, out.rows * out.cols),
             )
         })

@@ -136,6 +136,7 @@ pub fn linear_at(
             bytes(&params),
             &bindings,
             chunk,
+            Vec::new(),
             grid,
         )?);
     }
@@ -234,6 +235,7 @@ fn gemm_lanes(
             bytes(&params),
             &fused_bindings(x, y, &e),
             chunk,
+            Vec::new(),
             grid,
         )?);
     }
@@ -556,7 +558,7 @@ pub fn gemv(
                 ranges.push((6, range(g, size)));
             }
         }
-        kernels.push(Kernel::with_weight_and(
+        kernels.push(Kernel::with_weight(
             gpu,
             "gemv",
             "gemv",
