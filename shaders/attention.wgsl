@@ -26,6 +26,8 @@
 //   attn_lanes_one (DECODE_LANES): the same lane groups in one workgroup per head over all
 //               the keys, merged in workgroup memory straight into out: a single dispatch.
 //               Bindings 1 q, 2 k, 3 v, 4 out, 6 step; dispatch (1, heads, 1).
+//   KV_TEX (either lane kernel): 2 and 3 are the cache's rgba32float mirrors (row j of the
+//               cache at texel row j), which kv_texture.wgsl keeps in step; HD % 32 == 0.
 //   attn_merge: 5 partials, 4 out f32 [heads * HD], 6 step: rescale the partials (one per
 //               PART_KEYS keys) to their common max and normalise. Dispatch (1, heads, 1).
 #include "common"
@@ -59,7 +61,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 #ifdef KV_TEX
 // K and V copied into rgba32float textures by kv_texture.wgsl: key j's 16-byte group c of
-// the KV row at texel (c, j). Only the prefill entry point is built with it.
+// the KV row at texel (c, j). The prefill entry point (DIRECT_KV) and the lane-group decode
+// ones (DECODE_LANES) are built with it; attn_split is not.
 @group(0) @binding(2) var k_tex: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(3) var v_tex: texture_storage_2d<rgba32float, read>;
 #else
@@ -318,6 +321,8 @@ fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
 }
 
+#endif
+
 #ifdef DECODE_LANES
 const DL: u32 = HD / 8u;
 #include "lanes"
@@ -340,24 +345,58 @@ fn lane_state(h: u32, lane: u32) -> LaneState {
     return st;
 }
 
+// This lane's DL dims of key row j of KV head kvh, from K (which 0) or V (which 1). KV_TEX
+// (CPU devices; DL a multiple of 4): from the rgba32float textures that mirror the cache
+// (kv_texture.wgsl), whose texel loads lavapipe gathers for a SIMD row at once where it
+// loops over the lanes for a storage buffer at per-lane addresses.
+fn lane_dims(which: u32, j: u32, kvh: u32, lane: u32) -> array<f32, DL> {
+    var d: array<f32, DL>;
+#ifdef KV_TEX
+    for (var i4 = 0u; i4 < DL / 4u; i4++) {
+        let at = vec2<u32>(kvh * (HD / 4u) + lane * (DL / 4u) + i4, j);
+        var t: vec4<f32>;
+        if which == 0u {
+            t = textureLoad(k_tex, at);
+        } else {
+            t = textureLoad(v_tex, at);
+        }
+        d[4u * i4] = t.x;
+        d[4u * i4 + 1u] = t.y;
+        d[4u * i4 + 2u] = t.z;
+        d[4u * i4 + 3u] = t.w;
+    }
+#else
+    let r = j * p.kv_stride + kvh * HD + lane * DL;
+    for (var i = 0u; i < DL; i++) {
+        if which == 0u {
+            d[i] = k[r + i];
+        } else {
+            d[i] = v[r + i];
+        }
+    }
+#endif
+    return d;
+}
+
 // Keys j0 .. j0 + 8 into the state. A fixed 8 keys, so that every lane of a subgroup reaches
 // each shuffle; keys past n read the last row and are not counted.
 fn lane_keys(st: ptr<function, LaneState>, j0: u32, n: u32, kvh: u32, lane: u32) {
     for (var t = 0u; t < 8u; t++) {
         let j = j0 + t;
-        let r = min(j, n - 1u) * p.kv_stride + kvh * HD + lane * DL;
+        let kd = lane_dims(0u, min(j, n - 1u), kvh, lane);
         var s = 0.0;
         for (var i = 0u; i < DL; i++) {
-            s = fma((*st).qv[i], k[r + i], s);
+            s = fma((*st).qv[i], kd[i], s);
         }
         s = lane_sum(s);
         if j < n {
+            let vd = lane_dims(1u, j, kvh, lane);
             let m_new = max((*st).mx, s);
             let corr = exp((*st).mx - m_new);
             let pj = exp(s - m_new);
             (*st).l = (*st).l * corr + pj;
             for (var i = 0u; i < DL; i++) {
-                (*st).acc[i] = fma(pj, v[r + i], (*st).acc[i] * corr);
+                (*st).acc[i] = fma(pj, vd[i], (*st).acc[i] * corr);
             }
             (*st).mx = m_new;
         }
@@ -459,4 +498,3 @@ fn attn_merge(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         out[h * HD + d] = acc / l;
     }
 }
-#endif

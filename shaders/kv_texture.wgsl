@@ -5,8 +5,12 @@
 // here saves many there.
 //
 // Bindings: 0 params, 1 k f32 [rows, stride], 2 v f32 [rows, stride],
-//           3 k_out, 4 v_out: texture_storage_2d<rgba32float, write> of width4 x >= rows.
+//           3 k_out, 4 v_out: texture_storage_2d<rgba32float, write> of width4 x >= rows,
+//           5 step (STEP_ROW only: uniform Step).
 // One invocation per texel (key j, group c of 4 values): out(c, j) = in[j * stride + 4c ..].
+// STEP_ROW (decode, rows = 1): k and v hold the one row this step's q|k|v wrote, and it goes
+// to texture row step.kv_offset, so that the textures hold the cache for the decode
+// attention's KV_TEX variant.
 // Dispatch fold(ceil(rows * width4 / 64)).
 #include "common"
 
@@ -22,6 +26,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> v: array<f32>;
 @group(0) @binding(3) var k_out: texture_storage_2d<rgba32float, write>;
 @group(0) @binding(4) var v_out: texture_storage_2d<rgba32float, write>;
+#ifdef STEP_ROW
+@group(0) @binding(5) var<uniform> step: Step;
+#endif
 
 @compute @workgroup_size(64)
 fn kv_texture(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
@@ -33,6 +40,11 @@ fn kv_texture(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     let j = i / p.width4;
     let c = i % p.width4;
     let o = j * p.stride + 4u * c;
-    textureStore(k_out, vec2<u32>(c, j), vec4<f32>(k[o], k[o + 1u], k[o + 2u], k[o + 3u]));
-    textureStore(v_out, vec2<u32>(c, j), vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]));
+#ifdef STEP_ROW
+    let at = vec2<u32>(c, step.kv_offset + j);
+#else
+    let at = vec2<u32>(c, j);
+#endif
+    textureStore(k_out, at, vec4<f32>(k[o], k[o + 1u], k[o + 2u], k[o + 3u]));
+    textureStore(v_out, at, vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]));
 }

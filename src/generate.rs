@@ -565,7 +565,12 @@ impl Engine {
         };
 
         // Buffers for the whole request, allocated once.
-        let cache = KvCache::new(gpu, cfg, &ctx)?;
+        let cache = KvCache::new(
+            gpu,
+            cfg,
+            &ctx,
+            tokens_per_layer.iter().copied().max().unwrap_or(1),
+        )?;
         let ids_buf = gpu.storage_init("prompt_ids", bytemuck::cast_slice(&full))?;
         let positions: Vec<u32> = (0..prompt_len as u32).collect();
         let pos_prefill = gpu.storage_init("positions", bytemuck::cast_slice(&positions))?;

@@ -8,8 +8,9 @@ mod common;
 use common::*;
 use vlm_run::gguf::quant::GgmlType;
 use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Step, Tensor, Weight, MIN_TEXTURE_BYTES};
+use vlm_run::ops::attention::{DecodeKv, Heads};
 use vlm_run::ops::matmul::{lane_min_k, TOKENS_MAX_K};
-use vlm_run::ops::{self, attention::Heads, matmul::Act};
+use vlm_run::ops::{self, matmul::Act};
 
 fn cpu_linear(
     x: &[f32],
@@ -526,20 +527,35 @@ fn decode_attention_over_the_cache_matches_cpu() {
         // with the last split empty; odd lengths end inside a lane group's 8 keys. Then the
         // longest cache of one pass, all rows used, and one row longer.
         let one = ops::attention::ONE_PASS_KEYS;
-        for (ctx, lens) in [
-            (190usize, vec![1usize, 8, 13, 64, 67, 128, 190]),
-            (one, vec![13, one]),
-            (one + 1, vec![13, one + 1]),
+        // Head dims 16 (buffers only) and 32 and 64 (whole texels per lane: on CPU devices
+        // the lane kernels read the cache's texture mirrors too).
+        for (ctx, lens, hd) in [
+            (190usize, vec![1usize, 8, 13, 64, 67, 128, 190], 16usize),
+            (190, vec![1, 9, 64, 67, 190], 32),
+            (190, vec![1, 13, 67, 190], 64),
+            (one, vec![13, one], 16),
+            (one + 1, vec![13, one + 1], 16),
+            (one + 1, vec![70, one + 1], 64),
         ] {
-            decode_case(&mut rng, &gpu, &name, lanes, ctx, &lens);
+            decode_case(&mut rng, &gpu, &name, lanes, ctx, &lens, hd);
         }
     }
 }
 
-/// Decode attention over a cache of `ctx` rows, for each kv_len of `lens`, against CPU.
-fn decode_case(rng: &mut Rng, gpu: &Gpu, name: &str, lanes: bool, ctx: usize, lens: &[usize]) {
+/// Decode attention over a cache of `ctx` rows, for each kv_len of `lens`, against CPU: from
+/// the buffers, and (CPU devices) from texture mirrors that hold rows 0..kv_len − 1, so that
+/// the newest row is there only if the decode's own copy put it there.
+fn decode_case(
+    rng: &mut Rng,
+    gpu: &Gpu,
+    name: &str,
+    lanes: bool,
+    ctx: usize,
+    lens: &[usize],
+    hd: usize,
+) {
     let one = ops::attention::ONE_PASS_KEYS;
-    let (heads, kv_heads, hd) = (6usize, 2usize, 16usize);
+    let (heads, kv_heads) = (6usize, 2usize);
     let h = Heads {
         heads,
         kv_heads,
@@ -553,6 +569,13 @@ fn decode_case(rng: &mut Rng, gpu: &Gpu, name: &str, lanes: bool, ctx: usize, le
     let vt = Tensor::from_f32(gpu, "v", ctx, kv_heads * hd, &v).unwrap();
     let partials = ops::attention::decode_partials(gpu, h, ctx).unwrap();
     let out = Tensor::new(gpu, "o", 1, heads * hd).unwrap();
+    let tex = ops::attention::KvTextures::new(gpu, h, ctx);
+    let from_tex = h.decode_textures(gpu) && tex.is_some();
+    assert_eq!(
+        from_tex,
+        lanes && hd.is_multiple_of(32) && gpu.caps.weight_textures,
+        "{name} hd {hd}"
+    );
     for &kv_len in lens {
         let step = step_buffer(
             gpu,
@@ -562,21 +585,48 @@ fn decode_case(rng: &mut Rng, gpu: &Gpu, name: &str, lanes: bool, ctx: usize, le
                 ..Default::default()
             },
         );
-        let ks = ops::attention::decode(gpu, h, &qt, &kt, &vt, &partials, &step, &out).unwrap();
-        let entry = match (lanes, ctx <= one) {
-            (false, _) => "attn_split",
-            (true, true) => "attn_lanes_one",
-            (true, false) => "attn_lanes",
-        };
-        assert_eq!(ks[0].label, entry, "{name} ctx {ctx}");
-        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-        let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
-        assert_close(
-            &format!("{name} decode attention over {kv_len} of {ctx} keys"),
-            &out.read(gpu).unwrap(),
-            &want,
-            2e-5,
-        );
+        // the texture case: rows 0..kv_len − 1 copied in as prefill does, the newest row
+        // only in one-row buffers, as a decode step's q|k|v leave it
+        let w = kv_heads * hd;
+        let last = (kv_len - 1) * w..kv_len * w;
+        let k_new = Tensor::from_f32(gpu, "k_new", 1, w, &k[last.clone()]).unwrap();
+        let v_new = Tensor::from_f32(gpu, "v_new", 1, w, &v[last]).unwrap();
+        let cases = [
+            Some(DecodeKv::Buffers { k: &kt, v: &vt }),
+            from_tex.then(|| DecodeKv::Textures {
+                tex: tex.as_ref().unwrap(),
+                k_new: &k_new,
+                v_new: &v_new,
+            }),
+        ];
+        for kv in cases.into_iter().flatten() {
+            let in_tex = matches!(kv, DecodeKv::Textures { .. });
+            if let (DecodeKv::Textures { tex, .. }, true) = (kv, kv_len > 1) {
+                let fill = tex.copy(gpu, &kt, &vt, kv_len - 1, None).unwrap();
+                gpu.run(&[&fill]).unwrap();
+            }
+            let ks = ops::attention::decode(gpu, h, &qt, kv, &partials, &step, &out).unwrap();
+            let entry = match (lanes, ctx <= one) {
+                (false, _) => "attn_split",
+                (true, true) => "attn_lanes_one",
+                (true, false) => "attn_lanes",
+            };
+            let mut labels: Vec<_> = ks.iter().map(|k| k.label).collect();
+            if in_tex {
+                assert_eq!(labels.remove(0), "kv_texture", "{name} ctx {ctx} hd {hd}");
+            }
+            assert_eq!(labels[0], entry, "{name} ctx {ctx} hd {hd}");
+            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+            let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
+            assert_close(
+                &format!(
+                    "{name} decode attention over {kv_len} of {ctx} keys, hd {hd}, textures {in_tex}"
+                ),
+                &out.read(gpu).unwrap(),
+                &want,
+                2e-5,
+            );
+        }
     }
 }
 

@@ -61,6 +61,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["DIRECT_KV", "DECODE_LANES"],
             // the direct prefill reading K/V from textures (kv_texture.wgsl fills them)
             vec!["DIRECT_KV", "KV_TEX"],
+            // ... and the lane-group decode attention reading the cache's texture mirrors
+            vec!["DIRECT_KV", "DECODE_LANES", "KV_TEX"],
         ],
         "norm" => vec![
             vec![],
@@ -70,6 +72,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["LAYER_NORM", "ROW_LANES"],
         ],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
+        // decode's copy of its new K/V row into the texture mirrors
+        "kv_texture" => vec![vec![], vec!["STEP_ROW"]],
         "embed" => vec![vec![], vec!["WTEX"]],
         "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"]],
         _ => vec![vec![]],
@@ -154,10 +158,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
         }
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 19, norm 4, elementwise 2,
-    // rope 2, attention 4, embed 2, sample, bandwidth, random_fill, kv_texture 1 each,
+    // rope 2, attention 5, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
     // prune_select 3, prune_score and prune_gather 1 each.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 19 + 4 + 2 + 2 + 4 + 2 + 4 + 3 + 2)
+        4 * (2 * (8 + 7) + 19 + 4 + 2 + 2 + 5 + 2 + 2 + 3 + 3 + 2)
     );
 }

@@ -6,7 +6,8 @@ use super::Gpu;
 use crate::gguf::quant::GgmlType;
 use anyhow::{bail, Result};
 
-/// An f32 activation buffer with a row-major 2-D shape.
+/// An f32 activation buffer with a row-major 2-D shape. A clone shares the buffer.
+#[derive(Clone)]
 pub struct Tensor {
     pub buf: wgpu::Buffer,
     pub rows: usize,

@@ -4,10 +4,12 @@
 
 use super::clip::{Linear, Loader, Stacked};
 use super::config::LlamaConfig;
+use crate::gpu::Step;
 use crate::gpu::{Gpu, Kernel, Tensor, Weight};
+use crate::ops::attention::{DecodeKv, Heads, KvTextures};
 use crate::ops::matmul::{Act, Epilogue};
 use crate::ops::rope::RopeKv;
-use crate::ops::{self, attention::Heads, elementwise::RowDest, sample::Sampling};
+use crate::ops::{self, elementwise::RowDest, sample::Sampling};
 use crate::weights::Component;
 use anyhow::{bail, Result};
 
@@ -35,15 +37,32 @@ pub struct Llama {
 /// The KV cache, allocated for exactly the rows a request can use: f32, [ctx[l], kv_heads·hd]
 /// per layer l for K and for V. Layers may differ: after pruning at layer K, the layers from
 /// K on hold only the kept tokens.
+///
+/// On devices that read textures faster than buffers (CPU drivers), a layer whose decode
+/// attention can read textures ([`Heads::decode_textures`]) keeps its cache in a pair of
+/// rgba32float textures ([`KvTextures`]) instead of buffers: its prefill writes one pair of
+/// buffers that such layers share (rows for the longest prefill) and copies them in, and a
+/// decode step writes its new row into a one-row pair and copies that in. Other layers on
+/// such devices share one texture pair for their prefill attention.
 pub struct KvCache {
+    /// Per layer, what q|k|v write in prefill: the cache itself, or the shared prefill
+    /// buffers of a layer in textures.
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
     pub ctx: Vec<usize>,
+    /// Per layer: the textures that hold its cache.
+    in_textures: Vec<Option<KvTextures>>,
+    /// The prefill attention's texture pair for layers in buffers (CPU devices).
+    prefill_textures: Option<KvTextures>,
+    /// Layers in textures: the row a decode step writes, and a Step whose kv_offset is 0.
+    new_row: Option<(Tensor, Tensor, wgpu::Buffer)>,
+    d_kv: usize,
 }
 
 impl KvCache {
-    /// A cache of `ctx[l]` rows for layer l.
-    pub fn new(gpu: &Gpu, cfg: &LlamaConfig, ctx: &[usize]) -> Result<Self> {
+    /// A cache of `ctx[l]` rows for layer l, whose prefill passes write at most
+    /// `prefill_rows` rows.
+    pub fn new(gpu: &Gpu, cfg: &LlamaConfig, ctx: &[usize], prefill_rows: usize) -> Result<Self> {
         if ctx.len() != cfg.num_hidden_layers {
             bail!(
                 "KV cache: {} layer sizes for {} layers",
@@ -52,26 +71,75 @@ impl KvCache {
             );
         }
         let w = cfg.kv_heads() * cfg.head_dim();
+        let h = Heads {
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.kv_heads(),
+            hd: cfg.head_dim(),
+        };
+        let in_textures: Vec<_> = ctx
+            .iter()
+            .map(|&rows| match h.decode_textures(gpu) {
+                true => KvTextures::new(gpu, h, rows),
+                false => None,
+            })
+            .collect();
+        let prefill_rows = prefill_rows.max(1);
+        let mut shared = None;
         let mut k = Vec::new();
         let mut v = Vec::new();
+        let mut prefill_textures = None;
         for (l, &rows) in ctx.iter().enumerate() {
-            k.push(Tensor::new(gpu, &format!("kv.k{l}"), rows, w)?);
-            v.push(Tensor::new(gpu, &format!("kv.v{l}"), rows, w)?);
+            if in_textures[l].is_some() {
+                if shared.is_none() {
+                    shared = Some((
+                        Tensor::new(gpu, "kv.k_prefill", prefill_rows, w)?,
+                        Tensor::new(gpu, "kv.v_prefill", prefill_rows, w)?,
+                    ));
+                }
+                let (sk, sv) = shared.as_ref().expect("made above");
+                k.push(sk.clone());
+                v.push(sv.clone());
+            } else {
+                k.push(Tensor::new(gpu, &format!("kv.k{l}"), rows, w)?);
+                v.push(Tensor::new(gpu, &format!("kv.v{l}"), rows, w)?);
+                if prefill_textures.is_none() {
+                    prefill_textures = KvTextures::new(gpu, h, prefill_rows);
+                }
+            }
         }
+        let new_row = match shared {
+            Some(_) => Some((
+                Tensor::new(gpu, "kv.k_new", 1, w)?,
+                Tensor::new(gpu, "kv.v_new", 1, w)?,
+                gpu.uniform_init("step.new_row", bytemuck::bytes_of(&Step::default())),
+            )),
+            None => None,
+        };
         Ok(Self {
             k,
             v,
             ctx: ctx.to_vec(),
+            in_textures,
+            prefill_textures,
+            new_row,
+            d_kv: w,
         })
     }
 
-    /// Bytes the cache allocates: Σ_layers 2 · ctx[l] · d_kv · 4.
+    /// Bytes the cache holds: Σ_layers 2 · ctx[l] · d_kv · 4, in buffers or textures (the
+    /// shared prefill and new-row buffers of layers in textures not counted).
     pub fn bytes(&self) -> u64 {
-        self.k
-            .iter()
-            .chain(&self.v)
-            .map(|t| 4 * (t.rows * t.cols) as u64)
-            .sum()
+        self.ctx.iter().map(|&r| 8 * (r * self.d_kv) as u64).sum()
+    }
+
+    /// The textures that hold layer l's cache, if it is kept in textures.
+    pub fn textures(&self, l: usize) -> Option<&KvTextures> {
+        self.in_textures[l].as_ref()
+    }
+
+    /// The textures that layer l's prefill attention reads K and V from, if any.
+    fn prefill_textures(&self, l: usize) -> Option<&KvTextures> {
+        self.textures(l).or(self.prefill_textures.as_ref())
     }
 }
 
@@ -291,15 +359,20 @@ impl Llama {
         let h = self.heads();
         let rows = s.rows;
         let mut ks = Vec::new();
-        // prefill: one K/V texture pair for the layers' attention, where the device wants it
-        let kv_tex = match decode_scores {
-            None => ops::attention::KvTextures::new(gpu, h, rows),
-            Some(_) => None,
-        };
         for l in layers {
             let layer = &self.layers[l];
             let step = io.step_for(l);
-            let (kc, vc) = (&io.cache.k[l], &io.cache.v[l]);
+            let (mut kc, mut vc) = (&io.cache.k[l], &io.cache.v[l]);
+            let mut rope_step = step;
+            // decode into a layer kept in textures: q|k|v write the one new row, and the
+            // attention copies it to row step.kv_offset of the textures
+            let decode_tex = match (decode_scores, io.cache.textures(l), &io.cache.new_row) {
+                (Some(_), Some(t), Some((k_new, v_new, zero))) => {
+                    (kc, vc, rope_step) = (k_new, v_new, zero);
+                    Some(t)
+                }
+                _ => None,
+            };
             if rows > kc.rows {
                 bail!(
                     "{rows} tokens do not fit layer {l}'s KV cache of {}",
@@ -314,7 +387,7 @@ impl Llama {
                 q: &s.q,
                 k_cache: kc,
                 v_cache: vc,
-                step,
+                step: rope_step,
             };
             let roped = self.stacked_ops(
                 gpu,
@@ -338,11 +411,21 @@ impl Llama {
                     true,
                     0,
                     &s.attn,
-                    kv_tex.as_ref(),
+                    io.cache.prefill_textures(l),
                 )?),
-                Some(partials) => ks.extend(ops::attention::decode(
-                    gpu, h, &s.q, kc, vc, partials, step, &s.attn,
-                )?),
+                Some(partials) => {
+                    let kv = match decode_tex {
+                        Some(tex) => DecodeKv::Textures {
+                            tex,
+                            k_new: kc,
+                            v_new: vc,
+                        },
+                        None => DecodeKv::Buffers { k: kc, v: vc },
+                    };
+                    ks.extend(ops::attention::decode(
+                        gpu, h, &s.q, kv, partials, step, &s.attn,
+                    )?)
+                }
             }
             ks.extend(layer.o_proj.ops(gpu, &s.attn, &s.x, Act::None, true)?);
             // MLP: RMSNorm, SwiGLU(gate, up), down.

@@ -93,6 +93,12 @@ impl Heads {
         !gpu.attention_tiles() && gpu.lane_groups() && self.hd.is_multiple_of(8)
     }
 
+    /// Whether decode attention can read K and V from a cache's [`KvTextures`]: the lane-group
+    /// kernels, which load whole texels per lane, so each lane's dims must be whole texels.
+    pub fn decode_textures(&self, gpu: &Gpu) -> bool {
+        self.decode_lanes(gpu) && self.hd.is_multiple_of(32)
+    }
+
     /// Keys per partial of the decode attention.
     fn part_keys(&self, gpu: &Gpu) -> usize {
         if self.decode_lanes(gpu) {
@@ -106,7 +112,10 @@ impl Heads {
 /// Textures that the direct prefill attention reads K and V from (its KV_TEX variant), after
 /// `kv_texture.wgsl` copies them there: on devices where textures read faster than storage
 /// buffers ([`crate::gpu::Caps::weight_textures`]: CPU drivers), since every query tile
-/// re-reads every K and V row. One pair serves every layer of a pass.
+/// re-reads every K and V row. The vision tower shares one pair over its layers. A decoder's
+/// [`crate::model::llama::KvCache`] can keep a layer's cache in a pair
+/// ([`Heads::decode_textures`]): prefill copies its rows in, each decode step its new row,
+/// and the lane-group decode attention reads them there.
 pub struct KvTextures {
     k: wgpu::TextureView,
     v: wgpu::TextureView,
@@ -148,6 +157,61 @@ impl KvTextures {
             rows,
             width4,
         })
+    }
+
+    /// Bytes of the two textures' texels (the driver may round its allocation up).
+    pub fn bytes(&self) -> u64 {
+        2 * 16 * (self.rows * self.width4) as u64
+    }
+
+    /// Key rows the textures hold.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether these textures can stand for a cache of `rows` rows of `h`'s KV heads.
+    fn holds(&self, h: Heads, rows: usize) -> bool {
+        rows <= self.rows && self.width4 == h.kv_heads * h.hd / 4
+    }
+
+    /// `kv_texture.wgsl` copying `rows` rows of k and v into the textures: to rows 0..
+    /// (prefill), or with `step` to rows from `step.kv_offset` on (decode's new row).
+    pub fn copy(
+        &self,
+        gpu: &Gpu,
+        k: &Tensor,
+        v: &Tensor,
+        rows: usize,
+        step: Option<&wgpu::Buffer>,
+    ) -> Result<Kernel> {
+        let cp = CopyParams {
+            rows: rows as u32,
+            stride: k.cols as u32,
+            width4: self.width4 as u32,
+            pad: 0,
+        };
+        let mut buffers = vec![(1, &k.buf), (2, &v.buf)];
+        let mut defines = gpu.base_defines();
+        if let Some(step) = step {
+            buffers.push((5, step));
+            defines.flag("STEP_ROW");
+        }
+        Kernel::with_resources(
+            gpu,
+            "kv_texture",
+            "kv_texture",
+            &defines,
+            bytes(&cp),
+            &buffers,
+            vec![
+                (3, wgpu::BindingResource::TextureView(&self.k)),
+                (4, wgpu::BindingResource::TextureView(&self.v)),
+            ],
+            crate::gpu::fold_workgroups(
+                ((rows * self.width4) as u32).div_ceil(64),
+                gpu.caps.max_workgroups_per_dim,
+            ),
+        )
     }
 }
 
@@ -202,7 +266,7 @@ pub fn prefill(
     let defines = h.defines(gpu)?;
     let rows_per_wg = 32 * h.direct_kv(gpu).map_or(1, |(_, qpi)| qpi);
     let grid = [(q.rows as u32).div_ceil(rows_per_wg), h.heads as u32, 1];
-    let tex = tex.filter(|t| kv_len <= t.rows && t.width4 == h.kv_heads * h.hd / 4);
+    let tex = tex.filter(|t| t.holds(h, kv_len));
     let Some(t) = tex else {
         let bindings = [(1, &q.buf), (2, &k.buf), (3, &v.buf), (4, &out.buf)];
         let attention = Kernel::new(
@@ -216,28 +280,7 @@ pub fn prefill(
         )?;
         return Ok(vec![attention]);
     };
-    let cp = CopyParams {
-        rows: kv_len as u32,
-        stride: k.cols as u32,
-        width4: t.width4 as u32,
-        pad: 0,
-    };
-    let copy = Kernel::with_resources(
-        gpu,
-        "kv_texture",
-        "kv_texture",
-        &gpu.base_defines(),
-        bytes(&cp),
-        &[(1, &k.buf), (2, &v.buf)],
-        vec![
-            (3, wgpu::BindingResource::TextureView(&t.k)),
-            (4, wgpu::BindingResource::TextureView(&t.v)),
-        ],
-        crate::gpu::fold_workgroups(
-            ((kv_len * t.width4) as u32).div_ceil(64),
-            gpu.caps.max_workgroups_per_dim,
-        ),
-    )?;
+    let copy = t.copy(gpu, k, v, kv_len, None)?;
     let attention = Kernel::with_resources(
         gpu,
         "attention",
@@ -285,6 +328,20 @@ pub fn decode_partials(gpu: &Gpu, h: Heads, ctx: usize) -> Result<Tensor> {
     )
 }
 
+/// The KV cache that decode attention reads.
+#[derive(Clone, Copy)]
+pub enum DecodeKv<'a> {
+    /// Buffers of [ctx, kv_heads·hd] rows, K and V; this step's row is already in them.
+    Buffers { k: &'a Tensor, v: &'a Tensor },
+    /// A cache kept in textures ([`Heads::decode_textures`]), and the one row this step
+    /// wrote (row 0 of `k_new` and `v_new`), which is first copied to row `step.kv_offset`.
+    Textures {
+        tex: &'a KvTextures,
+        k_new: &'a Tensor,
+        v_new: &'a Tensor,
+    },
+}
+
 /// Split-KV decode attention of one query row over the KV cache rows `0 .. step.kv_len`:
 /// one pass over splits of SPLIT keys, then a merge; on the CPU-device row, for caches of
 /// up to [`ONE_PASS_KEYS`] rows, a single dispatch. `partials` comes from
@@ -294,15 +351,23 @@ pub fn decode(
     gpu: &Gpu,
     h: Heads,
     q: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
+    kv: DecodeKv,
     partials: &Tensor,
     step: &wgpu::Buffer,
     out: &Tensor,
 ) -> Result<Vec<Kernel>> {
-    h.check(q, k_cache)?;
-    let splits = k_cache.rows.div_ceil(SPLIT);
-    let parts = h.partials(gpu, k_cache.rows);
+    let (k_any, ctx) = match kv {
+        DecodeKv::Buffers { k, .. } => (k, k.rows),
+        DecodeKv::Textures { tex, k_new, .. } => (k_new, tex.rows),
+    };
+    h.check(q, k_any)?;
+    if let DecodeKv::Textures { tex, .. } = kv {
+        if !h.decode_textures(gpu) || !tex.holds(h, ctx) {
+            bail!("attention: this device's decode attention cannot read a KV cache in textures");
+        }
+    }
+    let splits = ctx.div_ceil(SPLIT);
+    let parts = h.partials(gpu, ctx);
     if partials.rows != h.heads || partials.cols < parts * (h.hd + 2) {
         bail!(
             "attention: partials must hold {} partials of {} heads",
@@ -314,30 +379,44 @@ pub fn decode(
         m: 1,
         heads: h.heads as u32,
         kv_heads: h.kv_heads as u32,
-        kv_stride: k_cache.cols as u32,
+        kv_stride: k_any.cols as u32,
         ctx: (partials.cols / (h.hd + 2)) as u32,
         scale: 1.0 / (h.hd as f32).sqrt(),
         ..Default::default()
     };
     let d = h.defines(gpu)?;
-    if h.one_pass(gpu, k_cache.rows) {
-        return Ok(vec![Kernel::new(
+    let mut ks = Vec::new();
+    let (kv_defines, kv_bindings) = match kv {
+        DecodeKv::Textures { tex, k_new, v_new } => {
+            ks.push(tex.copy(gpu, k_new, v_new, 1, Some(step))?);
+            let b = vec![
+                (2, wgpu::BindingResource::TextureView(&tex.k)),
+                (3, wgpu::BindingResource::TextureView(&tex.v)),
+            ];
+            (d.clone().with_flag("KV_TEX"), b)
+        }
+        DecodeKv::Buffers { k, v } => {
+            let b = vec![
+                (2, k.buf.as_entire_binding()),
+                (3, v.buf.as_entire_binding()),
+            ];
+            (d.clone(), b)
+        }
+    };
+    if h.one_pass(gpu, ctx) {
+        ks.push(Kernel::with_resources(
             gpu,
             "attention",
             "attn_lanes_one",
-            &d,
+            &kv_defines,
             bytes(&p),
-            &[
-                (1, &q.buf),
-                (2, &k_cache.buf),
-                (3, &v_cache.buf),
-                (4, &out.buf),
-                (6, step),
-            ],
+            &[(1, &q.buf), (4, &out.buf), (6, step)],
+            kv_bindings,
             [1, h.heads as u32, 1],
-        )?]);
+        )?);
+        return Ok(ks);
     }
-    let split = Kernel::new(
+    ks.push(Kernel::with_resources(
         gpu,
         "attention",
         if h.decode_lanes(gpu) {
@@ -345,17 +424,12 @@ pub fn decode(
         } else {
             "attn_split"
         },
-        &d,
+        &kv_defines,
         bytes(&p),
-        &[
-            (1, &q.buf),
-            (2, &k_cache.buf),
-            (3, &v_cache.buf),
-            (5, &partials.buf),
-            (6, step),
-        ],
+        &[(1, &q.buf), (5, &partials.buf), (6, step)],
+        kv_bindings,
         [splits as u32, h.heads as u32, 1],
-    )?;
+    )?);
     let merge = Kernel::new(
         gpu,
         "attention",
@@ -365,5 +439,6 @@ pub fn decode(
         &[(5, &partials.buf), (4, &out.buf), (6, step)],
         [1, h.heads as u32, 1],
     )?;
-    Ok(vec![split, merge])
+    ks.push(merge);
+    Ok(ks)
 }

@@ -185,7 +185,7 @@ pub fn run(engine: &crate::Engine, template: Option<&str>) -> Result<Calibration
         full.extend(std::iter::repeat_n(image_token, n));
         full.extend(&ids[slot + 1..]);
         let rows = full.len();
-        let cache = KvCache::new(gpu, cfg, &vec![rows; layers])?;
+        let cache = KvCache::new(gpu, cfg, &vec![rows; layers], rows)?;
         let s = llm.scratch(gpu, rows)?;
         let ids_buf = gpu.storage_init("prompt_ids", bytemuck::cast_slice(&full))?;
         let pos: Vec<u32> = (0..rows as u32).collect();
