@@ -592,3 +592,56 @@ fn keep_map_png_shows_the_decision() {
         count(ORANGE)
     );
 }
+
+/// The parity fixture's decoder read as 3 heads of 32 dims over one KV head (the same
+/// weights), so that on CPU devices its KV cache lives in textures
+/// (`ops::attention::Heads::decode_textures`): every method keeps the same tokens, scores
+/// them the same and answers the same as with weights, KV cache and x all in storage
+/// buffers. The decoder-side methods score layer 0's K, which then comes from the prefill
+/// buffers that layers in textures share.
+#[test]
+fn a_kv_cache_in_textures_prunes_and_answers_as_buffers_do() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shallow()).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let config = dir.path().join("config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let t = &mut c["text_config"];
+    t["num_attention_heads"] = 3.into();
+    t["num_key_value_heads"] = 1.into();
+    t["head_dim"] = 32.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    let textures = Engine::load(dir.path(), &GpuOptions::default(), &|_| {}).unwrap();
+    let buffers = GpuOptions {
+        weight_textures: Some(false),
+        uniform_x: Some(false),
+        ..Default::default()
+    };
+    let buffers = Engine::load(dir.path(), &buffers, &|_| {}).unwrap();
+    // 2 decoder layers: B = 320 keeps 64 tokens from layer 1 on for the decoder-side methods
+    for m in [
+        Method::None,
+        Method::FasterVlm,
+        Method::VisionZip,
+        Method::DivPrune,
+        Method::FastV,
+        Method::PoRe,
+        Method::PosPrune,
+    ] {
+        let opts = match m {
+            Method::None => PruneOptions::default(),
+            _ => method(m, 320),
+        };
+        let a = run(&textures, "a.png", opts.clone(), true);
+        let b = run(&buffers, "a.png", opts, true);
+        assert!(!a.tokens.is_empty(), "{m}");
+        assert_eq!(a.tokens, b.tokens, "{m}: greedy tokens");
+        assert_eq!(a.stages.len(), b.stages.len(), "{m}");
+        for (x, y) in a.stages.iter().zip(&b.stages) {
+            assert_eq!(x.keep, y.keep, "{m} {}: kept tokens", x.stage);
+            assert_eq!(x.scores, y.scores, "{m} {}: scores", x.stage);
+        }
+    }
+}

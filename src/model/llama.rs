@@ -373,11 +373,12 @@ impl Llama {
                 }
                 _ => None,
             };
-            if rows > kc.rows {
-                bail!(
-                    "{rows} tokens do not fit layer {l}'s KV cache of {}",
-                    kc.rows
-                );
+            // (a layer in textures: its prefill buffers, and the textures it copies them to)
+            let fits = kc
+                .rows
+                .min(io.cache.textures(l).map_or(usize::MAX, |t| t.rows()));
+            if rows > fits {
+                bail!("{rows} tokens do not fit layer {l}'s KV cache of {fits}");
             }
             // Attention input: RMSNorm, q|k|v, RoPE, into the cache.
             let rope = RopeKv {

@@ -159,11 +159,6 @@ impl KvTextures {
         })
     }
 
-    /// Bytes of the two textures' texels (the driver may round its allocation up).
-    pub fn bytes(&self) -> u64 {
-        2 * 16 * (self.rows * self.width4) as u64
-    }
-
     /// Key rows the textures hold.
     pub fn rows(&self) -> usize {
         self.rows
