@@ -26,8 +26,8 @@
 //   attn_lanes_one (DECODE_LANES): the same lane groups in one workgroup per head over all
 //               the keys, merged in workgroup memory straight into out: a single dispatch.
 //               Bindings 1 q, 2 k, 3 v, 4 out, 6 step; dispatch (1, heads, 1).
-//   KV_TEX (either lane kernel): 2 and 3 are the cache's rgba32float mirrors (row j of the
-//               cache at texel row j), which kv_texture.wgsl keeps in step; HD % 32 == 0.
+//   KV_TEX (either lane kernel): 2 and 3 are a KV cache kept in rgba32float textures (row j
+//               of the cache at texel row j; kv_texture.wgsl writes it); HD % 32 == 0.
 //   attn_merge: 5 partials, 4 out f32 [heads * HD], 6 step: rescale the partials (one per
 //               PART_KEYS keys) to their common max and normalise. Dispatch (1, heads, 1).
 #include "common"
@@ -346,9 +346,9 @@ fn lane_state(h: u32, lane: u32) -> LaneState {
 }
 
 // This lane's DL dims of key row j of KV head kvh, from K (which 0) or V (which 1). KV_TEX
-// (CPU devices; DL a multiple of 4): from the rgba32float textures that mirror the cache
-// (kv_texture.wgsl), whose texel loads lavapipe gathers for a SIMD row at once where it
-// loops over the lanes for a storage buffer at per-lane addresses.
+// (CPU devices; DL a multiple of 4): from a cache kept in rgba32float textures, whose texel
+// loads lavapipe gathers for a SIMD row at once where it loops over the lanes for a storage
+// buffer at per-lane addresses.
 fn lane_dims(which: u32, j: u32, kvh: u32, lane: u32) -> array<f32, DL> {
     var d: array<f32, DL>;
 #ifdef KV_TEX

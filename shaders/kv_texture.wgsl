@@ -1,8 +1,8 @@
 // kv_texture.wgsl: K and V rows copied from their f32 buffers into rgba32float textures for
-// the prefill attention's KV_TEX variant (attention.wgsl). Every query tile of the prefill
-// re-reads every K and V row; CPU drivers (lavapipe) load storage buffers lane by lane but
-// fetch texels for a whole SIMD row at once (see gpu::WeightStore), so one pass
-// here saves many there.
+// attention.wgsl's KV_TEX variants: the prefill attention, which re-reads every K and V row
+// once per query tile, and on CPU devices the decode attention over a KV cache kept in
+// textures. CPU drivers (lavapipe) load storage buffers lane by lane but fetch texels for a
+// whole SIMD row at once (see gpu::WeightStore), so one pass here saves many there.
 //
 // Bindings: 0 params, 1 k f32 [rows, stride], 2 v f32 [rows, stride],
 //           3 k_out, 4 v_out: texture_storage_2d<rgba32float, write> of width4 x >= rows,

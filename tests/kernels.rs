@@ -528,7 +528,7 @@ fn decode_attention_over_the_cache_matches_cpu() {
         // longest cache of one pass, all rows used, and one row longer.
         let one = ops::attention::ONE_PASS_KEYS;
         // Head dims 16 (buffers only) and 32 and 64 (whole texels per lane: on CPU devices
-        // the lane kernels read the cache's texture mirrors too).
+        // the lane kernels read a cache kept in textures too).
         for (ctx, lens, hd) in [
             (190usize, vec![1usize, 8, 13, 64, 67, 128, 190], 16usize),
             (190, vec![1, 9, 64, 67, 190], 32),
@@ -543,8 +543,8 @@ fn decode_attention_over_the_cache_matches_cpu() {
 }
 
 /// Decode attention over a cache of `ctx` rows, for each kv_len of `lens`, against CPU: from
-/// the buffers, and (CPU devices) from texture mirrors that hold rows 0..kv_len − 1, so that
-/// the newest row is there only if the decode's own copy put it there.
+/// the buffers, and (CPU devices) from a cache in textures that holds rows 0..kv_len − 1, so
+/// that the newest row is there only if the decode's own copy put it there.
 fn decode_case(
     rng: &mut Rng,
     gpu: &Gpu,

@@ -61,7 +61,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["DIRECT_KV", "DECODE_LANES"],
             // the direct prefill reading K/V from textures (kv_texture.wgsl fills them)
             vec!["DIRECT_KV", "KV_TEX"],
-            // ... and the lane-group decode attention reading the cache's texture mirrors
+            // ... and the lane-group decode attention reading a KV cache kept in textures
             vec!["DIRECT_KV", "DECODE_LANES", "KV_TEX"],
         ],
         "norm" => vec![
@@ -72,7 +72,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["LAYER_NORM", "ROW_LANES"],
         ],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
-        // decode's copy of its new K/V row into the texture mirrors
+        // decode's copy of its new K/V row into a KV cache kept in textures
         "kv_texture" => vec![vec![], vec!["STEP_ROW"]],
         "embed" => vec![vec![], vec!["WTEX"]],
         "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"]],
