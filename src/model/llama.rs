@@ -76,12 +76,10 @@ impl KvCache {
             kv_heads: cfg.kv_heads(),
             hd: cfg.head_dim(),
         };
+        let textures = h.decode_textures(gpu);
         let in_textures: Vec<_> = ctx
             .iter()
-            .map(|&rows| match h.decode_textures(gpu) {
-                true => KvTextures::new(gpu, h, rows),
-                false => None,
-            })
+            .map(|&rows| textures.then(|| KvTextures::new(gpu, h, rows)).flatten())
             .collect();
         let prefill_rows = prefill_rows.max(1);
         let mut shared = None;
