@@ -16,9 +16,12 @@
 //           ROPE (decode's stacked q|k|v with rope.wgsl's rope_kv as its epilogue):
 //           4 y = the rotated queries [heads * hd], 7 positions u32 [1], 8 table (rope.wgsl),
 //           9 k_cache, 10 v_cache f32 [ctx, kv_stride] (row step.kv_offset is written),
-//           11 step (uniform Step)
+//           11 step (uniform Step); with KV_TEX 9 and 10 are the KV cache's rgba32float
+//           textures (attention.wgsl's KV_TEX), written at texel row step.kv_offset
+//           (LG_ROWS / 2 and HALF multiples of 4, so a lane group's pairs are whole texels)
 // Variants: one of WF16, Q4_0, Q4_1, Q8_0; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
-//           (ROPE with HALF = hd / 2, a value; either with PAIRS: rows come in pairs); BIAS;
+//           (ROPE with HALF = hd / 2, a value, and optionally KV_TEX; either with PAIRS: rows
+//           come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
 //           shuffles; the host sets it only when subgroups hold at least 8 invocations);
 //           TAIL (a value: ceil(k / 32) % 8 where it divides 8; gemv only); XUBO with XLEN
@@ -96,11 +99,53 @@ fn w_word(i: u32) -> vec4<u32> { return w[i]; }
 #ifdef ROPE
 @group(0) @binding(7) var<storage, read> positions: array<u32>;
 @group(0) @binding(8) var<storage, read> table: array<f32>;
+#ifdef KV_TEX
+@group(0) @binding(9) var k_tex: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(10) var v_tex: texture_storage_2d<rgba32float, write>;
+#else
 @group(0) @binding(9) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(10) var<storage, read_write> v_cache: array<f32>;
+#endif
 @group(0) @binding(11) var<uniform> step: Step;
 #include "rope_kv_store"
 
+#ifdef KV_TEX
+// Rotation pairs pi .. pi + 3 (pi a multiple of 4, all in head pi / HALF; HALF = hd / 2 a
+// multiple of 4) of q|k|v at positions[0], x1 and x2 their values (i, i + HALF): queries
+// into y, keys and values as two whole texels of row step.kv_offset of the cache textures
+// (the texel of values i .. i + 3 of KV head kvh at x = (kvh * hd + i) / 4).
+fn rope_store4(pi: u32, x1: vec4<f32>, x2: vec4<f32>) {
+    let hh = pi / HALF;
+    let i = pi % HALF;
+    var a = x1;
+    var b = x2;
+    if hh < p.heads + p.kv_heads {
+        for (var j = 0u; j < 4u; j++) {
+            let r = rope_pair(2u * HALF, i + j, positions[0], x1[j], x2[j]);
+            a[j] = r.x;
+            b[j] = r.y;
+        }
+    }
+    if hh < p.heads {
+        for (var j = 0u; j < 4u; j++) {
+            y[hh * 2u * HALF + i + j] = a[j];
+            y[hh * 2u * HALF + HALF + i + j] = b[j];
+        }
+        return;
+    }
+    let kv = hh - p.heads;
+    let at = (kv % p.kv_heads) * 2u * HALF + i;
+    let lo = vec2<u32>(at / 4u, step.kv_offset);
+    let hi = vec2<u32>((at + HALF) / 4u, step.kv_offset);
+    if kv < p.kv_heads {
+        textureStore(k_tex, lo, a);
+        textureStore(k_tex, hi, b);
+    } else {
+        textureStore(v_tex, lo, a);
+        textureStore(v_tex, hi, b);
+    }
+}
+#else
 fn store_q(o: u32, v: f32) {
     y[o] = v;
 }
@@ -111,6 +156,7 @@ fn rope_store(pi: u32, x1: f32, x2: f32) {
     let l = QkvLayout(p.heads, p.kv_heads, 2u * HALF, 0u, step.kv_offset * p.kv_stride);
     rope_kv_store(l, pi / HALF, pi % HALF, positions[0], x1, x2);
 }
+#endif
 #endif
 
 const LANES: u32 = 8u;
@@ -360,11 +406,22 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
 #endif
 #ifdef ROPE
+#ifdef KV_TEX
+    // whole texels: LG_ROWS / 2 and valid are multiples of 4
+    for (var r = 0u; r < LG_ROWS / 2u; r += 4u) {
+        if base + r < valid {
+            let h = LG_ROWS / 2u;
+            rope_store4(base + r, vec4<f32>(acc[r], acc[r + 1u], acc[r + 2u], acc[r + 3u]),
+                        vec4<f32>(acc[h + r], acc[h + r + 1u], acc[h + r + 2u], acc[h + r + 3u]));
+        }
+    }
+#else
     for (var r = 0u; r < LG_ROWS / 2u; r++) {
         if base + r < valid {
             rope_store(base + r, acc[r], acc[r + LG_ROWS / 2u]);
         }
     }
+#endif
 #endif
 #ifndef PAIRS
     for (var r = 0u; r < LG_ROWS; r++) {

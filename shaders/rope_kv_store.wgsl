@@ -3,10 +3,18 @@
 // (rotate-half, HF Llama) at rotary position `pos`; queries go to the includer's
 // `store_q`, keys to the K cache and values, unrotated, to the V cache.
 //
-// Needs the includer's bindings `table` (f32 [max_pos, hd]: cos of the hd/2 frequencies,
-// then their sin), `k_cache` and `v_cache` (f32, rows of kv_stride), and
-// `fn store_q(o: u32, v: f32)`.
+// Needs the includer's binding `table` (f32 [max_pos, hd]: cos of the hd/2 frequencies,
+// then their sin); rope_kv_store (not with KV_TEX) also `k_cache` and `v_cache` (f32, rows
+// of kv_stride) and `fn store_q(o: u32, v: f32)`.
 
+// Pair i < hd/2 of a query or key head at rotary position `pos`: (x1, x2) rotated.
+fn rope_pair(hd: u32, i: u32, pos: u32, x1: f32, x2: f32) -> vec2<f32> {
+    let c = table[pos * hd + i];
+    let s = table[pos * hd + hd / 2u + i];
+    return vec2<f32>(x1 * c - x2 * s, x2 * c + x1 * s);
+}
+
+#ifndef KV_TEX
 // Head layout of the q|k|v row and the destinations of one pair: q values from q_row,
 // cache row cache_row (an offset in values).
 struct QkvLayout {
@@ -26,17 +34,15 @@ fn rope_kv_store(l: QkvLayout, hh: u32, i: u32, pos: u32, x1: f32, x2: f32) {
         v_cache[o + half] = x2;
         return;
     }
-    let c = table[pos * l.hd + i];
-    let s = table[pos * l.hd + half + i];
-    let a = x1 * c - x2 * s;
-    let b = x2 * c + x1 * s;
+    let r = rope_pair(l.hd, i, pos, x1, x2);
     if hh < l.heads {
         let o = l.q_row + hh * l.hd + i;
-        store_q(o, a);
-        store_q(o + half, b);
+        store_q(o, r.x);
+        store_q(o + half, r.y);
     } else {
         let o = l.cache_row + (hh - l.heads) * l.hd + i;
-        k_cache[o] = a;
-        k_cache[o + half] = b;
+        k_cache[o] = r.x;
+        k_cache[o + half] = r.y;
     }
 }
+#endif

@@ -470,15 +470,45 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
 
 /// Decode's q|k|v GEMV with RoPE and the KV-cache write as its epilogue (gemv.wgsl's ROPE):
 /// the rotated queries, key row and value row must match RMSNorm, the CPU product and
-/// rotate-half, and no other cache row may change.
+/// rotate-half, and no other cache row may change. On CPU devices it also writes a cache
+/// kept in textures (ROPE with KV_TEX), where a lane group's pairs are whole texels: then
+/// the textures' row must match and the buffers stay as they were.
 #[test]
 fn qkv_gemv_rotates_into_the_kv_cache() {
     let mut rng = Rng::new(29);
-    let (heads, kv_heads, hd) = (4usize, 2usize, 16usize);
-    let (n, k, ctx, at, pos) = ((heads + 2 * kv_heads) * hd, 288usize, 6usize, 3u32, 37u32);
+    let (k, ctx, at, pos) = (288usize, 6usize, 3u32, 37u32);
+    let cases = [
+        (4usize, 2usize, 16usize, None, false),
+        (4, 2, 16, Some(GgmlType::Q4_1), false),
+        (4, 2, 16, Some(GgmlType::Q8_0), false),
+        // 512 rows: lane groups of 8 rows, 4 pairs, one texel each of K or V
+        (8, 4, 32, Some(GgmlType::Q4_1), false),
+        (8, 4, 32, Some(GgmlType::Q4_1), true),
+        (8, 4, 32, None, true),
+        // 128 rows: lane groups of 2 rows, so the row goes to the buffers after all
+        (4, 2, 16, Some(GgmlType::Q8_0), true),
+    ];
     for (variant, gpu) in variants() {
-        for ty in [None, Some(GgmlType::Q4_1), Some(GgmlType::Q8_0)] {
-            let name = format!("{variant} {}", ty.map_or("F16", |t| t.name()));
+        for &(heads, kv_heads, hd, ty, to_tex) in &cases {
+            let n = (heads + 2 * kv_heads) * hd;
+            let h = ops::attention::Heads {
+                heads,
+                kv_heads,
+                hd,
+            };
+            let tex = if to_tex {
+                match ops::attention::KvTextures::new(&gpu, h, ctx) {
+                    Some(t) => Some(t),
+                    None => continue, // GPUs: no cache in textures
+                }
+            } else {
+                None
+            };
+            let name = format!(
+                "{variant} {} {heads}+2x{kv_heads}x{hd}{}",
+                ty.map_or("F16", |t| t.name()),
+                if to_tex { " textures" } else { "" }
+            );
             let (w, wt) = match ty {
                 Some(ty) => {
                     let raw = random_blocks(&mut rng, ty, n, k);
@@ -519,19 +549,22 @@ fn qkv_gemv_rotates_into_the_kv_cache() {
                 ..Default::default()
             };
             let sb = gpu.uniform_init("step", bytemuck::bytes_of(&step));
+            if let Some(t) = &tex {
+                gpu.run(&[&t.copy(&gpu, &kc, &vc, ctx, None).unwrap()])
+                    .unwrap();
+            }
             let rope = ops::rope::RopeKv {
-                heads: ops::attention::Heads {
-                    heads,
-                    kv_heads,
-                    hd,
-                },
+                heads: h,
                 positions: &pb,
                 table: &tb,
                 q: &q,
                 k_cache: &kc,
                 v_cache: &vc,
                 step: &sb,
+                into_textures: tex.as_ref().map(|t| (t, &sb)),
             };
+            let into_tex = ops::matmul::rope_into_textures(&gpu, &wt, &rope);
+            assert_eq!(into_tex, to_tex && hd == 32, "{name}: into textures");
             let e = ops::matmul::Epilogue {
                 norm: Some((&gb, eps)),
                 rope: Some(rope),
@@ -581,8 +614,16 @@ fn qkv_gemv_rotates_into_the_kv_cache() {
             };
             let want_k = row(heads_of(heads, kv_heads, true));
             let want_v = row(heads_of(heads + kv_heads, kv_heads, false));
-            assert_close(&format!("{name} k"), &kc.read(&gpu).unwrap(), &want_k, tol);
-            assert_close(&format!("{name} v"), &vc.read(&gpu).unwrap(), &want_v, tol);
+            let (got_k, got_v) = match &tex {
+                Some(t) if into_tex => {
+                    assert_eq!(kc.read(&gpu).unwrap(), fill, "{name}: K buffer written");
+                    assert_eq!(vc.read(&gpu).unwrap(), fill, "{name}: V buffer written");
+                    t.read(&gpu, ctx).unwrap()
+                }
+                _ => (kc.read(&gpu).unwrap(), vc.read(&gpu).unwrap()),
+            };
+            assert_close(&format!("{name} k"), &got_k, &want_k, tol);
+            assert_close(&format!("{name} v"), &got_v, &want_v, tol);
         }
     }
 }

@@ -595,8 +595,7 @@ fn decode_case(
             Some(DecodeKv::Buffers { k: &kt, v: &vt }),
             from_tex.then(|| DecodeKv::Textures {
                 tex: tex.as_ref().unwrap(),
-                k_new: &k_new,
-                v_new: &v_new,
+                new_row: Some((&k_new, &v_new)),
             }),
         ];
         for kv in cases.into_iter().flatten() {

@@ -35,6 +35,10 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             // decode's q|k|v with RoPE and the KV-cache write (HALF gets a value)
             vec!["Q4_1", "NORM", "ROPE", "PAIRS"],
             vec!["WF16", "WTEX", "NORM", "ROPE", "PAIRS"],
+            // ... into a KV cache kept in textures (CPU devices)
+            vec![
+                "Q4_1", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL", "XUBO", "KV_TEX",
+            ],
             vec!["Q4_1", "BIAS", "ACT_QUICK_GELU"],
             // lane teams over the groups past the whole rounds (TAIL gets a value)
             vec!["Q4_1", "NORM", "GATE_UP", "PAIRS", "TAIL"],
@@ -157,11 +161,11 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 19, norm 4, elementwise 2,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 20, norm 4, elementwise 2,
     // rope 2, attention 5, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
     // prune_select 3, prune_score and prune_gather 1 each.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 19 + 4 + 2 + 2 + 5 + 2 + 2 + 3 + 3 + 2)
+        4 * (2 * (8 + 7) + 20 + 4 + 2 + 2 + 5 + 2 + 2 + 3 + 3 + 2)
     );
 }

@@ -42,7 +42,8 @@ pub struct Llama {
 /// attention can read textures ([`Heads::decode_textures`]) keeps its cache in a pair of
 /// rgba32float textures ([`KvTextures`]) instead of buffers: its prefill writes one pair of
 /// buffers that such layers share (rows for the longest prefill) and copies them in, and a
-/// decode step writes its new row into a one-row pair and copies that in. Other layers on
+/// decode step's fused q|k|v GEMV writes its new row straight in where it can
+/// (`RopeKv::into_textures`), or else into a one-row pair that is copied in. Other layers on
 /// such devices share one texture pair for their prefill attention.
 pub struct KvCache {
     /// Per layer, what q|k|v write in prefill: the cache itself, or the shared prefill
@@ -139,6 +140,17 @@ impl KvCache {
     fn prefill_textures(&self, l: usize) -> Option<&KvTextures> {
         self.textures(l).or(self.prefill_textures.as_ref())
     }
+}
+
+/// Whether a stacked q|k|v projection applied RoPE and wrote the KV cache itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Roped {
+    /// No: the separate `rope_kv` kernel follows (and any other projection).
+    Apart,
+    /// The decode GEMV did, into `RopeKv`'s buffers.
+    Fused,
+    /// The decode GEMV did, straight into `RopeKv::into_textures`.
+    IntoTextures,
 }
 
 /// What follows a stacked projection in a decoder layer.
@@ -362,8 +374,9 @@ impl Llama {
             let step = io.step_for(l);
             let (mut kc, mut vc) = (&io.cache.k[l], &io.cache.v[l]);
             let mut rope_step = step;
-            // decode into a layer kept in textures: q|k|v write the one new row, and the
-            // attention copies it to row step.kv_offset of the textures
+            // decode into a layer kept in textures: the fused q|k|v GEMV writes this step's
+            // row straight into row step.kv_offset of the textures where it can; otherwise
+            // q|k|v write the one new row and the attention copies it there
             let decode_tex = match (decode_scores, io.cache.textures(l), &io.cache.new_row) {
                 (Some(_), Some(t), Some((k_new, v_new, zero))) => {
                     (kc, vc, rope_step) = (k_new, v_new, zero);
@@ -387,6 +400,7 @@ impl Llama {
                 k_cache: kc,
                 v_cache: vc,
                 step: rope_step,
+                into_textures: decode_tex.map(|t| (t, step)),
             };
             let roped = self.stacked_ops(
                 gpu,
@@ -396,7 +410,7 @@ impl Llama {
                 Then::Rope(&rope),
                 &mut ks,
             )?;
-            if !roped {
+            if roped == Roped::Apart {
                 ks.push(ops::rope::rope_kv(gpu, &s.qkv, &rope)?);
             }
             match decode_scores {
@@ -416,8 +430,7 @@ impl Llama {
                     let kv = match decode_tex {
                         Some(tex) => DecodeKv::Textures {
                             tex,
-                            k_new: kc,
-                            v_new: vc,
+                            new_row: (roped != Roped::IntoTextures).then_some((kc, vc)),
                         },
                         None => DecodeKv::Buffers { k: kc, v: vc },
                     };
@@ -446,7 +459,7 @@ impl Llama {
     /// format and runs the rows (decode; prefill on devices whose table picks the lane
     /// kernel) the projection and SwiGLU are one dispatch, with the norm fused too where
     /// that pays. In decode the q|k|v GEMV also applies RoPE and writes the KV cache where
-    /// it can: then this returns true, and the caller runs no `rope_kv`.
+    /// it can, and says so (then the caller runs no `rope_kv`).
     fn stacked_ops(
         &self,
         gpu: &Gpu,
@@ -455,7 +468,7 @@ impl Llama {
         norm: &wgpu::Buffer,
         then: Then,
         ks: &mut Vec<Kernel>,
-    ) -> Result<bool> {
+    ) -> Result<Roped> {
         let eps = self.cfg.rms_norm_eps as f32;
         let swiglu = matches!(then, Then::SwiGlu);
         let norm_op = || ops::norm::norm(gpu, &s.x, 0, norm, None, eps, &s.hn);
@@ -474,7 +487,11 @@ impl Llama {
                 };
                 if let Some(fused) = ops::matmul::gemv(gpu, &s.x, w, rope.q, with_rope)? {
                     ks.extend(fused);
-                    return Ok(true);
+                    return Ok(if ops::matmul::rope_into_textures(gpu, w, rope) {
+                        Roped::IntoTextures
+                    } else {
+                        Roped::Fused
+                    });
                 }
             }
             let x = if on_load { &s.x } else { &s.hn };
@@ -483,7 +500,7 @@ impl Llama {
                     ks.push(norm_op()?);
                 }
                 ks.extend(fused);
-                return Ok(false);
+                return Ok(Roped::Apart);
             }
         }
         ks.push(norm_op()?);
@@ -509,7 +526,7 @@ impl Llama {
         if swiglu {
             ks.push(ops::elementwise::swiglu(gpu, &s.gu, &s.act)?);
         }
-        Ok(false)
+        Ok(Roped::Apart)
     }
 
     /// Final norm of row `row` of `x`, the LM head into `logits`, and the token choice.

@@ -31,7 +31,17 @@ pub struct Heads {
 }
 
 impl Heads {
+    /// [`Heads::check_q`], and an error unless k holds the KV heads.
     fn check(&self, q: &Tensor, k: &Tensor) -> Result<()> {
+        self.check_q(q)?;
+        if k.cols < self.kv_heads * self.hd {
+            bail!("attention: k is narrower than its heads");
+        }
+        Ok(())
+    }
+
+    /// An error unless the heads can share the KV heads and q holds them.
+    fn check_q(&self, q: &Tensor) -> Result<()> {
         if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             bail!(
                 "attention: {} heads cannot share {} KV heads",
@@ -39,8 +49,8 @@ impl Heads {
                 self.kv_heads
             );
         }
-        if q.cols < self.heads * self.hd || k.cols < self.kv_heads * self.hd {
-            bail!("attention: q or k is narrower than its heads");
+        if q.cols < self.heads * self.hd {
+            bail!("attention: q is narrower than its heads");
         }
         Ok(())
     }
@@ -146,7 +156,7 @@ impl KvTextures {
                     sample_count: 1,
                     dimension: wgpu::TextureDimension::D2,
                     format: wgpu::TextureFormat::Rgba32Float,
-                    usage: wgpu::TextureUsages::STORAGE_BINDING,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_SRC,
                     view_formats: &[],
                 })
                 .create_view(&Default::default())
@@ -159,13 +169,60 @@ impl KvTextures {
         })
     }
 
+    /// The K and V textures' views, to bind.
+    pub(crate) fn views(&self) -> (&wgpu::TextureView, &wgpu::TextureView) {
+        (&self.k, &self.v)
+    }
+
+    /// Rows `0 .. rows` of K and of V, f32 [rows, kv_heads·hd] (for tests and debugging).
+    pub fn read(&self, gpu: &Gpu, rows: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        if rows == 0 || rows > self.rows {
+            bail!("KV textures: cannot read {rows} of {} rows", self.rows);
+        }
+        let row_bytes = 16 * self.width4 as u64;
+        let stride = row_bytes.next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as u64);
+        let read = |view: &wgpu::TextureView| -> Result<Vec<f32>> {
+            let texture = view.texture();
+            let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kv_texture.readback"),
+                size: stride * rows as u64,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            enc.copy_texture_to_buffer(
+                texture.as_image_copy(),
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &staging,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: 0,
+                        bytes_per_row: Some(stride as u32),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::Extent3d {
+                    width: self.width4 as u32,
+                    height: rows as u32,
+                    depth_or_array_layers: 1,
+                },
+            );
+            gpu.queue.submit([enc.finish()]);
+            let bytes = gpu.map_and_read(&staging, stride * rows as u64)?;
+            Ok(bytes
+                .chunks(stride as usize)
+                .flat_map(|r| bytemuck::pod_collect_to_vec::<u8, f32>(&r[..row_bytes as usize]))
+                .collect())
+        };
+        Ok((read(&self.k)?, read(&self.v)?))
+    }
+
     /// Key rows the textures hold.
     pub fn rows(&self) -> usize {
         self.rows
     }
 
     /// Whether these textures can stand for a cache of `rows` rows of `h`'s KV heads.
-    fn holds(&self, h: Heads, rows: usize) -> bool {
+    pub(crate) fn holds(&self, h: Heads, rows: usize) -> bool {
         rows <= self.rows && self.width4 == h.kv_heads * h.hd / 4
     }
 
@@ -328,12 +385,13 @@ pub fn decode_partials(gpu: &Gpu, h: Heads, ctx: usize) -> Result<Tensor> {
 pub enum DecodeKv<'a> {
     /// Buffers of [ctx, kv_heads·hd] rows, K and V; this step's row is already in them.
     Buffers { k: &'a Tensor, v: &'a Tensor },
-    /// A cache kept in textures ([`Heads::decode_textures`]), and the one row this step
-    /// wrote (row 0 of `k_new` and `v_new`), which is first copied to row `step.kv_offset`.
+    /// A cache kept in textures ([`Heads::decode_textures`]). With `new_row`, this step's
+    /// K and V row is row 0 of those two buffers, and is first copied to texture row
+    /// `step.kv_offset`; without, the q|k|v GEMV has already written it there
+    /// ([`crate::ops::rope::RopeKv::into_textures`]).
     Textures {
         tex: &'a KvTextures,
-        k_new: &'a Tensor,
-        v_new: &'a Tensor,
+        new_row: Option<(&'a Tensor, &'a Tensor)>,
     },
 }
 
@@ -351,11 +409,20 @@ pub fn decode(
     step: &wgpu::Buffer,
     out: &Tensor,
 ) -> Result<Vec<Kernel>> {
-    let (k_any, ctx) = match kv {
-        DecodeKv::Buffers { k, .. } => (k, k.rows),
-        DecodeKv::Textures { tex, k_new, .. } => (k_new, tex.rows),
+    let (kv_stride, ctx) = match kv {
+        DecodeKv::Buffers { k, .. } => {
+            h.check(q, k)?;
+            (k.cols, k.rows)
+        }
+        DecodeKv::Textures { tex, new_row } => {
+            // (the textures' width is checked below)
+            match new_row {
+                Some((k_new, _)) => h.check(q, k_new)?,
+                None => h.check_q(q)?,
+            }
+            (h.kv_heads * h.hd, tex.rows)
+        }
     };
-    h.check(q, k_any)?;
     if let DecodeKv::Textures { tex, .. } = kv {
         if !h.decode_textures(gpu) || !tex.holds(h, ctx) {
             bail!("attention: this device's decode attention cannot read a KV cache in textures");
@@ -374,7 +441,7 @@ pub fn decode(
         m: 1,
         heads: h.heads as u32,
         kv_heads: h.kv_heads as u32,
-        kv_stride: k_any.cols as u32,
+        kv_stride: kv_stride as u32,
         ctx: (partials.cols / (h.hd + 2)) as u32,
         scale: 1.0 / (h.hd as f32).sqrt(),
         ..Default::default()
@@ -382,8 +449,10 @@ pub fn decode(
     let d = h.defines(gpu)?;
     let mut ks = Vec::new();
     let (kv_defines, kv_bindings) = match kv {
-        DecodeKv::Textures { tex, k_new, v_new } => {
-            ks.push(tex.copy(gpu, k_new, v_new, 1, Some(step))?);
+        DecodeKv::Textures { tex, new_row } => {
+            if let Some((k_new, v_new)) = new_row {
+                ks.push(tex.copy(gpu, k_new, v_new, 1, Some(step))?);
+            }
             let b = vec![
                 (2, wgpu::BindingResource::TextureView(&tex.k)),
                 (3, wgpu::BindingResource::TextureView(&tex.v)),

@@ -366,6 +366,18 @@ fn gemv_rows(gpu: &Gpu, rows: usize) -> usize {
         .unwrap_or(2)
 }
 
+/// Whether the decode GEMV of the stacked q|k|v `w` with `rope` as its epilogue writes K and
+/// V straight into `rope.into_textures` (gemv.wgsl's ROPE with KV_TEX): when it is given,
+/// and a lane group's rotation pairs come in whole texels (LG_ROWS / 2 and hd / 2 multiples
+/// of 4).
+pub fn rope_into_textures(gpu: &Gpu, w: &Weight, rope: &RopeKv) -> bool {
+    rope.into_textures
+        .is_some_and(|(tex, _)| tex.holds(rope.heads, 1))
+        && w.chunks.len() == 1
+        && gemv_rows(gpu, w.rows) >= 8
+        && rope.heads.hd.is_multiple_of(8)
+}
+
 /// Whether gemv.wgsl reads w's format with the fusions in `e` (GATE_UP needs [gate; up]
 /// whole in one chunk, ROPE q|k|v whole and nothing else but the norm).
 fn fusable(w: &Weight, e: &Epilogue) -> bool {
@@ -533,6 +545,17 @@ pub fn gemv(
         d0.set("XLEN", format!("{}u", bytes / 16));
         bindings.retain(|(b, _)| *b != 1 && *b != 6);
     }
+    // decode into a KV cache in textures: bindings 9 and 10 are its textures, 11 the Step
+    // whose row they take
+    let into_textures = e
+        .rope
+        .filter(|r| rope_into_textures(gpu, w, r))
+        .and_then(|r| r.into_textures);
+    if let Some((_, step)) = into_textures {
+        d0.flag("KV_TEX");
+        bindings.retain(|(b, _)| !(9..=11).contains(b));
+        bindings.push((11, step));
+    }
     let mut kernels = Vec::new();
     let pairs = e.gate_up || e.rope.is_some();
     // the groups past the last whole round of 8 (if they divide 8): gemv.wgsl's TAIL
@@ -552,6 +575,11 @@ pub fn gemv(
             gpu.caps.max_workgroups_per_dim,
         );
         let mut ranges = Vec::new();
+        if let Some((tex, _)) = into_textures {
+            let (k, v) = tex.views();
+            ranges.push((9, wgpu::BindingResource::TextureView(k)));
+            ranges.push((10, wgpu::BindingResource::TextureView(v)));
+        }
         if let Some(size) = x_ubo {
             ranges.push((1, range(&x.buf, size)));
             if let Some((g, _)) = e.norm {

@@ -1,6 +1,9 @@
 //! Rotary position embedding (rotate-half), with a cos/sin table computed once on the CPU.
 
-use super::{attention::Heads, bytes, Kernel};
+use super::{
+    attention::{Heads, KvTextures},
+    bytes, Kernel,
+};
 use crate::gpu::{fold_workgroups, Gpu, Tensor};
 use anyhow::{bail, Result};
 
@@ -85,6 +88,11 @@ pub struct RopeKv<'a> {
     pub k_cache: &'a Tensor,
     pub v_cache: &'a Tensor,
     pub step: &'a wgpu::Buffer,
+    /// Decode into a cache kept in textures: where the q|k|v GEMV fuses this step and its
+    /// lane groups hold whole texels ([`crate::ops::matmul::rope_into_textures`]), it writes
+    /// K and V straight to row `kv_offset` of this Step in these textures, and leaves
+    /// `k_cache` and `v_cache` alone. The separate [`rope_kv`] kernel never does.
+    pub into_textures: Option<(&'a KvTextures, &'a wgpu::Buffer)>,
 }
 
 impl RopeKv<'_> {
