@@ -438,6 +438,43 @@ impl Gpu {
         self.map_and_read(&staging, bytes)
     }
 
+    /// The first `rows` texel rows of a 2-D texture of 16-byte texels, `width` texels wide,
+    /// copied to the CPU as packed rows of 16·width bytes (waits for the GPU). The texture
+    /// needs COPY_SRC usage.
+    pub fn read_texture_rows(&self, tex: &wgpu::Texture, width: u32, rows: u32) -> Result<Vec<u8>> {
+        let row_bytes = 16 * width as u64;
+        let stride = row_bytes.next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as u64);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("texture.readback"),
+            size: stride * rows as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_texture_to_buffer(
+            tex.as_image_copy(),
+            wgpu::TexelCopyBufferInfo {
+                buffer: &staging,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(stride as u32),
+                    rows_per_image: None,
+                },
+            },
+            wgpu::Extent3d {
+                width,
+                height: rows,
+                depth_or_array_layers: 1,
+            },
+        );
+        self.queue.submit([enc.finish()]);
+        let bytes = self.map_and_read(&staging, stride * rows as u64)?;
+        Ok(bytes
+            .chunks(stride as usize)
+            .flat_map(|r| r[..row_bytes as usize].to_vec())
+            .collect())
+    }
+
     /// Map a MAP_READ buffer whose copy has been submitted, and return its first `bytes`.
     pub fn map_and_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let slice = staging.slice(..bytes.next_multiple_of(4));

@@ -121,27 +121,9 @@ impl WeightStore {
         };
         let row_bytes = TEX_ROW_BYTES as u64;
         let rows = bytes.div_ceil(row_bytes).clamp(1, tex.height() as u64) as u32;
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: rows as u64 * row_bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        enc.copy_texture_to_buffer(
-            tex.as_image_copy(),
-            wgpu::TexelCopyBufferInfo {
-                buffer: &staging,
-                layout: wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: Some(row_bytes as u32),
-                    rows_per_image: None,
-                },
-            },
-            rows_extent(rows),
-        );
-        gpu.queue.submit([enc.finish()]);
-        gpu.map_and_read(&staging, bytes.min(rows as u64 * row_bytes))
+        let mut out = gpu.read_texture_rows(tex, TEX_ROW_TEXELS, rows)?;
+        out.truncate(bytes.min(rows as u64 * row_bytes) as usize);
+        Ok(out)
     }
 }
 

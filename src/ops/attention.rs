@@ -179,39 +179,9 @@ impl KvTextures {
         if rows == 0 || rows > self.rows {
             bail!("KV textures: cannot read {rows} of {} rows", self.rows);
         }
-        let row_bytes = 16 * self.width4 as u64;
-        let stride = row_bytes.next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as u64);
         let read = |view: &wgpu::TextureView| -> Result<Vec<f32>> {
-            let texture = view.texture();
-            let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("kv_texture.readback"),
-                size: stride * rows as u64,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            enc.copy_texture_to_buffer(
-                texture.as_image_copy(),
-                wgpu::TexelCopyBufferInfo {
-                    buffer: &staging,
-                    layout: wgpu::TexelCopyBufferLayout {
-                        offset: 0,
-                        bytes_per_row: Some(stride as u32),
-                        rows_per_image: None,
-                    },
-                },
-                wgpu::Extent3d {
-                    width: self.width4 as u32,
-                    height: rows as u32,
-                    depth_or_array_layers: 1,
-                },
-            );
-            gpu.queue.submit([enc.finish()]);
-            let bytes = gpu.map_and_read(&staging, stride * rows as u64)?;
-            Ok(bytes
-                .chunks(stride as usize)
-                .flat_map(|r| bytemuck::pod_collect_to_vec::<u8, f32>(&r[..row_bytes as usize]))
-                .collect())
+            let bytes = gpu.read_texture_rows(view.texture(), self.width4 as u32, rows as u32)?;
+            Ok(bytemuck::pod_collect_to_vec(&bytes))
         };
         Ok((read(&self.k)?, read(&self.v)?))
     }
