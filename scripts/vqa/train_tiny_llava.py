@@ -54,8 +54,8 @@ It is built the way LLaVA was:
 Reproducible from --seed; resumable: every stage checkpoints under --work and a rerun picks
 up where it stopped; the train scenes' pictures and labels are made once (TrainScenes), which
 leaves every value as it was. Budget: <= 90 minutes on 2 CPU cores; the shipped recipe took
-about 87 min of wall time here, alone on the machine (stage 1 and features 19.2, stage 2
-54.2, refine ~14).
+86.8 min of wall time here, alone on the machine (stage 1 and features 19.2, stage 2
+54.2, refine 13.5).
 
 Environment (PyPI):
     python3 -m venv .venv && . .venv/bin/activate
@@ -360,14 +360,13 @@ def sincos_positions(width):
 
 
 def stage1_batch(a, step, scenes, order):
-    """Stage 1's pixels and labels at `step`: of the train scenes in `order`, or with
-    --small-share1 of scenes
-    drawn afresh by the dataset generator, seeded by the step, with every object small at
-    that share. The splits carry one small object in a third of their scenes, and the
-    shipped ViT reads a small object's shape at 74% per patch on val (83% on train). With
-    --small-share1 0.25 --small-weight1 2 --steps1 3000 it read them at 94%, and val detail
-    went from 78% to 87%, but the model trained on it counted worse (val count 87% -> 82%),
-    so the shipped checkpoint keeps the train scenes."""
+    """Stage 1's pixels and labels at `step`, as tensors: of the train scenes in `order`, or
+    with --small-share1 of scenes drawn afresh by the dataset generator, seeded by the step,
+    with every object small at that share. The splits carry one small object in a third of
+    their scenes, and the shipped ViT reads a small object's shape at 74% per patch on val
+    (83% on train). With --small-share1 0.25 --small-weight1 2 --steps1 3000 it read them at
+    94%, and val detail went from 78% to 87%, but the model trained on it counted worse (val
+    count 87% -> 82%), so the shipped checkpoint keeps the train scenes."""
     if a.small_share1 is None:
         idx = [order[(step * a.batch1 + i) % len(scenes)] for i in range(a.batch1)]
         px, lab = [scenes.pixels(i) for i in idx], [scenes.labels(i) for i in idx]
