@@ -236,6 +236,18 @@ def owner_of(cover):
     return np.where(hit, cover.argmax(-1), -1)
 
 
+def gapped_positions(ids, rows, image_id):
+    """Position ids for a sequence whose visual tokens are the patches `rows` (sorted): each
+    keeps the position it has when all GRID * GRID patches are there, and the text after the
+    image keeps its own, as decoder-side pruning (FastV, PoRe, PosPrune's layer K) leaves
+    them."""
+    at = ids.index(image_id)
+    pos = np.arange(len(ids))
+    pos[at:at + len(rows)] = at + np.asarray(rows)
+    pos[at + len(rows):] += GRID * GRID - len(rows)
+    return pos
+
+
 def subset_rows(owner, rng):
     """--subset2: a random subset of the visual tokens, in raster order, as a pruning method
     leaves them. Each object keeps each of its patches with one probability drawn per
@@ -490,14 +502,15 @@ class Sequences:
         return ids, labels
 
 
-def decoder_forward(model, feats, ids, mask):
+def decoder_forward(model, feats, ids, mask, pos=None):
     """Logits of the LLaVA forward with the visual features given ([b, patches, d]), placed
-    at the <image> positions as LlavaModel does."""
+    at the <image> positions as LlavaModel does. `pos`: position ids ([b, n]; default
+    0, 1, 2, ...)."""
     emb = model.model.language_model.embed_tokens(ids.clamp(max=model.config.text_config.vocab_size - 1))
     proj = model.model.multi_modal_projector(feats)
     is_img = (ids == model.config.image_token_index).unsqueeze(-1)
     emb = emb.masked_scatter(is_img, proj.to(emb.dtype))
-    out = model.model.language_model(inputs_embeds=emb, attention_mask=mask)
+    out = model.model.language_model(inputs_embeds=emb, attention_mask=mask, position_ids=pos)
     return model.lm_head(out.last_hidden_state)
 
 
@@ -584,13 +597,18 @@ def stage2(model, tok, feats, scenes, a, refine=0):
         ids = torch.full((len(batch), n), pad, dtype=torch.long)
         labels = torch.full((len(batch), n), -100, dtype=torch.long)
         mask = torch.zeros((len(batch), n), dtype=torch.long)
-        for r, (x, y) in enumerate(batch):
+        pos = torch.arange(n).repeat(len(batch), 1)
+        # --gaps-refine: in a refine cycle, a share of the subsets keep their tokens' positions
+        gaps = np.random.default_rng(a.seed * 1000003 + 13 + offset + step)
+        for r, ((x, y), kept) in enumerate(zip(batch, rows)):
             ids[r, :len(x)] = torch.tensor(x)
             labels[r, :len(y)] = torch.tensor(y)
             mask[r, :len(x)] = 1
+            if refine and len(kept) < GRID * GRID and gaps.random() < a.gaps_refine:
+                pos[r, :len(x)] = torch.from_numpy(gapped_positions(x, kept, seqs.image_id))
         f = torch.from_numpy(np.concatenate([feats[i][r] for i, r in zip(chosen, rows)])
                              .astype(np.float32))
-        logits = decoder_forward(model, f, ids, mask)
+        logits = decoder_forward(model, f, ids, mask, pos)
         tgt = labels[:, 1:]
         lg = logits[:, :-1]
         loss = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), ignore_index=-100)
@@ -707,6 +725,11 @@ def main():
     ap.add_argument("--subset2", type=float, default=0.3,
                     help="share of stage-2 and refine sequences (after the curriculum) that "
                     "see a random subset of the visual tokens (see subset_rows)")
+    ap.add_argument("--gaps-refine", type=float, default=0.0,
+                    help="share of the refine cycles' subset sequences whose visual tokens "
+                    "keep the positions they have unpruned, as decoder-side pruning leaves "
+                    "them (see gapped_positions; the others are compacted, as encoder-side "
+                    "pruning leaves them)")
     ap.add_argument("--object-steps", type=int, default=1500,
                     help="stage 2 curriculum: this many first steps see object patches only")
     ap.add_argument("--width", type=int, default=128, help="decoder width (heads of 16)")
