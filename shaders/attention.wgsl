@@ -5,10 +5,10 @@
 // attention (prefill, fused, online softmax; no score matrix in memory):
 //   Bindings: 0 params, 1 q f32 [m, q_stride], 2 k f32 [kv_len, kv_stride],
 //             3 v f32 [kv_len, kv_stride], 4 out f32 [m, o_stride]
-//   One invocation per query row, QB rows per workgroup, K/V tiles of KT keys shared
-//   through workgroup memory. Or DIRECT_KV (the CPU-device variant; HD % 4 == 0; KB and QPI values): QPI
-//   rows per invocation, K and V read straight from the buffers, KB keys per softmax block, no
-//   barrier. Causal: query i (position q_pos0 + i) sees keys 0..=q_pos0 + i.
+//   One invocation per query row, QB = 32 rows per workgroup, K/V tiles of KT keys shared
+//   through workgroup memory. Or DIRECT_KV (the CPU-device variant; HD % 4 == 0; QB, KB and
+//   QPI values): QPI rows per invocation, K and V read straight from the buffers, KB keys per
+//   softmax block, no barrier. Causal: query i (position q_pos0 + i) sees keys 0..=q_pos0 + i.
 //   Dispatch (ceil(m / QB), heads, 1); DIRECT_KV (ceil(m / (QB * QPI)), heads, 1).
 //
 // Split-KV decode (one query row per head over cache rows 0..step.kv_len, no score row
@@ -32,7 +32,9 @@
 //               PART_KEYS keys) to their common max and normalise. Dispatch (1, heads, 1).
 #include "common"
 
+#ifndef DIRECT_KV
 const QB: u32 = 32u;
+#endif
 // Keys per split of the decode attention (ops::attention::SPLIT).
 const SPLIT: u32 = 64u;
 // Keys per partial: a split, or with DECODE_LANES a lane group's 8 keys.

@@ -4,8 +4,9 @@
 // weight (ROPE).
 //
 // Bindings: 0 params (uniform Params)
-//           1 x     vec4<f32> [k / 4], row 0 of the input (k a multiple of 4); with XUBO (gemv
-//                   only) a uniform buffer of XLEN = k / 4 (a value), and so is g
+//           1 x     vec4<f32> [k / 4], row 0 of the input (k a multiple of 4); with XUBO a
+//                   uniform buffer of XLEN vec4s (a value: k / 4 for gemv, m rows of
+//                   x_stride4 for gemm_tokens), and g one of GLEN = k / 4
 //           2 w     vec4<u32> words of one weight chunk of n rows:
 //                   WF16:  f16 rows padded to row_vec4 * 8 values (row_vec4 = cols4 / 8)
 //                   Q4_0 / Q4_1 / Q8_0: gpu::tensor::repack's layout (quants, then scales)
@@ -25,8 +26,9 @@
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
 //           shuffles; the host sets it only when subgroups hold at least 8 invocations);
 //           TAIL (a value: ceil(k / 32) % 8 where it divides 8; gemv only); XUBO with XLEN
-//           (gemv only: lavapipe gathers uniform loads in straight-line code but loads storage
-//           buffers at per-lane addresses in a loop with a branch per lane).
+//           and GLEN (gemv and gemm_tokens: lavapipe gathers uniform loads in straight-line
+//           code but loads storage buffers at per-lane addresses in a loop with a branch per
+//           lane); TOKENS_WG (a value: gemm_tokens' workgroup size).
 // Geometry: 64 invocations = 8 lane groups of 8 lanes. A lane group computes LG_ROWS rows; its
 //   lanes stride over the row's 32-value groups, keep x for one group in registers and
 //   reuse it for all LG_ROWS rows, then the 8 lane sums are added (subgroup shuffles, or
@@ -51,9 +53,9 @@
 //   x is [m, x_stride4] vec4 rows. Dispatch (ceil(outputs / (8 * LG_ROWS)), ceil(m / TOKENS),
 //   1), outputs = n (GATE_UP: n / 2 pairs, 2 rows each).
 // gemm_tokens (with TOKENS too, for short rows): an invocation per input row walks all of k;
-//   the workgroup's 64 rows share its LG_ROWS weight rows (uniform loads, no lane sums).
-//   Dispatch (ceil(outputs / LG_ROWS), ceil(m / 64), 1), outputs as in gemm_lanes
-//   (GATE_UP: LG_ROWS / 2 pairs per workgroup).
+//   the workgroup's TOKENS_WG rows share its LG_ROWS weight rows (uniform loads, no lane
+//   sums). Dispatch (ceil(outputs / LG_ROWS), ceil(m / TOKENS_WG), 1), outputs as in
+//   gemm_lanes (GATE_UP: LG_ROWS / 2 pairs per workgroup).
 #include "common"
 #include "linear_store"
 
@@ -91,7 +93,7 @@ fn w_word(i: u32) -> vec4<u32> { return w[i]; }
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 #ifdef NORM
 #ifdef XUBO
-@group(0) @binding(6) var<uniform> g: array<vec4<f32>, XLEN>;
+@group(0) @binding(6) var<uniform> g: array<vec4<f32>, GLEN>;
 #else
 @group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
 #endif
@@ -647,11 +649,11 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
 }
 // gemm_tokens: the same units with the roles of lanes turned round. Every invocation owns one
-// input row (token) and walks all of k itself; the workgroup's 64 tokens share LG_ROWS
+// input row (token) and walks all of k itself; the workgroup's TOKENS_WG tokens share LG_ROWS
 // weight rows, so each weight unit is read at an address uniform over the workgroup (one
 // load, broadcast across a CPU's SIMD lanes) and no lane sums are needed. Geometry in the
 // header.
-@compute @workgroup_size(64)
+@compute @workgroup_size(TOKENS_WG)
 fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
 #ifdef GATE_UP
     let base = wid.x * (LG_ROWS / 2u);
@@ -660,7 +662,7 @@ fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     let base = wid.x * LG_ROWS;
     let valid = p.n;
 #endif
-    let t = wid.y * WG + lid;
+    let t = wid.y * TOKENS_WG + lid;
     // rows past m repeat row m - 1 and are not stored
     let row0 = min(t, p.m - 1u) * p.x_stride4;
 #ifdef WF16

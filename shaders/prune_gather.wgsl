@@ -11,8 +11,10 @@
 //   Bindings: 0 params, 1 keep u32 [kept], 2 src f32 [n, cols], 3 out f32 [rows, cols],
 //             4 positions u32 [rows] (out). Same geometry as gather_rows.
 // merge_rows: VisionZip: out[i] = src[row0 + keep[i]] + mean of the rows j with
-//   assign[j] == i (rows row0 + j).
-//   Bindings: 0 params, 1 keep, 2 src, 3 out, 5 assign u32 [n]. Same geometry.
+//   assign[j] == i (rows row0 + j). members[n + i] counts them (prune_select.wgsl's
+//   visionzip writes it): rows with none (the dominant tokens) skip the scan of assign.
+//   Bindings: 0 params, 1 keep, 2 src, 3 out, 5 assign u32 [n], 8 members u32 [n + rows].
+//   Same geometry.
 // compose: out_idx[i] = base[keep[i]] (raster positions of the survivors of two stages).
 //   Bindings: 0 params, 1 keep, 6 base u32, 7 out_idx u32 [rows]. Dispatch (ceil(rows/WG)).
 #include "common"
@@ -38,6 +40,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> assign: array<u32>;
 @group(0) @binding(6) var<storage, read> base: array<u32>;
 @group(0) @binding(7) var<storage, read_write> out_idx: array<u32>;
+@group(0) @binding(8) var<storage, read> members: array<u32>;
 
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return linear_wg(wid, nwg) * WG + lid;
@@ -85,12 +88,13 @@ fn merge_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     let i = e / p.cols;
     let c = e % p.cols;
+    let count = members[p.n + i];
     var s = 0.0;
-    var count = 0u;
-    for (var j = 0u; j < p.n; j++) {
-        if assign[j] == i {
-            s += src[(p.row0 + j) * p.src_stride + c];
-            count++;
+    if count > 0u {
+        for (var j = 0u; j < p.n; j++) {
+            if assign[j] == i {
+                s += src[(p.row0 + j) * p.src_stride + c];
+            }
         }
     }
     var mean = 0.0;

@@ -1,6 +1,7 @@
 // prune_select.wgsl: the selection passes of visual-token pruning. Each runs as ONE
-// workgroup (dispatch (1, 1, 1)): n is a few hundred to a few thousand, and a single
-// workgroup keeps the greedy loops free of cross-workgroup synchronisation. Ranking rule
+// workgroup (dispatch (1, 1, 1)) of WG invocations (256, or SELECT_WG, a value: 8 on CPU
+// devices): n is a few hundred to a few thousand, and a single workgroup keeps the greedy
+// loops free of cross-workgroup synchronisation. Ranking rule
 // everywhere: larger score first, ties to the lower index. Kept indices come out sorted.
 //
 // Bindings (each entry uses a subset):
@@ -18,9 +19,14 @@
 //            One invocation, serial, in the CPU reference's order.
 // mmr        1, 2 -> 3 (4, 5): maximal marginal relevance, k picks.
 // max_min    2 -> 3 (4, 5): DivPrune's greedy max-min diversity, k picks.
-// visionzip  1, 2 -> 3, 9 (5): dominant + contextual selection and merge assignment.
+// visionzip  1, 2 -> 3, 9 (5): dominant + contextual selection and merge assignment;
+//            then flags[n + slot] = how many tokens merge into kept slot (slot < k).
 
+#ifndef SELECT_WG
 const WG: u32 = 256u;
+#else
+const WG: u32 = SELECT_WG;
+#endif
 const NONE: u32 = 0xffffffffu;
 const MAX_REGIONS: u32 = 64u;
 const FIXED_ONE: f32 = 524288.0;
@@ -69,15 +75,16 @@ fn barrier_all() {
     workgroupBarrier();
 }
 
-// keep[slot] = i for every i with flags[i] == 1, slot = number of flagged j < i.
+// keep[slot] = i for every i with flags[i] == 1, slot = number of flagged j < i: one
+// invocation's serial pass, O(n) loads where a count per flagged token would be O(n^2).
 fn compact(lid: u32) {
-    for (var i = lid; i < p.n; i += WG) {
-        if flags[i] == 1u {
-            var slot = 0u;
-            for (var j = 0u; j < i; j++) {
-                slot += flags[j];
+    if lid == 0u {
+        var slot = 0u;
+        for (var i = 0u; i < p.n; i++) {
+            if flags[i] == 1u {
+                keep[slot] = i;
+                slot++;
             }
-            keep[slot] = i;
         }
     }
 }
@@ -358,57 +365,70 @@ fn visionzip(@builtin(local_invocation_index) lid: u32) {
         flags[n + i] = select(0u, 1u, rank < p.dominant);
     }
     barrier_all();
-    // 2. Contextual targets: every step-th of the remaining tokens, in raster order.
+    // 2. One serial pass (a prefix over the tokens, O(n), where a parallel count would be
+    //    O(n^2)): contextual targets are every stride-th of the remaining tokens in raster
+    //    order; kept tokens (dominant or target) take their slots in keep, sorted; the
+    //    targets' slots are listed in flags[n ..] (c <= k <= n entries).
     let rest = n - p.dominant;
     let stride = max(1u, rest / max(p.contextual, 1u));
-    for (var i = lid; i < n; i += WG) {
-        var kept = flags[n + i];
-        if kept == 0u {
-            var r = 0u;
-            for (var j = 0u; j < i; j++) {
-                r += 1u - flags[n + j];
+    if lid == 0u {
+        var r = 0u;
+        var slot = 0u;
+        var targets = 0u;
+        for (var i = 0u; i < n; i++) {
+            var kept = flags[n + i];
+            if kept == 0u {
+                if r % stride == 0u && r / stride < p.contextual {
+                    kept = 2u;
+                }
+                r++;
             }
-            if r % stride == 0u && r / stride < p.contextual {
-                kept = 2u;
+            flags[i] = kept; // 0 merged, 1 dominant, 2 tgt
+            if kept != 0u {
+                keep[slot] = i;
+                if kept == 2u {
+                    flags[n + targets] = slot;
+                    targets++;
+                }
+                slot++;
             }
         }
-        flags[i] = kept; // 0 merged, 1 dominant, 2 tgt
     }
     barrier_all();
-    // 3. Merge assignment: the most similar tgt, as its slot among the kept tokens.
+    // 3. Merge assignment: the most similar tgt (ties to the lower index), as its slot among
+    //    the kept tokens. The targets come in raster order, so `before` keeps the first of
+    //    equal similarities.
+    let targets = min(p.contextual, (rest + stride - 1u) / stride);
     for (var j = lid; j < n; j += WG) {
         var tgt = NONE;
+        var slot = NONE;
         if flags[j] == 0u {
             var bv = 0.0;
-            for (var t = 0u; t < n; t++) {
-                if flags[t] == 2u && before(gram[j * n + t], t, bv, tgt) {
-                    bv = gram[j * n + t];
+            for (var c = 0u; c < targets; c++) {
+                let s = flags[n + c];
+                let t = keep[s];
+                let g = gram[j * n + t];
+                if before(g, t, bv, tgt) {
+                    bv = g;
                     tgt = t;
+                    slot = s;
                 }
-            }
-        }
-        var slot = NONE;
-        if tgt != NONE {
-            slot = 0u;
-            for (var t = 0u; t < tgt; t++) {
-                slot += select(0u, 1u, flags[t] != 0u);
             }
         }
         assign[j] = slot;
     }
     barrier_all();
-    for (var i = lid; i < n; i += WG) {
-        flags[n + i] = select(0u, 1u, flags[i] != 0u);
-    }
-    barrier_all();
-    // 4. Kept tokens, sorted.
-    for (var i = lid; i < n; i += WG) {
-        if flags[n + i] == 1u {
-            var slot = 0u;
-            for (var j = 0u; j < i; j++) {
-                slot += flags[n + j];
+    // 4. Members per kept slot, in flags[n + slot] (merge_rows skips the slots with none:
+    //    the dominant tokens).
+    if lid == 0u {
+        for (var s = 0u; s < p.k; s++) {
+            flags[n + s] = 0u;
+        }
+        for (var j = 0u; j < n; j++) {
+            let a = assign[j];
+            if a != NONE {
+                flags[n + a] += 1u;
             }
-            keep[slot] = i;
         }
     }
 }

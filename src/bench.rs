@@ -203,11 +203,11 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     } else {
         args.budgets.clone()
     };
-    let mut baseline: Option<(f64, u64)> = None;
+    // The cells, in table order: none runs only at N; a method at B = N keeps every token,
+    // which is the unpruned row again when that row is in the sweep.
+    let mut cells: Vec<SweepCell> = Vec::new();
     for &method in &args.methods {
         for &b in &budgets {
-            // none runs only at N; a method at B = N keeps every token, which is the
-            // unpruned row again when that row is in the sweep
             if (method == Method::None && b != n)
                 || (method != Method::None && b == n && args.methods.contains(&Method::None))
             {
@@ -223,80 +223,106 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
                 },
                 ..Default::default()
             };
-            let mut best: Option<Output> = None;
-            let mut failed = None;
-            if baseline.is_none() {
-                // the first cell sets the baseline: one untimed run first (its own buffer
-                // sizes and first touches), as the single-request report has its warm-up
-                let _ = engine.generate(Some(image), prompt, &opts, &mut |_| {});
-            }
-            for _ in 0..args.repeat {
-                match engine.generate(Some(image), prompt, &opts, &mut |_| {}) {
-                    Ok(out) => {
-                        if best
-                            .as_ref()
-                            .is_none_or(|b| time_to_first_token(&out) < time_to_first_token(b))
-                        {
-                            best = Some(out);
-                        }
-                    }
-                    Err(e) => {
-                        failed = Some(format!("{e:#}"));
-                        break;
+            cells.push(SweepCell {
+                method,
+                b,
+                opts,
+                best: None,
+                failed: None,
+            });
+        }
+    }
+    // One untimed run of the first cell (its own buffer sizes and first touches), as the
+    // single-request report has its warm-up. Then `repeat` rounds, each running every cell
+    // once: a slow spell of the machine then costs one sample of several cells, not every
+    // sample of one, and the best of each cell's samples is kept.
+    if let Some(first) = cells.first() {
+        let _ = engine.generate(Some(image), prompt, &first.opts, &mut |_| {});
+    }
+    for round in 0..args.repeat {
+        if !args.json {
+            eprint!("\rsweep round {}/{}", round + 1, args.repeat);
+        }
+        for cell in cells.iter_mut().filter(|c| c.failed.is_none()) {
+            match engine.generate(Some(image), prompt, &cell.opts, &mut |_| {}) {
+                Ok(out) => {
+                    if cell
+                        .best
+                        .as_ref()
+                        .is_none_or(|b| time_to_first_token(&out) < time_to_first_token(b))
+                    {
+                        cell.best = Some(out);
                     }
                 }
+                Err(e) => cell.failed = Some(format!("{e:#}")),
             }
-            let out = match (best, failed) {
-                (Some(out), None) => out,
-                (_, e) => {
-                    let e = e.unwrap_or_default();
-                    if args.json {
-                        let line = serde_json::json!({"method": method, "budget": b, "error": e});
-                        println!("{line}");
-                    } else {
-                        println!("| {method} | {b} | not reachable: {e} | | | | | | | | |");
-                    }
-                    continue;
+        }
+    }
+    if !args.json {
+        eprintln!();
+    }
+    let mut baseline: Option<(f64, u64)> = None;
+    for cell in cells {
+        let (method, b) = (cell.method, cell.b);
+        let out = match (cell.best, cell.failed) {
+            (Some(out), None) => out,
+            (_, e) => {
+                let e = e.unwrap_or_default();
+                if args.json {
+                    let line = serde_json::json!({"method": method, "budget": b, "error": e});
+                    println!("{line}");
+                } else {
+                    println!("| {method} | {b} | not reachable: {e} | | | | | | | | |");
                 }
-            };
-            let ttft = time_to_first_token(&out);
-            let f = &out.flops;
-            let flops = f.encoder + f.projector + f.decoder;
-            let (t0, f0) = *baseline.get_or_insert((ttft, flops));
-            let speedup = t0 / ttft;
-            let ideal = f0 as f64 / flops.max(1) as f64;
-            if args.json {
-                let line = serde_json::json!({
-                    "method": method, "budget": b,
-                    "visual_tokens_kept": out.visual_tokens_kept,
-                    "tokens_per_layer": out.tokens_per_layer,
-                    "kv_cache_bytes": out.kv_cache_bytes,
-                    "flops": out.flops, "timings_ms": out.timings_ms,
-                    "time_to_first_token_ms": ttft,
-                    "speedup": speedup, "ideal_speedup": ideal,
-                });
-                println!("{line}");
                 continue;
             }
-            let (enc, dec) = out
-                .pruning
-                .as_ref()
-                .map_or((n, n), |p| (p.kept_encoder, p.kept_decoder));
-            let share = if ideal > 1.0 + 1e-9 {
-                format!("{:.0}%", 100.0 * speedup / ideal)
-            } else {
-                String::new()
-            };
-            println!(
+        };
+        let ttft = time_to_first_token(&out);
+        let f = &out.flops;
+        let flops = f.encoder + f.projector + f.decoder;
+        let (t0, f0) = *baseline.get_or_insert((ttft, flops));
+        let speedup = t0 / ttft;
+        let ideal = f0 as f64 / flops.max(1) as f64;
+        if args.json {
+            let line = serde_json::json!({
+                "method": method, "budget": b,
+                "visual_tokens_kept": out.visual_tokens_kept,
+                "tokens_per_layer": out.tokens_per_layer,
+                "kv_cache_bytes": out.kv_cache_bytes,
+                "flops": out.flops, "timings_ms": out.timings_ms,
+                "time_to_first_token_ms": ttft,
+                "speedup": speedup, "ideal_speedup": ideal,
+            });
+            println!("{line}");
+            continue;
+        }
+        let (enc, dec) = out
+            .pruning
+            .as_ref()
+            .map_or((n, n), |p| (p.kept_encoder, p.kept_decoder));
+        let share = if ideal > 1.0 + 1e-9 {
+            format!("{:.0}%", 100.0 * speedup / ideal)
+        } else {
+            String::new()
+        };
+        println!(
                 "| {method} | {b} | {enc} / {dec} | {:.1} | {:.1} | {ttft:.1} | {speedup:.2}× | {ideal:.2}× | {share} | {} | {:.4} |",
                 out.timings_ms.prune,
                 out.timings_ms.prefill,
                 out.kv_cache_bytes,
                 f.decoder as f64 / 1e9
             );
-        }
     }
     Ok(())
+}
+
+/// One method at one budget of `--prune-sweep`, and its fastest run so far.
+struct SweepCell {
+    method: Method,
+    b: usize,
+    opts: GenerateOptions,
+    best: Option<Output>,
+    failed: Option<String>,
 }
 
 /// Arguments that cannot be measured, refused before the model loads.

@@ -330,8 +330,9 @@ fn malformed_gguf_files_are_clear_errors() {
 }
 
 /// The fusions of the decode GEMV (one row), of gemm_lanes (6 rows: a full and a partial
-/// block of 4) and of gemm_tokens (f16 rows of k <= 64; 70 rows: a full and a partial
-/// workgroup of 64) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
+/// block of 4) and of gemm_tokens (f16 rows of k <= 64; 70 rows: full workgroups of 32 and
+/// a partial one, x in a uniform buffer on CPU devices; and rows past the uniform-binding
+/// limit, x in storage) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
 /// [gate; up] weight, and accumulation, for f16 and every repacked block format, with and
 /// without subgroups (their lane sums differ).
 #[test]
@@ -363,6 +364,8 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
         // exactly, and 96 (3 groups) leaves some lanes idle instead. k = 288 also spans a
         // partial lane round of gemm_lanes; k = 44 (five and a half units of 8) is short
         // enough for gemm_tokens, whose invocations walk all of k alone.
+        // gemm_tokens' x past one uniform binding (k = 44: 176 bytes a row)
+        let past = gpu.caps.max_uniform_binding as usize / 176 + 3;
         let cases = formats
             .into_iter()
             .flat_map(|t| {
@@ -371,7 +374,10 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
                     .into_iter()
                     .chain([(t, 6, 288, "gemm_lanes")])
             })
-            .chain([(None, 70, 44, "gemm_tokens")]);
+            .chain([
+                (None, 70, 44, "gemm_tokens"),
+                (None, past, 44, "gemm_tokens"),
+            ]);
         for (ty, rows, k, entry) in cases {
             // n: 2m rows of [gate; up]
             let m = 37usize;

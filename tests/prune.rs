@@ -265,7 +265,17 @@ fn kv_cache_holds_exactly_the_surviving_tokens() {
 fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
     use vlm_run::gpu::Tensor;
     use vlm_run::ops::prune::{self as op, SelectParams};
-    for (name, gpu) in common::variants() {
+    // The CPU-device row of the table (one SIMD row per selection workgroup) and the GPU row
+    // (256 invocations), on every variant.
+    for ((name, gpu), tiles) in common::variants()
+        .into_iter()
+        .flat_map(|v| [false, true].map(|t| (v.clone(), t)))
+    {
+        gpu.set_attention_tiles(tiles);
+        let name = format!(
+            "{name} selection workgroup of {}",
+            if tiles { 256 } else { 8 }
+        );
         let g = &*gpu;
         let mut rng = common::Rng::new(7);
         let n = 300;
@@ -432,6 +442,18 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
                 read(&assign, n),
                 want,
                 "{name}: VisionZip merge {dom}+{ctx}"
+            );
+            // The merge itself: each kept row plus the mean of the rows assigned to it, from
+            // the member counts that the selection leaves in flags.
+            let kept = sel.kept.len();
+            let out = Tensor::new(g, "merged", kept, d).unwrap();
+            let km = op::merge_rows(g, &keep, &assign, &flags, n, &xt, 0, &out).unwrap();
+            g.run(&[&km]).unwrap();
+            common::assert_close(
+                &format!("{name}: VisionZip merged rows {dom}+{ctx}"),
+                &out.read(g).unwrap(),
+                &visionzip::merge(&x, d, &sel),
+                1e-5,
             );
         }
     }

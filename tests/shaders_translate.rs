@@ -56,6 +56,9 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q4_1", "WTEX", "NORM", "GATE_UP", "PAIRS"],
             vec!["Q8_0", "WTEX", "TOKENS", "ACCUMULATE"],
             vec!["WF16", "WTEX", "TOKENS", "BIAS"],
+            // gemm_tokens' x (m rows) and RMSNorm weight in uniform buffers (CPU devices)
+            vec!["WF16", "TOKENS", "NORM", "XUBO"],
+            vec!["WF16", "WTEX", "TOKENS", "NORM", "GATE_UP", "XUBO"],
         ],
         "rope" => vec![vec![], vec!["KV_CACHE"]],
         "attention" => vec![
@@ -79,7 +82,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
         // decode's copy of its new K/V row into a KV cache kept in textures
         "kv_texture" => vec![vec![], vec!["STEP_ROW"]],
         "embed" => vec![vec![], vec!["WTEX"]],
-        "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"]],
+        // SELECT_WG: the CPU-device workgroup of one SIMD row (it gets a value)
+        "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"], vec!["SELECT_WG"]],
         _ => vec![vec![]],
     }
 }
@@ -140,7 +144,13 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 d.set("HD", 64).set("KT", 16).set("LG_ROWS", "4u");
                 d.set("KB", "8u").set("QPI", "4u");
                 if extra.contains(&"TOKENS") {
-                    d.set("TOKENS", "4u");
+                    d.set("TOKENS", "4u").set("TOKENS_WG", "32u");
+                }
+                if extra.contains(&"DIRECT_KV") {
+                    d.set("QB", "8u");
+                }
+                if extra.contains(&"SELECT_WG") {
+                    d.set("SELECT_WG", "8u");
                 }
                 if extra.contains(&"ROPE") {
                     d.set("HALF", "32u");
@@ -149,7 +159,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                     d.set("TAIL", "2u");
                 }
                 if extra.contains(&"XUBO") {
-                    d.set("XLEN", "144u");
+                    d.set("XLEN", "144u").set("GLEN", "16u");
                 }
                 // the GEMM families in both tiles of the table (TN: invocations per side)
                 for tn in [16, 8] {
@@ -161,11 +171,11 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 20, norm 4, elementwise 2,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 22, norm 4, elementwise 2,
     // rope 2, attention 5, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
-    // prune_select 3, prune_score and prune_gather 1 each.
+    // prune_select 4, prune_score and prune_gather 1 each.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 20 + 4 + 2 + 2 + 5 + 2 + 2 + 3 + 3 + 2)
+        4 * (2 * (8 + 7) + 22 + 4 + 2 + 2 + 5 + 2 + 2 + 3 + 4 + 2)
     );
 }

@@ -158,9 +158,12 @@ const LANE_TOKENS: usize = 4;
 /// [gate; up] 99-120 ms against 115-139, with 8 to 32 weight rows per workgroup).
 pub const TOKENS_MAX_K: usize = 64;
 
-/// Input rows per gemm_tokens workgroup (its invocations: gemv.wgsl's `WG`) and weight rows
-/// per workgroup (8 measured as fast as 16 and faster than 4 on tiny-llava-32l).
-const TOKENS_PER_WG: usize = 64;
+/// Input rows per gemm_tokens workgroup (its invocations: gemv.wgsl's `TOKENS_WG`) and weight
+/// rows per workgroup (8 measured as fast as 16 and faster than 4 on tiny-llava-32l). 32
+/// rows pad a short prefill less than 64: on tiny-llava-32l pruned to 64 visual tokens (94
+/// rows: 3 workgroups of 32 against 2 of 64) the decoder's GEMMs took 20-23 ms against 27;
+/// 16 rows took 27-29 ms (lavapipe profile).
+const TOKENS_PER_WG: usize = 32;
 const TOKENS_ROWS: usize = 8;
 
 /// The shortest rows gemm_lanes takes: a 32-value block of the quant formats per lane, or
@@ -205,11 +208,26 @@ fn gemm_lanes(
     d.set("TOKENS", format!("{LANE_TOKENS}u"));
     // short rows: an invocation per input row (gemm_tokens) instead of lanes over k
     let by_token = w.ty == GgmlType::F16 && w.cols <= TOKENS_MAX_K;
+    d.set("TOKENS_WG", format!("{TOKENS_PER_WG}u"));
     let (entry, m_per) = if by_token {
         ("gemm_tokens", TOKENS_PER_WG)
     } else {
         ("gemm_lanes", LANE_TOKENS)
     };
+    let mut bindings = fused_bindings(x, y, &e);
+    let mut ranges = Vec::new();
+    if by_token {
+        if let Some((xb, gb)) = uniform_x_rows(gpu, m, x, w, &e) {
+            d.flag("XUBO");
+            d.set("XLEN", format!("{}u", xb / 16));
+            d.set("GLEN", format!("{}u", gb.max(16) / 16));
+            bindings.retain(|(b, _)| *b != 1 && *b != 6);
+            ranges.push((1, xb, &x.buf));
+            if let Some((g, _)) = e.norm {
+                ranges.push((6, gb, g));
+            }
+        }
+    }
     let mut kernels = Vec::new();
     for chunk in &w.chunks {
         // LG_ROWS weight rows per lane group (gemm_lanes, 8 groups per workgroup) or per
@@ -233,9 +251,12 @@ fn gemm_lanes(
             entry,
             &d,
             bytes(&params),
-            &fused_bindings(x, y, &e),
+            &bindings,
             chunk,
-            Vec::new(),
+            ranges
+                .iter()
+                .map(|(b, size, buf)| (*b, range(buf, *size)))
+                .collect(),
             grid,
         )?);
     }
@@ -515,6 +536,20 @@ fn uniform_x(gpu: &Gpu, x: &Tensor, w: &Weight, e: &Epilogue) -> Option<u64> {
         .then_some(bytes)
 }
 
+/// The bytes of x's first `m` rows and of the RMSNorm weight that gemm_tokens binds as
+/// uniform buffers (gemv.wgsl's XUBO), or None when it keeps storage buffers: as for the
+/// decode GEMV ([`uniform_x`]), where the rows fit one uniform binding.
+fn uniform_x_rows(gpu: &Gpu, m: usize, x: &Tensor, w: &Weight, e: &Epilogue) -> Option<(u64, u64)> {
+    let (xb, gb) = (16 * (m * x.cols.div_ceil(4)) as u64, x_bytes(w.cols));
+    let fits = |b: &wgpu::Buffer, n: u64| {
+        n <= gpu.caps.max_uniform_binding
+            && b.size() >= n
+            && b.usage().contains(wgpu::BufferUsages::UNIFORM)
+    };
+    (gpu.caps.uniform_x && fits(&x.buf, xb) && e.norm.is_none_or(|(g, _)| fits(g, gb)))
+        .then_some((xb, gb))
+}
+
 /// The first `size` bytes of `buf` as a binding.
 fn range(buf: &wgpu::Buffer, size: u64) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -543,6 +578,7 @@ pub fn gemv(
     if let Some(bytes) = x_ubo {
         d0.flag("XUBO");
         d0.set("XLEN", format!("{}u", bytes / 16));
+        d0.set("GLEN", format!("{}u", bytes / 16));
         bindings.retain(|(b, _)| *b != 1 && *b != 6);
     }
     // decode into a KV cache in textures: bindings 9 and 10 are its textures, 11 the Step

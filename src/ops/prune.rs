@@ -220,6 +220,14 @@ pub fn select(
     if let Some(f) = flag {
         d.flag(f);
     }
+    if !gpu.attention_tiles() {
+        // The CPU-device row of the device table (as for the direct prefill attention): one
+        // SIMD row, since a CPU driver runs the workgroup on one thread, where the 256
+        // invocations' barriers cost more than the parallel steps save (tiny-llava-32l at
+        // B = 64 on lavapipe: DivPrune's stage 7.5-11 ms against 13-15, PosPrune's 4.4-6
+        // against 7-8.6).
+        d.set("SELECT_WG", "8u");
+    }
     Kernel::new(
         gpu,
         "prune_select",
@@ -313,10 +321,12 @@ pub fn splice_rows(
 }
 
 /// VisionZip's merge: each kept row plus the mean of the `n` source rows assigned to it.
+#[allow(clippy::too_many_arguments)]
 pub fn merge_rows(
     gpu: &Gpu,
     keep: &wgpu::Buffer,
     assign: &wgpu::Buffer,
+    members: &wgpu::Buffer,
     n: usize,
     src: &Tensor,
     row0: usize,
@@ -326,6 +336,7 @@ pub fn merge_rows(
         bail!("merge rows: shapes do not match");
     }
     check_len("merge assign", assign, n)?;
+    check_len("merge members", members, n + out.rows)?;
     let p = GatherParams {
         rows: out.rows as u32,
         cols: out.cols as u32,
@@ -340,7 +351,13 @@ pub fn merge_rows(
         "merge_rows",
         &gpu.base_defines(),
         bytes(&p),
-        &[(1, keep), (2, &src.buf), (3, &out.buf), (5, assign)],
+        &[
+            (1, keep),
+            (2, &src.buf),
+            (3, &out.buf),
+            (5, assign),
+            (8, members),
+        ],
         gather_grid(gpu, out.rows * out.cols),
     )
 }

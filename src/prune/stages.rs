@@ -206,7 +206,9 @@ pub fn encoder_stage(
                     (9, &assign),
                 ],
             )?);
-            ks.push(op::merge_rows(gpu, &keep, &assign, n, out, 1, &feats)?);
+            ks.push(op::merge_rows(
+                gpu, &keep, &assign, &flags, n, out, 1, &feats,
+            )?);
             gram_t = Some(gram);
             assign_b = Some(assign);
         }
