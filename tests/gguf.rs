@@ -331,8 +331,8 @@ fn malformed_gguf_files_are_clear_errors() {
 
 /// The fusions of the decode GEMV (one row), of gemm_lanes (6 rows: a full and a partial
 /// block of 4) and of gemm_tokens (f16 rows of k <= 64; 70 rows: full workgroups of 32 and
-/// a partial one, x in a uniform buffer on CPU devices; and rows past the uniform-binding
-/// limit, x in storage) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
+/// a partial one, x in a uniform buffer on CPU devices; and rows past UNIFORM_X_BYTES, x in
+/// storage) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
 /// [gate; up] weight, and accumulation, for f16 and every repacked block format, with and
 /// without subgroups (their lane sums differ).
 #[test]
@@ -364,8 +364,8 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
         // exactly, and 96 (3 groups) leaves some lanes idle instead. k = 288 also spans a
         // partial lane round of gemm_lanes; k = 44 (five and a half units of 8) is short
         // enough for gemm_tokens, whose invocations walk all of k alone.
-        // gemm_tokens' x past one uniform binding (k = 44: 176 bytes a row)
-        let past = gpu.caps.max_uniform_binding as usize / 176 + 3;
+        // gemm_tokens' x past its uniform array (k = 44: 176 bytes a row)
+        let past = vlm_run::gpu::UNIFORM_X_BYTES as usize / 176 + 3;
         let cases = formats
             .into_iter()
             .flat_map(|t| {
@@ -409,7 +409,10 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
             let x: Vec<f32> = (0..rows).flat_map(|r| rng.vec(k, 0.5 + r as f32)).collect();
             let g = rng.vec(k, 1.0);
             let eps = 1e-5f32;
-            let xt = Tensor::from_f32(&gpu, "x", rows, k, &x).unwrap();
+            // an activation, as the decoder's scratch: on CPU devices its buffer holds the
+            // uniform array that gemm_tokens binds (UNIFORM_X_BYTES)
+            let xt = Tensor::activation(&gpu, "x", rows, k).unwrap();
+            gpu.queue.write_buffer(&xt.buf, 0, bytemuck::cast_slice(&x));
             let gb = gpu.storage_init("g", bytemuck::cast_slice(&g)).unwrap();
             let xn: Vec<f32> = x
                 .chunks(k)

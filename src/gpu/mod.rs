@@ -9,7 +9,7 @@ mod weight_store;
 
 pub use context::{Caps, Gpu, GpuOptions};
 pub use kernel::{Kernel, Step};
-pub use tensor::{Tensor, Weight, WeightChunk};
+pub use tensor::{Tensor, Weight, WeightChunk, UNIFORM_X_BYTES};
 pub use tile::{GemmTile, TileChoice};
 pub use weight_store::{WeightStore, MIN_TEXTURE_BYTES, TEX_ROW_TEXELS};
 

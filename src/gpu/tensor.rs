@@ -6,6 +6,11 @@ use super::Gpu;
 use crate::gguf::quant::GgmlType;
 use anyhow::{bail, Result};
 
+/// Bytes of the uniform array that `gemm_tokens` reads its x rows from on devices that take
+/// x through uniform buffers (gemv.wgsl's XUBO; 64 KiB, the smallest limit Vulkan allows
+/// for a uniform binding): one size for every prompt length, so one pipeline.
+pub const UNIFORM_X_BYTES: u64 = 65536;
+
 /// An f32 activation buffer with a row-major 2-D shape. A clone shares the buffer.
 #[derive(Clone)]
 pub struct Tensor {
@@ -29,6 +34,19 @@ impl Tensor {
             rows,
             cols,
         })
+    }
+
+    /// An activation that a GEMM may read as x: on devices that give GEMMs x through
+    /// uniform buffers ([`crate::gpu::Caps::uniform_x`]) its buffer holds at least
+    /// [`UNIFORM_X_BYTES`], so that `gemm_tokens` can bind one fixed-size uniform array over
+    /// any number of rows that fit it (one pipeline for every prompt length).
+    pub fn activation(gpu: &Gpu, label: &str, rows: usize, cols: usize) -> Result<Self> {
+        let mut t = Self::new(gpu, label, rows, cols)?;
+        let min = UNIFORM_X_BYTES.min(gpu.caps.max_uniform_binding);
+        if gpu.caps.uniform_x && t.buf.size() < min {
+            t.buf = gpu.storage_buffer(label, min)?;
+        }
+        Ok(t)
     }
 
     pub fn from_f32(

@@ -325,13 +325,13 @@ impl Llama {
         let h = self.heads();
         Ok(Scratch {
             rows,
-            x: Tensor::new(gpu, "llm.x", rows, d)?,
-            hn: Tensor::new(gpu, "llm.h", rows, d)?,
+            x: Tensor::activation(gpu, "llm.x", rows, d)?,
+            hn: Tensor::activation(gpu, "llm.h", rows, d)?,
             q: Tensor::new(gpu, "llm.q", rows, h.heads * hd)?,
             qkv: Tensor::new(gpu, "llm.qkv", rows, (h.heads + 2 * h.kv_heads) * hd)?,
-            attn: Tensor::new(gpu, "llm.attn", rows, h.heads * hd)?,
+            attn: Tensor::activation(gpu, "llm.attn", rows, h.heads * hd)?,
             gu: Tensor::new(gpu, "llm.gate_up", rows, 2 * m)?,
-            act: Tensor::new(gpu, "llm.act", rows, m)?,
+            act: Tensor::activation(gpu, "llm.act", rows, m)?,
         })
     }
 

@@ -4,7 +4,7 @@ use super::rope::RopeKv;
 use super::{bytes, Kernel};
 use crate::gguf::quant::GgmlType;
 use crate::gpu::shader::Defines;
-use crate::gpu::{fold_workgroups, GemmTile, Gpu, Tensor, Weight, WeightChunk};
+use crate::gpu::{fold_workgroups, GemmTile, Gpu, Tensor, Weight, WeightChunk, UNIFORM_X_BYTES};
 use anyhow::{bail, Result};
 
 /// Activation fused into the epilogue.
@@ -536,17 +536,20 @@ fn uniform_x(gpu: &Gpu, x: &Tensor, w: &Weight, e: &Epilogue) -> Option<u64> {
         .then_some(bytes)
 }
 
-/// The bytes of x's first `m` rows and of the RMSNorm weight that gemm_tokens binds as
-/// uniform buffers (gemv.wgsl's XUBO), or None when it keeps storage buffers: as for the
-/// decode GEMV ([`uniform_x`]), where the rows fit one uniform binding.
+/// The bytes of x and of the RMSNorm weight that gemm_tokens binds as uniform buffers
+/// (gemv.wgsl's XUBO), or None when it keeps storage buffers: on devices that ask for it
+/// ([`crate::gpu::Caps::uniform_x`]) when x's `m` rows fit [`UNIFORM_X_BYTES`] and x's buffer
+/// holds that many bytes ([`Tensor::activation`]). x's binding is always that size, whatever
+/// m, so that one pipeline serves every prompt length.
 fn uniform_x_rows(gpu: &Gpu, m: usize, x: &Tensor, w: &Weight, e: &Epilogue) -> Option<(u64, u64)> {
-    let (xb, gb) = (16 * (m * x.cols.div_ceil(4)) as u64, x_bytes(w.cols));
+    let (xb, gb) = (UNIFORM_X_BYTES, x_bytes(w.cols));
+    let rows_fit = 16 * (m * x.cols.div_ceil(4)) as u64 <= xb;
     let fits = |b: &wgpu::Buffer, n: u64| {
         n <= gpu.caps.max_uniform_binding
             && b.size() >= n
             && b.usage().contains(wgpu::BufferUsages::UNIFORM)
     };
-    (gpu.caps.uniform_x && fits(&x.buf, xb) && e.norm.is_none_or(|(g, _)| fits(g, gb)))
+    (gpu.caps.uniform_x && rows_fit && fits(&x.buf, xb) && e.norm.is_none_or(|(g, _)| fits(g, gb)))
         .then_some((xb, gb))
 }
 

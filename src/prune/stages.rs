@@ -438,7 +438,7 @@ pub fn decoder_stage(
         m => bail!("{m} does not prune in the decoder"),
     }
     let rows2 = inp.rows - n_vis + kept;
-    let x2 = Tensor::new(gpu, "llm.x_pruned", rows2, inp.x.cols)?;
+    let x2 = Tensor::activation(gpu, "llm.x_pruned", rows2, inp.x.cols)?;
     let positions = u32_buffer(gpu, "positions.pruned", rows2)?;
     ks.push(op::splice_rows(
         gpu, &keep, inp.x, inp.slot, n_vis, kept, &x2, &positions,
