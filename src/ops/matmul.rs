@@ -149,7 +149,7 @@ pub fn linear_at(
 const LANE_TOKENS: usize = 4;
 
 /// The longest rows gemm_tokens takes instead of gemm_lanes. Its invocations each own an
-/// input row and walk all of k, and the workgroup's 64 rows share every weight load, so it
+/// input row and walk all of k, and the workgroup's rows share every weight load, so it
 /// needs no lane sums: at k = 64 the 8 lanes of gemm_lanes hold one unit each and spend
 /// as long summing as multiplying. Measured on lavapipe (profile, 2 cores): on
 /// tiny-llava-32l (k = 32 and 64) the decoder's GEMMs took 110-150 ms instead of ~250 and

@@ -321,6 +321,8 @@ pub fn splice_rows(
 }
 
 /// VisionZip's merge: each kept row plus the mean of the `n` source rows assigned to it.
+/// `members`: the selection's flags, whose entry n + slot counts the rows assigned to a
+/// kept slot (`prune_select.wgsl::visionzip` writes them; slots with none skip the scan).
 #[allow(clippy::too_many_arguments)]
 pub fn merge_rows(
     gpu: &Gpu,
