@@ -190,8 +190,9 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
         }
         println!();
         println!(
-            "pruning sweep: time to first token, best of {} (speed-up: over the first row; \
-             ideal: the FLOPs ratio; share: speed-up ÷ ideal)",
+            "pruning sweep: time to first token, best of {} rounds (speed-up: the median over \
+             rounds of the first row's time ÷ this row's in the same round; ideal: the FLOPs \
+             ratio; share: speed-up ÷ ideal)",
             args.repeat
         );
         println!();
@@ -228,6 +229,7 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
                 b,
                 opts,
                 best: None,
+                times: Vec::new(),
                 failed: None,
             });
         }
@@ -235,7 +237,10 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     // One untimed run of the first cell (its own buffer sizes and first touches), as the
     // single-request report has its warm-up. Then `repeat` rounds, each running every cell
     // once: a slow spell of the machine then costs one sample of several cells, not every
-    // sample of one, and the best of each cell's samples is kept.
+    // sample of one, and the best of each cell's samples is kept. The speed-up is taken
+    // within each round (against the first row's time in that round), whose cells run
+    // seconds apart, and its median over the rounds is reported: on a machine whose speed
+    // drifts it is steadier than the ratio of the best times.
     if let Some(first) = cells.first() {
         let _ = engine.generate(Some(image), prompt, &first.opts, &mut |_| {});
     }
@@ -246,6 +251,7 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
         for cell in cells.iter_mut().filter(|c| c.failed.is_none()) {
             match engine.generate(Some(image), prompt, &cell.opts, &mut |_| {}) {
                 Ok(out) => {
+                    cell.times.push((round, time_to_first_token(&out)));
                     if cell
                         .best
                         .as_ref()
@@ -261,7 +267,7 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     if !args.json {
         eprintln!();
     }
-    let mut baseline: Option<(f64, u64)> = None;
+    let mut baseline: Option<(f64, u64, Vec<(usize, f64)>)> = None;
     for cell in cells {
         let (method, b) = (cell.method, cell.b);
         let out = match (cell.best, cell.failed) {
@@ -280,8 +286,9 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
         let ttft = time_to_first_token(&out);
         let f = &out.flops;
         let flops = f.encoder + f.projector + f.decoder;
-        let (t0, f0) = *baseline.get_or_insert((ttft, flops));
-        let speedup = t0 / ttft;
+        let (t0, f0, base_times) = baseline.get_or_insert((ttft, flops, cell.times.clone()));
+        let speedup = median_round_ratio(base_times, &cell.times).unwrap_or(*t0 / ttft);
+        let (t0, f0) = (*t0, *f0);
         let ideal = f0 as f64 / flops.max(1) as f64;
         if args.json {
             let line = serde_json::json!({
@@ -291,7 +298,8 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
                 "kv_cache_bytes": out.kv_cache_bytes,
                 "flops": out.flops, "timings_ms": out.timings_ms,
                 "time_to_first_token_ms": ttft,
-                "speedup": speedup, "ideal_speedup": ideal,
+                "speedup": speedup, "speedup_of_best_times": t0 / ttft,
+                "ideal_speedup": ideal,
             });
             println!("{line}");
             continue;
@@ -316,13 +324,33 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     Ok(())
 }
 
-/// One method at one budget of `--prune-sweep`, and its fastest run so far.
+/// One method at one budget of `--prune-sweep`: its fastest run so far, and its time to first
+/// token in each round that it ran.
 struct SweepCell {
     method: Method,
     b: usize,
     opts: GenerateOptions,
     best: Option<Output>,
+    times: Vec<(usize, f64)>,
     failed: Option<String>,
+}
+
+/// The median over the rounds that both ran of `base`'s time ÷ `cell`'s (None if none did).
+fn median_round_ratio(base: &[(usize, f64)], cell: &[(usize, f64)]) -> Option<f64> {
+    let mut ratios: Vec<f64> = cell
+        .iter()
+        .filter_map(|&(r, t)| base.iter().find(|&&(rb, _)| rb == r).map(|&(_, tb)| tb / t))
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let k = ratios.len();
+    Some(if k % 2 == 1 {
+        ratios[k / 2]
+    } else {
+        0.5 * (ratios[k / 2 - 1] + ratios[k / 2])
+    })
 }
 
 /// Arguments that cannot be measured, refused before the model loads.
@@ -331,4 +359,21 @@ pub fn check_args(args: &BenchArgs) -> Result<()> {
         bail!("--repeat and --max-tokens must be at least 1");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_round_ratio;
+
+    #[test]
+    fn speed_up_is_the_median_of_the_ratios_within_rounds() {
+        // the machine halves its speed in round 1: within-round ratios stay 2, 2, 4
+        let base = [(0, 100.0), (1, 200.0), (2, 100.0), (3, 90.0)];
+        let cell = [(0, 50.0), (1, 100.0), (2, 25.0)];
+        assert_eq!(median_round_ratio(&base, &cell), Some(2.0));
+        // an even count takes the mean of the middle two; rounds the base missed are left out
+        let cell = [(0, 50.0), (2, 25.0), (5, 1.0)];
+        assert_eq!(median_round_ratio(&base, &cell), Some(3.0));
+        assert_eq!(median_round_ratio(&base, &[(7, 1.0)]), None);
+    }
 }

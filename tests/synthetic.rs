@@ -170,6 +170,18 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
         .map(|l| (l["method"].as_str().unwrap(), l["budget"].as_u64().unwrap()))
         .collect();
     assert_eq!(cells, [("none", 576), ("fastv", 320)], "{stdout}");
+    // one round: the median of one within-round ratio is the ratio of the only times
+    assert_eq!(lines[1]["speedup"], 1.0, "{stdout}");
+    let (t0, t1) = (
+        lines[1]["time_to_first_token_ms"].as_f64().unwrap(),
+        lines[2]["time_to_first_token_ms"].as_f64().unwrap(),
+    );
+    let s = lines[2]["speedup"].as_f64().unwrap();
+    assert!((s - t0 / t1).abs() < 1e-9 * s, "{stdout}");
+    assert_eq!(
+        lines[2]["speedup"], lines[2]["speedup_of_best_times"],
+        "{stdout}"
+    );
     assert_eq!(lines[0]["decoded_tokens"], 1, "{stdout}");
     assert!(
         lines[0]["vision_encoder_ms"].as_f64().unwrap() > 0.0,
