@@ -267,7 +267,9 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     if !args.json {
         eprintln!();
     }
-    let mut baseline: Option<(f64, u64, Vec<(usize, f64)>)> = None;
+    // the first row's best time and FLOPs, and its times per round
+    let mut baseline: Option<(f64, u64)> = None;
+    let mut base_times: Vec<(usize, f64)> = Vec::new();
     for cell in cells {
         let (method, b) = (cell.method, cell.b);
         let out = match (cell.best, cell.failed) {
@@ -286,9 +288,11 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
         let ttft = time_to_first_token(&out);
         let f = &out.flops;
         let flops = f.encoder + f.projector + f.decoder;
-        let (t0, f0, base_times) = baseline.get_or_insert((ttft, flops, cell.times.clone()));
-        let speedup = median_round_ratio(base_times, &cell.times).unwrap_or(*t0 / ttft);
-        let (t0, f0) = (*t0, *f0);
+        if baseline.is_none() {
+            base_times = cell.times.clone();
+        }
+        let (t0, f0) = *baseline.get_or_insert((ttft, flops));
+        let speedup = median_round_ratio(&base_times, &cell.times).unwrap_or(t0 / ttft);
         let ideal = f0 as f64 / flops.max(1) as f64;
         if args.json {
             let line = serde_json::json!({
