@@ -6,8 +6,10 @@
 //! Each kernel XORs every 16-byte word once, 16384 invocations in all, in two orders:
 //! interleaved (invocation i reads words i, i + 16384, ...) and in runs (invocation i reads
 //! its own contiguous 128 words, as a lane walks a weight row). Best of 6 runs.
-//! Two more read 32 MiB out of the first 64 KiB, as a storage buffer and as a uniform buffer,
-//! interleaved: the decode GEMV's input vector (`Caps::uniform_x`).
+//! More read 32 MiB out of the first 64 KiB (a GEMM's input rows, an attention's K/V): as a
+//! storage buffer, a uniform buffer and a storage texture, interleaved (the decode GEMV's
+//! input vector, `Caps::uniform_x`), and as a uniform buffer and a storage texture with every
+//! invocation of a workgroup at the same address (a weight or K/V row that all lanes share).
 use std::time::Instant;
 
 const SHADER: &str = r#"
@@ -29,6 +31,27 @@ fn stexel(i: u32) -> vec4<u32> { return textureLoad(st, vec2<u32>(i % W, i / W))
 fn storage_texture_interleaved(@builtin(global_invocation_id) g: vec3<u32>) {
     var acc = vec4<u32>(0u);
     for (var j = 0u; j < RUN; j++) { acc ^= stexel(g.x + j * INV); }
+    out[g.x] = fold(acc);
+}
+
+@compute @workgroup_size(64)
+fn storage_texture_64k_interleaved(@builtin(global_invocation_id) g: vec3<u32>) {
+    var acc = vec4<u32>(0u);
+    for (var j = 0u; j < RUN; j++) { acc ^= stexel((g.x + j * INV) % 4096u); }
+    out[g.x] = fold(acc);
+}
+
+@compute @workgroup_size(64)
+fn storage_texture_64k_uniform_address(@builtin(global_invocation_id) g: vec3<u32>) {
+    var acc = vec4<u32>(0u);
+    for (var j = 0u; j < RUN; j++) { acc ^= stexel((g.x / 64u + j * 7u) % 4096u); }
+    out[g.x] = fold(acc);
+}
+
+@compute @workgroup_size(64)
+fn uniform_64k_uniform_address(@builtin(global_invocation_id) g: vec3<u32>) {
+    var acc = vec4<u32>(0u);
+    for (var j = 0u; j < RUN; j++) { acc ^= u[(g.x / 64u + j * 7u) % 4096u]; }
     out[g.x] = fold(acc);
 }
 
@@ -161,6 +184,9 @@ fn main() {
         "texture_interleaved",
         "texture_runs",
         "storage_texture_interleaved",
+        "storage_texture_64k_interleaved",
+        "storage_texture_64k_uniform_address",
+        "uniform_64k_uniform_address",
         "storage_texture_runs",
         "buffer_64k_interleaved",
         "uniform_64k_interleaved",
