@@ -267,9 +267,15 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     if !args.json {
         eprintln!();
     }
-    // the first row's best time and FLOPs, and its times per round
-    let mut baseline: Option<(f64, u64)> = None;
-    let mut base_times: Vec<(usize, f64)> = Vec::new();
+    // the first row that ran: its best time, its FLOPs and its times per round
+    let base = cells.iter().find_map(|c| match (&c.best, &c.failed) {
+        (Some(out), None) => Some((
+            time_to_first_token(out),
+            prefill_flops(out),
+            c.times.clone(),
+        )),
+        _ => None,
+    });
     for cell in cells {
         let (method, b) = (cell.method, cell.b);
         let out = match (cell.best, cell.failed) {
@@ -287,12 +293,13 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
         };
         let ttft = time_to_first_token(&out);
         let f = &out.flops;
-        let flops = f.encoder + f.projector + f.decoder;
-        if baseline.is_none() {
-            base_times = cell.times.clone();
-        }
-        let (t0, f0) = *baseline.get_or_insert((ttft, flops));
-        let speedup = median_round_ratio(&base_times, &cell.times).unwrap_or(t0 / ttft);
+        let flops = prefill_flops(&out);
+        // a row that ran means `base` found one
+        let Some((t0, f0, base_times)) = &base else {
+            continue;
+        };
+        let (t0, f0) = (*t0, *f0);
+        let speedup = median_round_ratio(base_times, &cell.times).unwrap_or(t0 / ttft);
         let ideal = f0 as f64 / flops.max(1) as f64;
         if args.json {
             let line = serde_json::json!({
@@ -318,12 +325,12 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
             String::new()
         };
         println!(
-                "| {method} | {b} | {enc} / {dec} | {:.1} | {:.1} | {ttft:.1} | {speedup:.2}× | {ideal:.2}× | {share} | {} | {:.4} |",
-                out.timings_ms.prune,
-                out.timings_ms.prefill,
-                out.kv_cache_bytes,
-                f.decoder as f64 / 1e9
-            );
+            "| {method} | {b} | {enc} / {dec} | {:.1} | {:.1} | {ttft:.1} | {speedup:.2}× | {ideal:.2}× | {share} | {} | {:.4} |",
+            out.timings_ms.prune,
+            out.timings_ms.prefill,
+            out.kv_cache_bytes,
+            f.decoder as f64 / 1e9
+        );
     }
     Ok(())
 }
@@ -337,6 +344,11 @@ struct SweepCell {
     best: Option<Output>,
     times: Vec<(usize, f64)>,
     failed: Option<String>,
+}
+
+/// FLOPs up to the first token: vision tower, projector and decoder prefill.
+fn prefill_flops(out: &Output) -> u64 {
+    out.flops.encoder + out.flops.projector + out.flops.decoder
 }
 
 /// The median over the rounds that both ran of `base`'s time ÷ `cell`'s (None if none did).

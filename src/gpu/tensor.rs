@@ -21,6 +21,33 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(gpu: &Gpu, label: &str, rows: usize, cols: usize) -> Result<Self> {
+        Self::with_min_bytes(gpu, label, rows, cols, 0)
+    }
+
+    /// An activation that a GEMM may read as x: on devices that give GEMMs x through
+    /// uniform buffers ([`crate::gpu::Caps::uniform_x`], where a uniform binding can hold
+    /// [`UNIFORM_X_BYTES`]) its buffer holds at least that many bytes, so that `gemm_tokens`
+    /// can bind one fixed-size uniform array over any number of rows that fit it (one
+    /// pipeline for every prompt length).
+    pub fn activation(gpu: &Gpu, label: &str, rows: usize, cols: usize) -> Result<Self> {
+        let pad = gpu.caps.uniform_x && UNIFORM_X_BYTES <= gpu.caps.max_uniform_binding;
+        Self::with_min_bytes(
+            gpu,
+            label,
+            rows,
+            cols,
+            if pad { UNIFORM_X_BYTES } else { 0 },
+        )
+    }
+
+    /// [rows, cols] f32 in a buffer of at least `min_bytes`.
+    fn with_min_bytes(
+        gpu: &Gpu,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        min_bytes: u64,
+    ) -> Result<Self> {
         let bytes = 4 * rows as u64 * cols as u64;
         if bytes > gpu.caps.max_binding {
             bail!(
@@ -30,23 +57,10 @@ impl Tensor {
             );
         }
         Ok(Self {
-            buf: gpu.storage_buffer(label, bytes)?,
+            buf: gpu.storage_buffer(label, bytes.max(min_bytes))?,
             rows,
             cols,
         })
-    }
-
-    /// An activation that a GEMM may read as x: on devices that give GEMMs x through
-    /// uniform buffers ([`crate::gpu::Caps::uniform_x`]) its buffer holds at least
-    /// [`UNIFORM_X_BYTES`], so that `gemm_tokens` can bind one fixed-size uniform array over
-    /// any number of rows that fit it (one pipeline for every prompt length).
-    pub fn activation(gpu: &Gpu, label: &str, rows: usize, cols: usize) -> Result<Self> {
-        let mut t = Self::new(gpu, label, rows, cols)?;
-        let min = UNIFORM_X_BYTES.min(gpu.caps.max_uniform_binding);
-        if gpu.caps.uniform_x && t.buf.size() < min {
-            t.buf = gpu.storage_buffer(label, min)?;
-        }
-        Ok(t)
     }
 
     pub fn from_f32(

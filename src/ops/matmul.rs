@@ -208,6 +208,7 @@ fn gemm_lanes(
     d.set("TOKENS", format!("{LANE_TOKENS}u"));
     // short rows: an invocation per input row (gemm_tokens) instead of lanes over k
     let by_token = w.ty == GgmlType::F16 && w.cols <= TOKENS_MAX_K;
+    // the module holds both entries, so gemm_lanes' variants carry TOKENS_WG too
     d.set("TOKENS_WG", format!("{TOKENS_PER_WG}u"));
     let (entry, m_per) = if by_token {
         ("gemm_tokens", TOKENS_PER_WG)
@@ -220,7 +221,7 @@ fn gemm_lanes(
         if let Some((xb, gb)) = uniform_x_rows(gpu, m, x, w, &e) {
             d.flag("XUBO");
             d.set("XLEN", format!("{}u", xb / 16));
-            d.set("GLEN", format!("{}u", gb.max(16) / 16));
+            d.set("GLEN", format!("{}u", gb / 16));
             bindings.retain(|(b, _)| *b != 1 && *b != 6);
             ranges.push((1, xb, &x.buf));
             if let Some((g, _)) = e.norm {
