@@ -11,8 +11,8 @@
 //   candidate), 8 aux f32 [N] (PoRe: padding mask by raster position; PBC: bias profile),
 //   9 assign u32 [n] (VisionZip: slot of the tgt a token merges into, or NONE).
 //
-// top_k      1 -> 3 (5): keep the k best scores. REGIONS: rank within ARP regions against
-//            budget[region] instead of k (6).
+// top_k      1 -> 3 (5): keep the k best scores. REGIONS: the best within each ARP region,
+//            budget[region] of them instead of k (6).
 // arp_budget 1 -> 6: ARP's integer region budgets (one invocation; see src/prune/arp.rs).
 // reweight   1, 7, 8 -> 4: PORE: s = rho^p * mask[p] * a (rho <= 0: fitted);
 //            PBC: r / profile[p] (has_profile) or r * e^(-slope p) (fitted), then min-max.
@@ -21,6 +21,9 @@
 // max_min    2 -> 3 (4, 5): DivPrune's greedy max-min diversity, k picks.
 // visionzip  1, 2 -> 3, 9 (5): dominant + contextual selection and merge assignment;
 //            then flags[n + slot] = how many tokens merge into kept slot (slot < k).
+//            KEY_ROWS: 2 holds the unit-norm key rows [n, cols] instead of their Gram
+//            matrix, and the similarities to the few targets are computed here (each
+//            summed over the columns in order, as prune_score.wgsl's gram does).
 
 #ifndef SELECT_WG
 const WG: u32 = 256u;
@@ -42,7 +45,7 @@ struct Params {
     has_profile: u32,
     lambda: f32,
     rho: f32,
-    pad0: u32,
+    cols: u32,
     pad1: u32,
 }
 
@@ -109,29 +112,95 @@ fn wg_argmax(lid: u32, v: f32, i: u32) -> u32 {
     return w;
 }
 
-@compute @workgroup_size(WG)
-fn top_k(@builtin(local_invocation_index) lid: u32) {
-    for (var i = lid; i < p.n; i += WG) {
-        let si = scores[i];
+// A key that orders as the score does (larger score, larger key; -0 as +0, which compare
+// equal).
+fn order_key(v: f32) -> u32 {
+    let b = select(bitcast<u32>(v), 0u, v == 0.0);
+    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+// Group of token i for the best-first selection: its ARP region (REGIONS) or 0.
+fn group_of(i: u32) -> u32 {
 #ifdef REGIONS
-        let ri = region_of(i);
-        let limit = budget[ri];
+    return region_of(i);
 #else
-        let limit = p.k;
+    return 0u;
 #endif
-        var rank = 0u;
-        for (var j = 0u; j < p.n; j++) {
+}
+
+// How many tokens group g keeps: budget[g] (REGIONS) or `k`.
+fn group_limit(g: u32, k: u32) -> u32 {
 #ifdef REGIONS
-            if region_of(j) != ri {
-                continue;
-            }
+    return budget[g];
+#else
+    return k;
 #endif
-            if j != i && before(scores[j], j, si, i) {
-                rank++;
+}
+
+var<workgroup> group_key: array<u32, MAX_REGIONS>;
+var<workgroup> group_count: array<atomic<u32>, MAX_REGIONS>;
+
+// flags[at + i] = 1 for the best group_limit(g, k) scores of each group g (ranking rule
+// above), else 0. Rather than count each token's rank (O(n^2)), the key of each group's
+// last kept score is found bit by bit, from the top: a bit stays set if at least the limit
+// of keys reach the key so far with it (32 parallel counts, O(32 n)). Then one serial pass
+// keeps the keys above it and, of those equal to it, the first in index order.
+fn select_best(lid: u32, k: u32, at: u32) {
+#ifdef REGIONS
+    let groups = p.regions * p.regions;
+#else
+    let groups = 1u;
+#endif
+    for (var g = lid; g < groups; g += WG) {
+        group_key[g] = 0u;
+    }
+    workgroupBarrier();
+    for (var bit = 32u; bit > 0u; bit--) {
+        let b = 1u << (bit - 1u);
+        for (var g = lid; g < groups; g += WG) {
+            atomicStore(&group_count[g], 0u);
+        }
+        workgroupBarrier();
+        for (var i = lid; i < p.n; i += WG) {
+            let g = group_of(i);
+            if order_key(scores[i]) >= (group_key[g] | b) {
+                atomicAdd(&group_count[g], 1u);
             }
         }
-        flags[i] = select(0u, 1u, rank < limit);
+        workgroupBarrier();
+        for (var g = lid; g < groups; g += WG) {
+            if atomicLoad(&group_count[g]) >= group_limit(g, k) {
+                group_key[g] |= b;
+            }
+        }
+        workgroupBarrier();
     }
+    // group_key[g] is the key of group g's last kept score (all ones for a limit of 0; 0,
+    // below every score's key, for a limit past the group's size)
+    if lid == 0u {
+        var above: array<u32, MAX_REGIONS>;
+        for (var i = 0u; i < p.n; i++) {
+            let g = group_of(i);
+            if order_key(scores[i]) > group_key[g] {
+                above[g] += 1u;
+            }
+        }
+        for (var i = 0u; i < p.n; i++) {
+            let g = group_of(i);
+            let key = order_key(scores[i]);
+            var keep_it = key > group_key[g];
+            if key == group_key[g] && above[g] < group_limit(g, k) {
+                keep_it = true;
+                above[g] += 1u;
+            }
+            flags[at + i] = select(0u, 1u, keep_it);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn top_k(@builtin(local_invocation_index) lid: u32) {
+    select_best(lid, p.k, 0u);
     barrier_all();
     compact(lid);
 }
@@ -351,19 +420,24 @@ fn max_min(@builtin(local_invocation_index) lid: u32) {
     compact(lid);
 }
 
+// VisionZip's similarity of token j to target t.
+fn key_similarity(j: u32, t: u32) -> f32 {
+#ifdef KEY_ROWS
+    var s = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        s += gram[j * p.cols + c] * gram[t * p.cols + c];
+    }
+    return s;
+#else
+    return gram[j * p.n + t];
+#endif
+}
+
 @compute @workgroup_size(WG)
 fn visionzip(@builtin(local_invocation_index) lid: u32) {
     let n = p.n;
-    // 1. Dominant tokens: rank by CLS attention.
-    for (var i = lid; i < n; i += WG) {
-        var rank = 0u;
-        for (var j = 0u; j < n; j++) {
-            if j != i && before(scores[j], j, scores[i], i) {
-                rank++;
-            }
-        }
-        flags[n + i] = select(0u, 1u, rank < p.dominant);
-    }
+    // 1. Dominant tokens: the best by CLS attention.
+    select_best(lid, p.dominant, n);
     barrier_all();
     // 2. One serial pass (a prefix over the tokens, O(n), where a parallel count would be
     //    O(n^2)): contextual targets are every stride-th of the remaining tokens in raster
@@ -407,7 +481,7 @@ fn visionzip(@builtin(local_invocation_index) lid: u32) {
             for (var c = 0u; c < targets; c++) {
                 let s = flags[n + c];
                 let t = keep[s];
-                let g = gram[j * n + t];
+                let g = key_similarity(j, t);
                 if before(g, t, bv, tgt) {
                     bv = g;
                     tgt = t;

@@ -16,6 +16,11 @@
 // Bindings: 1 qkv f32 [rows, row_stride], 2 positions, 3 table, 4 q_out f32 [rows, q_stride],
 //           5 k_cache, 6 v_cache f32 [ctx, kv_stride], 7 step (uniform Step)
 // Dispatch: one invocation per (row, head of q|k|v, i < hd/2), fold.
+// KV_TEX_COPY (with KV_CACHE; hd/2 a multiple of 4): a prefill's keys and values also go to
+// the prefill attention's rgba32float textures (attention.wgsl's KV_TEX: the KV row at
+// texel row step.kv_offset + r), so that no kv_texture.wgsl copy runs. An invocation takes
+// 4 pairs (i .. i + 3, i a multiple of 4), whose values i .. i + 3 and i + hd/2 .. are whole
+// texels. Bindings 8 k_tex, 9 v_tex. Dispatch: one invocation per (row, head, i / 4), fold.
 #include "common"
 
 const WG_SIZE: u32 = 64u;
@@ -46,6 +51,56 @@ fn store_q(o: u32, v: f32) {
     q_out[o] = v;
 }
 
+#ifdef KV_TEX_COPY
+@group(0) @binding(8) var k_tex: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(9) var v_tex: texture_storage_2d<rgba32float, write>;
+
+@compute @workgroup_size(WG_SIZE)
+fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let half = p.hd / 2u;
+    let quads = half / 4u;
+    let per_row = (p.heads + 2u * p.kv_heads) * quads;
+    let idx = linear_wg(wid, nwg) * WG_SIZE + lid;
+    if idx >= p.rows * per_row {
+        return;
+    }
+    let r = idx / per_row;
+    let hh = (idx % per_row) / quads;
+    let i = (idx % quads) * 4u;
+    let src = r * p.row_stride + hh * p.hd;
+    let l = QkvLayout(p.heads, p.kv_heads, p.hd, r * p.q_stride,
+                      (step.kv_offset + r) * p.kv_stride);
+    let pos = positions[r];
+    var lo: vec4<f32>;
+    var hi: vec4<f32>;
+    for (var t = 0u; t < 4u; t++) {
+        let x1 = qkv[src + i + t];
+        let x2 = qkv[src + half + i + t];
+        rope_kv_store(l, hh, i + t, pos, x1, x2);
+        // the same values as texels: keys rotated, values as they are
+        var y = vec2<f32>(x1, x2);
+        if hh < p.heads + p.kv_heads {
+            y = rope_pair(p.hd, i + t, pos, x1, x2);
+        }
+        lo[t] = y.x;
+        hi[t] = y.y;
+    }
+    if hh < p.heads {
+        return;
+    }
+    let kv = hh - p.heads;
+    let at = (kv % p.kv_heads) * p.hd + i;
+    let row = step.kv_offset + r;
+    if kv < p.kv_heads {
+        textureStore(k_tex, vec2<u32>(at / 4u, row), lo);
+        textureStore(k_tex, vec2<u32>((at + half) / 4u, row), hi);
+    } else {
+        textureStore(v_tex, vec2<u32>(at / 4u, row), lo);
+        textureStore(v_tex, vec2<u32>((at + half) / 4u, row), hi);
+    }
+}
+#else
 @compute @workgroup_size(WG_SIZE)
 fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -63,6 +118,7 @@ fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
                       (step.kv_offset + r) * p.kv_stride);
     rope_kv_store(l, hh, i, positions[r], qkv[src + i], qkv[src + half + i]);
 }
+#endif
 #else
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 

@@ -642,6 +642,7 @@ impl Engine {
             .write_buffer(&step_late, 0, bytemuck::bytes_of(&s));
         let logits = crate::gpu::Tensor::new(gpu, "llm.logits", 1, cfg.vocab_size)?;
         let decoder_stage;
+        let mut decoder_prune = Vec::new();
         let late_scratch;
         let head = match split {
             Some(k) => {
@@ -678,6 +679,7 @@ impl Engine {
                 timed(&ds.kernels.iter().collect::<Vec<_>>(), &mut timings.prune)?;
                 let (x, positions) = (ds.x, ds.positions);
                 decoder_stage = ds.buffers;
+                decoder_prune = ds.kernels;
                 stage_buffers.push(&decoder_stage);
                 late_scratch = llm.scratch_over(gpu, x)?;
                 let mut ks = llm.layer_ops(gpu, k..layers, &late_scratch, &positions, &io, None)?;
@@ -769,6 +771,16 @@ impl Engine {
             if let Some(ep) = _encode_pass.as_ref() {
                 eprintln!("vision tower: {} dispatches", ep.tower().len());
                 for (l, n, t) in gpu.profile(&ep.tower(), 3)? {
+                    eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
+                }
+            }
+            let prune: Vec<&Kernel> = (_encode_pass.iter())
+                .flat_map(|ep| ep.prune.iter().chain(&ep.prune_after))
+                .chain(&decoder_prune)
+                .collect();
+            if !prune.is_empty() {
+                eprintln!("pruning passes: {} dispatches", prune.len());
+                for (l, n, t) in gpu.profile(&prune, 3)? {
                     eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
                 }
             }

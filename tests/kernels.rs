@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use vlm_run::gguf::quant::GgmlType;
 use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Step, Tensor, Weight, MIN_TEXTURE_BYTES};
-use vlm_run::ops::attention::{DecodeKv, Heads};
+use vlm_run::ops::attention::{DecodeKv, Heads, KvTextures, PrefillKv};
 use vlm_run::ops::matmul::{lane_min_k, TOKENS_MAX_K};
 use vlm_run::ops::{self, matmul::Act};
 
@@ -407,6 +407,90 @@ fn rope_matches_cpu_rotate_half() {
     }
 }
 
+#[test]
+fn rope_kv_into_textures_writes_what_rope_kv_and_the_copy_write() {
+    // A prefill's q|k|v rows: rope_kv, then kv_texture's copy into the attention's
+    // textures, against rope_kv_into_textures, one dispatch. q and the cache buffers must
+    // come out bit for bit the same, and the textures hold the cache rows.
+    let mut rng = Rng::new(9);
+    for (name, gpu) in variants() {
+        for &(rows, heads, kv_heads, hd) in &[
+            (37usize, 4usize, 2usize, 8usize),
+            (5, 2, 2, 16),
+            (9, 4, 1, 32),
+            // halves that are no multiple of 4: the copy stays
+            (6, 2, 1, 4),
+            (6, 2, 2, 12),
+        ] {
+            let h = Heads {
+                heads,
+                kv_heads,
+                hd,
+            };
+            let cols = (heads + 2 * kv_heads) * hd + 4;
+            let qkv =
+                Tensor::from_f32(&gpu, "qkv", rows, cols, &rng.vec(rows * cols, 1.0)).unwrap();
+            let positions: Vec<u32> = (0..rows as u32).map(|r| 3 * r + 1).collect();
+            let pb = gpu
+                .storage_init("pos", bytemuck::cast_slice(&positions))
+                .unwrap();
+            let table = ops::rope::rope_table(10000.0, hd, 200);
+            let tb = gpu
+                .storage_init("tab", bytemuck::cast_slice(&table))
+                .unwrap();
+            let step = step_buffer(&gpu, Step::default());
+            let ctx = rows + 2;
+            let run = |into: bool| {
+                let q = Tensor::new(&gpu, "q", rows, heads * hd).unwrap();
+                let kc = Tensor::new(&gpu, "k", ctx, kv_heads * hd).unwrap();
+                let vc = Tensor::new(&gpu, "v", ctx, kv_heads * hd).unwrap();
+                let tex = KvTextures::new(&gpu, h, ctx);
+                let rope = ops::rope::RopeKv {
+                    heads: h,
+                    positions: &pb,
+                    table: &tb,
+                    q: &q,
+                    k_cache: &kc,
+                    v_cache: &vc,
+                    step: &step,
+                    into_textures: None,
+                };
+                let fused = match (&tex, into) {
+                    (Some(t), true) => {
+                        ops::rope::rope_kv_into_textures(&gpu, &qkv, &rope, t).unwrap()
+                    }
+                    _ => None,
+                };
+                let filled = fused.is_some();
+                let k = fused.unwrap_or_else(|| ops::rope::rope_kv(&gpu, &qkv, &rope).unwrap());
+                gpu.run(&[&k]).unwrap();
+                if let (Some(t), false) = (&tex, filled) {
+                    gpu.run(&[&t.copy(&gpu, &kc, &vc, rows, None).unwrap()])
+                        .unwrap();
+                }
+                let texels = tex.map(|t| t.read(&gpu, rows).unwrap());
+                let buffers = [&q, &kc, &vc].map(|t| t.read(&gpu).unwrap());
+                (filled, buffers, texels)
+            };
+            let (_, want, want_tex) = run(false);
+            let (filled, got, got_tex) = run(true);
+            let whole_texels = (hd / 2) % 4 == 0;
+            assert_eq!(
+                filled,
+                gpu.caps.weight_textures && whole_texels,
+                "{name} hd {hd}: filled by rope_kv"
+            );
+            assert_eq!(got, want, "{name} hd {hd}: q and the cache buffers");
+            assert_eq!(got_tex, want_tex, "{name} hd {hd}: the textures");
+            if let Some((k, v)) = &got_tex {
+                let w = kv_heads * hd;
+                assert_eq!(k[..], want[1][..rows * w], "{name} hd {hd}: K texels");
+                assert_eq!(v[..], want[2][..rows * w], "{name} hd {hd}: V texels");
+            }
+        }
+    }
+}
+
 fn cpu_attention(
     q: &[f32],
     k: &[f32],
@@ -488,24 +572,43 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
             let tex = ops::attention::KvTextures::new(&gpu, h, kv_len + 3);
             let direct = !tiles && hd % 4 == 0;
             assert_eq!(tex.is_some(), gpu.caps.weight_textures && direct, "{name}");
-            for t in [None, tex.as_ref()] {
+            // and from textures filled beforehand (as rope_kv_into_textures does), with no
+            // copy of their own
+            let mut sources = vec![PrefillKv::Buffers];
+            if let Some(t) = &tex {
+                sources.extend([PrefillKv::Copy(t), PrefillKv::Filled(t)]);
+            }
+            for kv in sources {
                 let out = Tensor::new(&gpu, "o", m, heads * hd).unwrap();
                 let ks = ops::attention::prefill(
-                    &gpu, h, &qt, &kt, &vt, kv_len, causal, q_pos0, &out, t,
+                    &gpu, h, &qt, &kt, &vt, kv_len, causal, q_pos0, &out, kv,
                 )
                 .unwrap();
                 let labels: Vec<_> = ks.iter().map(|k| k.label).collect();
-                let want_labels = match t {
-                    Some(_) => vec!["kv_texture", "attention"],
-                    None => vec!["attention"],
+                let (want_labels, what) = match kv {
+                    PrefillKv::Copy(_) => (vec!["kv_texture", "attention"], "copied"),
+                    PrefillKv::Filled(t) => {
+                        // garbage in the rows past kv_len, which no query may read
+                        let junk = Tensor::from_f32(
+                            &gpu,
+                            "junk",
+                            kv_len + 3,
+                            kv_heads * hd,
+                            &vec![1e6; (kv_len + 3) * kv_heads * hd],
+                        )
+                        .unwrap();
+                        gpu.run(&[&t.copy(&gpu, &junk, &junk, kv_len + 3, None).unwrap()])
+                            .unwrap();
+                        gpu.run(&[&t.copy(&gpu, &kt, &vt, kv_len, None).unwrap()])
+                            .unwrap();
+                        (vec!["attention"], "filled")
+                    }
+                    PrefillKv::Buffers => (vec!["attention"], "buffers"),
                 };
                 assert_eq!(labels, want_labels, "{name}");
                 gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
                 assert_close(
-                    &format!(
-                        "{name} attention m={m} kv={kv_len} textures {}",
-                        t.is_some()
-                    ),
+                    &format!("{name} attention m={m} kv={kv_len} K/V {what}"),
                     &out.read(&gpu).unwrap(),
                     &want,
                     2e-5,

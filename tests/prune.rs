@@ -356,7 +356,8 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
         common::assert_close(&name, &gv, &select::cosine_gram(&x, d), 1e-5);
         // rows from an offset, and a count that leaves the kernel's 4x4 blocks partial
         let part = Tensor::new(g, "gram part", n - 1, n - 1).unwrap();
-        let ks = op::cosine_gram(g, &xt, 1..n, &unit, &part).unwrap();
+        let unit_part = Tensor::new(g, "unit part", n - 1, d).unwrap();
+        let ks = op::cosine_gram(g, &xt, 1..n, &unit_part, &part).unwrap();
         g.run(&ks.iter().collect::<Vec<_>>()).unwrap();
         common::assert_close(
             &format!("{name} rows 1.."),
@@ -412,37 +413,32 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
                 contextual: ctx,
                 ..SelectParams::new(n, (dom + ctx) as usize)
             };
-            let kv = op::select(
-                g,
-                "visionzip",
-                None,
-                p,
-                &[
-                    (1, &sb),
-                    (2, &gram.buf),
-                    (3, &keep),
-                    (5, &flags),
-                    (9, &assign),
-                ],
-            )
-            .unwrap();
-            g.run(&[&kv]).unwrap();
             let sel = visionzip::select(&scores, &gv, dom as usize, ctx as usize);
-            assert_eq!(
-                read(&keep, sel.kept.len()),
-                sel.kept,
-                "{name}: VisionZip {dom}+{ctx}"
-            );
             let want: Vec<u32> = sel
                 .merged_into
                 .iter()
                 .map(|a| a.unwrap_or(u32::MAX))
                 .collect();
-            assert_eq!(
-                read(&assign, n),
-                want,
-                "{name}: VisionZip merge {dom}+{ctx}"
-            );
+            // from the Gram matrix, and from the unit rows (KEY_ROWS: the similarities to
+            // the targets computed in the kernel, as the pipeline runs it)
+            for (flag, rows) in [(None, &gram.buf), (Some("KEY_ROWS"), &unit.buf)] {
+                let p = SelectParams {
+                    cols: d as u32,
+                    ..p
+                };
+                let kv = op::select(
+                    g,
+                    "visionzip",
+                    flag,
+                    p,
+                    &[(1, &sb), (2, rows), (3, &keep), (5, &flags), (9, &assign)],
+                )
+                .unwrap();
+                g.run(&[&kv]).unwrap();
+                let what = format!("{name}: VisionZip {dom}+{ctx} {flag:?}");
+                assert_eq!(read(&keep, sel.kept.len()), sel.kept, "{what}");
+                assert_eq!(read(&assign, n), want, "{what}: merge");
+            }
             // The merge itself: each kept row plus the mean of the rows assigned to it, from
             // the member counts that the selection leaves in flags.
             let kept = sel.kept.len();

@@ -60,7 +60,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["WF16", "TOKENS", "NORM", "XUBO"],
             vec!["WF16", "WTEX", "TOKENS", "NORM", "GATE_UP", "XUBO"],
         ],
-        "rope" => vec![vec![], vec!["KV_CACHE"]],
+        // KV_TEX_COPY: a prefill's keys and values into the attention's textures too
+        "rope" => vec![vec![], vec!["KV_CACHE"], vec!["KV_CACHE", "KV_TEX_COPY"]],
         "attention" => vec![
             vec![],
             vec!["DIRECT_KV"],
@@ -83,7 +84,14 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
         "kv_texture" => vec![vec![], vec!["STEP_ROW"]],
         "embed" => vec![vec![], vec!["WTEX"]],
         // SELECT_WG: the CPU-device workgroup of one SIMD row (it gets a value)
-        "prune_select" => vec![vec![], vec!["REGIONS"], vec!["PORE"], vec!["SELECT_WG"]],
+        // KEY_ROWS: VisionZip's similarities from the key rows
+        "prune_select" => vec![
+            vec![],
+            vec!["REGIONS"],
+            vec!["PORE"],
+            vec!["SELECT_WG"],
+            vec!["KEY_ROWS"],
+        ],
         _ => vec![vec![]],
     }
 }
@@ -172,10 +180,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
         }
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 22, norm 4, elementwise 2,
-    // rope 2, attention 5, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
-    // prune_select 4, prune_score and prune_gather 1 each.
+    // rope 3, attention 5, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
+    // prune_select 5, prune_score and prune_gather 1 each.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 22 + 4 + 2 + 2 + 5 + 2 + 2 + 3 + 4 + 2)
+        4 * (2 * (8 + 7) + 22 + 4 + 2 + 3 + 5 + 2 + 2 + 3 + 5 + 2)
     );
 }

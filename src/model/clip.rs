@@ -270,7 +270,7 @@ impl ClipVisionTower {
                 false,
                 0,
                 &attn,
-                kv_tex.as_ref(),
+                ops::attention::PrefillKv::copy(kv_tex.as_ref()),
             )?);
             ks.extend(layer.out_proj.ops(gpu, &attn, &x, Act::None, true)?);
             let ln2 = &layer.layer_norm2;

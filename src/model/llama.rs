@@ -6,7 +6,7 @@ use super::clip::{Linear, Loader, Stacked};
 use super::config::LlamaConfig;
 use crate::gpu::Step;
 use crate::gpu::{Gpu, Kernel, Tensor, Weight};
-use crate::ops::attention::{DecodeKv, Heads, KvTextures};
+use crate::ops::attention::{DecodeKv, Heads, KvTextures, PrefillKv};
 use crate::ops::matmul::{Act, Epilogue};
 use crate::ops::rope::RopeKv;
 use crate::ops::{self, elementwise::RowDest, sample::Sampling};
@@ -410,21 +410,29 @@ impl Llama {
                 Then::Rope(&rope),
                 &mut ks,
             )?;
+            // prefill: where the attention reads K and V from textures, RoPE's pass writes
+            // them there too where it can, saving the copy's dispatch
+            let mut kv = PrefillKv::copy(io.cache.prefill_textures(l));
             if roped == Roped::Apart {
-                ks.push(ops::rope::rope_kv(gpu, &s.qkv, &rope)?);
+                let filled = match (decode_scores, kv) {
+                    (None, PrefillKv::Copy(t)) => {
+                        ops::rope::rope_kv_into_textures(gpu, &s.qkv, &rope, t)?
+                    }
+                    _ => None,
+                };
+                match filled {
+                    Some(k) => {
+                        ks.push(k);
+                        if let PrefillKv::Copy(t) = kv {
+                            kv = PrefillKv::Filled(t);
+                        }
+                    }
+                    None => ks.push(ops::rope::rope_kv(gpu, &s.qkv, &rope)?),
+                }
             }
             match decode_scores {
                 None => ks.extend(ops::attention::prefill(
-                    gpu,
-                    h,
-                    &s.q,
-                    kc,
-                    vc,
-                    rows,
-                    true,
-                    0,
-                    &s.attn,
-                    io.cache.prefill_textures(l),
+                    gpu, h, &s.q, kc, vc, rows, true, 0, &s.attn, kv,
                 )?),
                 Some(partials) => {
                     let kv = match decode_tex {

@@ -247,9 +247,28 @@ struct CopyParams {
     pad: u32,
 }
 
+/// Where the prefill attention reads K and V from.
+#[derive(Clone, Copy)]
+pub enum PrefillKv<'a> {
+    /// The buffers.
+    Buffers,
+    /// Textures (see [`KvTextures::new`]) that K and V are first copied into.
+    Copy(&'a KvTextures),
+    /// Textures that already hold them (`rope::rope_kv_into_textures` wrote both).
+    Filled(&'a KvTextures),
+}
+
+impl<'a> PrefillKv<'a> {
+    /// Copy into `tex` where there is one.
+    pub fn copy(tex: Option<&'a KvTextures>) -> Self {
+        tex.map_or(Self::Buffers, Self::Copy)
+    }
+}
+
 /// Fused attention for `q.rows` query rows over the first `kv_len` rows of k and v.
 /// Causal: query row i sits at position `q_pos0 + i` and sees keys up to that position.
-/// With `tex` (see [`KvTextures::new`]) K and V are first copied into its textures.
+/// `kv` says where K and V are read from (textures that cannot hold `kv_len` rows of `h`'s
+/// KV heads fall back to the buffers, or fail if they were filled instead of the buffers).
 #[allow(clippy::too_many_arguments)]
 pub fn prefill(
     gpu: &Gpu,
@@ -261,7 +280,7 @@ pub fn prefill(
     causal: bool,
     q_pos0: usize,
     out: &Tensor,
-    tex: Option<&KvTextures>,
+    kv: PrefillKv,
 ) -> Result<Vec<Kernel>> {
     h.check(q, k)?;
     if kv_len > k.rows || out.rows < q.rows || out.cols < h.heads * h.hd {
@@ -289,7 +308,12 @@ pub fn prefill(
     let defines = h.defines(gpu)?;
     let rows_per_wg = h.direct_kv(gpu).map_or(32, |(_, qpi)| DIRECT_QB * qpi);
     let grid = [(q.rows as u32).div_ceil(rows_per_wg), h.heads as u32, 1];
-    let tex = tex.filter(|t| t.holds(h, kv_len));
+    let (tex, filled) = match kv {
+        PrefillKv::Buffers => (None, false),
+        PrefillKv::Copy(t) => (Some(t).filter(|t| t.holds(h, kv_len)), false),
+        PrefillKv::Filled(t) if t.holds(h, kv_len) => (Some(t), true),
+        PrefillKv::Filled(_) => bail!("attention: {kv_len} keys do not fit their textures"),
+    };
     let Some(t) = tex else {
         let bindings = [(1, &q.buf), (2, &k.buf), (3, &v.buf), (4, &out.buf)];
         let attention = Kernel::new(
@@ -303,8 +327,11 @@ pub fn prefill(
         )?;
         return Ok(vec![attention]);
     };
-    let copy = t.copy(gpu, k, v, kv_len, None)?;
-    let attention = Kernel::with_resources(
+    let mut ks = Vec::new();
+    if !filled {
+        ks.push(t.copy(gpu, k, v, kv_len, None)?);
+    }
+    ks.push(Kernel::with_resources(
         gpu,
         "attention",
         "attention",
@@ -316,8 +343,8 @@ pub fn prefill(
             (3, wgpu::BindingResource::TextureView(&t.v)),
         ],
         grid,
-    )?;
-    Ok(vec![copy, attention])
+    )?);
+    Ok(ks)
 }
 
 /// The direct prefill variant's keys per softmax block (KB) and query rows per invocation

@@ -41,7 +41,8 @@ pub struct SelectParams {
     pub has_profile: u32,
     pub lambda: f32,
     pub rho: f32,
-    pub pad0: u32,
+    /// VisionZip with KEY_ROWS: the width of the key rows bound as binding 2.
+    pub cols: u32,
     pub pad1: u32,
 }
 

@@ -118,6 +118,31 @@ impl RopeKv<'_> {
 
 /// [`RopeKv`] as its own kernel over the rows of `qkv`.
 pub fn rope_kv(gpu: &Gpu, qkv: &Tensor, dst: &RopeKv) -> Result<Kernel> {
+    rope_kv_kernel(gpu, qkv, dst, None)
+}
+
+/// [`rope_kv`] for a prefill (rows from cache row `step.kv_offset` = 0 on) that also writes
+/// the keys and values into `tex`, for the prefill attention's `KV_TEX` variant, so that no
+/// copy runs ([`crate::ops::attention::PrefillKv::Filled`]). None where it cannot: a head
+/// dim whose half is no multiple of 4 (a texel holds 4 values), or textures too small.
+pub fn rope_kv_into_textures(
+    gpu: &Gpu,
+    qkv: &Tensor,
+    dst: &RopeKv,
+    tex: &KvTextures,
+) -> Result<Option<Kernel>> {
+    if !(dst.heads.hd / 2).is_multiple_of(4) || !tex.holds(dst.heads, qkv.rows) {
+        return Ok(None);
+    }
+    rope_kv_kernel(gpu, qkv, dst, Some(tex)).map(Some)
+}
+
+fn rope_kv_kernel(
+    gpu: &Gpu,
+    qkv: &Tensor,
+    dst: &RopeKv,
+    tex: Option<&KvTextures>,
+) -> Result<Kernel> {
     dst.check(qkv.rows, qkv.cols)?;
     let Heads {
         heads,
@@ -134,7 +159,9 @@ pub fn rope_kv(gpu: &Gpu, qkv: &Tensor, dst: &RopeKv) -> Result<Kernel> {
         kv_stride: dst.k_cache.cols as u32,
         pad: 0,
     };
-    let n = (qkv.rows * (heads + 2 * kv_heads) * hd / 2) as u32;
+    // an invocation per rotation pair, or per 4 of them
+    let pairs_each = if tex.is_some() { 4 } else { 1 };
+    let n = (qkv.rows * (heads + 2 * kv_heads) * hd / 2 / pairs_each) as u32;
     let grid = fold_workgroups(n.div_ceil(64), gpu.caps.max_workgroups_per_dim);
     let bindings = [
         (1, &qkv.buf),
@@ -145,13 +172,22 @@ pub fn rope_kv(gpu: &Gpu, qkv: &Tensor, dst: &RopeKv) -> Result<Kernel> {
         (6, &dst.v_cache.buf),
         (7, dst.step),
     ];
-    Kernel::new(
+    let mut defines = gpu.base_defines().with_flag("KV_CACHE");
+    let mut textures = Vec::new();
+    if let Some(t) = tex {
+        defines.flag("KV_TEX_COPY");
+        let (k, v) = t.views();
+        textures.push((8, wgpu::BindingResource::TextureView(k)));
+        textures.push((9, wgpu::BindingResource::TextureView(v)));
+    }
+    Kernel::with_resources(
         gpu,
         "rope",
         "rope_kv",
-        &gpu.base_defines().with_flag("KV_CACHE"),
+        &defines,
         bytes(&p),
         &bindings,
+        textures,
         grid,
     )
 }

@@ -38,6 +38,9 @@ pub fn floor_count(alpha: f32, b1: usize, regions: usize) -> usize {
     }
 }
 
+/// Regions (r x r) that `prune_select.wgsl` holds per-region state for (its MAX_REGIONS).
+pub const MAX_REGIONS: usize = 64;
+
 pub fn check(n: usize, grid: usize, r: usize) -> Result<()> {
     if grid * grid != n {
         bail!("ARP needs a square patch grid; {n} visual tokens are not one");
@@ -47,6 +50,12 @@ pub fn check(n: usize, grid: usize, r: usize) -> Result<()> {
     }
     if r > grid {
         bail!("--arp-regions {r} exceeds the {grid}-patch grid");
+    }
+    if r * r > MAX_REGIONS {
+        bail!(
+            "--arp-regions {r} gives {} regions; the GPU passes hold at most {MAX_REGIONS} (8 x 8)",
+            r * r
+        );
     }
     Ok(())
 }

@@ -35,6 +35,9 @@ pub struct StageBuffers {
     pub raster: wgpu::Buffer,
     /// VisionZip: u32 [n], the kept slot each merged token joined, or u32::MAX.
     pub assign: Option<wgpu::Buffer>,
+    /// Kernels that only a full trace runs: VisionZip's Gram matrix of the keys, which its
+    /// selection does not need (it compares each token with the few targets only).
+    trace_kernels: Vec<Kernel>,
     _scratch: Vec<wgpu::Buffer>,
 }
 
@@ -65,6 +68,9 @@ fn read_u32(gpu: &Gpu, b: &wgpu::Buffer, n: usize) -> Result<Vec<u32>> {
 impl StageBuffers {
     /// Read the stage back (after the pipeline has run). `full` adds scores and matrices.
     pub fn trace(&self, gpu: &Gpu, full: bool) -> Result<StageTrace> {
+        if full && !self.trace_kernels.is_empty() {
+            gpu.run(&self.trace_kernels.iter().collect::<Vec<_>>())?;
+        }
         let opt = |t: &Option<Tensor>| -> Result<Option<Vec<f32>>> {
             match t {
                 Some(t) if full => Ok(Some(t.read(gpu)?)),
@@ -138,6 +144,7 @@ pub fn encoder_stage(
     let feats = Tensor::new(gpu, "projector.in", b, out.cols)?;
     let mut scratch = vec![stats];
     let mut gram_t = None;
+    let mut trace_ks = Vec::new();
     let mut assign_b = None;
     match plan.method {
         Method::FasterVlm => {
@@ -187,20 +194,24 @@ pub fn encoder_stage(
             let gram = Tensor::new(gpu, "prune.gram", n, n)?;
             let assign = u32_buffer(gpu, "prune.assign", n)?;
             ks.push(op::key_mean(gpu, h, k, 1..n + 1, &km)?);
-            ks.extend(op::cosine_gram(gpu, &km, 0..n, &unit, &gram)?);
+            let mut gram_ks = op::cosine_gram(gpu, &km, 0..n, &unit, &gram)?;
+            // the unit keys feed the selection; the Gram matrix only a trace
+            ks.push(gram_ks.remove(0));
+            trace_ks = gram_ks;
             let p = SelectParams {
                 dominant: dominant as u32,
                 contextual: contextual as u32,
+                cols: h.hd as u32,
                 ..SelectParams::new(n, b)
             };
             ks.push(op::select(
                 gpu,
                 "visionzip",
-                None,
+                Some("KEY_ROWS"),
                 p,
                 &[
                     (1, &cls.buf),
-                    (2, &gram.buf),
+                    (2, &unit.buf),
                     (3, &keep),
                     (5, &flags),
                     (9, &assign),
@@ -211,6 +222,7 @@ pub fn encoder_stage(
             )?);
             gram_t = Some(gram);
             assign_b = Some(assign);
+            scratch.push(unit.buf);
         }
         m => bail!("{m} does not prune at the encoder"),
     }
@@ -229,6 +241,7 @@ pub fn encoder_stage(
             keep,
             raster,
             assign: assign_b,
+            trace_kernels: trace_ks,
             _scratch: scratch,
         },
     })
@@ -271,6 +284,7 @@ pub fn projector_stage(
             keep,
             raster,
             assign: None,
+            trace_kernels: Vec::new(),
             _scratch: vec![flags, unit.buf],
         },
     ))
@@ -460,6 +474,7 @@ pub fn decoder_stage(
             keep,
             raster,
             assign: None,
+            trace_kernels: Vec::new(),
             _scratch: scratch,
         },
     })
