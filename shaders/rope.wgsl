@@ -54,30 +54,35 @@ fn store_q(o: u32, v: f32) {
 #ifdef KV_TEX_COPY
 @group(0) @binding(8) var k_tex: texture_storage_2d<rgba32float, write>;
 @group(0) @binding(9) var v_tex: texture_storage_2d<rgba32float, write>;
+const PAIRS_EACH: u32 = 4u;
+#else
+const PAIRS_EACH: u32 = 1u;
+#endif
 
 @compute @workgroup_size(WG_SIZE)
 fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>) {
     let half = p.hd / 2u;
-    let quads = half / 4u;
-    let per_row = (p.heads + 2u * p.kv_heads) * quads;
+    let runs = half / PAIRS_EACH;
+    let per_row = (p.heads + 2u * p.kv_heads) * runs;
     let idx = linear_wg(wid, nwg) * WG_SIZE + lid;
     if idx >= p.rows * per_row {
         return;
     }
     let r = idx / per_row;
-    let hh = (idx % per_row) / quads;
-    let i = (idx % quads) * 4u;
+    let hh = (idx % per_row) / runs;
+    let i = (idx % runs) * PAIRS_EACH;
     let src = r * p.row_stride + hh * p.hd;
     let l = QkvLayout(p.heads, p.kv_heads, p.hd, r * p.q_stride,
                       (step.kv_offset + r) * p.kv_stride);
     let pos = positions[r];
     var lo: vec4<f32>;
     var hi: vec4<f32>;
-    for (var t = 0u; t < 4u; t++) {
+    for (var t = 0u; t < PAIRS_EACH; t++) {
         let x1 = qkv[src + i + t];
         let x2 = qkv[src + half + i + t];
         rope_kv_store(l, hh, i + t, pos, x1, x2);
+#ifdef KV_TEX_COPY
         // the same values as texels: keys rotated, values as they are
         var y = vec2<f32>(x1, x2);
         if hh < p.heads + p.kv_heads {
@@ -85,7 +90,9 @@ fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         }
         lo[t] = y.x;
         hi[t] = y.y;
+#endif
     }
+#ifdef KV_TEX_COPY
     if hh < p.heads {
         return;
     }
@@ -99,26 +106,8 @@ fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         textureStore(v_tex, vec2<u32>(at / 4u, row), lo);
         textureStore(v_tex, vec2<u32>((at + half) / 4u, row), hi);
     }
-}
-#else
-@compute @workgroup_size(WG_SIZE)
-fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-           @builtin(num_workgroups) nwg: vec3<u32>) {
-    let half = p.hd / 2u;
-    let per_row = (p.heads + 2u * p.kv_heads) * half;
-    let idx = linear_wg(wid, nwg) * WG_SIZE + lid;
-    if idx >= p.rows * per_row {
-        return;
-    }
-    let r = idx / per_row;
-    let hh = (idx % per_row) / half;
-    let i = idx % half;
-    let src = r * p.row_stride + hh * p.hd;
-    let l = QkvLayout(p.heads, p.kv_heads, p.hd, r * p.q_stride,
-                      (step.kv_offset + r) * p.kv_stride);
-    rope_kv_store(l, hh, i, positions[r], qkv[src + i], qkv[src + half + i]);
-}
 #endif
+}
 #else
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 
