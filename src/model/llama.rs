@@ -414,18 +414,16 @@ impl Llama {
             // them there too where it can, saving the copy's dispatch
             let mut kv = PrefillKv::copy(io.cache.prefill_textures(l));
             if roped == Roped::Apart {
-                let filled = match (decode_scores, kv) {
+                let into = match (decode_scores, kv) {
                     (None, PrefillKv::Copy(t)) => {
-                        ops::rope::rope_kv_into_textures(gpu, &s.qkv, &rope, t)?
+                        ops::rope::rope_kv_into_textures(gpu, &s.qkv, &rope, t)?.map(|k| (k, t))
                     }
                     _ => None,
                 };
-                match filled {
-                    Some(k) => {
+                match into {
+                    Some((k, t)) => {
                         ks.push(k);
-                        if let PrefillKv::Copy(t) = kv {
-                            kv = PrefillKv::Filled(t);
-                        }
+                        kv = PrefillKv::Filled(t);
                     }
                     None => ks.push(ops::rope::rope_kv(gpu, &s.qkv, &rope)?),
                 }

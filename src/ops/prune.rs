@@ -164,8 +164,35 @@ pub fn key_mean(
     )
 }
 
+/// Rows `rows` of `x` scaled to unit L2 norm, into `unit` [rows, x.cols].
+pub fn normalize_rows(gpu: &Gpu, x: &Tensor, rows: Range<usize>, unit: &Tensor) -> Result<Kernel> {
+    let n = rows.len();
+    if rows.end > x.rows || unit.rows < n || unit.cols != x.cols {
+        bail!("normalize rows: shapes do not match");
+    }
+    Kernel::new(
+        gpu,
+        "prune_score",
+        "normalize_rows",
+        &gpu.base_defines(),
+        bytes(&unit_params(x, rows)),
+        &[(1, &x.buf), (4, &unit.buf)],
+        [(n as u32).div_ceil(64), 1, 1],
+    )
+}
+
+fn unit_params(x: &Tensor, rows: Range<usize>) -> ScoreParams {
+    ScoreParams {
+        rows: rows.len() as u32,
+        cols: x.cols as u32,
+        row0: rows.start as u32,
+        a_stride: x.cols as u32,
+        ..Default::default()
+    }
+}
+
 /// Cosine similarity of rows `rows` of `x` with each other: `unit` [rows, x.cols] receives
-/// the unit rows, `out` [rows, rows] the similarities.
+/// the unit rows ([`normalize_rows`]), `out` [rows, rows] the similarities.
 pub fn cosine_gram(
     gpu: &Gpu,
     x: &Tensor,
@@ -174,39 +201,22 @@ pub fn cosine_gram(
     out: &Tensor,
 ) -> Result<Vec<Kernel>> {
     let n = rows.len();
-    if rows.end > x.rows || unit.rows < n || unit.cols != x.cols || out.rows * out.cols < n * n {
+    if out.rows * out.cols < n * n {
         bail!("cosine gram: shapes do not match");
     }
-    let p = ScoreParams {
-        rows: n as u32,
-        cols: x.cols as u32,
-        row0: rows.start as u32,
-        a_stride: x.cols as u32,
-        ..Default::default()
-    };
-    let d = gpu.base_defines();
+    let normalize = normalize_rows(gpu, x, rows.clone(), unit)?;
     // 32x32 pairs per workgroup (prune_score.wgsl's gram)
     let tiles = (n as u32).div_ceil(32);
-    Ok(vec![
-        Kernel::new(
-            gpu,
-            "prune_score",
-            "normalize_rows",
-            &d,
-            bytes(&p),
-            &[(1, &x.buf), (4, &unit.buf)],
-            [(n as u32).div_ceil(64), 1, 1],
-        )?,
-        Kernel::new(
-            gpu,
-            "prune_score",
-            "gram",
-            &d,
-            bytes(&p),
-            &[(1, &unit.buf), (4, &out.buf)],
-            [tiles, tiles, 1],
-        )?,
-    ])
+    let gram = Kernel::new(
+        gpu,
+        "prune_score",
+        "gram",
+        &gpu.base_defines(),
+        bytes(&unit_params(x, rows)),
+        &[(1, &unit.buf), (4, &out.buf)],
+        [tiles, tiles, 1],
+    )?;
+    Ok(vec![normalize, gram])
 }
 
 /// A single-workgroup selection pass of `prune_select.wgsl`.

@@ -35,9 +35,9 @@ pub struct StageBuffers {
     pub raster: wgpu::Buffer,
     /// VisionZip: u32 [n], the kept slot each merged token joined, or u32::MAX.
     pub assign: Option<wgpu::Buffer>,
-    /// Kernels that only a full trace runs: VisionZip's Gram matrix of the keys, which its
-    /// selection does not need (it compares each token with the few targets only).
-    trace_kernels: Vec<Kernel>,
+    /// VisionZip: the head-mean keys, whose Gram matrix only a full trace computes (the
+    /// selection compares each token with its few targets, from the unit keys).
+    keys: Option<Tensor>,
     _scratch: Vec<wgpu::Buffer>,
 }
 
@@ -68,9 +68,6 @@ fn read_u32(gpu: &Gpu, b: &wgpu::Buffer, n: usize) -> Result<Vec<u32>> {
 impl StageBuffers {
     /// Read the stage back (after the pipeline has run). `full` adds scores and matrices.
     pub fn trace(&self, gpu: &Gpu, full: bool) -> Result<StageTrace> {
-        if full && !self.trace_kernels.is_empty() {
-            gpu.run(&self.trace_kernels.iter().collect::<Vec<_>>())?;
-        }
         let opt = |t: &Option<Tensor>| -> Result<Option<Vec<f32>>> {
             match t {
                 Some(t) if full => Ok(Some(t.read(gpu)?)),
@@ -87,13 +84,26 @@ impl StageBuffers {
                 Vec::new()
             },
             reweighted: opt(&self.reweighted)?,
-            gram: opt(&self.gram)?,
+            gram: match &self.keys {
+                Some(keys) if full => Some(key_gram(gpu, keys)?),
+                _ => opt(&self.gram)?,
+            },
             assign: match &self.assign {
                 Some(a) if full => Some(read_u32(gpu, a, self.n)?),
                 _ => None,
             },
         })
     }
+}
+
+/// The cosine Gram matrix of `keys`' rows, computed and read back (traces only).
+fn key_gram(gpu: &Gpu, keys: &Tensor) -> Result<Vec<f32>> {
+    let n = keys.rows;
+    let unit = Tensor::new(gpu, "trace.key_unit", n, keys.cols)?;
+    let gram = Tensor::new(gpu, "trace.key_gram", n, n)?;
+    let ks = op::cosine_gram(gpu, keys, 0..n, &unit, &gram)?;
+    gpu.run(&ks.iter().collect::<Vec<_>>())?;
+    gram.read(gpu)
 }
 
 fn u32_buffer(gpu: &Gpu, label: &str, n: usize) -> Result<wgpu::Buffer> {
@@ -143,8 +153,7 @@ pub fn encoder_stage(
     let flags = u32_buffer(gpu, "prune.flags", 2 * n)?;
     let feats = Tensor::new(gpu, "projector.in", b, out.cols)?;
     let mut scratch = vec![stats];
-    let mut gram_t = None;
-    let mut trace_ks = Vec::new();
+    let mut keys = None;
     let mut assign_b = None;
     match plan.method {
         Method::FasterVlm => {
@@ -191,13 +200,9 @@ pub fn encoder_stage(
             let (dominant, contextual) = visionzip::split(b, opts.visionzip_contextual);
             let km = Tensor::new(gpu, "prune.key_mean", n, h.hd)?;
             let unit = Tensor::new(gpu, "prune.key_unit", n, h.hd)?;
-            let gram = Tensor::new(gpu, "prune.gram", n, n)?;
             let assign = u32_buffer(gpu, "prune.assign", n)?;
             ks.push(op::key_mean(gpu, h, k, 1..n + 1, &km)?);
-            let mut gram_ks = op::cosine_gram(gpu, &km, 0..n, &unit, &gram)?;
-            // the unit keys feed the selection; the Gram matrix only a trace
-            ks.push(gram_ks.remove(0));
-            trace_ks = gram_ks;
+            ks.push(op::normalize_rows(gpu, &km, 0..n, &unit)?);
             let p = SelectParams {
                 dominant: dominant as u32,
                 contextual: contextual as u32,
@@ -220,8 +225,8 @@ pub fn encoder_stage(
             ks.push(op::merge_rows(
                 gpu, &keep, &assign, &flags, n, out, 1, &feats,
             )?);
-            gram_t = Some(gram);
             assign_b = Some(assign);
+            keys = Some(km);
             scratch.push(unit.buf);
         }
         m => bail!("{m} does not prune at the encoder"),
@@ -237,11 +242,11 @@ pub fn encoder_stage(
             kept: b,
             scores: cls,
             reweighted: None,
-            gram: gram_t,
+            gram: None,
             keep,
             raster,
             assign: assign_b,
-            trace_kernels: trace_ks,
+            keys,
             _scratch: scratch,
         },
     })
@@ -284,7 +289,7 @@ pub fn projector_stage(
             keep,
             raster,
             assign: None,
-            trace_kernels: Vec::new(),
+            keys: None,
             _scratch: vec![flags, unit.buf],
         },
     ))
@@ -474,7 +479,7 @@ pub fn decoder_stage(
             keep,
             raster,
             assign: None,
-            trace_kernels: Vec::new(),
+            keys: None,
             _scratch: scratch,
         },
     })
