@@ -9,7 +9,7 @@ use common::*;
 use vlm_run::gguf::quant::GgmlType;
 use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Step, Tensor, Weight, MIN_TEXTURE_BYTES};
 use vlm_run::ops::attention::{DecodeKv, Heads, KvTextures, PrefillKv};
-use vlm_run::ops::matmul::{lane_min_k, TOKENS_MAX_K};
+use vlm_run::ops::matmul::{by_token, lane_min_k};
 use vlm_run::ops::{self, matmul::Act};
 
 fn cpu_linear(
@@ -68,7 +68,7 @@ fn expected_entry(tile: GemmTile, m: usize, w: &Weight) -> &'static str {
     match (m, tile) {
         (1, _) => "gemv",
         (_, GemmTile::Lanes) if ops::matmul::gemv_reads(w) && w.cols >= lane_min_k(w.ty) => {
-            if w.ty == GgmlType::F16 && w.cols <= TOKENS_MAX_K {
+            if by_token(m, w) {
                 "gemm_tokens"
             } else {
                 "gemm_lanes"

@@ -148,7 +148,7 @@ pub fn linear_at(
 /// weight rows reuse each input group more, more input rows only add registers).
 const LANE_TOKENS: usize = 4;
 
-/// The longest rows gemm_tokens takes instead of gemm_lanes. Its invocations each own an
+/// The longest rows gemm_tokens always takes instead of gemm_lanes. Its invocations each own an
 /// input row and walk all of k, and the workgroup's rows share every weight load, so it
 /// needs no lane sums: at k = 64 the 8 lanes of gemm_lanes hold one unit each and spend
 /// as long summing as multiplying. Measured on lavapipe (profile, 2 cores): on
@@ -158,6 +158,19 @@ const LANE_TOKENS: usize = 4;
 /// [gate; up] 99-120 ms against 115-139, with 8 to 32 weight rows per workgroup).
 pub const TOKENS_MAX_K: usize = 64;
 
+/// Longer rows go to gemm_tokens too when the matrix has at most this many rows (weight
+/// rows per chunk) and the input at least [`TOKENS_MIN_M`] rows: each x row is then loaded
+/// only n / 8 times, and the encoders' wide inputs fill its 32-row workgroups. Measured on
+/// lavapipe (profile, 2 cores, 2026-11-23): the vision tower's GEMMs on tiny-llava-32l (577
+/// rows; fc2 k = 128, the patch embedding k = 588, n = 64) took 17-24 ms against 26-34, on
+/// weights/tiny-llava-vqa (257 rows, k = 128-588, n = 128-512) 46-49 ms against 68-78, and
+/// that model's decoder GEMMs over a 267-row prompt (k = 128 and 384, n = 128-256) 66-76 ms
+/// against 78-91 ([gate; up], n = 768, level either way, stays with the lanes). SmolLM2's
+/// F16 matrices (k = 576, n = 576-3072) are 1.7x slower by token, so they keep the lanes.
+pub const TOKENS_MAX_N: usize = 512;
+/// See [`TOKENS_MAX_N`]: shorter inputs leave most of a 32-row workgroup idle.
+pub const TOKENS_MIN_M: usize = 128;
+
 /// Input rows per gemm_tokens workgroup (its invocations: gemv.wgsl's `TOKENS_WG`) and weight
 /// rows per workgroup (8 measured as fast as 16 and faster than 4 on tiny-llava-32l). 32
 /// rows pad a short prefill less than 64: on tiny-llava-32l pruned to 64 visual tokens (94
@@ -165,6 +178,14 @@ pub const TOKENS_MAX_K: usize = 64;
 /// 16 rows took 27-29 ms (lavapipe profile).
 const TOKENS_PER_WG: usize = 32;
 const TOKENS_ROWS: usize = 8;
+
+/// Whether the lane kernels run m rows of x times the f16 `w` with an invocation per input
+/// row (`gemm_tokens`) rather than lanes over k: short rows, or few outputs over many input
+/// rows ([`TOKENS_MAX_N`]).
+pub fn by_token(m: usize, w: &Weight) -> bool {
+    let narrow = w.chunks.iter().all(|c| c.rows <= TOKENS_MAX_N) && m >= TOKENS_MIN_M;
+    w.ty == GgmlType::F16 && (w.cols <= TOKENS_MAX_K || narrow)
+}
 
 /// The shortest rows gemm_lanes takes: a 32-value block of the quant formats per lane, or
 /// for f16 half the lanes busy with a 16-byte word (8 values) each, which still beats the
@@ -186,8 +207,8 @@ fn lane_rows(rows: usize) -> usize {
 }
 
 /// y[.., y_col..] = x W^T with the fusions in `e`, for x's m > 1 rows, with gemv.wgsl's
-/// lane groups (`gemm_lanes`), or for rows of k <= TOKENS_MAX_K an invocation per input
-/// row (`gemm_tokens`); None when those kernels do not read w's format, x's rows are not
+/// lane groups (`gemm_lanes`), or an invocation per input row (`gemm_tokens`, where
+/// [`by_token`] says); None when those kernels do not read w's format, x's rows are not
 /// whole vec4s, or the fusions do not fit w.
 fn gemm_lanes(
     gpu: &Gpu,
@@ -206,8 +227,7 @@ fn gemm_lanes(
     check_fit("gemm_lanes", m, x, w, y, &e)?;
     let mut d = fused_defines(gpu, w, &e);
     d.set("TOKENS", format!("{LANE_TOKENS}u"));
-    // short rows: an invocation per input row (gemm_tokens) instead of lanes over k
-    let by_token = w.ty == GgmlType::F16 && w.cols <= TOKENS_MAX_K;
+    let by_token = by_token(m, w);
     // the module holds both entries, so gemm_lanes' variants carry TOKENS_WG too
     d.set("TOKENS_WG", format!("{TOKENS_PER_WG}u"));
     let (entry, m_per) = if by_token {
