@@ -16,12 +16,16 @@
 //   Bindings: 0 params, 1 a = k f32 [*, a_stride], 4 out f32 [rows, hd]
 //   One invocation per output value. Dispatch (ceil(rows * hd / WG), 1, 1).
 // normalize_rows: rows row0 .. row0 + rows of a, scaled to unit L2 norm.
-//   Bindings: 0 params, 1 a f32 [*, a_stride], 4 out f32 [rows, cols]
+//   Bindings: 0 params, 1 a f32 [*, a_stride], 4 out f32 [rows, cols]; UNIT_TEX_OUT (cols
+//   a multiple of 4): the unit rows also to 5, an rgba32float texture [cols / 4, rows].
 //   One invocation per row. Dispatch (ceil(rows / WG), 1, 1).
 // gram: dot products of every pair of rows of a unit-norm matrix (cosine similarity).
-//   Bindings: 0 params, 1 a f32 [rows, cols], 4 out f32 [rows, rows]
+//   Bindings: 0 params, 1 a f32 [rows, cols], 4 out f32 [rows, rows]; UNIT_TEX: a read from
+//   normalize_rows' texture (5) instead, 4 values a texel (CPU devices, whose texel loads
+//   beat per-lane storage loads)
 //   One invocation per 4x4 block of pairs (8 loads per column for 16 products), 8x8
-//   invocations per workgroup. Dispatch (ceil(rows/32), ceil(rows/32), 1).
+//   invocations per workgroup; the blocks below the diagonal return at once, those on and
+//   above it also write their mirror image. Dispatch (ceil(rows/32), ceil(rows/32), 1).
 
 const WG: u32 = 64u;
 
@@ -49,6 +53,12 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#ifdef UNIT_TEX_OUT
+@group(0) @binding(5) var unit_tex: texture_storage_2d<rgba32float, write>;
+#endif
+#ifdef UNIT_TEX
+@group(0) @binding(5) var unit_tex: texture_storage_2d<rgba32float, read>;
+#endif
 
 var<workgroup> wg_m: array<f32, WG>;
 var<workgroup> wg_l: array<f32, WG>;
@@ -152,6 +162,12 @@ fn normalize_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var c = 0u; c < p.cols; c++) {
         out[r * p.cols + c] = a[base + c] * inv;
     }
+#ifdef UNIT_TEX_OUT
+    for (var c = 0u; c < p.cols; c += 4u) {
+        let v = vec4<f32>(a[base + c], a[base + c + 1u], a[base + c + 2u], a[base + c + 3u]);
+        textureStore(unit_tex, vec2<u32>(c / 4u, r), v * inv);
+    }
+#endif
 }
 
 // gram's block of pairs per invocation: GB rows i by GB rows j.
@@ -161,12 +177,28 @@ const GB: u32 = 4u;
 fn gram(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i0 = gid.y * GB;
     let j0 = gid.x * GB;
-    if i0 >= p.rows || j0 >= p.rows {
+    // the matrix is symmetric: the blocks on and above the diagonal write their mirror too
+    if i0 >= p.rows || j0 >= p.rows || j0 < i0 {
         return;
     }
     // rows past the end repeat the last row and are not stored
     let last = p.rows - 1u;
     var acc: array<vec4<f32>, GB>;
+#ifdef UNIT_TEX
+    for (var c = 0u; c < p.cols / 4u; c++) {
+        var aj: array<vec4<f32>, GB>;
+        for (var u = 0u; u < GB; u++) {
+            aj[u] = textureLoad(unit_tex, vec2<u32>(c, min(j0 + u, last)));
+        }
+        for (var t = 0u; t < GB; t++) {
+            let ai = textureLoad(unit_tex, vec2<u32>(c, min(i0 + t, last)));
+            // value by value, in the buffer variant's order, so that both give equal bits
+            for (var e = 0u; e < 4u; e++) {
+                acc[t] += ai[e] * vec4<f32>(aj[0][e], aj[1][e], aj[2][e], aj[3][e]);
+            }
+        }
+    }
+#else
     for (var c = 0u; c < p.cols; c++) {
         let aj = vec4<f32>(a[min(j0, last) * p.cols + c], a[min(j0 + 1u, last) * p.cols + c],
                            a[min(j0 + 2u, last) * p.cols + c], a[min(j0 + 3u, last) * p.cols + c]);
@@ -174,10 +206,12 @@ fn gram(@builtin(global_invocation_id) gid: vec3<u32>) {
             acc[t] += a[min(i0 + t, last) * p.cols + c] * aj;
         }
     }
+#endif
     for (var t = 0u; t < GB; t++) {
         for (var u = 0u; u < GB; u++) {
             if i0 + t < p.rows && j0 + u < p.rows {
                 out[(i0 + t) * p.rows + j0 + u] = acc[t][u];
+                out[(j0 + u) * p.rows + i0 + t] = acc[t][u];
             }
         }
     }

@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use vlm_run::gguf::quant::GgmlType;
 use vlm_run::gpu::{GemmTile, Gpu, GpuOptions, Step, Tensor, Weight, MIN_TEXTURE_BYTES};
 use vlm_run::ops::attention::{DecodeKv, Heads, KvTextures, PrefillKv};
 use vlm_run::ops::matmul::{by_token, lane_min_k};

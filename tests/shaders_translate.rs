@@ -92,6 +92,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["SELECT_WG"],
             vec!["KEY_ROWS"],
         ],
+        // the unit rows as texels: normalize_rows writes them, the Gram reads them
+        "prune_score" => vec![vec![], vec!["UNIT_TEX_OUT"], vec!["UNIT_TEX"]],
         _ => vec![vec![]],
     }
 }
@@ -181,9 +183,9 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 22, norm 4, elementwise 2,
     // rope 3, attention 5, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
-    // prune_select 5, prune_score and prune_gather 1 each.
+    // prune_select 5, prune_score 3 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 22 + 4 + 2 + 3 + 5 + 2 + 2 + 3 + 5 + 2)
+        4 * (2 * (8 + 7) + 22 + 4 + 2 + 3 + 5 + 2 + 2 + 3 + 5 + 3 + 1)
     );
 }
