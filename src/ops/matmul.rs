@@ -155,7 +155,9 @@ const LANE_TOKENS: usize = 4;
 /// tiny-llava-32l (k = 32 and 64) the decoder's GEMMs took 110-150 ms instead of ~250 and
 /// the encoder's layer GEMMs 20-27 ms instead of 32-38; at k = 128 (weights/tiny-llava-vqa)
 /// the lane groups were as fast in the encoder and faster in the decoder (SwiGLU's
-/// [gate; up] 99-120 ms against 115-139, with 8 to 32 weight rows per workgroup).
+/// [gate; up] 99-120 ms against 115-139, with 8 to 32 weight rows per workgroup). Measured
+/// again on 2026-11-23 the narrow matrices of k = 128 and more ran faster by token over long
+/// inputs: [`TOKENS_MAX_N`].
 pub const TOKENS_MAX_K: usize = 64;
 
 /// Longer rows go to gemm_tokens too when the matrix has at most this many rows (weight
