@@ -438,6 +438,27 @@ impl Gpu {
         self.map_and_read(&staging, bytes)
     }
 
+    /// An rgba32float texture of `width` texels by `rows`, that shaders write and read as a
+    /// storage texture and tests read back ([`Self::read_texture_rows`]).
+    pub fn rgba32float_texture(&self, label: &str, width: usize, rows: usize) -> wgpu::TextureView {
+        self.device
+            .create_texture(&wgpu::TextureDescriptor {
+                label: Some(label),
+                size: wgpu::Extent3d {
+                    width: width as u32,
+                    height: rows as u32,
+                    depth_or_array_layers: 1,
+                },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba32Float,
+                usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_SRC,
+                view_formats: &[],
+            })
+            .create_view(&Default::default())
+    }
+
     /// The first `rows` texel rows of a 2-D texture of 16-byte texels, `width` texels wide,
     /// copied to the CPU as packed rows of 16·width bytes (waits for the GPU). The texture
     /// needs COPY_SRC usage.

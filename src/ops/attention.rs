@@ -144,24 +144,7 @@ impl KvTextures {
         if !gpu.caps.weight_textures || h.direct_kv(gpu).is_none() || !fits {
             return None;
         }
-        let texture = |label| {
-            gpu.device
-                .create_texture(&wgpu::TextureDescriptor {
-                    label: Some(label),
-                    size: wgpu::Extent3d {
-                        width: width4 as u32,
-                        height: rows as u32,
-                        depth_or_array_layers: 1,
-                    },
-                    mip_level_count: 1,
-                    sample_count: 1,
-                    dimension: wgpu::TextureDimension::D2,
-                    format: wgpu::TextureFormat::Rgba32Float,
-                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_SRC,
-                    view_formats: &[],
-                })
-                .create_view(&Default::default())
-        };
+        let texture = |label| gpu.rgba32float_texture(label, width4, rows);
         Some(Self {
             k: texture("attn.k_tex"),
             v: texture("attn.v_tex"),

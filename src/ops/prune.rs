@@ -261,21 +261,7 @@ fn unit_texture(gpu: &Gpu, rows: usize, cols: usize) -> Option<wgpu::TextureView
     if !gpu.caps.weight_textures || !cols.is_multiple_of(4) || !fits {
         return None;
     }
-    let tex = gpu.device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("prune.unit_tex"),
-        size: wgpu::Extent3d {
-            width: (cols / 4) as u32,
-            height: rows as u32,
-            depth_or_array_layers: 1,
-        },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::STORAGE_BINDING,
-        view_formats: &[],
-    });
-    Some(tex.create_view(&Default::default()))
+    Some(gpu.rgba32float_texture("prune.unit_tex", cols / 4, rows))
 }
 
 /// A single-workgroup selection pass of `prune_select.wgsl`.
