@@ -166,24 +166,37 @@ pub fn key_mean(
 
 /// Rows `rows` of `x` scaled to unit L2 norm, into `unit` [rows, x.cols].
 pub fn normalize_rows(gpu: &Gpu, x: &Tensor, rows: Range<usize>, unit: &Tensor) -> Result<Kernel> {
+    normalize_kernel(gpu, x, rows, unit, None)
+}
+
+/// [`normalize_rows`], and with `tex` the unit rows also as its texels (`UNIT_TEX_OUT`).
+fn normalize_kernel(
+    gpu: &Gpu,
+    x: &Tensor,
+    rows: Range<usize>,
+    unit: &Tensor,
+    tex: Option<&wgpu::TextureView>,
+) -> Result<Kernel> {
     let n = rows.len();
-    check_normalize(x, &rows, unit)?;
-    Kernel::new(
+    if rows.end > x.rows || unit.rows < n || unit.cols != x.cols {
+        bail!("normalize rows: shapes do not match");
+    }
+    let mut defines = gpu.base_defines();
+    let mut textures = Vec::new();
+    if let Some(t) = tex {
+        defines.flag("UNIT_TEX_OUT");
+        textures.push((5, wgpu::BindingResource::TextureView(t)));
+    }
+    Kernel::with_resources(
         gpu,
         "prune_score",
         "normalize_rows",
-        &gpu.base_defines(),
+        &defines,
         bytes(&unit_params(x, rows)),
         &[(1, &x.buf), (4, &unit.buf)],
+        textures,
         [(n as u32).div_ceil(64), 1, 1],
     )
-}
-
-fn check_normalize(x: &Tensor, rows: &Range<usize>, unit: &Tensor) -> Result<()> {
-    if rows.end > x.rows || unit.rows < rows.len() || unit.cols != x.cols {
-        bail!("normalize rows: shapes do not match");
-    }
-    Ok(())
 }
 
 fn unit_params(x: &Tensor, rows: Range<usize>) -> ScoreParams {
@@ -209,42 +222,31 @@ pub fn cosine_gram(
     if out.rows * out.cols < n * n {
         bail!("cosine gram: shapes do not match");
     }
+    // the Gram reads the unit rows as texels where it can
+    let tex = unit_texture(gpu, n, x.cols);
+    let normalize = normalize_kernel(gpu, x, rows.clone(), unit, tex.as_ref())?;
+    let (defines, buffers, textures) = match &tex {
+        Some(t) => (
+            gpu.base_defines().with_flag("UNIT_TEX"),
+            vec![(4, &out.buf)],
+            vec![(5, wgpu::BindingResource::TextureView(t))],
+        ),
+        None => (
+            gpu.base_defines(),
+            vec![(1, &unit.buf), (4, &out.buf)],
+            Vec::new(),
+        ),
+    };
     // 32x32 pairs per workgroup (prune_score.wgsl's gram)
     let tiles = (n as u32).div_ceil(32);
-    let score_params = unit_params(x, rows.clone());
-    let params = bytes(&score_params);
-    let Some(tex) = unit_texture(gpu, n, x.cols) else {
-        let gram = Kernel::new(
-            gpu,
-            "prune_score",
-            "gram",
-            &gpu.base_defines(),
-            params,
-            &[(1, &unit.buf), (4, &out.buf)],
-            [tiles, tiles, 1],
-        )?;
-        return Ok(vec![normalize_rows(gpu, x, rows, unit)?, gram]);
-    };
-    // the unit rows also as texels, which the Gram reads
-    check_normalize(x, &rows, unit)?;
-    let normalize = Kernel::with_resources(
-        gpu,
-        "prune_score",
-        "normalize_rows",
-        &gpu.base_defines().with_flag("UNIT_TEX_OUT"),
-        params,
-        &[(1, &x.buf), (4, &unit.buf)],
-        vec![(5, wgpu::BindingResource::TextureView(&tex))],
-        [(n as u32).div_ceil(64), 1, 1],
-    )?;
     let gram = Kernel::with_resources(
         gpu,
         "prune_score",
         "gram",
-        &gpu.base_defines().with_flag("UNIT_TEX"),
-        params,
-        &[(4, &out.buf)],
-        vec![(5, wgpu::BindingResource::TextureView(&tex))],
+        &defines,
+        bytes(&unit_params(x, rows)),
+        &buffers,
+        textures,
         [tiles, tiles, 1],
     )?;
     Ok(vec![normalize, gram])
