@@ -21,8 +21,8 @@
 //           textures (attention.wgsl's KV_TEX), written at texel row step.kv_offset
 //           (LG_ROWS / 2 and HALF multiples of 4, so a lane group's pairs are whole texels)
 // Variants: one of WF16, Q4_0, Q4_1, Q8_0; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
-//           (ROPE with HALF = hd / 2, a value, and optionally KV_TEX; either with PAIRS: rows
-//           come in pairs); BIAS;
+//           (ROPE with HALF = hd / 2, a value, and optionally KV_TEX, or KV_TEX_COPY for
+//           gemm_tokens; either with PAIRS: rows come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
 //           shuffles; the host sets it only when subgroups hold at least 8 invocations);
 //           TAIL (a value: ceil(k / 32) % 8 where it divides 8; gemv only); XUBO with XLEN
@@ -55,7 +55,12 @@
 // gemm_tokens (with TOKENS too, for short rows): an invocation per input row walks all of k;
 //   the workgroup's TOKENS_WG rows share its LG_ROWS weight rows (uniform loads, no lane
 //   sums). Dispatch (ceil(outputs / LG_ROWS), ceil(m / TOKENS_WG), 1), outputs as in
-//   gemm_lanes (GATE_UP: LG_ROWS / 2 pairs per workgroup).
+//   gemm_lanes (GATE_UP, ROPE: LG_ROWS / 2 pairs per workgroup). ROPE (a prefill's q|k|v,
+//   not with KV_TEX): input row t is rotated at positions[t] into q row t (y, rows of
+//   out_stride) and cache row step.kv_offset + t of bindings 9 and 10; with KV_TEX_COPY also
+//   into that row of the prefill attention's textures, 12 k_copy and 13 v_copy
+//   (texture_storage_2d<rgba32float, write>, attention.wgsl's KV_TEX layout; LG_ROWS / 2 and
+//   HALF multiples of 4).
 #include "common"
 #include "linear_store"
 
@@ -109,6 +114,10 @@ fn w_word(i: u32) -> vec4<u32> { return w[i]; }
 @group(0) @binding(10) var<storage, read_write> v_cache: array<f32>;
 #endif
 @group(0) @binding(11) var<uniform> step: Step;
+#ifdef KV_TEX_COPY
+@group(0) @binding(12) var k_copy: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(13) var v_copy: texture_storage_2d<rgba32float, write>;
+#endif
 #include "rope_kv_store"
 
 #ifdef KV_TEX
@@ -655,7 +664,7 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 // header.
 @compute @workgroup_size(TOKENS_WG)
 fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-#ifdef GATE_UP
+#ifdef PAIRS
     let base = wid.x * (LG_ROWS / 2u);
     let valid = p.n / 2u;
 #else
@@ -698,7 +707,11 @@ fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             store(t, base + r, silu(acc[r]) * acc[r + LG_ROWS / 2u]);
         }
     }
-#else
+#endif
+#ifdef ROPE
+    rope_token(t, base, valid, acc);
+#endif
+#ifndef PAIRS
     for (var r = 0u; r < LG_ROWS; r++) {
         if base + r < valid {
             store(t, base + r, acc[r]);
@@ -706,4 +719,55 @@ fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
 #endif
 }
+
+#ifdef ROPE
+#ifndef KV_TEX
+// gemm_tokens' ROPE epilogue (a prefill's stacked q|k|v; rope.wgsl's rope_kv for its rows):
+// the workgroup's LG_ROWS / 2 rotation pairs from pair `base` of token t, rotated at
+// positions[t], into q row t (y) and cache row step.kv_offset + t. KV_TEX_COPY: keys and
+// values also into that row of the prefill attention's textures (LG_ROWS / 2 and HALF
+// multiples of 4, so that 4 pairs from `base` on are two whole texels of one head).
+fn rope_token(t: u32, base: u32, valid: u32, acc: array<f32, LG_ROWS>) {
+    let H = LG_ROWS / 2u;
+    let pos = positions[t];
+    let l = QkvLayout(p.heads, p.kv_heads, 2u * HALF, t * p.out_stride,
+                      (step.kv_offset + t) * p.kv_stride);
+    for (var r = 0u; r < H; r++) {
+        if base + r < valid {
+            rope_kv_store(l, (base + r) / HALF, (base + r) % HALF, pos, acc[r], acc[H + r]);
+        }
+    }
+#ifdef KV_TEX_COPY
+    for (var r = 0u; r < H; r += 4u) {
+        let pi = base + r;
+        let hh = pi / HALF;
+        if pi >= valid || hh < p.heads {
+            continue;
+        }
+        var a: vec4<f32>;
+        var b: vec4<f32>;
+        for (var j = 0u; j < 4u; j++) {
+            var v = vec2<f32>(acc[r + j], acc[H + r + j]);
+            if hh < p.heads + p.kv_heads {
+                v = rope_pair(2u * HALF, pi % HALF + j, pos, v.x, v.y);
+            }
+            a[j] = v.x;
+            b[j] = v.y;
+        }
+        let kv = hh - p.heads;
+        let at = (kv % p.kv_heads) * 2u * HALF + pi % HALF;
+        let lo = vec2<u32>(at / 4u, step.kv_offset + t);
+        let hi = vec2<u32>((at + HALF) / 4u, step.kv_offset + t);
+        if kv < p.kv_heads {
+            textureStore(k_copy, lo, a);
+            textureStore(k_copy, hi, b);
+        } else {
+            textureStore(v_copy, lo, a);
+            textureStore(v_copy, hi, b);
+        }
+    }
+#endif
+}
+#endif
+#endif
 #endif

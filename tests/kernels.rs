@@ -490,6 +490,121 @@ fn rope_kv_into_textures_writes_what_rope_kv_and_the_copy_write() {
     }
 }
 
+#[test]
+fn prefill_qkv_by_token_ropes_as_rope_kv_does() {
+    // A prefill's stacked q|k|v product by token (gemm_tokens) with RoPE and the cache
+    // writes as its epilogue, against the same product into a q|k|v tensor followed by
+    // rope_kv and the attention's texture copy: q, the cache buffers and the prefill
+    // textures must come out bit for bit the same (one summation order, one rope_pair).
+    let mut rng = Rng::new(12);
+    let mut fused_runs = 0;
+    for (name, gpu) in variants() {
+        for &(rows, heads, kv_heads, hd, k) in &[
+            (37usize, 4usize, 2usize, 8usize, 32usize),
+            (94, 4, 2, 8, 32),
+            (130, 2, 2, 16, 64),
+            // a half of 2: no whole texels, so the textures get the attention's copy
+            (11, 2, 1, 4, 40),
+        ] {
+            let h = Heads {
+                heads,
+                kv_heads,
+                hd,
+            };
+            let n = (heads + 2 * kv_heads) * hd;
+            let x = Tensor::from_f32(&gpu, "x", rows, k, &rng.vec(rows * k, 1.0)).unwrap();
+            let w = Weight::upload(&gpu, "w", n, k, &to_f16_bits(&rng.vec(n * k, 0.5))).unwrap();
+            let g = gpu
+                .storage_init("g", bytemuck::cast_slice(&rng.vec(k, 1.0)))
+                .unwrap();
+            let positions: Vec<u32> = (0..rows as u32).map(|r| 2 * r + 3).collect();
+            let pb = gpu
+                .storage_init("pos", bytemuck::cast_slice(&positions))
+                .unwrap();
+            let table = ops::rope::rope_table(10000.0, hd, 300);
+            let tb = gpu
+                .storage_init("tab", bytemuck::cast_slice(&table))
+                .unwrap();
+            let step = step_buffer(&gpu, Step::default());
+            let ctx = rows + 3;
+            let norm = Some((&g, 1e-5f32));
+            let run = |fused: bool| {
+                let q = Tensor::new(&gpu, "q", rows, heads * hd).unwrap();
+                let kc = Tensor::new(&gpu, "k", ctx, kv_heads * hd).unwrap();
+                let vc = Tensor::new(&gpu, "v", ctx, kv_heads * hd).unwrap();
+                let tex = KvTextures::new(&gpu, h, ctx);
+                let rope = ops::rope::RopeKv {
+                    heads: h,
+                    positions: &pb,
+                    table: &tb,
+                    q: &q,
+                    k_cache: &kc,
+                    v_cache: &vc,
+                    step: &step,
+                    into_textures: None,
+                };
+                let copy = tex.as_ref().filter(|t| ops::matmul::copy_fits(h, t, rows));
+                let mut ks = Vec::new();
+                let mut filled = false;
+                if fused {
+                    let e = ops::matmul::Epilogue {
+                        norm,
+                        rope: Some(rope),
+                        kv_copy: copy,
+                        ..Default::default()
+                    };
+                    ks = ops::matmul::fused(&gpu, &x, &w, &q, e)
+                        .unwrap()
+                        .expect("gemm_tokens takes RoPE");
+                    filled = copy.is_some();
+                } else {
+                    let qkv = Tensor::new(&gpu, "qkv", rows, n).unwrap();
+                    let e = ops::matmul::Epilogue {
+                        norm,
+                        ..Default::default()
+                    };
+                    ks.extend(ops::matmul::fused(&gpu, &x, &w, &qkv, e).unwrap().unwrap());
+                    gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                    ks = vec![ops::rope::rope_kv(&gpu, &qkv, &rope).unwrap()];
+                }
+                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                if let (Some(t), false) = (&tex, filled) {
+                    gpu.run(&[&t.copy(&gpu, &kc, &vc, rows, None).unwrap()])
+                        .unwrap();
+                }
+                let texels = tex.map(|t| t.read(&gpu, rows).unwrap());
+                (
+                    filled,
+                    [&q, &kc, &vc].map(|t| t.read(&gpu).unwrap()),
+                    texels,
+                )
+            };
+            if !ops::matmul::rope_by_token(&gpu, rows, &w) {
+                continue;
+            }
+            fused_runs += 1;
+            let (_, want, want_tex) = run(false);
+            let (filled, got, got_tex) = run(true);
+            let whole_texels = (hd / 2) % 4 == 0;
+            assert_eq!(
+                filled,
+                gpu.caps.weight_textures && whole_texels,
+                "{name} hd {hd}: textures written by the product"
+            );
+            assert_eq!(
+                got, want,
+                "{name} {rows} rows hd {hd}: q and the cache buffers"
+            );
+            assert_eq!(
+                got_tex, want_tex,
+                "{name} {rows} rows hd {hd}: the textures"
+            );
+        }
+    }
+    // lavapipe's table picks the lane kernels: the fused path must have run
+    assert!(fused_runs > 0, "no variant ran q|k|v by token with RoPE");
+}
+
 fn cpu_attention(
     q: &[f32],
     k: &[f32],

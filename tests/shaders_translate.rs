@@ -59,6 +59,18 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             // gemm_tokens' x (m rows) and RMSNorm weight in uniform buffers (CPU devices)
             vec!["WF16", "TOKENS", "NORM", "XUBO"],
             vec!["WF16", "WTEX", "TOKENS", "NORM", "GATE_UP", "XUBO"],
+            // gemm_tokens' prefill q|k|v with RoPE, the cache writes and the attention's
+            // textures
+            vec![
+                "WF16",
+                "WTEX",
+                "TOKENS",
+                "NORM",
+                "ROPE",
+                "PAIRS",
+                "XUBO",
+                "KV_TEX_COPY",
+            ],
         ],
         // KV_TEX_COPY: a prefill's keys and values into the attention's textures too
         "rope" => vec![vec![], vec!["KV_CACHE"], vec!["KV_CACHE", "KV_TEX_COPY"]],
@@ -181,11 +193,11 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 22, norm 4, elementwise 2,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 23, norm 4, elementwise 2,
     // rope 3, attention 5, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
     // prune_select 5, prune_score 3 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 22 + 4 + 2 + 3 + 5 + 2 + 2 + 3 + 5 + 3 + 1)
+        4 * (2 * (8 + 7) + 23 + 4 + 2 + 3 + 5 + 2 + 2 + 3 + 5 + 3 + 1)
     );
 }

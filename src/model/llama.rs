@@ -151,13 +151,17 @@ enum Roped {
     Fused,
     /// The decode GEMV did, straight into `RopeKv::into_textures`.
     IntoTextures,
+    /// The prefill's q|k|v product did (`gemm_tokens`), into the buffers and into the
+    /// prefill attention's textures.
+    IntoPrefillTextures,
 }
 
 /// What follows a stacked projection in a decoder layer.
 #[derive(Clone, Copy)]
 enum Then<'a> {
-    /// RoPE over q|k|v into the KV cache.
-    Rope(&'a RopeKv<'a>),
+    /// RoPE over q|k|v into the KV cache (a prefill: also into these textures where the
+    /// product can write them).
+    Rope(&'a RopeKv<'a>, Option<&'a KvTextures>),
     /// SwiGLU over [gate; up].
     SwiGlu,
 }
@@ -402,17 +406,24 @@ impl Llama {
                 step: rope_step,
                 into_textures: decode_tex.map(|t| (t, step)),
             };
+            let prefill_tex = io
+                .cache
+                .prefill_textures(l)
+                .filter(|_| decode_scores.is_none());
             let roped = self.stacked_ops(
                 gpu,
                 s,
                 &layer.qkv,
                 &layer.input_layernorm,
-                Then::Rope(&rope),
+                Then::Rope(&rope, prefill_tex),
                 &mut ks,
             )?;
             // prefill: where the attention reads K and V from textures, RoPE's pass writes
             // them there too where it can, saving the copy's dispatch
             let mut kv = PrefillKv::copy(io.cache.prefill_textures(l));
+            if let (Roped::IntoPrefillTextures, Some(t)) = (roped, prefill_tex) {
+                kv = PrefillKv::Filled(t);
+            }
             if roped == Roped::Apart {
                 let into = match (decode_scores, kv) {
                     (None, PrefillKv::Copy(t)) => {
@@ -486,7 +497,26 @@ impl Llama {
                 gate_up: swiglu,
                 ..Default::default()
             };
-            if let (Then::Rope(rope), 1) = (then, s.rows) {
+            if let Then::Rope(rope, tex) = then {
+                if s.rows > 1 && ops::matmul::rope_by_token(gpu, s.rows, w) {
+                    // a prefill's q|k|v by token, RoPE and the cache writes its epilogue
+                    let tex = tex.filter(|t| ops::matmul::copy_fits(rope.heads, t, s.rows));
+                    let with_rope = Epilogue {
+                        rope: Some(*rope),
+                        kv_copy: tex,
+                        ..e
+                    };
+                    if let Some(fused) = ops::matmul::fused(gpu, &s.x, w, rope.q, with_rope)? {
+                        ks.extend(fused);
+                        return Ok(if tex.is_some() {
+                            Roped::IntoPrefillTextures
+                        } else {
+                            Roped::Fused
+                        });
+                    }
+                }
+            }
+            if let (Then::Rope(rope, _), 1) = (then, s.rows) {
                 let with_rope = Epilogue {
                     rope: Some(*rope),
                     ..e

@@ -1,5 +1,6 @@
 //! Linear layers: GEMM for many rows (prefill, encoder), GEMV for one row (decode).
 
+use super::attention::KvTextures;
 use super::rope::RopeKv;
 use super::{bytes, Kernel};
 use crate::gguf::quant::GgmlType;
@@ -220,16 +221,26 @@ fn gemm_lanes(
     e: Epilogue,
 ) -> Result<Option<Vec<Kernel>>> {
     // Its 8 lanes stride over K in units: below lane_min_k some lanes would idle, and the
-    // workgroup tile is faster.
-    if !fusable(w, &e) || e.rope.is_some() || !x.cols.is_multiple_of(4) || w.cols < lane_min_k(w.ty)
+    // workgroup tile is faster. RoPE runs only as gemm_tokens' epilogue.
+    let m = x.rows;
+    let by_token = by_token(m, w);
+    if !fusable(w, &e)
+        || (e.rope.is_some() && !by_token)
+        || !x.cols.is_multiple_of(4)
+        || w.cols < lane_min_k(w.ty)
     {
         return Ok(None);
     }
-    let m = x.rows;
     check_fit("gemm_lanes", m, x, w, y, &e)?;
     let mut d = fused_defines(gpu, w, &e);
     d.set("TOKENS", format!("{LANE_TOKENS}u"));
-    let by_token = by_token(m, w);
+    if let Some(t) = e.kv_copy {
+        let h = e.rope.map(|r| r.heads);
+        if !h.is_some_and(|h| copy_fits(h, t, m)) {
+            bail!("gemm_tokens: K and V of {m} rows do not fit the prefill textures");
+        }
+        d.flag("KV_TEX_COPY");
+    }
     // the module holds both entries, so gemm_lanes' variants carry TOKENS_WG too
     d.set("TOKENS_WG", format!("{TOKENS_PER_WG}u"));
     let (entry, m_per) = if by_token {
@@ -261,13 +272,22 @@ fn gemm_lanes(
             (lane_rows(chunk.rows), 8)
         };
         d.set("LG_ROWS", format!("{rows}u"));
-        let (outputs, per_wg) = if e.gate_up {
+        let (outputs, per_wg) = if e.gate_up || e.rope.is_some() {
             (chunk.rows / 2, groups * rows / 2)
         } else {
             (chunk.rows, groups * rows)
         };
         let grid = grid_2d(gpu, outputs, per_wg, m, m_per)?;
         let params = fused_params(m, x, w, chunk, y, &e);
+        let mut resources: Vec<_> = ranges
+            .iter()
+            .map(|(b, size, buf)| (*b, range(buf, *size)))
+            .collect();
+        if let Some(t) = e.kv_copy {
+            let (k, v) = t.views();
+            resources.push((12, wgpu::BindingResource::TextureView(k)));
+            resources.push((13, wgpu::BindingResource::TextureView(v)));
+        }
         kernels.push(Kernel::with_weight(
             gpu,
             "gemv",
@@ -276,14 +296,26 @@ fn gemm_lanes(
             bytes(&params),
             &bindings,
             chunk,
-            ranges
-                .iter()
-                .map(|(b, size, buf)| (*b, range(buf, *size)))
-                .collect(),
+            resources,
             grid,
         )?);
     }
     Ok(Some(kernels))
+}
+
+/// Whether a prefill's q|k|v product over m rows of x runs RoPE and the KV-cache write as its
+/// epilogue: on devices whose table picks the lane kernels, where `gemm_tokens` takes w
+/// ([`by_token`]) in one chunk. That saves `rope_kv`'s dispatch in every layer: on
+/// lavapipe (2 cores) a dispatch costs ~45 µs of hand-off to the driver's threads beside
+/// its work.
+pub fn rope_by_token(gpu: &Gpu, m: usize, w: &Weight) -> bool {
+    m > 1 && gpu.gemm_tile() == GemmTile::Lanes && by_token(m, w) && gemv_reads(w)
+}
+
+/// Whether gemm_tokens' RoPE epilogue can also write K and V of m prefill rows into `tex`
+/// (KV_TEX_COPY): 4 rotation pairs of a workgroup must be two whole texels of one head.
+pub fn copy_fits(h: super::attention::Heads, tex: &KvTextures, m: usize) -> bool {
+    (h.hd / 2).is_multiple_of(4) && (TOKENS_ROWS / 2).is_multiple_of(4) && tex.holds(h, m)
 }
 
 /// Whether gemm_lanes should take RMSNorm on load for w rather than a norm dispatch before
@@ -324,9 +356,13 @@ pub struct Epilogue<'a> {
     pub gate_up: bool,
     /// Write columns y_col.. of y (no bias then).
     pub y_col: usize,
-    /// The GEMV only, w the stacked q|k|v of these heads in one chunk (no other fusion
-    /// but the norm): RoPE and the KV-cache write as the epilogue, y = `rope.q`.
+    /// w the stacked q|k|v of these heads in one chunk (no other fusion but the norm): RoPE
+    /// and the KV-cache write as the epilogue, y = `rope.q`. The decode GEMV, and
+    /// `gemm_tokens` for a prefill's rows (see [`rope_by_token`]).
     pub rope: Option<RopeKv<'a>>,
+    /// With `rope` over a prefill's rows: also write K and V into these textures, the ones
+    /// the prefill attention's `KV_TEX` variant reads (gemv.wgsl's KV_TEX_COPY).
+    pub kv_copy: Option<&'a KvTextures>,
 }
 
 #[repr(C)]
