@@ -114,9 +114,13 @@ fn w_word(i: u32) -> vec4<u32> { return w[i]; }
 @group(0) @binding(10) var<storage, read_write> v_cache: array<f32>;
 #endif
 @group(0) @binding(11) var<uniform> step: Step;
+#ifdef KV_TEX
+#include "kv_texels"
+#endif
 #ifdef KV_TEX_COPY
-@group(0) @binding(12) var k_copy: texture_storage_2d<rgba32float, write>;
-@group(0) @binding(13) var v_copy: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(12) var k_tex: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(13) var v_tex: texture_storage_2d<rgba32float, write>;
+#include "kv_texels"
 #endif
 #include "rope_kv_store"
 
@@ -128,33 +132,15 @@ fn w_word(i: u32) -> vec4<u32> { return w[i]; }
 fn rope_store4(pi: u32, x1: vec4<f32>, x2: vec4<f32>) {
     let hh = pi / HALF;
     let i = pi % HALF;
-    var a = x1;
-    var b = x2;
-    if hh < p.heads + p.kv_heads {
-        for (var j = 0u; j < 4u; j++) {
-            let r = rope_pair(2u * HALF, i + j, positions[0], x1[j], x2[j]);
-            a[j] = r.x;
-            b[j] = r.y;
-        }
-    }
+    let r = rope_pairs4(2u * HALF, i, positions[0], x1, x2, hh < p.heads + p.kv_heads);
     if hh < p.heads {
         for (var j = 0u; j < 4u; j++) {
-            y[hh * 2u * HALF + i + j] = a[j];
-            y[hh * 2u * HALF + HALF + i + j] = b[j];
+            y[hh * 2u * HALF + i + j] = r[0][j];
+            y[hh * 2u * HALF + HALF + i + j] = r[1][j];
         }
         return;
     }
-    let kv = hh - p.heads;
-    let at = (kv % p.kv_heads) * 2u * HALF + i;
-    let lo = vec2<u32>(at / 4u, step.kv_offset);
-    let hi = vec2<u32>((at + HALF) / 4u, step.kv_offset);
-    if kv < p.kv_heads {
-        textureStore(k_tex, lo, a);
-        textureStore(k_tex, hi, b);
-    } else {
-        textureStore(v_tex, lo, a);
-        textureStore(v_tex, hi, b);
-    }
+    store_kv_texels(hh - p.heads, i, 2u * HALF, step.kv_offset, r[0], r[1]);
 }
 #else
 fn store_q(o: u32, v: f32) {
@@ -741,29 +727,11 @@ fn rope_token(t: u32, base: u32, valid: u32, acc: array<f32, LG_ROWS>) {
     for (var r = 0u; r < H; r += 4u) {
         let pi = base + r;
         let hh = pi / HALF;
-        if pi >= valid || hh < p.heads {
-            continue;
-        }
-        var a: vec4<f32>;
-        var b: vec4<f32>;
-        for (var j = 0u; j < 4u; j++) {
-            var v = vec2<f32>(acc[r + j], acc[H + r + j]);
-            if hh < p.heads + p.kv_heads {
-                v = rope_pair(2u * HALF, pi % HALF + j, pos, v.x, v.y);
-            }
-            a[j] = v.x;
-            b[j] = v.y;
-        }
-        let kv = hh - p.heads;
-        let at = (kv % p.kv_heads) * 2u * HALF + pi % HALF;
-        let lo = vec2<u32>(at / 4u, step.kv_offset + t);
-        let hi = vec2<u32>((at + HALF) / 4u, step.kv_offset + t);
-        if kv < p.kv_heads {
-            textureStore(k_copy, lo, a);
-            textureStore(k_copy, hi, b);
-        } else {
-            textureStore(v_copy, lo, a);
-            textureStore(v_copy, hi, b);
+        if pi < valid && hh >= p.heads {
+            let x1 = vec4<f32>(acc[r], acc[r + 1u], acc[r + 2u], acc[r + 3u]);
+            let x2 = vec4<f32>(acc[H + r], acc[H + r + 1u], acc[H + r + 2u], acc[H + r + 3u]);
+            let v = rope_pairs4(2u * HALF, pi % HALF, pos, x1, x2, hh < p.heads + p.kv_heads);
+            store_kv_texels(hh - p.heads, pi % HALF, 2u * HALF, step.kv_offset + t, v[0], v[1]);
         }
     }
 #endif

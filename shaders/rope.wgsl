@@ -54,6 +54,7 @@ fn store_q(o: u32, v: f32) {
 #ifdef KV_TEX_COPY
 @group(0) @binding(8) var k_tex: texture_storage_2d<rgba32float, write>;
 @group(0) @binding(9) var v_tex: texture_storage_2d<rgba32float, write>;
+#include "kv_texels"
 const PAIRS_EACH: u32 = 4u;
 #else
 const PAIRS_EACH: u32 = 1u;
@@ -96,16 +97,7 @@ fn rope_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
     if hh < p.heads {
         return;
     }
-    let kv = hh - p.heads;
-    let at = (kv % p.kv_heads) * p.hd + i;
-    let row = step.kv_offset + r;
-    if kv < p.kv_heads {
-        textureStore(k_tex, vec2<u32>(at / 4u, row), lo);
-        textureStore(k_tex, vec2<u32>((at + half) / 4u, row), hi);
-    } else {
-        textureStore(v_tex, vec2<u32>(at / 4u, row), lo);
-        textureStore(v_tex, vec2<u32>((at + half) / 4u, row), hi);
-    }
+    store_kv_texels(hh - p.heads, i, p.hd, step.kv_offset + r, lo, hi);
 #endif
 }
 #else

@@ -14,6 +14,22 @@ fn rope_pair(hd: u32, i: u32, pos: u32, x1: f32, x2: f32) -> vec2<f32> {
     return vec2<f32>(x1 * c - x2 * s, x2 * c + x1 * s);
 }
 
+// Pairs i .. i + 3 of a head at rotary position `pos`, x1 and x2 their values (i .., i +
+// hd/2 ..): rotated when `rotate` (query and key heads), else as they are (value heads).
+fn rope_pairs4(hd: u32, i: u32, pos: u32, x1: vec4<f32>, x2: vec4<f32>, rotate: bool)
+    -> array<vec4<f32>, 2> {
+    var a = x1;
+    var b = x2;
+    if rotate {
+        for (var j = 0u; j < 4u; j++) {
+            let r = rope_pair(hd, i + j, pos, x1[j], x2[j]);
+            a[j] = r.x;
+            b[j] = r.y;
+        }
+    }
+    return array<vec4<f32>, 2>(a, b);
+}
+
 #ifndef KV_TEX
 // Head layout of the q|k|v row and the destinations of one pair: q values from q_row,
 // cache row cache_row (an offset in values).

@@ -406,6 +406,98 @@ fn rope_matches_cpu_rotate_half() {
     }
 }
 
+/// A prefill's RoPE inputs: rotary positions `pos(r)` for `rows` rows, the table for heads
+/// of `hd`, and the Step of a prefill (cache rows from 0).
+struct RopeInputs {
+    positions: wgpu::Buffer,
+    table: wgpu::Buffer,
+    step: wgpu::Buffer,
+}
+
+/// Fresh destinations of a prefill's RoPE: q, the K and V cache of `ctx` rows, and the
+/// prefill attention's textures where the device keeps them.
+struct RopeOutputs {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    tex: Option<KvTextures>,
+}
+
+impl RopeInputs {
+    fn new(gpu: &Gpu, rows: usize, hd: usize, pos: impl Fn(u32) -> u32) -> Self {
+        let positions: Vec<u32> = (0..rows as u32).map(pos).collect();
+        let max_pos = positions.iter().max().map_or(1, |&p| p as usize + 1);
+        let table = ops::rope::rope_table(10000.0, hd, max_pos);
+        Self {
+            positions: gpu
+                .storage_init("pos", bytemuck::cast_slice(&positions))
+                .unwrap(),
+            table: gpu
+                .storage_init("tab", bytemuck::cast_slice(&table))
+                .unwrap(),
+            step: step_buffer(gpu, Step::default()),
+        }
+    }
+
+    fn outputs(&self, gpu: &Gpu, h: Heads, rows: usize, ctx: usize) -> RopeOutputs {
+        RopeOutputs {
+            q: Tensor::new(gpu, "q", rows, h.heads * h.hd).unwrap(),
+            k: Tensor::new(gpu, "k", ctx, h.kv_heads * h.hd).unwrap(),
+            v: Tensor::new(gpu, "v", ctx, h.kv_heads * h.hd).unwrap(),
+            tex: KvTextures::new(gpu, h, ctx),
+        }
+    }
+}
+
+impl RopeOutputs {
+    fn rope<'a>(&'a self, inputs: &'a RopeInputs, h: Heads) -> ops::rope::RopeKv<'a> {
+        ops::rope::RopeKv {
+            heads: h,
+            positions: &inputs.positions,
+            table: &inputs.table,
+            q: &self.q,
+            k_cache: &self.k,
+            v_cache: &self.v,
+            step: &inputs.step,
+            into_textures: None,
+        }
+    }
+
+    /// q and both cache buffers, and the first `rows` rows of the textures.
+    fn read(&self, gpu: &Gpu, rows: usize) -> RopeRead {
+        let texels = self.tex.as_ref().map(|t| t.read(gpu, rows).unwrap());
+        (
+            [&self.q, &self.k, &self.v].map(|t| t.read(gpu).unwrap()),
+            texels,
+        )
+    }
+}
+
+type RopeRead = ([Vec<f32>; 3], Option<(Vec<f32>, Vec<f32>)>);
+
+/// `run(false)` (the reference) against `run(true)` (the fused kernel), each giving whether
+/// the fused kernel wrote the textures, q and the cache buffers, and the textures: they
+/// must match bit for bit, and the textures be written exactly where the device keeps
+/// them and a head's half is whole texels. Returns the reference buffers and the textures.
+fn fused_rope_matches(
+    what: &str,
+    gpu: &Gpu,
+    hd: usize,
+    run: impl Fn(bool) -> (bool, [Vec<f32>; 3], Option<(Vec<f32>, Vec<f32>)>),
+) -> RopeRead {
+    let (_, want, want_tex) = run(false);
+    let (filled, got, got_tex) = run(true);
+    let whole_texels = (hd / 2).is_multiple_of(4);
+    assert_eq!(
+        filled,
+        gpu.caps.weight_textures && whole_texels,
+        "{what}: textures written by the fused kernel"
+    );
+    assert_eq!(got, want, "{what}: q and the cache buffers");
+    assert_eq!(got_tex, want_tex, "{what}: the textures");
+    (want, got_tex)
+}
+
 #[test]
 fn rope_kv_into_textures_writes_what_rope_kv_and_the_copy_write() {
     // A prefill's q|k|v rows: rope_kv, then kv_texture's copy into the attention's
@@ -429,32 +521,11 @@ fn rope_kv_into_textures_writes_what_rope_kv_and_the_copy_write() {
             let cols = (heads + 2 * kv_heads) * hd + 4;
             let qkv =
                 Tensor::from_f32(&gpu, "qkv", rows, cols, &rng.vec(rows * cols, 1.0)).unwrap();
-            let positions: Vec<u32> = (0..rows as u32).map(|r| 3 * r + 1).collect();
-            let pb = gpu
-                .storage_init("pos", bytemuck::cast_slice(&positions))
-                .unwrap();
-            let table = ops::rope::rope_table(10000.0, hd, 200);
-            let tb = gpu
-                .storage_init("tab", bytemuck::cast_slice(&table))
-                .unwrap();
-            let step = step_buffer(&gpu, Step::default());
-            let ctx = rows + 2;
+            let inputs = RopeInputs::new(&gpu, rows, hd, |r| 3 * r + 1);
             let run = |into: bool| {
-                let q = Tensor::new(&gpu, "q", rows, heads * hd).unwrap();
-                let kc = Tensor::new(&gpu, "k", ctx, kv_heads * hd).unwrap();
-                let vc = Tensor::new(&gpu, "v", ctx, kv_heads * hd).unwrap();
-                let tex = KvTextures::new(&gpu, h, ctx);
-                let rope = ops::rope::RopeKv {
-                    heads: h,
-                    positions: &pb,
-                    table: &tb,
-                    q: &q,
-                    k_cache: &kc,
-                    v_cache: &vc,
-                    step: &step,
-                    into_textures: None,
-                };
-                let fused = match (&tex, into) {
+                let out = inputs.outputs(&gpu, h, rows, rows + 2);
+                let rope = out.rope(&inputs, h);
+                let fused = match (&out.tex, into) {
                     (Some(t), true) => {
                         ops::rope::rope_kv_into_textures(&gpu, &qkv, &rope, t).unwrap()
                     }
@@ -463,24 +534,15 @@ fn rope_kv_into_textures_writes_what_rope_kv_and_the_copy_write() {
                 let filled = fused.is_some();
                 let k = fused.unwrap_or_else(|| ops::rope::rope_kv(&gpu, &qkv, &rope).unwrap());
                 gpu.run(&[&k]).unwrap();
-                if let (Some(t), false) = (&tex, filled) {
-                    gpu.run(&[&t.copy(&gpu, &kc, &vc, rows, None).unwrap()])
+                if let (Some(t), false) = (&out.tex, filled) {
+                    gpu.run(&[&t.copy(&gpu, &out.k, &out.v, rows, None).unwrap()])
                         .unwrap();
                 }
-                let texels = tex.map(|t| t.read(&gpu, rows).unwrap());
-                let buffers = [&q, &kc, &vc].map(|t| t.read(&gpu).unwrap());
+                let (buffers, texels) = out.read(&gpu, rows);
                 (filled, buffers, texels)
             };
-            let (_, want, want_tex) = run(false);
-            let (filled, got, got_tex) = run(true);
-            let whole_texels = (hd / 2) % 4 == 0;
-            assert_eq!(
-                filled,
-                gpu.caps.weight_textures && whole_texels,
-                "{name} hd {hd}: filled by rope_kv"
-            );
-            assert_eq!(got, want, "{name} hd {hd}: q and the cache buffers");
-            assert_eq!(got_tex, want_tex, "{name} hd {hd}: the textures");
+            let what = format!("{name} hd {hd} (rope_kv_into_textures)");
+            let (want, got_tex) = fused_rope_matches(&what, &gpu, hd, run);
             if let Some((k, v)) = &got_tex {
                 let w = kv_heads * hd;
                 assert_eq!(k[..], want[1][..rows * w], "{name} hd {hd}: K texels");
@@ -517,35 +579,16 @@ fn prefill_qkv_by_token_ropes_as_rope_kv_does() {
             let g = gpu
                 .storage_init("g", bytemuck::cast_slice(&rng.vec(k, 1.0)))
                 .unwrap();
-            let positions: Vec<u32> = (0..rows as u32).map(|r| 2 * r + 3).collect();
-            let pb = gpu
-                .storage_init("pos", bytemuck::cast_slice(&positions))
-                .unwrap();
-            let table = ops::rope::rope_table(10000.0, hd, 300);
-            let tb = gpu
-                .storage_init("tab", bytemuck::cast_slice(&table))
-                .unwrap();
-            let step = step_buffer(&gpu, Step::default());
-            let ctx = rows + 3;
+            let inputs = RopeInputs::new(&gpu, rows, hd, |r| 2 * r + 3);
             let norm = Some((&g, 1e-5f32));
             let run = |fused: bool| {
-                let q = Tensor::new(&gpu, "q", rows, heads * hd).unwrap();
-                let kc = Tensor::new(&gpu, "k", ctx, kv_heads * hd).unwrap();
-                let vc = Tensor::new(&gpu, "v", ctx, kv_heads * hd).unwrap();
-                let tex = KvTextures::new(&gpu, h, ctx);
-                let rope = ops::rope::RopeKv {
-                    heads: h,
-                    positions: &pb,
-                    table: &tb,
-                    q: &q,
-                    k_cache: &kc,
-                    v_cache: &vc,
-                    step: &step,
-                    into_textures: None,
-                };
-                let copy = tex.as_ref().filter(|t| ops::matmul::copy_fits(h, t, rows));
-                let mut ks = Vec::new();
-                let mut filled = false;
+                let out = inputs.outputs(&gpu, h, rows, rows + 3);
+                let rope = out.rope(&inputs, h);
+                let copy = out
+                    .tex
+                    .as_ref()
+                    .filter(|t| ops::matmul::copy_fits(h, t, rows));
+                let filled = fused && copy.is_some();
                 if fused {
                     let e = ops::matmul::Epilogue {
                         norm,
@@ -553,52 +596,34 @@ fn prefill_qkv_by_token_ropes_as_rope_kv_does() {
                         kv_copy: copy,
                         ..Default::default()
                     };
-                    ks = ops::matmul::fused(&gpu, &x, &w, &q, e)
+                    let ks = ops::matmul::fused(&gpu, &x, &w, &out.q, e)
                         .unwrap()
                         .expect("gemm_tokens takes RoPE");
-                    filled = copy.is_some();
+                    gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
                 } else {
                     let qkv = Tensor::new(&gpu, "qkv", rows, n).unwrap();
                     let e = ops::matmul::Epilogue {
                         norm,
                         ..Default::default()
                     };
-                    ks.extend(ops::matmul::fused(&gpu, &x, &w, &qkv, e).unwrap().unwrap());
+                    let ks = ops::matmul::fused(&gpu, &x, &w, &qkv, e).unwrap().unwrap();
                     gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-                    ks = vec![ops::rope::rope_kv(&gpu, &qkv, &rope).unwrap()];
-                }
-                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-                if let (Some(t), false) = (&tex, filled) {
-                    gpu.run(&[&t.copy(&gpu, &kc, &vc, rows, None).unwrap()])
+                    gpu.run(&[&ops::rope::rope_kv(&gpu, &qkv, &rope).unwrap()])
                         .unwrap();
                 }
-                let texels = tex.map(|t| t.read(&gpu, rows).unwrap());
-                (
-                    filled,
-                    [&q, &kc, &vc].map(|t| t.read(&gpu).unwrap()),
-                    texels,
-                )
+                if let (Some(t), false) = (&out.tex, filled) {
+                    gpu.run(&[&t.copy(&gpu, &out.k, &out.v, rows, None).unwrap()])
+                        .unwrap();
+                }
+                let (buffers, texels) = out.read(&gpu, rows);
+                (filled, buffers, texels)
             };
             if !ops::matmul::rope_by_token(&gpu, rows, &w) {
                 continue;
             }
             fused_runs += 1;
-            let (_, want, want_tex) = run(false);
-            let (filled, got, got_tex) = run(true);
-            let whole_texels = (hd / 2) % 4 == 0;
-            assert_eq!(
-                filled,
-                gpu.caps.weight_textures && whole_texels,
-                "{name} hd {hd}: textures written by the product"
-            );
-            assert_eq!(
-                got, want,
-                "{name} {rows} rows hd {hd}: q and the cache buffers"
-            );
-            assert_eq!(
-                got_tex, want_tex,
-                "{name} {rows} rows hd {hd}: the textures"
-            );
+            let what = format!("{name} {rows} rows hd {hd} (q|k|v by token)");
+            fused_rope_matches(&what, &gpu, hd, run);
         }
     }
     // lavapipe's table picks the lane kernels: the fused path must have run

@@ -30,6 +30,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         "rope_kv_store",
         include_str!("../../shaders/rope_kv_store.wgsl"),
     ),
+    ("kv_texels", include_str!("../../shaders/kv_texels.wgsl")),
     (
         "weight_texture",
         include_str!("../../shaders/weight_texture.wgsl"),
