@@ -58,7 +58,7 @@
 //   gemm_lanes (GATE_UP, ROPE: LG_ROWS / 2 pairs per workgroup). ROPE (a prefill's q|k|v,
 //   not with KV_TEX): input row t is rotated at positions[t] into q row t (y, rows of
 //   out_stride) and cache row step.kv_offset + t of bindings 9 and 10; with KV_TEX_COPY also
-//   into that row of the prefill attention's textures, 12 k_copy and 13 v_copy
+//   into that row of the prefill attention's textures, 12 k_tex and 13 v_tex
 //   (texture_storage_2d<rgba32float, write>, attention.wgsl's KV_TEX layout; LG_ROWS / 2 and
 //   HALF multiples of 4).
 #include "common"

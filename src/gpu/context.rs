@@ -439,9 +439,20 @@ impl Gpu {
     }
 
     /// An rgba32float texture of `width` texels by `rows`, that shaders write and read as a
-    /// storage texture and tests read back ([`Self::read_texture_rows`]).
-    pub fn rgba32float_texture(&self, label: &str, width: usize, rows: usize) -> wgpu::TextureView {
-        self.device
+    /// storage texture and tests read back ([`Self::read_texture_rows`]); None when either
+    /// side is 0 or past the device's 2-D texture limit.
+    pub fn rgba32float_texture(
+        &self,
+        label: &str,
+        width: usize,
+        rows: usize,
+    ) -> Option<wgpu::TextureView> {
+        let max = self.device.limits().max_texture_dimension_2d as usize;
+        if !(1..=max).contains(&width) || !(1..=max).contains(&rows) {
+            return None;
+        }
+        let view = self
+            .device
             .create_texture(&wgpu::TextureDescriptor {
                 label: Some(label),
                 size: wgpu::Extent3d {
@@ -456,7 +467,8 @@ impl Gpu {
                 usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_SRC,
                 view_formats: &[],
             })
-            .create_view(&Default::default())
+            .create_view(&Default::default());
+        Some(view)
     }
 
     /// The first `rows` texel rows of a 2-D texture of 16-byte texels, `width` texels wide,

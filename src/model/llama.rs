@@ -418,9 +418,9 @@ impl Llama {
                 Then::Rope(&rope, prefill_tex),
                 &mut ks,
             )?;
-            // prefill: where the attention reads K and V from textures, RoPE's pass writes
-            // them there too where it can, saving the copy's dispatch
-            let mut kv = PrefillKv::copy(io.cache.prefill_textures(l));
+            // prefill: where the attention reads K and V from textures, the q|k|v product or
+            // RoPE's pass writes them there too where it can, saving the copy's dispatch
+            let mut kv = PrefillKv::copy(prefill_tex);
             if let (Roped::IntoPrefillTextures, Some(t)) = (roped, prefill_tex) {
                 kv = PrefillKv::Filled(t);
             }

@@ -139,15 +139,13 @@ impl KvTextures {
     /// reads buffers: GPUs, the workgroup-tile variant, or shapes past the texture limits.
     pub fn new(gpu: &Gpu, h: Heads, rows: usize) -> Option<Self> {
         let width4 = h.kv_heads * h.hd / 4;
-        let max = gpu.device.limits().max_texture_dimension_2d as usize;
-        let fits = rows > 0 && rows <= max && width4 > 0 && width4 <= max;
-        if !gpu.caps.weight_textures || h.direct_kv(gpu).is_none() || !fits {
+        if !gpu.caps.weight_textures || h.direct_kv(gpu).is_none() {
             return None;
         }
         let texture = |label| gpu.rgba32float_texture(label, width4, rows);
         Some(Self {
-            k: texture("attn.k_tex"),
-            v: texture("attn.v_tex"),
+            k: texture("attn.k_tex")?,
+            v: texture("attn.v_tex")?,
             rows,
             width4,
         })

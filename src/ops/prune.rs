@@ -258,12 +258,10 @@ pub fn cosine_gram(
 /// the blocks; 10.8-12.4 ms before the mirroring); None elsewhere, where the rows are no
 /// whole texels, or past the texture limits.
 fn unit_texture(gpu: &Gpu, rows: usize, cols: usize) -> Option<wgpu::TextureView> {
-    let max = gpu.device.limits().max_texture_dimension_2d as usize;
-    let fits = rows > 0 && rows <= max && cols > 0 && cols / 4 <= max;
-    if !gpu.caps.weight_textures || !cols.is_multiple_of(4) || !fits {
+    if !gpu.caps.weight_textures || !cols.is_multiple_of(4) {
         return None;
     }
-    Some(gpu.rgba32float_texture("prune.unit_tex", cols / 4, rows))
+    gpu.rgba32float_texture("prune.unit_tex", cols / 4, rows)
 }
 
 /// A single-workgroup selection pass of `prune_select.wgsl`.
