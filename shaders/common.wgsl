@@ -18,6 +18,13 @@ fn linear_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y * nwg.x + wid.x;
 }
 
+// Where word i of a weight chunk held in a texture lies (weight_texture.wgsl): 512 texels
+// (8 KiB) per texture row, gpu::TEX_ROW_TEXELS.
+const TEX_ROW_SHIFT: u32 = 9u;
+fn weight_texel_at(i: u32) -> vec2<u32> {
+    return vec2<u32>(i & ((1u << TEX_ROW_SHIFT) - 1u), i >> TEX_ROW_SHIFT);
+}
+
 // The per-pass values shared by several kernels (gpu::Step).
 struct Step {
     kv_offset: u32,

@@ -10,15 +10,14 @@
 //
 // Bindings: 2 wt texture_storage_2d<rgba32uint, read> (the chunk). The including file reads
 //           it through weight_texel (16-byte words) or weight_texel_w4 (f16 quads), under an
-//           accessor named after its element type.
+//           accessor named after its element type. (common.wgsl's weight_texel_at places
+//           a word; layer_tail.wgsl binds three chunks with it.)
 
 @group(0) @binding(2) var wt: texture_storage_2d<rgba32uint, read>;
 
-const TEX_ROW_SHIFT: u32 = 9u; // 512 texels (8 KiB) per texture row: gpu::TEX_ROW_TEXELS
-
 // The chunk's 16-byte word i.
 fn weight_texel(i: u32) -> vec4<u32> {
-    return textureLoad(wt, vec2<u32>(i & ((1u << TEX_ROW_SHIFT) - 1u), i >> TEX_ROW_SHIFT));
+    return textureLoad(wt, weight_texel_at(i));
 }
 
 // W4 element i of f16 weights (8 bytes: 4 halves, see common.wgsl) as f32: half a texel.

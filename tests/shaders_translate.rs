@@ -72,6 +72,13 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
                 "KV_TEX_COPY",
             ],
         ],
+        // o_proj, the MLP and both residual adds by token: each weight in a buffer or in a
+        // texture (all three, or a mix as small matrices stay in buffers)
+        "layer_tail" => vec![
+            vec![],
+            vec!["WTEX_O", "WTEX_GU", "WTEX_DOWN"],
+            vec!["WTEX_GU"],
+        ],
         // KV_TEX_COPY: a prefill's keys and values into the attention's textures too
         "rope" => vec![vec![], vec!["KV_CACHE"], vec!["KV_CACHE", "KV_TEX_COPY"]],
         "attention" => vec![
@@ -180,6 +187,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 if extra.contains(&"TAIL") {
                     d.set("TAIL", "2u");
                 }
+                if *family == "layer_tail" {
+                    d.set("D", "32u").set("A", "32u").set("I", "64u");
+                    d.set("VMAX", "16u").set("TOKENS_WG", "8u");
+                }
                 if extra.contains(&"XUBO") {
                     d.set("XLEN", "144u").set("GLEN", "16u");
                 }
@@ -193,11 +204,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 23, norm 4, elementwise 2,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 23, layer_tail 3, norm 4,
+    // elementwise 2,
     // rope 3, attention 5, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
     // prune_select 5, prune_score 3 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 23 + 4 + 2 + 3 + 5 + 2 + 2 + 3 + 5 + 3 + 1)
+        4 * (2 * (8 + 7) + 23 + 3 + 4 + 2 + 3 + 5 + 2 + 2 + 3 + 5 + 3 + 1)
     );
 }

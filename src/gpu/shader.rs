@@ -26,6 +26,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/matmul_quant.wgsl"),
     ),
     ("gemv", include_str!("../../shaders/gemv.wgsl")),
+    ("layer_tail", include_str!("../../shaders/layer_tail.wgsl")),
     (
         "rope_kv_store",
         include_str!("../../shaders/rope_kv_store.wgsl"),
@@ -69,6 +70,7 @@ pub const KERNEL_FAMILIES: &[&str] = &[
     "matmul",
     "matmul_quant",
     "gemv",
+    "layer_tail",
     "bandwidth",
     "random_fill",
     "norm",

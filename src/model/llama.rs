@@ -7,6 +7,7 @@ use super::config::LlamaConfig;
 use crate::gpu::Step;
 use crate::gpu::{Gpu, Kernel, Tensor, Weight};
 use crate::ops::attention::{DecodeKv, Heads, KvTextures, PrefillKv};
+use crate::ops::layer_tail::TailWeights;
 use crate::ops::matmul::{Act, Epilogue};
 use crate::ops::rope::RopeKv;
 use crate::ops::{self, elementwise::RowDest, sample::Sampling};
@@ -456,6 +457,14 @@ impl Llama {
                     )?)
                 }
             }
+            // a prefill over a narrow decoder on CPU devices: o_proj, the MLP and both
+            // residual adds in one dispatch
+            if let Some(tail) = self.tail_weights(layer).filter(|_| decode_scores.is_none()) {
+                if ops::layer_tail::fits(gpu, rows, &tail) {
+                    ks.push(ops::layer_tail::layer_tail(gpu, &s.attn, &s.x, &tail)?);
+                    continue;
+                }
+            }
             ks.extend(layer.o_proj.ops(gpu, &s.attn, &s.x, Act::None, true)?);
             // MLP: RMSNorm, SwiGLU(gate, up), down.
             self.stacked_ops(
@@ -469,6 +478,23 @@ impl Llama {
             ks.extend(layer.down_proj.ops(gpu, &s.act, &s.x, Act::None, true)?);
         }
         Ok(ks)
+    }
+
+    /// A layer's o_proj, MLP and post-attention norm as `layer_tail` takes them: None where
+    /// a product has a bias or gate and up are apart.
+    fn tail_weights<'a>(&self, layer: &'a DecoderLayer) -> Option<TailWeights<'a>> {
+        match (&layer.gate_up, &layer.o_proj.b, &layer.down_proj.b) {
+            (Stacked::One(gate_up), None, None) => Some(TailWeights {
+                o_proj: &layer.o_proj.w,
+                gate_up,
+                down: &layer.down_proj.w,
+                norm: (
+                    &layer.post_attention_layernorm,
+                    self.cfg.rms_norm_eps as f32,
+                ),
+            }),
+            _ => None,
+        }
     }
 
     /// RMSNorm of `s.x` with `norm`, then the stacked projection `w`: q|k|v into `s.qkv`,
