@@ -26,6 +26,11 @@
 //   One invocation per 4x4 block of pairs (8 loads per column for 16 products), 8x8
 //   invocations per workgroup; the blocks below the diagonal return at once, those on and
 //   above it also write their mirror image. Dispatch (ceil(rows/32), ceil(rows/32), 1).
+// row_min_distance: each row's smallest cosine distance 1 - gram[i, j] to another row
+//   (DivPrune's first pick maximises it), so that the single-workgroup max_min does not
+//   scan all rows x rows itself.
+//   Bindings: 0 params, 1 a = gram f32 [rows, rows], 4 out f32 [rows] (3.0e38 for one row)
+//   One invocation per row. Dispatch (ceil(rows / WG), 1, 1).
 
 const WG: u32 = 64u;
 
@@ -215,4 +220,19 @@ fn gram(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     }
+}
+
+@compute @workgroup_size(WG)
+fn row_min_distance(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if i >= p.rows {
+        return;
+    }
+    var v = 3.0e38;
+    for (var j = 0u; j < p.rows; j++) {
+        if j != i {
+            v = min(v, 1.0 - a[i * p.rows + j]);
+        }
+    }
+    out[i] = v;
 }

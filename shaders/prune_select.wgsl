@@ -18,7 +18,8 @@
 //            PBC: r / profile[p] (has_profile) or r * e^(-slope p) (fitted), then min-max.
 //            One invocation, serial, in the CPU reference's order.
 // mmr        1, 2 -> 3 (4, 5): maximal marginal relevance, k picks.
-// max_min    2 -> 3 (4, 5): DivPrune's greedy max-min diversity, k picks.
+// max_min    1, 2 -> 3 (4, 5): DivPrune's greedy max-min diversity, k picks; 1 holds each
+//            token's smallest distance to another (prune_score.wgsl's row_min_distance).
 // visionzip  1, 2 -> 3, 9 (5): dominant + contextual selection and merge assignment;
 //            then flags[n + slot] = how many tokens merge into kept slot (slot < k).
 //            KEY_ROWS: 2 holds the unit-norm key rows [n, cols] instead of their Gram
@@ -393,15 +394,9 @@ fn max_min(@builtin(local_invocation_index) lid: u32) {
         var bi = NONE;
         for (var j = lid; j < p.n; j += WG) {
             if flags[j] == 0u {
-                var v = work[j];
-                if step == 0u {
-                    v = 3.0e38;
-                    for (var o = 0u; o < p.n; o++) {
-                        if o != j {
-                            v = min(v, 1.0 - gram[j * p.n + o]);
-                        }
-                    }
-                }
+                // the first pick: the largest of the row minima (prune_score.wgsl's
+                // row_min_distance, in scores)
+                let v = select(work[j], scores[j], step == 0u);
                 if before(v, j, bv, bi) {
                     bv = v;
                     bi = j;

@@ -390,15 +390,24 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
                 pbc_mmr::mmr(&scores, &gv, k, 0.6),
                 "{name}: MMR {k}"
             );
+            // DivPrune: each row's smallest distance first, then the greedy picks
+            let row_min = Tensor::new(g, "row_min", n, 1).unwrap();
+            let kr = op::row_min_distance(g, &gram, n, &row_min).unwrap();
             let kd = op::select(
                 g,
                 "max_min",
                 None,
                 p,
-                &[(2, &gram.buf), (3, &keep), (4, &work), (5, &flags)],
+                &[
+                    (1, &row_min.buf),
+                    (2, &gram.buf),
+                    (3, &keep),
+                    (4, &work),
+                    (5, &flags),
+                ],
             )
             .unwrap();
-            g.run(&[&kd]).unwrap();
+            g.run(&[&kr, &kd]).unwrap();
             assert_eq!(
                 read(&keep, k),
                 divprune::select(&gv, n, k),

@@ -266,13 +266,21 @@ pub fn projector_stage(
     let work = Tensor::new(gpu, "prune.work", n, 1)?;
     let flags = u32_buffer(gpu, "prune.flags", 2 * n)?;
     let out = Tensor::new(gpu, "projector.kept", b, proj.cols)?;
+    let row_min = Tensor::new(gpu, "prune.row_min", n, 1)?;
     let mut ks = op::cosine_gram(gpu, proj, 0..n, &unit, &gram)?;
+    ks.push(op::row_min_distance(gpu, &gram, n, &row_min)?);
     ks.push(op::select(
         gpu,
         "max_min",
         None,
         SelectParams::new(n, b),
-        &[(2, &gram.buf), (3, &keep), (4, &work.buf), (5, &flags)],
+        &[
+            (1, &row_min.buf),
+            (2, &gram.buf),
+            (3, &keep),
+            (4, &work.buf),
+            (5, &flags),
+        ],
     )?);
     ks.push(op::gather_rows(gpu, &keep, proj, 0, &out)?);
     let raster = keep.clone();
@@ -290,7 +298,7 @@ pub fn projector_stage(
             raster,
             assign: None,
             keys: None,
-            _scratch: vec![flags, unit.buf],
+            _scratch: vec![flags, unit.buf, row_min.buf],
         },
     ))
 }
