@@ -2,7 +2,8 @@
 //! D = 1 − cosine. The first pick maximises its minimum distance to every other token; then
 //! each step adds argmax_j min_{s∈S} D[s, j].
 //!
-//! GPU: `prune_score.wgsl::normalize_rows/gram` over the projector output,
+//! GPU: `prune_score.wgsl::normalize_rows/gram` over the projector output, each row's
+//! smallest distance (`prune_score.wgsl::row_min_distance`, for the first pick),
 //! `prune_select.wgsl::max_min`, then `prune_gather.wgsl::gather_rows`.
 
 use super::select::argmax;
