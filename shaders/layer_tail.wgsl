@@ -15,8 +15,8 @@
 //                                           WTEX_O, WTEX_GU, WTEX_DOWN
 //           5 x     vec4<f32> [m, D / 4], the residual stream, read and written in place
 //           6 g     vec4<f32> [D / 4], the post-attention RMSNorm weight
-// Variants: WTEX_O, WTEX_GU, WTEX_DOWN. Values: D, A, I (multiples of 8), VMAX (the largest of A / 4, D / 4,
-//           I / 4), TOKENS_WG (the workgroup size).
+// Variants: WTEX_O, WTEX_GU, WTEX_DOWN. Values: D, A, I (multiples of 8), VMAX (the largest
+//           of A / 4, D / 4 and I / 4), TOKENS_WG (the workgroup size).
 // Arithmetic: each product sums its row word by word as gemv.wgsl's gemm_tokens does (the
 //   two dot products of a word, then into the row's sum), and the norm scales the sums of
 //   g * x, so the result is the three-dispatch path's (o_proj with ACCUMULATE, [gate; up]

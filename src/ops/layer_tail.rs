@@ -6,7 +6,6 @@
 
 use super::{bytes, check_len, Kernel};
 use crate::gguf::quant::GgmlType;
-use crate::gpu::shader::Defines;
 use crate::gpu::{GemmTile, Gpu, Tensor, Weight};
 use anyhow::{bail, Result};
 
@@ -38,8 +37,8 @@ struct Params {
 }
 
 /// Whether `layer_tail` runs a layer's second half over m > 1 rows: on devices whose table
-/// picks the lane kernels (CPU devices), for f16 weights in one chunk each, of widths that are multiples of 8 up to [`MAX_WIDTH`] and
-/// [`MAX_INTERMEDIATE`].
+/// picks the lane kernels (CPU devices), for f16 weights in one chunk each, of widths that
+/// are multiples of 8 up to [`MAX_WIDTH`] and [`MAX_INTERMEDIATE`].
 pub fn fits(gpu: &Gpu, m: usize, w: &TailWeights) -> bool {
     let (d, a, i) = (w.o_proj.rows, w.o_proj.cols, w.down.cols);
     let all = [w.o_proj, w.gate_up, w.down];
@@ -80,7 +79,7 @@ pub fn layer_tail(gpu: &Gpu, attn: &Tensor, x: &Tensor, w: &TailWeights) -> Resu
     }
     let (g, eps) = w.norm;
     check_len("layer_tail norm", g, d)?;
-    let mut defines = Defines::new();
+    let mut defines = gpu.base_defines();
     defines
         .set("D", format!("{d}u"))
         .set("A", format!("{a}u"))
