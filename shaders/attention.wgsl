@@ -6,9 +6,9 @@
 //   Bindings: 0 params, 1 q f32 [m, q_stride], 2 k f32 [kv_len, kv_stride],
 //             3 v f32 [kv_len, kv_stride], 4 out f32 [m, o_stride]
 //   One invocation per query row, QB = 32 rows per workgroup, K/V tiles of KT keys shared
-//   through workgroup memory. Or DIRECT_KV (the CPU-device variant; HD % 4 == 0; QB, KB and
-//   QPI values): QPI rows per invocation, K and V read straight from the buffers, KB keys per
-//   softmax block, no barrier. Causal: query i (position q_pos0 + i) sees keys 0..=q_pos0 + i.
+//   through workgroup memory. Or DIRECT_KV (the CPU-device variant; HD % 4 == 0; QB and QPI
+//   values, flags QPI_2 and QPI_4): QPI rows per invocation, K and V read straight from the
+//   buffers, 4 keys per softmax block, no barrier. Causal: query i (position q_pos0 + i) sees keys 0..=q_pos0 + i.
 //   Dispatch (ceil(m / QB), heads, 1); DIRECT_KV (ceil(m / (QB * QPI)), heads, 1).
 //
 // Split-KV decode (one query row per head over cache rows 0..step.kv_len, no score row
@@ -77,9 +77,8 @@ struct Params {
 
 #ifdef DIRECT_KV
 const HD4: u32 = HD / 4u;
-// KB (keys per online-softmax block: one rescale per block) and QPI (query rows per
-// invocation: each K and V row loaded serves QPI rows) are value defines, smaller for wide
-// heads so that the unrolled block stays small (ops::attention::direct_shape).
+// QPI (query rows per invocation: each K and V row loaded serves QPI rows) is a value
+// define, smaller for wide heads (ops::attention::direct_shape).
 
 // Values 4c .. 4c + 4 of KV head kvh for key j.
 #ifdef KV_TEX
@@ -101,9 +100,123 @@ fn v4(j: u32, kvh: u32, c: u32) -> vec4<f32> {
 #endif
 
 // The CPU-device variant. Each invocation takes QPI query rows (lid, lid + QB, ...) and walks
-// the workgroup's keys in a uniform loop, KB keys per block, loading each K and V row once
-// for its QPI rows; q and the outputs stay in vec4 registers. A key past a row's causal end
-// counts zero. Rows past m compute on row m - 1 and store nothing.
+// the workgroup's keys in a uniform loop, 4 keys per softmax block, loading each block's K
+// and V rows once for its QPI rows (QPI = 1: key by key). Every value lives in a named variable or an array
+// indexed only by unrolled loops over the head's vec4s: lavapipe stores an array element
+// at a per-lane (non-constant) index lane by lane, which took half the time of the earlier
+// form (scores and rows in arrays indexed by loop counters). A key past a row's causal end
+// counts zero. Rows past m compute on row m - 1 and store nothing. QPI is 1, 2 or 4, with
+// the flags QPI_2 (2 or more) and QPI_4 (4).
+
+// One query row's state: its scaled query, the running max m, the sum l of exp(s - m) and
+// the unnormalised output.
+struct QRow {
+    q: array<vec4<f32>, HD4>,
+    acc: array<vec4<f32>, HD4>,
+    m: f32,
+    l: f32,
+    end: u32,
+    row: u32,
+}
+
+// Four keys' (or values') rows j0 .. j0 + 3 of KV head kvh, each clamped below kv_end.
+struct Block4 {
+    r0: array<vec4<f32>, HD4>,
+    r1: array<vec4<f32>, HD4>,
+    r2: array<vec4<f32>, HD4>,
+    r3: array<vec4<f32>, HD4>,
+}
+
+fn q_row(h: u32, qi: u32) -> QRow {
+    var r: QRow;
+    let b = min(qi, p.m - 1u) * p.q_stride + h * HD;
+    for (var c = 0u; c < HD4; c++) {
+        let o = b + 4u * c;
+        r.q[c] = vec4<f32>(q[o], q[o + 1u], q[o + 2u], q[o + 3u]) * p.scale;
+    }
+    r.m = -3.0e38;
+    r.end = p.kv_len;
+    if p.causal != 0u {
+        r.end = min(p.kv_len, p.q_pos0 + qi + 1u);
+    }
+    r.row = qi;
+    return r;
+}
+
+fn block4(which: u32, j0: u32, last: u32, kvh: u32) -> Block4 {
+    var b: Block4;
+    for (var c = 0u; c < HD4; c++) {
+        if which == 0u {
+            b.r0[c] = k4(min(j0, last), kvh, c);
+            b.r1[c] = k4(min(j0 + 1u, last), kvh, c);
+            b.r2[c] = k4(min(j0 + 2u, last), kvh, c);
+            b.r3[c] = k4(min(j0 + 3u, last), kvh, c);
+        } else {
+            b.r0[c] = v4(min(j0, last), kvh, c);
+            b.r1[c] = v4(min(j0 + 1u, last), kvh, c);
+            b.r2[c] = v4(min(j0 + 2u, last), kvh, c);
+            b.r3[c] = v4(min(j0 + 3u, last), kvh, c);
+        }
+    }
+    return b;
+}
+
+// Keys j0 .. j0 + 3 for one row: the online-softmax update of m, l and acc.
+fn row_block(r: ptr<function, QRow>, j0: u32, k: ptr<function, Block4>,
+             v: ptr<function, Block4>) {
+    var s = vec4<f32>(0.0);
+    for (var c = 0u; c < HD4; c++) {
+        let qc = (*r).q[c];
+        s += vec4<f32>(dot(qc, (*k).r0[c]), dot(qc, (*k).r1[c]), dot(qc, (*k).r2[c]),
+                       dot(qc, (*k).r3[c]));
+    }
+    let valid = vec4<u32>(j0, j0 + 1u, j0 + 2u, j0 + 3u) < vec4<u32>((*r).end);
+    let sv = select(vec4<f32>(-3.0e38), s, valid);
+    let bm = max((*r).m, max(max(sv.x, sv.y), max(sv.z, sv.w)));
+    let corr = exp((*r).m - bm);
+    let pj = select(vec4<f32>(0.0), exp(s - bm), valid);
+    (*r).l = (*r).l * corr + (pj.x + pj.y + pj.z + pj.w);
+    for (var c = 0u; c < HD4; c++) {
+        (*r).acc[c] = (*r).acc[c] * corr + pj.x * (*v).r0[c] + pj.y * (*v).r1[c]
+            + pj.z * (*v).r2[c] + pj.w * (*v).r3[c];
+    }
+    (*r).m = bm;
+}
+
+// One key for one row (QPI = 1, wide heads: a block of 4 keys' rows would hold 8 * HD4
+// vec4s, which lavapipe took seconds more to compile for 64-dim heads).
+fn row_key(r: ptr<function, QRow>, j: u32, kvh: u32) {
+    var s = 0.0;
+    for (var c = 0u; c < HD4; c++) {
+        s += dot((*r).q[c], k4(j, kvh, c));
+    }
+    if j < (*r).end {
+        let bm = max((*r).m, s);
+        let corr = exp((*r).m - bm);
+        let pj = exp(s - bm);
+        (*r).l = (*r).l * corr + pj;
+        for (var c = 0u; c < HD4; c++) {
+            (*r).acc[c] = (*r).acc[c] * corr + pj * v4(j, kvh, c);
+        }
+        (*r).m = bm;
+    }
+}
+
+fn store_row(r: ptr<function, QRow>, h: u32) {
+    let qi = (*r).row;
+    if qi < p.m {
+        let inv = 1.0 / (*r).l;
+        for (var c = 0u; c < HD4; c++) {
+            let o = qi * p.o_stride + h * HD + 4u * c;
+            let a = (*r).acc[c] * inv;
+            out[o] = a.x;
+            out[o + 1u] = a.y;
+            out[o + 2u] = a.z;
+            out[o + 3u] = a.w;
+        }
+    }
+}
+
 @compute @workgroup_size(QB)
 fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let h = wid.y;
@@ -113,83 +226,38 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     if p.causal != 0u {
         kv_end = min(p.kv_len, p.q_pos0 + min(wid.x * QB * QPI + QB * QPI, p.m));
     }
-    var q4: array<vec4<f32>, HD4 * QPI>;
-    var acc4: array<vec4<f32>, HD4 * QPI>;
-    var mx: array<f32, QPI>;
-    var l: array<f32, QPI>;
-    var end: array<u32, QPI>;
-    for (var i = 0u; i < QPI; i++) {
-        let qi = row0 + QB * i;
-        let b = min(qi, p.m - 1u) * p.q_stride + h * HD;
-        for (var c = 0u; c < HD4; c++) {
-            let o = b + 4u * c;
-            q4[i * HD4 + c] = vec4<f32>(q[o], q[o + 1u], q[o + 2u], q[o + 3u]) * p.scale;
-        }
-        mx[i] = -3.0e38;
-        end[i] = p.kv_len;
-        if p.causal != 0u {
-            end[i] = min(p.kv_len, p.q_pos0 + qi + 1u);
-        }
+    var r0 = q_row(h, row0);
+#ifdef QPI_2
+    var r1 = q_row(h, row0 + QB);
+#endif
+#ifdef QPI_4
+    var r2 = q_row(h, row0 + 2u * QB);
+    var r3 = q_row(h, row0 + 3u * QB);
+#endif
+#ifdef QPI_2
+    for (var j0 = 0u; j0 < kv_end; j0 += 4u) {
+        var kb = block4(0u, j0, kv_end - 1u, kvh);
+        var vb = block4(1u, j0, kv_end - 1u, kvh);
+        row_block(&r0, j0, &kb, &vb);
+        row_block(&r1, j0, &kb, &vb);
+#ifdef QPI_4
+        row_block(&r2, j0, &kb, &vb);
+        row_block(&r3, j0, &kb, &vb);
+#endif
     }
-    for (var j0 = 0u; j0 < kv_end; j0 += KB) {
-        var sc: array<f32, KB * QPI>;
-        var bm = mx;
-        for (var t = 0u; t < KB; t++) {
-            let j = j0 + t;
-            let jr = min(j, kv_end - 1u);
-            var kr: array<vec4<f32>, HD4>;
-            for (var c = 0u; c < HD4; c++) {
-                kr[c] = k4(jr, kvh, c);
-            }
-            for (var i = 0u; i < QPI; i++) {
-                var s = 0.0;
-                for (var c = 0u; c < HD4; c++) {
-                    s += dot(q4[i * HD4 + c], kr[c]);
-                }
-                sc[t * QPI + i] = s;
-                if j < end[i] {
-                    bm[i] = max(bm[i], s);
-                }
-            }
-        }
-        for (var i = 0u; i < QPI; i++) {
-            let corr = exp(mx[i] - bm[i]);
-            l[i] *= corr;
-            for (var c = 0u; c < HD4; c++) {
-                acc4[i * HD4 + c] *= corr;
-            }
-        }
-        for (var t = 0u; t < KB; t++) {
-            let j = j0 + t;
-            let jr = min(j, kv_end - 1u);
-            var vr: array<vec4<f32>, HD4>;
-            for (var c = 0u; c < HD4; c++) {
-                vr[c] = v4(jr, kvh, c);
-            }
-            for (var i = 0u; i < QPI; i++) {
-                let pj = select(0.0, exp(sc[t * QPI + i] - bm[i]), j < end[i]);
-                l[i] += pj;
-                for (var c = 0u; c < HD4; c++) {
-                    acc4[i * HD4 + c] = fma(vec4<f32>(pj), vr[c], acc4[i * HD4 + c]);
-                }
-            }
-        }
-        mx = bm;
+#else
+    for (var j = 0u; j < kv_end; j++) {
+        row_key(&r0, j, kvh);
     }
-    for (var i = 0u; i < QPI; i++) {
-        let qi = row0 + QB * i;
-        if qi < p.m {
-            let inv = 1.0 / l[i];
-            for (var c = 0u; c < HD4; c++) {
-                let o = qi * p.o_stride + h * HD + 4u * c;
-                let a = acc4[i * HD4 + c] * inv;
-                out[o] = a.x;
-                out[o + 1u] = a.y;
-                out[o + 2u] = a.z;
-                out[o + 3u] = a.w;
-            }
-        }
-    }
+#endif
+    store_row(&r0, h);
+#ifdef QPI_2
+    store_row(&r1, h);
+#endif
+#ifdef QPI_4
+    store_row(&r2, h);
+    store_row(&r3, h);
+#endif
 }
 #else
 #ifndef KV_TEX

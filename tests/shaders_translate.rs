@@ -84,6 +84,9 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
         "attention" => vec![
             vec![],
             vec!["DIRECT_KV"],
+            // the direct prefill with 2 or 4 query rows per invocation (QPI gets a value)
+            vec!["DIRECT_KV", "QPI_2"],
+            vec!["DIRECT_KV", "QPI_2", "QPI_4", "KV_TEX"],
             // the CPU-device decode attention (the engine sets it only with SUBGROUPS)
             vec!["DIRECT_KV", "DECODE_LANES"],
             // the direct prefill reading K/V from textures (kv_texture.wgsl fills them)
@@ -171,7 +174,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                     d.flag(f);
                 }
                 d.set("HD", 64).set("KT", 16).set("LG_ROWS", "4u");
-                d.set("KB", "8u").set("QPI", "4u");
+                d.set("QPI", "4u");
                 if extra.contains(&"TOKENS") {
                     d.set("TOKENS", "4u").set("TOKENS_WG", "32u");
                 }
@@ -206,10 +209,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 23, layer_tail 3, norm 4,
     // elementwise 2,
-    // rope 3, attention 5, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
+    // rope 3, attention 7, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
     // prune_select 5, prune_score 3 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 23 + 3 + 4 + 2 + 3 + 5 + 2 + 2 + 3 + 5 + 3 + 1)
+        4 * (2 * (8 + 7) + 23 + 3 + 4 + 2 + 3 + 7 + 2 + 2 + 3 + 5 + 3 + 1)
     );
 }

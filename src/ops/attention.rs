@@ -67,10 +67,16 @@ impl Heads {
             );
         }
         let mut d = gpu.base_defines().with("HD", self.hd).with("KT", kt.max(1));
-        if let Some((kb, qpi)) = direct {
+        if let Some(qpi) = direct {
             d.flag("DIRECT_KV");
-            d.set("KB", format!("{kb}u")).set("QPI", format!("{qpi}u"));
+            d.set("QPI", format!("{qpi}u"));
             d.set("QB", format!("{DIRECT_QB}u"));
+            if qpi >= 2 {
+                d.flag("QPI_2");
+            }
+            if qpi == 4 {
+                d.flag("QPI_4");
+            }
         }
         if self.decode_lanes(gpu) {
             d.flag("DECODE_LANES");
@@ -79,8 +85,8 @@ impl Heads {
     }
 
     /// The prefill attention's CPU-device variant (K/V read straight from the buffers, no
-    /// barriers) when it runs: its keys per softmax block and query rows per invocation.
-    fn direct_kv(&self, gpu: &Gpu) -> Option<(u32, u32)> {
+    /// barriers) when it runs: its query rows per invocation.
+    fn direct_kv(&self, gpu: &Gpu) -> Option<u32> {
         (!gpu.attention_tiles() && self.hd.is_multiple_of(4)).then(|| direct_shape(self.hd))
     }
 
@@ -287,7 +293,7 @@ pub fn prefill(
         pad: 0,
     };
     let defines = h.defines(gpu)?;
-    let rows_per_wg = h.direct_kv(gpu).map_or(32, |(_, qpi)| DIRECT_QB * qpi);
+    let rows_per_wg = h.direct_kv(gpu).map_or(32, |qpi| DIRECT_QB * qpi);
     let grid = [(q.rows as u32).div_ceil(rows_per_wg), h.heads as u32, 1];
     let (tex, filled) = match kv {
         PrefillKv::Buffers => (None, false),
@@ -328,15 +334,15 @@ pub fn prefill(
     Ok(ks)
 }
 
-/// The direct prefill variant's keys per softmax block (KB) and query rows per invocation
-/// (QPI). Measured on lavapipe: 4 rows of 16-dim heads run the CLIP encoder's attention 2.3x
-/// faster than one; for 64-dim heads the unrolled block of 4 rows compiles for seconds and
-/// runs slower, so wide heads take one row and blocks of 4 keys.
-fn direct_shape(hd: usize) -> (u32, u32) {
+/// The direct prefill variant's query rows per invocation (QPI). Measured on lavapipe: 4
+/// rows of 16-dim heads run the CLIP encoder's attention 2.3x faster than one; for 64-dim
+/// heads the unrolled block of 4 rows compiles for seconds and runs slower, so wide heads
+/// take one row.
+fn direct_shape(hd: usize) -> u32 {
     match hd {
-        0..=16 => (8, 4),
-        17..=32 => (8, 2),
-        _ => (4, 1),
+        0..=16 => 4,
+        17..=32 => 2,
+        _ => 1,
     }
 }
 
