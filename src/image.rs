@@ -80,51 +80,59 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
         .collect()
 }
 
-fn clip8(v: i64) -> u8 {
+fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
 /// Resize like PIL's `Image.resize(size, BICUBIC)`: horizontal pass, then vertical, each
-/// rounding to uint8.
+/// rounding to uint8. Sums are i32 as in PIL: 255 times the weights' absolute sum (under
+/// 1.3 · 2^22) stays below 2^31.
 pub fn resize_bicubic(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     let (iw, ih) = img.dimensions();
-    let src = img.as_raw();
-    let mut cur: Vec<u8> = src.clone();
+    let (w, h) = (w as usize, h as usize);
+    let mut cur: Vec<u8> = img.as_raw().clone();
     let mut cw = iw as usize;
-    if w != iw {
-        let co = coefficients(iw as usize, w as usize);
-        let mut out = vec![0u8; w as usize * ih as usize * 3];
-        for y in 0..ih as usize {
-            for (x, (x0, k)) in co.iter().enumerate() {
-                for c in 0..3 {
-                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                    for (i, &kw) in k.iter().enumerate() {
-                        acc += cur[(y * cw + x0 + i) * 3 + c] as i64 * kw as i64;
+    let half = 1i32 << (PRECISION_BITS - 1);
+    if w != cw {
+        let co = coefficients(cw, w);
+        let mut out = vec![0u8; w * ih as usize * 3];
+        for (row, orow) in cur.chunks_exact(cw * 3).zip(out.chunks_exact_mut(w * 3)) {
+            for (o, (x0, k)) in orow.chunks_exact_mut(3).zip(&co) {
+                let px = &row[x0 * 3..(x0 + k.len()) * 3];
+                let mut acc = [half; 3];
+                for (p, &kw) in px.chunks_exact(3).zip(k) {
+                    for c in 0..3 {
+                        acc[c] += p[c] as i32 * kw;
                     }
-                    out[(y * w as usize + x) * 3 + c] = clip8(acc);
+                }
+                for c in 0..3 {
+                    o[c] = clip8(acc[c]);
                 }
             }
         }
         cur = out;
-        cw = w as usize;
+        cw = w;
     }
-    if h != ih {
-        let co = coefficients(ih as usize, h as usize);
-        let mut out = vec![0u8; cw * h as usize * 3];
-        for (y, (y0, k)) in co.iter().enumerate() {
-            for x in 0..cw {
-                for c in 0..3 {
-                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                    for (i, &kw) in k.iter().enumerate() {
-                        acc += cur[((y0 + i) * cw + x) * 3 + c] as i64 * kw as i64;
-                    }
-                    out[(y * cw + x) * 3 + c] = clip8(acc);
+    if h != ih as usize {
+        let co = coefficients(ih as usize, h);
+        let stride = cw * 3;
+        let mut out = vec![0u8; stride * h];
+        let mut acc = vec![0i32; stride];
+        for (orow, (y0, k)) in out.chunks_exact_mut(stride).zip(&co) {
+            acc.fill(half);
+            for (i, &kw) in k.iter().enumerate() {
+                let row = &cur[(y0 + i) * stride..(y0 + i + 1) * stride];
+                for (a, &p) in acc.iter_mut().zip(row) {
+                    *a += p as i32 * kw;
                 }
+            }
+            for (o, &a) in orow.iter_mut().zip(&acc) {
+                *o = clip8(a);
             }
         }
         cur = out;
     }
-    RgbImage::from_raw(w, h, cur).expect("sizes agree")
+    RgbImage::from_raw(w as u32, h as u32, cur).expect("sizes agree")
 }
 
 /// Resize (shortest edge) and centre-crop to the model's square input, as uint8.
@@ -217,6 +225,61 @@ mod tests {
                     "{i}->{o}: {s}"
                 );
             }
+        }
+    }
+
+    /// The resampler as PIL writes it, pixel by pixel in i64: what `resize_bicubic`'s
+    /// row-wise i32 passes must reproduce bit for bit.
+    fn resize_reference(img: &RgbImage, w: usize, h: usize) -> Vec<u8> {
+        let (iw, ih) = (img.width() as usize, img.height() as usize);
+        let px =
+            |v: &[u8], stride: usize, x: usize, y: usize, c: usize| v[(y * stride + x) * 3 + c];
+        let half = 1i64 << (PRECISION_BITS - 1);
+        let clip = |v: i64| (v >> PRECISION_BITS).clamp(0, 255) as u8;
+        let mut tmp = vec![0u8; w * ih * 3];
+        let co = coefficients(iw, w);
+        for y in 0..ih {
+            for (x, (x0, k)) in co.iter().enumerate() {
+                for c in 0..3 {
+                    let s: i64 = k
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &kw)| px(img.as_raw(), iw, x0 + i, y, c) as i64 * kw as i64)
+                        .sum();
+                    tmp[(y * w + x) * 3 + c] = clip(half + s);
+                }
+            }
+        }
+        let mut out = vec![0u8; w * h * 3];
+        for (y, (y0, k)) in coefficients(ih, h).iter().enumerate() {
+            for x in 0..w {
+                for c in 0..3 {
+                    let s: i64 = k
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &kw)| px(&tmp, w, x, y0 + i, c) as i64 * kw as i64)
+                        .sum();
+                    out[(y * w + x) * 3 + c] = clip(half + s);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn resize_matches_the_pixel_by_pixel_resampler() {
+        // extremes (0 and 255 next to each other) drive the sums to their largest
+        let img = RgbImage::from_fn(37, 23, |x, y| {
+            let v = if (x * 7 + y * 3) % 5 < 2 {
+                255
+            } else {
+                (x * 31 + y * 17) as u8
+            };
+            image::Rgb([v, 255 - v, ((x ^ y) * 40) as u8])
+        });
+        for (w, h) in [(336, 200), (11, 7), (37, 50), (20, 23), (5, 3)] {
+            let got = resize_bicubic(&img, w as u32, h as u32);
+            assert_eq!(got.as_raw(), &resize_reference(&img, w, h), "{w}x{h}");
         }
     }
 
