@@ -96,20 +96,24 @@ pub fn resize_bicubic(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     if w != cw {
         let co = coefficients(cw, w);
         let mut out = vec![0u8; w * ih as usize * 3];
-        for (row, orow) in cur.chunks_exact(cw * 3).zip(out.chunks_exact_mut(w * 3)) {
-            for (o, (x0, k)) in orow.chunks_exact_mut(3).zip(&co) {
-                let px = &row[x0 * 3..(x0 + k.len()) * 3];
-                let mut acc = [half; 3];
-                for (p, &kw) in px.chunks_exact(3).zip(k) {
+        let (src, co) = (&cur, &co);
+        on_row_bands(&mut out, w * 3, |y0, band| {
+            let rows = src[y0 * cw * 3..].chunks_exact(cw * 3);
+            for (row, orow) in rows.zip(band.chunks_exact_mut(w * 3)) {
+                for (o, (x0, k)) in orow.chunks_exact_mut(3).zip(co) {
+                    let px = &row[x0 * 3..(x0 + k.len()) * 3];
+                    let mut acc = [half; 3];
+                    for (p, &kw) in px.chunks_exact(3).zip(k) {
+                        for c in 0..3 {
+                            acc[c] += p[c] as i32 * kw;
+                        }
+                    }
                     for c in 0..3 {
-                        acc[c] += p[c] as i32 * kw;
+                        o[c] = clip8(acc[c]);
                     }
                 }
-                for c in 0..3 {
-                    o[c] = clip8(acc[c]);
-                }
             }
-        }
+        });
         cur = out;
         cw = w;
     }
@@ -117,22 +121,42 @@ pub fn resize_bicubic(img: &RgbImage, w: u32, h: u32) -> RgbImage {
         let co = coefficients(ih as usize, h);
         let stride = cw * 3;
         let mut out = vec![0u8; stride * h];
-        let mut acc = vec![0i32; stride];
-        for (orow, (y0, k)) in out.chunks_exact_mut(stride).zip(&co) {
-            acc.fill(half);
-            for (i, &kw) in k.iter().enumerate() {
-                let row = &cur[(y0 + i) * stride..(y0 + i + 1) * stride];
-                for (a, &p) in acc.iter_mut().zip(row) {
-                    *a += p as i32 * kw;
+        let (src, co) = (&cur, &co);
+        on_row_bands(&mut out, stride, |first, band| {
+            let mut acc = vec![0i32; stride];
+            for (orow, (y0, k)) in band.chunks_exact_mut(stride).zip(&co[first..]) {
+                acc.fill(half);
+                for (i, &kw) in k.iter().enumerate() {
+                    let row = &src[(y0 + i) * stride..(y0 + i + 1) * stride];
+                    for (a, &p) in acc.iter_mut().zip(row) {
+                        *a += p as i32 * kw;
+                    }
+                }
+                for (o, &a) in orow.iter_mut().zip(&acc) {
+                    *o = clip8(a);
                 }
             }
-            for (o, &a) in orow.iter_mut().zip(&acc) {
-                *o = clip8(a);
-            }
-        }
+        });
         cur = out;
     }
     RgbImage::from_raw(w as u32, h as u32, cur).expect("sizes agree")
+}
+
+/// Run `f(first_row, rows)` over bands of `out`'s rows of `stride` bytes, one band per core
+/// (preprocessing runs before the GPU has work, so the cores are free).
+fn on_row_bands(out: &mut [u8], stride: usize, f: impl Fn(usize, &mut [u8]) + Sync) {
+    if out.is_empty() || stride == 0 {
+        return;
+    }
+    let rows = out.len() / stride;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = rows.div_ceil(cores.clamp(1, 8)).max(1);
+    std::thread::scope(|s| {
+        for (i, band) in out.chunks_mut(per * stride).enumerate() {
+            let f = &f;
+            s.spawn(move || f(i * per, band));
+        }
+    });
 }
 
 /// Resize (shortest edge) and centre-crop to the model's square input, as uint8.
