@@ -8,7 +8,8 @@
 //   One invocation per query row, QB = 32 rows per workgroup, K/V tiles of KT keys shared
 //   through workgroup memory. Or DIRECT_KV (the CPU-device variant; HD % 4 == 0; QB and QPI
 //   values, flags QPI_2 and QPI_4): QPI rows per invocation, K and V read straight from the
-//   buffers, 4 keys per softmax block, no barrier. Causal: query i (position q_pos0 + i) sees keys 0..=q_pos0 + i.
+//   buffers, 4 keys per softmax block, no barrier. Causal: query i (position q_pos0 + i)
+//   sees keys 0..=q_pos0 + i.
 //   Dispatch (ceil(m / QB), heads, 1); DIRECT_KV (ceil(m / (QB * QPI)), heads, 1).
 //
 // Split-KV decode (one query row per head over cache rows 0..step.kv_len, no score row
@@ -101,12 +102,12 @@ fn v4(j: u32, kvh: u32, c: u32) -> vec4<f32> {
 
 // The CPU-device variant. Each invocation takes QPI query rows (lid, lid + QB, ...) and walks
 // the workgroup's keys in a uniform loop, 4 keys per softmax block, loading each block's K
-// and V rows once for its QPI rows (QPI = 1: key by key). Every value lives in a named variable or an array
-// indexed only by unrolled loops over the head's vec4s: lavapipe stores an array element
-// at a per-lane (non-constant) index lane by lane, which took half the time of the earlier
-// form (scores and rows in arrays indexed by loop counters). A key past a row's causal end
-// counts zero. Rows past m compute on row m - 1 and store nothing. QPI is 1, 2 or 4, with
-// the flags QPI_2 (2 or more) and QPI_4 (4).
+// and V rows once for its QPI rows (QPI = 1: key by key). Every value lives in a named
+// variable or an array indexed only by unrolled loops over the head's vec4s: lavapipe stores
+// an array element at a per-lane (non-constant) index lane by lane, which took half the time
+// of the earlier form (scores and rows in arrays indexed by loop counters). A key past a
+// row's causal end counts zero. Rows past m compute on row m - 1 and store nothing. QPI is
+// 1, 2 or 4, with the flags QPI_2 (2 or more) and QPI_4 (4).
 
 // One query row's state: its scaled query, the running max m, the sum l of exp(s - m) and
 // the unnormalised output.
