@@ -814,6 +814,8 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
             (45, 45, 6, 2, 16, true, 0),
             (5, 50, 6, 3, 32, true, 45),
             (1, 20, 2, 1, 64, true, 19),
+            // LLaVA-1.5-7B's head dim (the direct variant's key-by-key form)
+            (3, 21, 2, 1, 128, true, 18),
             // 8-dim heads over several workgroups of the direct variant (32 rows each), each
             // stopping at its own last key; the second after 12 cached keys
             (70, 70, 4, 2, 8, true, 0),
