@@ -6,8 +6,8 @@
 //   Bindings: 0 params, 1 q f32 [m, q_stride], 2 k f32 [kv_len, kv_stride],
 //             3 v f32 [kv_len, kv_stride], 4 out f32 [m, o_stride]
 //   One invocation per query row, QB = 32 rows per workgroup, K/V tiles of KT keys shared
-//   through workgroup memory. Or DIRECT_KV (the CPU-device variant; HD % 4 == 0; QB and QPI
-//   values, flags QPI_2 and QPI_4): QPI rows per invocation, K and V read straight from the
+//   through workgroup memory. Or DIRECT_KV (the CPU-device variant; HD % 4 == 0; QB a value,
+//   flags QPI_2 and QPI_4): QPI rows per invocation, K and V read straight from the
 //   buffers, 4 keys per softmax block, no barrier. Causal: query i (position q_pos0 + i)
 //   sees keys 0..=q_pos0 + i.
 //   Dispatch (ceil(m / QB), heads, 1); DIRECT_KV (ceil(m / (QB * QPI)), heads, 1).
@@ -78,8 +78,18 @@ struct Params {
 
 #ifdef DIRECT_KV
 const HD4: u32 = HD / 4u;
-// QPI (query rows per invocation: each K and V row loaded serves QPI rows) is a value
-// define, smaller for wide heads (ops::attention::direct_shape).
+// QPI (query rows per invocation: each K and V row loaded serves QPI rows): 4 with the flag
+// QPI_4 (which comes with QPI_2), 2 with QPI_2, else 1; fewer for wide heads
+// (ops::attention::direct_shape).
+#ifdef QPI_4
+const QPI: u32 = 4u;
+#else
+#ifdef QPI_2
+const QPI: u32 = 2u;
+#else
+const QPI: u32 = 1u;
+#endif
+#endif
 
 // Values 4c .. 4c + 4 of KV head kvh for key j.
 #ifdef KV_TEX
@@ -106,8 +116,7 @@ fn v4(j: u32, kvh: u32, c: u32) -> vec4<f32> {
 // variable or an array indexed only by unrolled loops over the head's vec4s: lavapipe stores
 // an array element at a per-lane (non-constant) index lane by lane, which took half the time
 // of the earlier form (scores and rows in arrays indexed by loop counters). A key past a
-// row's causal end counts zero. Rows past m compute on row m - 1 and store nothing. QPI is
-// 1, 2 or 4, with the flags QPI_2 (2 or more) and QPI_4 (4).
+// row's causal end counts zero. Rows past m compute on row m - 1 and store nothing.
 
 // One query row's state: its scaled query, the running max m, the sum l of exp(s - m) and
 // the unnormalised output.

@@ -84,7 +84,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
         "attention" => vec![
             vec![],
             vec!["DIRECT_KV"],
-            // the direct prefill with 2 or 4 query rows per invocation (QPI gets a value)
+            // the direct prefill with 2 or 4 query rows per invocation (QPI_4 comes with QPI_2)
             vec!["DIRECT_KV", "QPI_2"],
             vec!["DIRECT_KV", "QPI_2", "QPI_4", "KV_TEX"],
             // the CPU-device decode attention (the engine sets it only with SUBGROUPS)
@@ -174,7 +174,6 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                     d.flag(f);
                 }
                 d.set("HD", 64).set("KT", 16).set("LG_ROWS", "4u");
-                d.set("QPI", "4u");
                 if extra.contains(&"TOKENS") {
                     d.set("TOKENS", "4u").set("TOKENS_WG", "32u");
                 }

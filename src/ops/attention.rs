@@ -69,8 +69,8 @@ impl Heads {
         let mut d = gpu.base_defines().with("HD", self.hd).with("KT", kt.max(1));
         if let Some(qpi) = direct {
             d.flag("DIRECT_KV");
-            d.set("QPI", format!("{qpi}u"));
             d.set("QB", format!("{DIRECT_QB}u"));
+            // the rows per invocation, as attention.wgsl reads them (its QPI constant)
             if qpi >= 2 {
                 d.flag("QPI_2");
             }
