@@ -28,7 +28,8 @@
 //           TAIL (a value: ceil(k / 32) % 8 where it divides 8; gemv only); XUBO with XLEN
 //           and GLEN (gemv and gemm_tokens: lavapipe gathers uniform loads in straight-line
 //           code but loads storage buffers at per-lane addresses in a loop with a branch per
-//           lane); TOKENS_WG (a value: gemm_tokens' workgroup size).
+//           lane); TOKENS_WG (a value: gemm_tokens' workgroup size); TPI (a value:
+//           gemm_tokens' input rows per invocation).
 // Geometry: 64 invocations = 8 lane groups of 8 lanes. A lane group computes LG_ROWS rows; its
 //   lanes stride over the row's 32-value groups, keep x for one group in registers and
 //   reuse it for all LG_ROWS rows, then the 8 lane sums are added (subgroup shuffles, or
@@ -52,9 +53,10 @@
 //   multiplies its sums at the end. GATE_UP as in gemv.
 //   x is [m, x_stride4] vec4 rows. Dispatch (ceil(outputs / (8 * LG_ROWS)), ceil(m / TOKENS),
 //   1), outputs = n (GATE_UP: n / 2 pairs, 2 rows each).
-// gemm_tokens (with TOKENS too, for short rows): an invocation per input row walks all of k;
-//   the workgroup's TOKENS_WG rows share its LG_ROWS weight rows (uniform loads, no lane
-//   sums). Dispatch (ceil(outputs / LG_ROWS), ceil(m / TOKENS_WG), 1), outputs as in
+// gemm_tokens (with TOKENS too, for short rows): an invocation takes TPI consecutive input
+//   rows and walks all of k, decoding each weight word once for its TPI rows; the
+//   workgroup's TOKENS_WG * TPI rows share its LG_ROWS weight rows (uniform loads, no lane
+//   sums). Dispatch (ceil(outputs / LG_ROWS), ceil(m / (TOKENS_WG * TPI)), 1), outputs as in
 //   gemm_lanes (GATE_UP, ROPE: LG_ROWS / 2 pairs per workgroup). ROPE (a prefill's q|k|v,
 //   not with KV_TEX): input row t is rotated at positions[t] into q row t (y, rows of
 //   out_stride) and cache row step.kv_offset + t of bindings 9 and 10; with KV_TEX_COPY also
@@ -643,11 +645,12 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 #endif
     }
 }
-// gemm_tokens: the same units with the roles of lanes turned round. Every invocation owns one
-// input row (token) and walks all of k itself; the workgroup's TOKENS_WG tokens share LG_ROWS
-// weight rows, so each weight unit is read at an address uniform over the workgroup (one
-// load, broadcast across a CPU's SIMD lanes) and no lane sums are needed. Geometry in the
-// header.
+// gemm_tokens: the same units with the roles of lanes turned round. Every invocation owns TPI
+// input rows (tokens) and walks all of k itself; the workgroup's tokens share LG_ROWS weight
+// rows, so each weight unit is read at an address uniform over the workgroup and no lane
+// sums are needed. lavapipe still gathers such a load lane by lane, so each weight unit it
+// loads and decodes serves the invocation's TPI tokens. Each token's sums run in the same
+// order whatever TPI is. Geometry in the header.
 @compute @workgroup_size(TOKENS_WG)
 fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
 #ifdef PAIRS
@@ -657,28 +660,52 @@ fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     let base = wid.x * LG_ROWS;
     let valid = p.n;
 #endif
-    let t = wid.y * TOKENS_WG + lid;
+    let t0 = (wid.y * TOKENS_WG + lid) * TPI;
     // rows past m repeat row m - 1 and are not stored
-    let row0 = min(t, p.m - 1u) * p.x_stride4;
+    var row0: array<u32, TPI>;
+    for (var j = 0u; j < TPI; j++) {
+        row0[j] = min(t0 + j, p.m - 1u) * p.x_stride4;
+    }
 #ifdef WF16
     let units = p.row_vec4;
 #else
     let units = p.k / 32u;
 #endif
-    var acc: array<f32, LG_ROWS>;
-    var sq = 0.0;
+    var acc: array<array<f32, TPI>, LG_ROWS>;
+    var sq: array<f32, TPI>;
     for (var ui = 0u; ui < units; ui++) {
-        let xu = x_unit(row0, ui, g_unit(ui));
-        sq += xu.sq;
+        let gu = g_unit(ui);
+        var xu: array<XUnit, TPI>;
+        for (var j = 0u; j < TPI; j++) {
+            xu[j] = x_unit(row0[j], ui, gu);
+            sq[j] += xu[j].sq;
+        }
         for (var r = 0u; r < LG_ROWS; r++) {
             if in_range(base, r, valid) {
-                acc[r] += unit_dot(w_unit(row_of(base, r), ui), xu);
+                // one weight load and decode for the TPI tokens
+                let wu = w_unit(row_of(base, r), ui);
+                for (var j = 0u; j < TPI; j++) {
+                    acc[r][j] += unit_dot(wu, xu[j]);
+                }
             }
         }
     }
+    for (var j = 0u; j < TPI; j++) {
+        var a: array<f32, LG_ROWS>;
+        for (var r = 0u; r < LG_ROWS; r++) {
+            a[r] = acc[r][j];
+        }
+        token_epilogue(t0 + j, base, valid, sq[j], a);
+    }
+}
+
+// Token t's LG_ROWS sums from row `base` on: RMSNorm's scale (NORM), then SwiGLU (GATE_UP),
+// RoPE with the cache writes (ROPE), or the plain store.
+fn token_epilogue(t: u32, base: u32, valid: u32, sq: f32, sums: array<f32, LG_ROWS>) {
     if t >= p.m {
         return;
     }
+    var acc = sums;
     var scale = 1.0;
 #ifdef NORM
     // RMSNorm is linear in g * x: the row's 1 / rms scales its sums

@@ -330,9 +330,9 @@ fn malformed_gguf_files_are_clear_errors() {
 }
 
 /// The fusions of the decode GEMV (one row), of gemm_lanes (6 rows: a full and a partial
-/// block of 4) and of gemm_tokens (f16 rows of k <= 64; 70 rows: full workgroups of 32 and
-/// a partial one, x in a uniform buffer on CPU devices; and rows past UNIFORM_X_BYTES, x in
-/// storage) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
+/// block of 4) and of gemm_tokens (f16 rows of k <= 64; 70 rows: a full workgroup of 64 rows,
+/// 2 per invocation, and a partial one, x in a uniform buffer on CPU devices; and an odd
+/// number of rows past UNIFORM_X_BYTES, x in storage) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
 /// [gate; up] weight, and accumulation, for f16 and every repacked block format, with and
 /// without subgroups (their lane sums differ).
 #[test]

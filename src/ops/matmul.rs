@@ -174,13 +174,20 @@ pub const TOKENS_MAX_N: usize = 512;
 /// See [`TOKENS_MAX_N`]: shorter inputs leave most of a 32-row workgroup idle.
 pub const TOKENS_MIN_M: usize = 128;
 
-/// Input rows per gemm_tokens workgroup (its invocations: gemv.wgsl's `TOKENS_WG`) and weight
-/// rows per workgroup (8 measured as fast as 16 and faster than 4 on tiny-llava-32l). 32
+/// Invocations per gemm_tokens workgroup (gemv.wgsl's `TOKENS_WG`; each takes
+/// [`TOKENS_PER_INVOCATION`] input rows, measured here with one) and weight rows per workgroup (8 measured as fast as 16 and faster than 4 on tiny-llava-32l). 32
 /// rows pad a short prefill less than 64: on tiny-llava-32l pruned to 64 visual tokens (94
 /// rows: 3 workgroups of 32 against 2 of 64) the decoder's GEMMs took 20-23 ms against 27;
 /// 16 rows took 27-29 ms (lavapipe profile).
 const TOKENS_PER_WG: usize = 32;
 const TOKENS_ROWS: usize = 8;
+/// Input rows per gemm_tokens invocation (gemv.wgsl's `TPI`): each weight word it loads and
+/// decodes serves two rows of x. Measured on lavapipe (examples/gemm_probe.rs, 2 cores,
+/// three runs each): the patch embedding (576 x 588 -> 64) 4.1-5.0 ms against 3.0-3.1 with
+/// 2 rows, the tiny fixtures' 577-row encoder products 10-20% faster, a 589-row decoder q|k|v
+/// (k = 32) 0.54-0.83 ms against 0.44-0.55, a 96-row one level. 4 rows were no faster
+/// overall and slower on the patch embedding (4.5-4.9 ms).
+const TOKENS_PER_INVOCATION: usize = 2;
 
 /// Whether the lane kernels run m rows of x times the f16 `w` with an invocation per input
 /// row (`gemm_tokens`) rather than lanes over k: short rows, or few outputs over many input
@@ -243,8 +250,9 @@ fn gemm_lanes(
     }
     // the module holds both entries, so gemm_lanes' variants carry TOKENS_WG too
     d.set("TOKENS_WG", format!("{TOKENS_PER_WG}u"));
+    d.set("TPI", format!("{TOKENS_PER_INVOCATION}u"));
     let (entry, m_per) = if by_token {
-        ("gemm_tokens", TOKENS_PER_WG)
+        ("gemm_tokens", TOKENS_PER_WG * TOKENS_PER_INVOCATION)
     } else {
         ("gemm_lanes", LANE_TOKENS)
     };
