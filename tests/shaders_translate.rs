@@ -175,7 +175,9 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 }
                 d.set("HD", 64).set("KT", 16).set("LG_ROWS", "4u");
                 if extra.contains(&"TOKENS") {
-                    d.set("TOKENS", "4u").set("TOKENS_WG", "32u");
+                    d.set("TOKENS", "4u")
+                        .set("TOKENS_WG", "32u")
+                        .set("TPI", "2u");
                 }
                 if extra.contains(&"DIRECT_KV") {
                     d.set("QB", "8u");

@@ -169,8 +169,13 @@ pub const TOKENS_MAX_K: usize = 64;
 /// weights/tiny-llava-vqa (257 rows, k = 128-588, n = 128-512) 46-49 ms against 68-78, and
 /// that model's decoder GEMMs over a 267-row prompt (k = 128 and 384, n = 128-256) 66-76 ms
 /// against 78-91 ([gate; up], n = 768, level either way, stays with the lanes). SmolLM2's
-/// F16 matrices (k = 576, n = 576-3072) are 1.7x slower by token, so they keep the lanes.
-pub const TOKENS_MAX_N: usize = 512;
+/// F16 matrices (k = 576, n = 576-3072) were 1.7x slower by token, so they kept the lanes.
+/// Raised from 512 after gemm_tokens took two rows per invocation ([`TOKENS_PER_INVOCATION`];
+/// lavapipe, 2 cores, alternated runs): weights/tiny-llava-vqa's [gate; up] (n = 768) in
+/// the profile 51-74 ms against 80-92, its prefill 102-146 ms against 124-151; SmolLM2 F16
+/// (synthetic) over a 274-token prompt 46-52 tok/s against 41-48 with its 576-row matrices
+/// by token, and 45 with all of them (4096).
+pub const TOKENS_MAX_N: usize = 1024;
 /// See [`TOKENS_MAX_N`]: shorter inputs leave most of a 32-row workgroup idle.
 pub const TOKENS_MIN_M: usize = 128;
 
