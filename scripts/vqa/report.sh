@@ -3,12 +3,12 @@
 # unpruned accuracy on the whole test split, the pruning sweep on its first SWEEP questions,
 # the positional-bias plot, and one keep-map per method on the same test image.
 #
-#   bash scripts/vqa/report.sh [SWEEP]        (default SWEEP=300; needs data/vqa, made by
-#                                              python3 scripts/vqa/make_dataset.py --out data/vqa)
-# Writes eval-results/ and docs/vqa/. About an hour on a 2-core machine with lavapipe.
+#   bash scripts/vqa/report.sh [SWEEP]   (default SWEEP=998: the whole split; needs data/vqa,
+#                                         made by python3 scripts/vqa/make_dataset.py --out data/vqa)
+# Writes eval-results/ and docs/vqa/. About 25 minutes on a 2-core machine with lavapipe.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SWEEP=${1:-300}
+SWEEP=${1:-998}
 BIN=target/release/vlm-run
 MODEL=weights/tiny-llava-vqa
 DATA=data/vqa/test.jsonl
