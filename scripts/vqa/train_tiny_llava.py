@@ -511,8 +511,8 @@ class Sequences:
 def decoder_forward(model, feats, ids, mask, pos=None, decoder=None):
     """Logits of the LLaVA forward with the visual features given ([b, patches, d]), placed
     at the <image> positions as LlavaModel does. `pos`: position ids ([b, n]; default
-    0, 1, 2, ...). `decoder`: the language model to call (stage 2 passes a compiled one with
-    --compile; the same module and weights)."""
+    0, 1, 2, ...). `decoder`: the language model to call (stage 2 passes a compiled one unless
+    --no-compile; the same module and weights)."""
     emb = model.model.language_model.embed_tokens(ids.clamp(max=model.config.text_config.vocab_size - 1))
     proj = model.model.multi_modal_projector(feats)
     is_img = (ids == model.config.image_token_index).unsqueeze(-1)
@@ -579,7 +579,7 @@ def stage2(model, tok, feats, scenes, a, refine=0):
     # a refine cycle's draws continue the previous cycles' sequence of seeds
     offset = [0, a.steps2, a.steps2 + a.steps_refine][refine]
     model.train()
-    # --compile: the decoder through torch.compile (dynamic shapes, so sequences of any length
+    # unless --no-compile: the decoder through torch.compile (dynamic shapes, so sequences of any length
     # share one graph); its weights stay those of model.model.language_model
     decoder = (torch.compile(model.model.language_model, dynamic=True) if a.compile
                else model.model.language_model)
