@@ -220,7 +220,7 @@ class TrainScenes(list):
 
     def owner(self, i):
         if i not in self.owners:
-            self.owners[i] = owner_of(cover_of(self[i])).reshape(-1)
+            self.owners[i] = scene_owner(self[i])
         return self.owners[i]
 
     def forget_pictures(self):
@@ -237,6 +237,11 @@ def cover_of(scene):
     lm = np.asarray(lm).reshape(GRID, LABEL_PATCH, GRID, LABEL_PATCH)
     onehot = np.eye(len(objs) + 1, dtype=np.int32)[lm]
     return onehot.sum(axis=(1, 3))[:, :, 1:]
+
+
+def scene_owner(scene):
+    """owner_of the scene's cover, flattened to [GRID * GRID]."""
+    return owner_of(cover_of(scene)).reshape(-1)
 
 
 def owner_of(cover):
@@ -553,16 +558,8 @@ def load_stage2(model, st):
     model.lm_head.load_state_dict(st["head"])
 
 
-def owner(scenes, scene, index):
-    """owner_of's [GRID * GRID] for train scene `index` (memoised by TrainScenes) or for a
-    fresh scene (index None)."""
-    if index is None:
-        return owner_of(cover_of(scene)).reshape(-1)
-    return scenes.owner(index)
-
-
 @torch.no_grad()
-def fresh_features(model, items, feats):
+def batch_features(model, items, feats):
     """Layer -2 patch features for a batch of (scene, train index) items: the cached ones for
     train scenes, and for fresh scenes (index None) the frozen ViT's, rounded to f16 as the
     cache is."""
@@ -629,7 +626,7 @@ def stage2(model, tok, feats, scenes, a, refine=0):
             frng = random.Random(a.seed * 1000003 + 17 + offset + step)
             items = [(ds.make_scene(frng), None) if frng.random() < fresh else it
                      for it in items]
-        feat_rows = fresh_features(model, items, feats)
+        feat_rows = batch_features(model, items, feats)
         if not refine and step < a.object_steps:
             # Curriculum: the first steps see only the patches that objects cover (and every
             # tenth other one), in raster order, so that the lookup of an object among a few
@@ -641,7 +638,8 @@ def stage2(model, tok, feats, scenes, a, refine=0):
         else:
             # --subset2: a share of the sequences see a random subset of the patches
             sub = np.random.default_rng(a.seed * 1000003 + 11 + offset + step)
-            rows = [subset_rows(owner(scenes, sc, i), sub) if sub.random() < a.subset2
+            rows = [subset_rows(scene_owner(sc) if i is None else scenes.owner(i), sub)
+                    if sub.random() < a.subset2
                     else np.arange(GRID * GRID) for sc, i in items]
         batch = [seqs.build(sc, rng, len(r)) for (sc, _), r in zip(items, rows)]
         n = max(len(b[0]) for b in batch)
