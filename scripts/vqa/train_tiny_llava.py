@@ -146,10 +146,15 @@ def build_tokenizer(questions):
     return tok
 
 
+def vision_config():
+    """The ViT's shape (stage 1 and scripts/vqa/probe_stage1.py build it from here)."""
+    return CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                            num_attention_heads=8, image_size=IMAGE, patch_size=14,
+                            hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=64)
+
+
 def build_config(tok, a):
-    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                              num_attention_heads=8, image_size=IMAGE, patch_size=14,
-                              hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=64)
+    vision = vision_config()
     text = LlamaConfig(hidden_size=a.width, intermediate_size=3 * a.width,
                        num_hidden_layers=a.layers, num_attention_heads=a.width // 16,
                        num_key_value_heads=a.width // 32,
