@@ -290,8 +290,9 @@ pub struct PruneArgs {
     /// ARP: the patch grid is split into R×R regions.
     #[arg(long, default_value_t = 4, value_name = "R")]
     pub arp_regions: usize,
-    /// ARP: every region first gets max(1, floor(ALPHA·B1/R²)) tokens.
-    #[arg(long, default_value_t = 0.3, value_name = "ALPHA")]
+    /// ARP: every region first gets max(1, floor(ALPHA·B1/R²)) tokens (tuned on the
+    /// benchmark's val split; PRUNING.md starts from 0.3).
+    #[arg(long, default_value_t = vlm_run::prune::DEFAULT_ARP_FLOOR, value_name = "ALPHA")]
     pub arp_floor: f32,
     /// PosPrune: tokens ARP keeps (B1). Default min(N, 2B).
     #[arg(long, value_name = "B1")]

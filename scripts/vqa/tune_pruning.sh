@@ -10,6 +10,7 @@ cd "$(dirname "$0")/../.."
 N=${1:-799}
 B=${2:-28}
 BIN=target/release/vlm-run
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}  # else Mesa prints an "error:" line before vlm-run's own
 MODEL=weights/tiny-llava-vqa
 DATA=data/vqa/val.jsonl
 [ -f "$DATA" ] || { echo "missing $DATA: run python3 scripts/vqa/make_dataset.py --out data/vqa" >&2; exit 1; }
@@ -41,7 +42,7 @@ score "divprune at PosPrune's B2=$B2" --prune divprune --keep "$B2"
 score "posprune (defaults)" --prune posprune --keep $B
 score "posprune calibrated" --prune posprune --keep $B --calibration "$CAL"
 score "posprune pbc-query last" --prune posprune --keep $B --pbc-query last
-for f in 0 1; do score "posprune arp-floor $f" --prune posprune --keep $B --arp-floor $f; done
+for f in 0 0.3 0.6; do score "posprune arp-floor $f" --prune posprune --keep $B --arp-floor $f; done
 for r in 2 8; do score "posprune arp-regions $r" --prune posprune --keep $B --arp-regions $r; done
 for l in 0 0.2 0.3 0.5 0.6 0.8 1; do
   score "posprune mmr-lambda $l" --prune posprune --keep $B --mmr-lambda $l
@@ -49,4 +50,8 @@ done
 score "posprune arp-regions 2, mmr-lambda 0.2" --prune posprune --keep $B --arp-regions 2 --mmr-lambda 0.2
 for k in $B $((B + 4)) $((B + 12)) $((2 * B + 16)) 128; do
   score "posprune arp-keep $k" --prune posprune --keep $B --arp-keep $k
+done
+# K=2: layer 1's text attention decides; layers 0 and 1 both hold B1
+for k in $B $((B + 4)) $((2 * B)); do
+  score "posprune prune-layer 2, arp-keep $k" --prune posprune --keep $B --prune-layer 2 --arp-keep $k
 done
