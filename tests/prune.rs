@@ -129,7 +129,7 @@ fn gpu_selections_equal_the_cpu_references_on_real_runs() {
                 Method::FasterVlm => Some(select::top_k(&s.scores, 64)),
                 Method::Arp | Method::PosPrune => {
                     let b1 = plan.encoder_keep;
-                    let floor = arp::floor_count(0.3, b1, 16);
+                    let floor = arp::floor_count(opts.arp_floor, b1, 16);
                     Some(arp::select(&s.scores, grid, 4, floor, b1))
                 }
                 Method::VisionZip => {
@@ -310,8 +310,15 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
         let a: Vec<f32> = (0..256).map(|i| scores[i] * 0.01).collect();
         let ab = g.storage_init("a", bytemuck::cast_slice(&a)).unwrap();
         let budget = g.storage_buffer("budget", 4 * 9).unwrap();
-        for b1 in [5, 40, 128, 255] {
-            let floor = arp::floor_count(0.3, b1, 9);
+        for (b1, alpha) in [
+            (5, 0.3),
+            (40, 0.3),
+            (128, 0.3),
+            (255, 0.3),
+            (40, 1.0),
+            (128, 1.0),
+        ] {
+            let floor = arp::floor_count(alpha, b1, 9);
             let p = SelectParams {
                 grid: 16,
                 regions: 3,
@@ -331,12 +338,12 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
             assert_eq!(
                 read(&budget, 9),
                 arp::budgets(&a, 16, 3, floor, b1),
-                "{name}: ARP budgets {b1}"
+                "{name}: ARP budgets {b1}, alpha {alpha}"
             );
             assert_eq!(
                 read(&keep, b1),
                 arp::select(&a, 16, 3, floor, b1),
-                "{name}: ARP {b1}"
+                "{name}: ARP {b1}, alpha {alpha}"
             );
         }
         // MMR and max-min on a Gram matrix of random rows with duplicated rows (exact ties).

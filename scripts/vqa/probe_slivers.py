@@ -12,7 +12,10 @@ pruning leaves them) and prints how many answers are right:
 - divprune - slivers: DivPrune's 28 without its slivers;
 - objects + 10 background: the objects and 10 plain-background patches drawn at random.
 It also prints where CLS attention (vision layer -2, head mean) and layer 0's attention from
-the text after the image rank those three kinds of patch (mean percentile over the image).
+the text after the image rank those three kinds of patch (mean percentile over the image),
+and, on the first --scenes val scenes, how often a selection keeps a patch of every object:
+ARP's B1=56 (a floating-point port of arp.rs, at --arp-floor 0.3 and 1), the top 56 by CLS
+attention, and DivPrune's 24 and 28.
 
     python3 scripts/vqa/probe_slivers.py [--model weights/tiny-llava-vqa] [--data data/vqa]
 
@@ -32,6 +35,36 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_tiny_llava as t  # noqa: E402
 
 EOS = 2
+
+
+def arp(cls, b1, alpha, r=4, grid=t.GRID):
+    """ARP's keep set (arp.rs): floors of max(1, floor(alpha*b1/R)) per region, the rest by
+    mean CLS attention (largest remainder, capped at region size), top patches per region.
+    Floating point where arp.rs is fixed point: a tie may fall the other way."""
+    regions = r * r
+    region = np.array([(p // grid * r // grid) * r + (p % grid) * r // grid for p in range(grid * grid)])
+    size = np.bincount(region, minlength=regions)
+    weight = np.array([cls[region == k].mean() for k in range(regions)])
+    floor = max(1, int(alpha * b1 / regions))
+    floor = b1 // regions if floor * regions > b1 else floor
+    alloc = np.minimum(size, floor)
+    left = b1 - alloc.sum()
+    while left > 0:
+        open_ = [k for k in range(regions) if alloc[k] < size[k]]
+        share = {k: left * weight[k] / sum(weight[j] for j in open_) for k in open_}
+        for k in open_:
+            alloc[k] += min(int(share[k]), size[k] - alloc[k])
+        rest = b1 - alloc.sum()
+        for k in sorted(open_, key=lambda k: int(share[k]) - share[k]):
+            if rest > 0 and alloc[k] < size[k]:
+                alloc[k] += 1
+                rest -= 1
+        left = rest
+    keep = []
+    for k in range(regions):
+        mine = np.flatnonzero(region == k)
+        keep += list(mine[np.argsort(-cls[mine], kind="stable")][:alloc[k]])
+    return np.array(sorted(keep))
 
 
 def divprune(proj, keep):
@@ -101,6 +134,7 @@ def main():
     ap.add_argument("--model", default="weights/tiny-llava-vqa")
     ap.add_argument("--data", default="data/vqa")
     ap.add_argument("--keep", type=int, default=28)
+    ap.add_argument("--scenes", type=int, default=200)
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     p = Probe(a.model, a.data)
@@ -140,6 +174,29 @@ def main():
           "background on average")
     for (name, kind), v in sorted(ranks.items()):
         print(f"{name}: {kind} patches at mean percentile {100 * np.mean(v):.0f}")
+    covered, seen, lost = {}, {}, {}
+    val_scenes = list(scenes.values())[:a.scenes]
+    for sc in val_scenes:
+        owner = t.scene_owner(sc)
+        objects = set(owner[owner >= 0].tolist())
+        cls, proj = p.vision(sc["image"])
+        for name, rows in (("ARP B1=56, alpha 0.3", arp(cls, 56, 0.3)),
+                           ("ARP B1=56, alpha 1", arp(cls, 56, 1.0)),
+                           ("CLS attention top 56", np.argsort(-cls)[:56]),
+                           ("DivPrune 24", divprune(proj, 24)),
+                           ("DivPrune 28", divprune(proj, 28))):
+            got = set(owner[rows][owner[rows] >= 0].tolist())
+            covered[name] = covered.get(name, 0) + (got == objects)
+            if name == "ARP B1=56, alpha 1":
+                for i in objects:
+                    size = sc["objects"][i]["size"]
+                    seen[size] = seen.get(size, 0) + 1
+                    lost[size] = lost.get(size, 0) + (i not in got)
+    print(f"first {len(val_scenes)} val scenes: a patch of every object kept by")
+    for name, n in covered.items():
+        print(f"  {name:24s} {n}")
+    print("objects without a patch in ARP's 56 at alpha 1, by size: "
+          + ", ".join(f"{k} {lost[k]} of {seen[k]}" for k in sorted(seen)))
 
 
 if __name__ == "__main__":
