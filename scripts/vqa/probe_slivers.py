@@ -14,8 +14,9 @@ pruning leaves them) and prints how many answers are right:
 It also prints where CLS attention (vision layer -2, head mean) and layer 0's attention from
 the text after the image rank those three kinds of patch (mean percentile over the image),
 and, on the first --scenes val scenes, how often a selection keeps a patch of every object:
-ARP's B1=56 (a floating-point port of arp.rs, at --arp-floor 0.3 and 1), the top 56 by CLS
-attention, and DivPrune's 24 and 28.
+ARP's B1=56 at --arp-floor 0.3 and 1 (arp.rs's integer allocation, through the port in
+tests/fixtures/make_prune_reference.py), the top 56 by CLS attention, and DivPrune's 24 and
+28.
 
     python3 scripts/vqa/probe_slivers.py [--model weights/tiny-llava-vqa] [--data data/vqa]
 
@@ -31,40 +32,18 @@ from PIL import Image
 from tokenizers import Tokenizer
 from transformers import LlavaForConditionalGeneration
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "fixtures"))
+import make_prune_reference as prune_reference  # noqa: E402
 import train_tiny_llava as t  # noqa: E402
 
 EOS = 2
 
 
-def arp(cls, b1, alpha, r=4, grid=t.GRID):
-    """ARP's keep set (arp.rs): floors of max(1, floor(alpha*b1/R)) per region, the rest by
-    mean CLS attention (largest remainder, capped at region size), top patches per region.
-    Floating point where arp.rs is fixed point: a tie may fall the other way."""
-    regions = r * r
-    region = np.array([(p // grid * r // grid) * r + (p % grid) * r // grid for p in range(grid * grid)])
-    size = np.bincount(region, minlength=regions)
-    weight = np.array([cls[region == k].mean() for k in range(regions)])
-    floor = max(1, int(alpha * b1 / regions))
-    floor = b1 // regions if floor * regions > b1 else floor
-    alloc = np.minimum(size, floor)
-    left = b1 - alloc.sum()
-    while left > 0:
-        open_ = [k for k in range(regions) if alloc[k] < size[k]]
-        share = {k: left * weight[k] / sum(weight[j] for j in open_) for k in open_}
-        for k in open_:
-            alloc[k] += min(int(share[k]), size[k] - alloc[k])
-        rest = b1 - alloc.sum()
-        for k in sorted(open_, key=lambda k: int(share[k]) - share[k]):
-            if rest > 0 and alloc[k] < size[k]:
-                alloc[k] += 1
-                rest -= 1
-        left = rest
-    keep = []
-    for k in range(regions):
-        mine = np.flatnonzero(region == k)
-        keep += list(mine[np.argsort(-cls[mine], kind="stable")][:alloc[k]])
-    return np.array(sorted(keep))
+def arp(cls, b1, alpha):
+    """ARP's keep set in arp.rs's integer arithmetic (the pruning fixture's port), 4x4 regions."""
+    return np.array(prune_reference.arp_select(cls.tolist(), b1, grid=t.GRID, r=4, alpha=alpha)[0])
 
 
 def divprune(proj, keep):
