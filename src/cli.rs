@@ -294,7 +294,7 @@ pub struct PruneArgs {
     /// benchmark's val split; PRUNING.md starts from 0.3).
     #[arg(long, default_value_t = vlm_run::prune::DEFAULT_ARP_FLOOR, value_name = "ALPHA")]
     pub arp_floor: f32,
-    /// PosPrune: tokens ARP keeps (B1). Default min(N, 2B).
+    /// PosPrune: tokens ARP keeps (B1). Default: 2B, or on decoders under 16 layers the B1 that leaves the layers after K 14/15 of B, as 2B does on LLaVA-1.5-7B (41 at B=28 on the 8-layer default model); at most N.
     #[arg(long, value_name = "B1")]
     pub arp_keep: Option<usize>,
     /// PoRe: position weight base rho (w(p) = rho^p). Default: from the calibration file,

@@ -14,7 +14,8 @@ pruning leaves them) and prints how many answers are right:
 It also prints where CLS attention (vision layer -2, head mean) and layer 0's attention from
 the text after the image rank those three kinds of patch (mean percentile over the image),
 and, on the first --scenes val scenes, how often a selection keeps a patch of every object:
-ARP's B1=56 at --arp-floor 0.3 and 1 (arp.rs's integer allocation, through the port in
+ARP's B1=56 at --arp-floor 0.3 and 1 and its B1=41 at 1 (the default at B=28 on this
+8-layer decoder; arp.rs's integer allocation, through the port in
 tests/fixtures/make_prune_reference.py), the top 56 by CLS attention, and DivPrune's 24 and
 28.
 
@@ -161,6 +162,7 @@ def main():
         cls, proj = p.vision(sc["image"])
         for name, rows in (("ARP B1=56, alpha 0.3", arp(cls, 56, 0.3)),
                            ("ARP B1=56, alpha 1", arp(cls, 56, 1.0)),
+                           ("ARP B1=41, alpha 1", arp(cls, 41, 1.0)),
                            ("CLS attention top 56", np.argsort(-cls)[:56]),
                            ("DivPrune 24", divprune(proj, 24)),
                            ("DivPrune 28", divprune(proj, 28))):

@@ -29,6 +29,21 @@ fn div_round(a: usize, b: usize) -> usize {
     (2 * a + b) / (2 * b)
 }
 
+/// PosPrune's default first-stage budget B1 at budget `b` on a decoder of `layers` layers that
+/// prunes at layer `k`. PRUNING.md's B1 = min(N, 2B) is LLaVA-1.5-7B's (K=2 of 32 layers):
+/// there the layers after K keep B2 = 14B/15. On a shallower decoder those layers pay more for
+/// each of the first stage's tokens (8 layers, K=1: B2 = 6B/7 at B1 = 2B), so B1 is the one
+/// that leaves them 14/15 of B, B1 = B·(L + 14K)/(15K): 2B at 32 layers and K=2 (and on every
+/// decoder of 16 or more layers with K=1), 22B/15 at 8 layers and K=1. It lies in B..=2B and
+/// is at most N. On the tiny trained model (8 layers, B=28, val split) B1 = 41 answered 765
+/// questions of 799, B1 = 56 (2B) 757 (README, "Tuning on val").
+pub fn default_arp_keep(b: usize, n: usize, layers: usize, k: usize) -> usize {
+    let k = k.max(1);
+    div_round(b * (layers + 14 * k), 15 * k)
+        .clamp(b, 2 * b)
+        .min(n)
+}
+
 impl Plan {
     /// The plan for `method` at budget `b` (None: keep everything) on an image of `n` visual
     /// tokens and a decoder of `layers` layers, pruning at layer `k` where the method does.
@@ -42,7 +57,8 @@ impl Plan {
         Self::build(method, b, n, layers, k, None)
     }
 
-    /// [`Plan::new`] with PosPrune's first-stage budget B1 given (default min(N, 2B)).
+    /// [`Plan::new`] with PosPrune's first-stage budget B1 given (default
+    /// [`default_arp_keep`]).
     pub fn build(
         method: Method,
         b: Option<usize>,
@@ -84,7 +100,9 @@ impl Plan {
         }
         let first = if method.encoder_side() {
             match method {
-                Method::PosPrune => b1.unwrap_or(2 * budget).min(n),
+                Method::PosPrune => b1
+                    .unwrap_or_else(|| default_arp_keep(budget, n, layers, k))
+                    .min(n),
                 _ => budget,
             }
         } else {
@@ -183,6 +201,27 @@ mod tests {
 
     const N: usize = 576;
     const L: usize = 32;
+
+    #[test]
+    fn posprune_first_stage_follows_the_decoder_depth() {
+        // LLaVA-1.5-7B (32 layers, K=2): PRUNING.md's 2B, capped at N.
+        for b in [64, 128, 192, 300, 576] {
+            assert_eq!(default_arp_keep(b, 576, 32, 2), (2 * b).min(576), "B={b}");
+        }
+        // 16 layers and more with K=1: (L + 14)/15 >= 2, so 2B as well.
+        assert_eq!(default_arp_keep(28, 256, 16, 1), 56);
+        assert_eq!(default_arp_keep(28, 256, 23, 1), 56);
+        // The tiny trained model (8 layers, K=1, N=256): B·22/15 rounded.
+        assert_eq!(default_arp_keep(28, 256, 8, 1), 41); // 41.07
+        assert_eq!(default_arp_keep(57, 256, 8, 1), 84); // 83.6
+        assert_eq!(default_arp_keep(85, 256, 8, 1), 125); // 124.7
+                                                          // Never below B (a 2-layer decoder would ask (2 + 14)/15 of B).
+        assert_eq!(default_arp_keep(30, 256, 2, 1), 32);
+        assert_eq!(default_arp_keep(30, 256, 1, 1), 30);
+        let p = Plan::new(Method::PosPrune, Some(28), 256, 8, 1).unwrap();
+        // (8·28 − 41)/7 = 26.14 → 26, and 14/15 of B is 26.13.
+        assert_eq!((p.encoder_keep, p.decoder_keep), (41, 26));
+    }
 
     #[test]
     fn budgets_follow_the_convention_at_192_128_64() {

@@ -145,7 +145,8 @@ pub struct PruneOptions {
     pub arp_regions: usize,
     /// ARP's floor fraction α: every region first gets max(1, ⌊α·B1/R⌋) tokens.
     pub arp_floor: f32,
-    /// PosPrune's encoder budget B1. None: min(N, 2B).
+    /// PosPrune's encoder budget B1. None: [`budget::default_arp_keep`] (min(N, 2B) on
+    /// decoders of 16 layers or more).
     pub arp_keep: Option<usize>,
     /// PoRe's ρ. None: from the calibration file, or fitted on the sample.
     pub pore_rho: Option<f32>,
