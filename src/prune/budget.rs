@@ -36,7 +36,7 @@ fn div_round(a: usize, b: usize) -> usize {
 /// that leaves them 14/15 of B, B1 = B·(L + 14K)/(15K): 2B at 32 layers and K=2 (and on every
 /// decoder of 16 or more layers with K=1), 22B/15 at 8 layers and K=1. It lies in B..=2B and
 /// is at most N. On the tiny trained model (8 layers, B=28, val split) B1 = 41 answered 765
-/// questions of 799, B1 = 56 (2B) 757 (README, "Tuning on val").
+/// questions of 799, B1 = 56 (2B) 757 (README, "The CLS attention finds every object").
 pub fn default_arp_keep(b: usize, n: usize, layers: usize, k: usize) -> usize {
     let k = k.max(1);
     div_round(b * (layers + 14 * k), 15 * k)
@@ -211,11 +211,11 @@ mod tests {
         // 16 layers and more with K=1: (L + 14)/15 >= 2, so 2B as well.
         assert_eq!(default_arp_keep(28, 256, 16, 1), 56);
         assert_eq!(default_arp_keep(28, 256, 23, 1), 56);
-        // The tiny trained model (8 layers, K=1, N=256): B·22/15 rounded.
-        assert_eq!(default_arp_keep(28, 256, 8, 1), 41); // 41.07
-        assert_eq!(default_arp_keep(57, 256, 8, 1), 84); // 83.6
-        assert_eq!(default_arp_keep(85, 256, 8, 1), 125); // 124.7
-                                                          // Never below B (a 2-layer decoder would ask (2 + 14)/15 of B).
+        // The tiny trained model (8 layers, K=1, N=256): B·22/15 rounded (41.07, 83.6, 124.7).
+        assert_eq!(default_arp_keep(28, 256, 8, 1), 41);
+        assert_eq!(default_arp_keep(57, 256, 8, 1), 84);
+        assert_eq!(default_arp_keep(85, 256, 8, 1), 125);
+        // Never below B (a 2-layer decoder would ask (2 + 14)/15 of B).
         assert_eq!(default_arp_keep(30, 256, 2, 1), 32);
         assert_eq!(default_arp_keep(30, 256, 1, 1), 30);
         let p = Plan::new(Method::PosPrune, Some(28), 256, 8, 1).unwrap();
