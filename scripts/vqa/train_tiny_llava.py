@@ -423,28 +423,23 @@ def sincos_positions(width):
 
 
 def stage1_batch(a, step, scenes, order):
-    """Stage 1's pixels and labels at `step`, as tensors: of the train scenes in `order`, or
-    with --small-share1 of scenes drawn afresh by the dataset generator, seeded by the step,
-    with every object small at that share (0: the train scenes). The splits carry one small
+    """Stage 1's scenes at `step`, and their pixels and labels as tensors: of the train
+    scenes in `order`, or with --small-share1 of scenes drawn afresh by the dataset
+    generator, seeded by the step, with every object small at that share (0: the train
+    scenes). The splits carry one small
     object in a third of their scenes, and a ViT trained on them reads a small object's shape
     at 74% per patch on val (83% on train); with --small-share1 0.25 --small-weight1 2
     --steps1 3000 it read them at 92-94%, and with --steps1 5000 (the default since the
     evening of 2026-11-23) at 98% (README, "a longer stage 1")."""
     if not a.small_share1:
         idx = [order[(step * a.batch1 + i) % len(scenes)] for i in range(a.batch1)]
+        batch = [scenes[i] for i in idx]
         px, lab = [scenes.pixels(i) for i in idx], [scenes.labels(i) for i in idx]
     else:
-        fresh = stage1_scenes(a, step, scenes, order)
-        px, lab = [pixels_of(sc) for sc in fresh], [labels_of(sc) for sc in fresh]
-    return [torch.from_numpy(np.stack(x)) for x in (px, *zip(*lab))]
-
-
-def stage1_scenes(a, step, scenes, order):
-    """The scenes of stage1_batch at `step` (the generator's scenes are drawn again, the same)."""
-    if not a.small_share1:
-        return [scenes[order[(step * a.batch1 + i) % len(scenes)]] for i in range(a.batch1)]
-    rng = random.Random(a.seed * 1000003 + 7 + step)
-    return [ds.make_scene(rng, a.small_share1) for _ in range(a.batch1)]
+        rng = random.Random(a.seed * 1000003 + 7 + step)
+        batch = [ds.make_scene(rng, a.small_share1) for _ in range(a.batch1)]
+        px, lab = [pixels_of(sc) for sc in batch], [labels_of(sc) for sc in batch]
+    return batch, [torch.from_numpy(np.stack(x)) for x in (px, *zip(*lab))]
 
 
 def scene_counts(scene):
@@ -509,14 +504,13 @@ def stage1(model, scenes, a, cycle=0):
     t0 = time.time()
     vt.train()
     while step < total:
-        px, dense, multi, density = stage1_batch(a, offset + step, scenes, order)
+        batch, (px, dense, multi, density) = stage1_batch(a, offset + step, scenes, order)
         out = vt(pixel_values=px, output_hidden_states=True)
         lc, ld = heads.loss(out.pooler_output, out.hidden_states[-2][:, 1:], dense, multi,
                             density)
         loss = lc * 4 + ld
         if cycle:
-            target = torch.from_numpy(np.stack([scene_counts(sc) for sc in
-                                                stage1_scenes(a, offset + step, scenes, order)]))
+            target = torch.from_numpy(np.stack([scene_counts(sc) for sc in batch]))
             feature_cls = vt.post_layernorm(out.hidden_states[-2][:, 0])
             ln = F.smooth_l1_loss(count(feature_cls), target)
             loss = loss + a.count1_cls * ln

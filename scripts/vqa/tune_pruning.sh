@@ -48,7 +48,8 @@ for l in 0 0.2 0.3 0.5 0.6 0.8 1; do
   score "posprune mmr-lambda $l" --prune posprune --keep $B --mmr-lambda $l
 done
 score "posprune arp-regions 2, mmr-lambda 0.2" --prune posprune --keep $B --arp-regions 2 --mmr-lambda 0.2
-for k in $B $((B + 4)) $((B + 12)) $((2 * B + 16)) 128; do
+# (the default B1 on this 8-layer decoder is 41 at B=28; PRUNING.md's is 2B)
+for k in $B $((B + 4)) $((B + 12)) $((2 * B)) $((2 * B + 16)) 128; do
   score "posprune arp-keep $k" --prune posprune --keep $B --arp-keep $k
 done
 # K=2: layer 1's text attention decides; layers 0 and 1 both hold B1
