@@ -658,6 +658,9 @@ pub fn gemv(
     }
     check_fit("gemv", 1, x, w, y, &e)?;
     let mut d0 = fused_defines(gpu, w, &e);
+    if w.cols.is_multiple_of(32) {
+        d0.flag("K_WHOLE"); // no group runs past the row: x's loads need no guard
+    }
     let x_ubo = uniform_x(gpu, x, w, &e);
     let mut bindings = fused_bindings(x, y, &e);
     if let Some(bytes) = x_ubo {
@@ -686,9 +689,6 @@ pub fn gemv(
         let rows = gemv_rows(gpu, chunk.rows);
         let mut d = d0.clone();
         d.set("LG_ROWS", format!("{rows}u"));
-        if w.cols.is_multiple_of(32) {
-            d.flag("K_WHOLE");
-        }
         if tail > 0 && 8 % tail == 0 {
             d.set("TAIL", format!("{tail}u"));
         }
