@@ -166,9 +166,10 @@ pub const DEFAULT_MMR_LAMBDA: f32 = 0.4;
 /// ARP's default floor α, tuned like λ (2026-11-24, all 799 val questions at B=28): on the
 /// checkpoint before the counting cycle α = 0.3/0.6/1 answered 755/759/762 (B1=56; DivPrune
 /// 767, unpruned 789); on the shipped one 763/763/765 at the default B1=41 (DivPrune 771,
-/// unpruned 793). PRUNING.md's starting value was 0.3. At α = 1 the floors take ⌊B1/R⌋ tokens per region and saliency places
-/// only the remainder, B1 mod R (none for LLaVA-1.5's B1=128 on 4×4 regions): on these
-/// scenes, coverage of the whole grid pays more than depth in the salient regions.
+/// unpruned 793). PRUNING.md's starting value was 0.3. At α = 1 the floors take ⌊B1/R⌋
+/// tokens per region and saliency places only the remainder, B1 mod R (none for LLaVA-1.5's
+/// B1=128 on 4×4 regions): on these scenes, coverage of the whole grid pays more than depth
+/// in the salient regions.
 pub const DEFAULT_ARP_FLOOR: f32 = 1.0;
 
 impl Default for PruneOptions {

@@ -82,11 +82,14 @@ pub fn from_f16_bits(v: &[u16]) -> Vec<f32> {
         .collect()
 }
 
+/// The largest |a - b|; infinite where either side is NaN (f32::max would skip a NaN, and a
+/// NaN output would pass every tolerance).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
+        .map(|d| if d.is_nan() { f32::INFINITY } else { d })
         .fold(0.0, f32::max)
 }
 
