@@ -1,10 +1,10 @@
 // linear_store.wgsl: the epilogue of matmul.wgsl and matmul_quant.wgsl, included by both.
 // Writes one output y[m, out_col + n] = act(acc + bias[out_col + n]) (or adds it, with
-// ACCUMULATE). Needs the including file's `p` (out_stride, out_col), `bias` (with BIAS) and
+// ACCUMULATE), and returns the value y then holds. Needs the including file's `p` (out_stride, out_col), `bias` (with BIAS) and
 // `y` bindings.
 #include "activations"
 
-fn store(m: u32, n: u32, acc: f32) {
+fn store(m: u32, n: u32, acc: f32) -> f32 {
     var v = acc;
 #ifdef BIAS
     v += bias[p.out_col + n];
@@ -17,8 +17,8 @@ fn store(m: u32, n: u32, acc: f32) {
 #endif
     let o = m * p.out_stride + p.out_col + n;
 #ifdef ACCUMULATE
-    y[o] += v;
-#else
-    y[o] = v;
+    v += y[o];
 #endif
+    y[o] = v;
+    return v;
 }

@@ -106,6 +106,100 @@ fn decode_gemv_reads_nothing_of_x_past_k() {
     }
 }
 
+/// The decode GEMV of a residual stream kept in a texture too (`Tensor::texels`): it reads x
+/// and the RMSNorm weight from their textures (XTEX), not from x's buffer, which holds NaN
+/// here, nor from the norm texture's other rows; and it adds into y's buffer and writes
+/// y's texture (YTEX), both matching the CPU. Products that cannot write whole texels refuse
+/// a y with a texture rather than leave it stale.
+#[test]
+fn decode_gemv_reads_and_writes_texture_copies() {
+    let mut rng = Rng::new(8);
+    // k = 96: 3 groups of 32, less than a lane round; n = 68: a partial lane group
+    let (k, n, eps) = (96, 68, 1e-5);
+    let mut textured = 0;
+    for (name, gpu) in variants() {
+        let texels = |t: Tensor, label| t.with_texels(&gpu, label);
+        let probe = texels(Tensor::new(&gpu, "probe", 1, k).unwrap(), "probe");
+        assert_eq!(probe.texels.is_some(), gpu.caps.x_textures, "{name}");
+        if !gpu.caps.x_textures {
+            continue;
+        }
+        textured += 1;
+        let copy = |t: &Tensor, tex: &wgpu::TextureView, row| {
+            let c = ops::attention::rows_to_texels(&gpu, t, tex, row).unwrap();
+            gpu.run(&[&c]).unwrap();
+        };
+        let x = rng.vec(k, 1.0);
+        let g = rng.vec(k, 1.0);
+        let y0 = rng.vec(n, 1.0);
+        let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
+        let w = from_f16_bits(&w16);
+        let wt = Weight::upload(&gpu, "w", n, k, &w16).unwrap();
+        // x: NaN in the buffer, the values in the texture
+        let xt = texels(
+            Tensor::from_f32(&gpu, "x", 1, k, &vec![f32::NAN; k]).unwrap(),
+            "x",
+        );
+        copy(
+            &Tensor::from_f32(&gpu, "xv", 1, k, &x).unwrap(),
+            xt.texels.as_ref().unwrap(),
+            0,
+        );
+        // the norm weight at row 2 of its texture, NaN in rows 0 and 1
+        let gtex = gpu.rgba32float_texture("g", k / 4, 3).unwrap();
+        copy(
+            &Tensor::from_f32(&gpu, "nan", 2, k, &vec![f32::NAN; 2 * k]).unwrap(),
+            &gtex,
+            0,
+        );
+        let gt = Tensor::from_f32(&gpu, "g", 1, k, &g).unwrap();
+        copy(&gt, &gtex, 2);
+        let y = texels(Tensor::from_f32(&gpu, "y", 1, n, &y0).unwrap(), "y");
+        let e = ops::matmul::Epilogue {
+            norm: Some((&gt.buf, eps)),
+            norm_texels: Some((&gtex, 2)),
+            accumulate: true,
+            ..Default::default()
+        };
+        let ks = ops::matmul::gemv(&gpu, &xt, &wt, &y, e).unwrap().unwrap();
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / k as f64;
+        let scale = 1.0 / (ms + eps as f64).sqrt();
+        let xn: Vec<f32> = (0..k)
+            .map(|i| (x[i] as f64 * scale) as f32 * g[i])
+            .collect();
+        let prod = cpu_linear(&xn, 1, k, &w, n, None);
+        let want: Vec<f32> = (0..n).map(|i| y0[i] + prod[i]).collect();
+        let tol = 2e-5 * k as f32;
+        assert_close(&format!("{name} y"), &y.read(&gpu).unwrap(), &want, tol);
+        let tex = y.texels.as_ref().unwrap().texture();
+        let got = gpu.read_texture_rows(tex, (n / 4) as u32, 1).unwrap();
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(&got);
+        assert_close(&format!("{name} y's texture"), &got, &want, tol);
+
+        // a product into a y whose last texel it cannot fill whole, and SwiGLU's pairs
+        let y67 = texels(Tensor::new(&gpu, "y67", 1, 68).unwrap(), "y67");
+        let w67 = Weight::upload(&gpu, "w67", 67, k, &w16[..67 * k]).unwrap();
+        let err = ops::matmul::linear(&gpu, &xt, &w67, None, &y67, Act::None, false);
+        let err = err.err().expect("a 67-row product into texels").to_string();
+        assert!(err.contains("texture copy"), "{name}: {err}");
+        let swiglu = ops::matmul::Epilogue {
+            gate_up: true,
+            ..Default::default()
+        };
+        let half = texels(Tensor::new(&gpu, "half", 1, 36).unwrap(), "half");
+        assert!(half.texels.is_some(), "{name}");
+        let err = ops::matmul::gemv(&gpu, &xt, &wt, &half, swiglu);
+        let err = err.err().expect("SwiGLU into texels").to_string();
+        assert!(err.contains("texture copy"), "{name}: {err}");
+    }
+    // on a CPU device every variant but the flipped last one keeps texture copies
+    let gpu = &variants()[0].1;
+    if gpu.caps.cpu {
+        assert!(textured >= 1);
+    }
+}
+
 #[test]
 fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
     let mut rng = Rng::new(1);

@@ -34,11 +34,12 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 attention_tiles: None,
                 weight_textures: None,
                 uniform_x: None,
+                x_textures: None,
             },
         ),
         (
             "f32 unpack + workgroup memory, 32 tile GEMM, attention K/V tiles, weights and x in \
-             storage buffers",
+             storage buffers (no texture copies)",
             GpuOptions {
                 f16: Some(false),
                 subgroups: Some(false),
@@ -47,6 +48,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 attention_tiles: Some(true),
                 weight_textures: Some(false),
                 uniform_x: Some(false),
+                x_textures: Some(false),
             },
         ),
     ];

@@ -40,6 +40,16 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
                 "Q4_1", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL", "XUBO", "KV_TEX",
             ],
             vec!["Q4_1", "BIAS", "ACT_QUICK_GELU"],
+            // decode with the residual stream's texture copy (CPU devices): the norm GEMVs
+            // read x and the norm weight from textures, the residual adds write it
+            vec![
+                "Q4_1", "WTEX", "NORM", "GATE_UP", "PAIRS", "TAIL", "K_WHOLE", "XTEX",
+            ],
+            vec![
+                "Q4_1", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL", "XTEX", "KV_TEX",
+            ],
+            vec!["Q4_1", "WTEX", "ACCUMULATE", "TAIL", "K_WHOLE", "YTEX"],
+            vec!["WF16", "XTEX", "NORM", "ACCUMULATE", "YTEX"],
             // lane teams over the groups past the whole rounds (TAIL gets a value)
             vec!["Q4_1", "NORM", "GATE_UP", "PAIRS", "TAIL"],
             vec!["WF16", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL"],
@@ -208,12 +218,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 23, layer_tail 3, norm 4,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 27, layer_tail 3, norm 4,
     // elementwise 2,
     // rope 3, attention 7, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
     // prune_select 5, prune_score 3 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 23 + 3 + 4 + 2 + 3 + 7 + 2 + 2 + 3 + 5 + 3 + 1)
+        4 * (2 * (8 + 7) + 27 + 3 + 4 + 2 + 3 + 7 + 2 + 2 + 3 + 5 + 3 + 1)
     );
 }

@@ -85,9 +85,9 @@ fn smollm2_answers_paris() {
     assert!(e.contains("mmproj"), "{e}");
 }
 
-/// A long greedy answer is the same token for token whether weights, the KV cache and the
-/// decode GEMV's x are in textures and uniform buffers (the CPU-device layout) or all in
-/// storage buffers: the kernels do the same arithmetic either way. The reference cases above
+/// A long greedy answer is the same token for token whether weights, the KV cache, the
+/// residual stream's copy and the decode GEMV's x are in textures and uniform buffers (the
+/// CPU-device layout) or all in storage buffers: the kernels do the same arithmetic either way. The reference cases above
 /// stop after 16 tokens; this one decodes 48 past the prompt, far enough into the cache that
 /// a decode row lost on its way into the KV textures changes the answer.
 #[test]
@@ -109,6 +109,7 @@ fn smollm2_layouts_decode_the_same_long_answer() {
     let buffers = answer(&GpuOptions {
         weight_textures: Some(false),
         uniform_x: Some(false),
+        x_textures: Some(false),
         ..Default::default()
     });
     assert_eq!(default.0.len(), 48);

@@ -43,6 +43,13 @@ pub struct Caps {
     /// where lanes that read different uniform addresses serialise. Every storage buffer then
     /// also carries UNIFORM usage. Env `VLM_RUN_UNIFORM_X=0|1`.
     pub uniform_x: bool,
+    /// The decode step keeps its residual stream in an rgba32float texture as well as its
+    /// buffer ([`super::Tensor::with_texels`]), and the decode GEMVs that read it (the
+    /// fused RMSNorm products and the LM head) take x and the norm's weight from textures
+    /// (gemv.wgsl's XTEX; the residual adds write it with YTEX). On by default on CPU
+    /// devices, where lavapipe loads a texel for 8 lanes in fewer instructions than it
+    /// gathers a vec4 from a uniform buffer; off elsewhere. Env `VLM_RUN_X_TEXTURES=0|1`.
+    pub x_textures: bool,
     /// Largest uniform-buffer binding in bytes.
     pub max_uniform_binding: u64,
 }
@@ -67,6 +74,9 @@ pub struct GpuOptions {
     /// Give the decode GEMV its input through uniform buffers (`None`: on CPU devices; env
     /// `VLM_RUN_UNIFORM_X=0|1`; see [`Caps::uniform_x`]).
     pub uniform_x: Option<bool>,
+    /// Keep the decode step's residual stream in a texture too (`None`: on CPU devices; env
+    /// `VLM_RUN_X_TEXTURES=0|1`; see [`Caps::x_textures`]).
+    pub x_textures: Option<bool>,
 }
 
 impl GpuOptions {
@@ -98,6 +108,7 @@ impl GpuOptions {
             attention_tiles: flag("VLM_RUN_ATTN_TILES")?,
             weight_textures: flag("VLM_RUN_WEIGHT_TEXTURES")?,
             uniform_x: flag("VLM_RUN_UNIFORM_X")?,
+            x_textures: flag("VLM_RUN_X_TEXTURES")?,
         })
     }
 }
@@ -217,6 +228,7 @@ impl Gpu {
             cpu,
             weight_textures,
             uniform_x: opts.uniform_x.unwrap_or(cpu),
+            x_textures: opts.x_textures.unwrap_or(cpu),
             max_uniform_binding: limits.max_uniform_buffer_binding_size as u64,
         };
         let info_type = info.device_type;

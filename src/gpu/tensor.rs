@@ -17,6 +17,10 @@ pub struct Tensor {
     pub buf: wgpu::Buffer,
     pub rows: usize,
     pub cols: usize,
+    /// The same values in an rgba32float texture of [cols / 4, rows] texels, for the decode
+    /// GEMV to read ([`Tensor::with_texels`]). Every kernel that writes such a tensor writes
+    /// both; those that cannot refuse it.
+    pub texels: Option<wgpu::TextureView>,
 }
 
 impl Tensor {
@@ -60,7 +64,18 @@ impl Tensor {
             buf: gpu.storage_buffer(label, bytes.max(min_bytes))?,
             rows,
             cols,
+            texels: None,
         })
+    }
+
+    /// This tensor with a texture copy of its values ([`Tensor::texels`]), on devices that
+    /// read x from textures ([`crate::gpu::Caps::x_textures`]); unchanged elsewhere, or where
+    /// its rows are not whole texels or exceed the texture limits.
+    pub fn with_texels(mut self, gpu: &Gpu, label: &str) -> Self {
+        if gpu.caps.x_textures && self.cols.is_multiple_of(4) {
+            self.texels = gpu.rgba32float_texture(label, self.cols / 4, self.rows);
+        }
+        self
     }
 
     pub fn from_f32(

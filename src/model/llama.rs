@@ -33,6 +33,10 @@ pub struct Llama {
     /// None when the head is tied to embed_tokens.
     lm_head: Option<Weight>,
     rope_table: wgpu::Buffer,
+    /// Every RMSNorm weight as a row of one rgba32float texture (layer i's input norm at row
+    /// 2i, its post-attention norm at 2i + 1, the final norm last), for the decode GEMVs
+    /// that read x from its texture copy; on devices that do ([`crate::gpu::Caps::x_textures`]).
+    norm_texels: Option<wgpu::TextureView>,
 }
 
 /// The KV cache, allocated for exactly the rows a request can use: f32, [ctx[l], kv_heads·hd]
@@ -257,16 +261,39 @@ impl Llama {
             None
         };
         let table = ops::rope::rope_table(cfg.theta(), hd, cfg.max_position_embeddings);
+        let norm = l.vector(c, "norm.weight", &[d])?;
+        let norms: Vec<&wgpu::Buffer> = (layers.iter())
+            .flat_map(|l| [&l.input_layernorm, &l.post_attention_layernorm])
+            .chain([&norm])
+            .collect();
+        let norm_texels = norm_texels(l.gpu, d, &norms)?;
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens: l.weight(c, "embed_tokens.weight", v, d)?,
             layers,
-            norm: l.vector(c, "norm.weight", &[d])?,
+            norm,
             lm_head,
             rope_table: l
                 .gpu
                 .storage_init("rope_table", bytemuck::cast_slice(&table))?,
+            norm_texels,
         })
+    }
+
+    /// Whether every product that adds into the residual stream in decode (o_proj and
+    /// down_proj) also writes its texture copy (`ops::matmul::gemv_writes_texels`), so
+    /// that a decode step can keep one.
+    fn residual_in_texels(&self) -> bool {
+        self.norm_texels.is_some()
+            && (self.layers.iter()).all(|l| {
+                ops::matmul::gemv_writes_texels(&l.o_proj.w, 0)
+                    && ops::matmul::gemv_writes_texels(&l.down_proj.w, 0)
+            })
+    }
+
+    /// Row `row` of the norm weights' texture, where there is one.
+    fn norm_texel_row(&self, row: usize) -> Option<(&wgpu::TextureView, u32)> {
+        self.norm_texels.as_ref().map(|t| (t, row as u32))
     }
 
     /// The matrices of the first layer, which every layer repeats: what the GEMM autotuner
@@ -415,7 +442,7 @@ impl Llama {
                 gpu,
                 s,
                 &layer.qkv,
-                &layer.input_layernorm,
+                (&layer.input_layernorm, 2 * l),
                 Then::Rope(&rope, prefill_tex),
                 &mut ks,
             )?;
@@ -471,7 +498,7 @@ impl Llama {
                 gpu,
                 s,
                 &layer.gate_up,
-                &layer.post_attention_layernorm,
+                (&layer.post_attention_layernorm, 2 * l + 1),
                 Then::SwiGlu,
                 &mut ks,
             )?;
@@ -508,7 +535,7 @@ impl Llama {
         gpu: &Gpu,
         s: &Scratch,
         w: &Stacked,
-        norm: &wgpu::Buffer,
+        (norm, norm_row): (&wgpu::Buffer, usize),
         then: Then,
         ks: &mut Vec<Kernel>,
     ) -> Result<Roped> {
@@ -520,6 +547,7 @@ impl Llama {
             let on_load = s.rows == 1 || ops::matmul::lanes_norm_pays(w);
             let e = Epilogue {
                 norm: on_load.then_some((norm, eps)),
+                norm_texels: self.norm_texel_row(norm_row).filter(|_| on_load),
                 gate_up: swiglu,
                 ..Default::default()
             };
@@ -613,6 +641,7 @@ impl Llama {
         if x.rows == 1 {
             let e = Epilogue {
                 norm: Some((&self.norm, c.rms_norm_eps as f32)),
+                norm_texels: self.norm_texel_row(2 * self.layers.len()),
                 ..Default::default()
             };
             if let Some(mut ks) = ops::matmul::gemv(gpu, x, head, logits, e)? {
@@ -649,7 +678,12 @@ impl Llama {
         if mode == Mode::Decode && rows != 1 {
             bail!("decode runs one token at a time");
         }
-        let s = self.scratch(gpu, rows)?;
+        let mut s = self.scratch(gpu, rows)?;
+        // decode on devices that read x faster from textures: the residual stream in one
+        // too, which the embedding and the residual adds write and the norm GEMVs read
+        if mode == Mode::Decode && self.residual_in_texels() {
+            s.x = s.x.with_texels(gpu, "llm.x_texels");
+        }
         let scores = match mode {
             Mode::Decode => {
                 let ctx = io.cache.ctx.iter().copied().max().unwrap_or(1);
@@ -673,4 +707,28 @@ impl Llama {
             logits,
         })
     }
+}
+
+/// The RMSNorm weights `norms` (d values each) as the rows of one rgba32float texture, on
+/// devices whose decode GEMVs read x and the norm from textures; None elsewhere.
+fn norm_texels(gpu: &Gpu, d: usize, norms: &[&wgpu::Buffer]) -> Result<Option<wgpu::TextureView>> {
+    if !gpu.caps.x_textures || !d.is_multiple_of(4) {
+        return Ok(None);
+    }
+    let Some(tex) = gpu.rgba32float_texture("llm.norm_texels", d / 4, norms.len()) else {
+        return Ok(None);
+    };
+    let copies = (norms.iter().enumerate())
+        .map(|(row, g)| {
+            let g = Tensor {
+                buf: (*g).clone(),
+                rows: 1,
+                cols: d,
+                texels: None,
+            };
+            ops::attention::rows_to_texels(gpu, &g, &tex, row)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    gpu.run(&copies.iter().collect::<Vec<_>>())?;
+    Ok(Some(tex))
 }

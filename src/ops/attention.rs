@@ -198,7 +198,7 @@ impl KvTextures {
             rows: rows as u32,
             stride: k.cols as u32,
             width4: self.width4 as u32,
-            pad: 0,
+            row0: 0,
         };
         let mut buffers = vec![(1, &k.buf), (2, &v.buf)];
         let mut defines = gpu.base_defines();
@@ -231,7 +231,50 @@ struct CopyParams {
     rows: u32,
     stride: u32,
     width4: u32,
-    pad: u32,
+    row0: u32,
+}
+
+/// `kv_texture.wgsl`'s `rows_to_texels`: all rows of `x` into texture rows `row0 ..` of
+/// `tex` (rgba32float, at least x.cols / 4 texels wide), 4 values a texel.
+pub fn rows_to_texels(
+    gpu: &Gpu,
+    x: &Tensor,
+    tex: &wgpu::TextureView,
+    row0: usize,
+) -> Result<Kernel> {
+    let t = tex.texture();
+    let width4 = x.cols / 4;
+    if !x.cols.is_multiple_of(4)
+        || width4 > t.width() as usize
+        || row0 + x.rows > t.height() as usize
+    {
+        bail!(
+            "rows_to_texels: {}x{} values do not fit rows {row0}.. of a {}x{} texture",
+            x.rows,
+            x.cols,
+            t.width(),
+            t.height()
+        );
+    }
+    let cp = CopyParams {
+        rows: x.rows as u32,
+        stride: x.cols as u32,
+        width4: width4 as u32,
+        row0: row0 as u32,
+    };
+    Kernel::with_resources(
+        gpu,
+        "kv_texture",
+        "rows_to_texels",
+        &gpu.base_defines(),
+        bytes(&cp),
+        &[(1, &x.buf)],
+        vec![(3, wgpu::BindingResource::TextureView(tex))],
+        crate::gpu::fold_workgroups(
+            ((x.rows * width4) as u32).div_ceil(64),
+            gpu.caps.max_workgroups_per_dim,
+        ),
+    )
 }
 
 /// Where the prefill attention reads K and V from.

@@ -22,9 +22,18 @@ fn grid(gpu: &Gpu, n: usize) -> [u32; 3] {
     fold_workgroups((n as u32).div_ceil(64), gpu.caps.max_workgroups_per_dim)
 }
 
-/// out[t] = table[ids[t]] for the `out.rows` ids; one dispatch per row chunk of the table.
-/// Ids outside the table leave their row untouched (callers validate ids on the CPU).
+/// out[t] = table[ids[t]] for the `out.rows` ids; one dispatch per row chunk of the table,
+/// then a copy into out's texture copy where it has one ([`Tensor::texels`]). Ids outside
+/// the table leave their row untouched (callers validate ids on the CPU).
 pub fn gather(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Result<Vec<Kernel>> {
+    let mut ks = gather_rows(gpu, ids, table, out)?;
+    if let Some(tex) = &out.texels {
+        ks.push(super::attention::rows_to_texels(gpu, out, tex, 0)?);
+    }
+    Ok(ks)
+}
+
+fn gather_rows(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Result<Vec<Kernel>> {
     if out.cols != table.cols {
         bail!(
             "embed: table width {} vs output width {}",

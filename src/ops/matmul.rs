@@ -103,6 +103,9 @@ pub fn linear_at(
             return Ok(ks);
         }
     }
+    if y.texels.is_some() {
+        bail!("linear: only the decode GEMV writes an output's texture copy");
+    }
     let mut kernels = Vec::new();
     for chunk in &w.chunks {
         let params = Params {
@@ -365,6 +368,9 @@ pub struct Epilogue<'a> {
     pub accumulate: bool,
     /// RMSNorm x on load with this weight [k] and epsilon.
     pub norm: Option<(&'a wgpu::Buffer, f32)>,
+    /// The same weight as a row of this rgba32float texture, for the decode GEMV that reads
+    /// x from its texture copy (gemv.wgsl's XTEX; see [`crate::gpu::Tensor::texels`]).
+    pub norm_texels: Option<(&'a wgpu::TextureView, u32)>,
     /// w is [gate; up] (2m rows); y[0..m] = silu(gate) · up.
     pub gate_up: bool,
     /// Write columns y_col.. of y (no bias then).
@@ -394,7 +400,8 @@ struct GemvParams {
     heads: u32,
     kv_heads: u32,
     kv_stride: u32,
-    pad: u32,
+    /// XTEX with NORM: the norm weight's row of its texture.
+    g_row: u32,
 }
 
 /// The grid of an m×n output in blocks of rows_per × m_per: (n blocks, m blocks, 1), or an
@@ -590,7 +597,7 @@ fn fused_params(
         heads: e.rope.map_or(0, |r| r.heads.heads as u32),
         kv_heads: e.rope.map_or(0, |r| r.heads.kv_heads as u32),
         kv_stride: e.rope.map_or(0, |r| r.k_cache.cols as u32),
-        pad: 0,
+        g_row: e.norm_texels.map_or(0, |t| t.1),
     }
 }
 
@@ -644,8 +651,19 @@ fn range(buf: &wgpu::Buffer, size: u64) -> wgpu::BindingResource<'_> {
     })
 }
 
+/// Whether the decode GEMV of `w` into columns `y_col..` of y can also write y's texture
+/// copy ([`crate::gpu::Tensor::texels`], gemv.wgsl's YTEX): a plain product (no GATE_UP or
+/// ROPE) whose every chunk covers whole texels.
+pub fn gemv_writes_texels(w: &Weight, y_col: usize) -> bool {
+    gemv_reads(w)
+        && y_col.is_multiple_of(4)
+        && (w.chunks.iter()).all(|c| c.row0.is_multiple_of(4) && c.rows.is_multiple_of(4))
+}
+
 /// The decode GEMV of row 0 of x with gemv.wgsl and the fusions in `e`, or None when that
-/// kernel does not read w's format (or GATE_UP meets a weight split into chunks).
+/// kernel does not read w's format (or GATE_UP meets a weight split into chunks). Where x
+/// has a texture copy (and a norm its row in `e.norm_texels`) it reads them there (XTEX);
+/// where y has one it writes it too (YTEX), and fails where it cannot.
 pub fn gemv(
     gpu: &Gpu,
     x: &Tensor,
@@ -657,12 +675,35 @@ pub fn gemv(
         return Ok(None);
     }
     check_fit("gemv", 1, x, w, y, &e)?;
+    let pairs = e.gate_up || e.rope.is_some();
+    if y.texels.is_some() && (pairs || !gemv_writes_texels(w, e.y_col)) {
+        bail!(
+            "gemv: a {}x{} product cannot write its output's texture copy",
+            w.rows,
+            w.cols
+        );
+    }
     let mut d0 = fused_defines(gpu, w, &e);
     if w.cols.is_multiple_of(32) {
         d0.flag("K_WHOLE"); // no group runs past the row: x's loads need no guard
     }
-    let x_ubo = uniform_x(gpu, x, w, &e);
+    let x_tex =
+        (x.texels.as_ref()).filter(|_| x.rows == 1 && e.norm.is_some() == e.norm_texels.is_some());
+    let x_ubo = uniform_x(gpu, x, w, &e).filter(|_| x_tex.is_none());
     let mut bindings = fused_bindings(x, y, &e);
+    let mut textures = Vec::new();
+    if let Some(t) = x_tex {
+        d0.flag("XTEX");
+        bindings.retain(|(b, _)| *b != 1 && *b != 6);
+        textures.push((1, t));
+        if let Some((g, _)) = e.norm_texels {
+            textures.push((6, g));
+        }
+    }
+    if let Some(t) = &y.texels {
+        d0.flag("YTEX");
+        textures.push((5, t));
+    }
     if let Some(bytes) = x_ubo {
         d0.flag("XUBO");
         d0.set("XLEN", format!("{}u", bytes / 16));
@@ -681,12 +722,12 @@ pub fn gemv(
         bindings.push((11, step));
     }
     let mut kernels = Vec::new();
-    let pairs = e.gate_up || e.rope.is_some();
     // the groups past the last whole round of 8 (if they divide 8): gemv.wgsl's TAIL
     let tail = w.cols.div_ceil(32) % 8;
     for chunk in &w.chunks {
         let outputs = if pairs { chunk.rows / 2 } else { chunk.rows };
-        let rows = gemv_rows(gpu, chunk.rows);
+        // YTEX: a lane group's rows are whole texels
+        let rows = gemv_rows(gpu, chunk.rows).max(if y.texels.is_some() { 4 } else { 2 });
         let mut d = d0.clone();
         d.set("LG_ROWS", format!("{rows}u"));
         if tail > 0 && 8 % tail == 0 {
@@ -698,7 +739,9 @@ pub fn gemv(
             outputs.div_ceil(per_wg) as u32,
             gpu.caps.max_workgroups_per_dim,
         );
-        let mut ranges = Vec::new();
+        let mut ranges: Vec<_> = (textures.iter())
+            .map(|(b, t)| (*b, wgpu::BindingResource::TextureView(t)))
+            .collect();
         if let Some((tex, _)) = into_textures {
             let (k, v) = tex.views();
             ranges.push((9, wgpu::BindingResource::TextureView(k)));

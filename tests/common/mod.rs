@@ -7,7 +7,8 @@ use vlm_run::gpu::{Gpu, GpuOptions};
 /// Every (f16, subgroups) combination the adapter supports, each on its own device with
 /// the device class's weight store, and the last once more with the other class's layout
 /// (on a CPU device, where textures and uniform inputs are the default: weights in buffers
-/// and the decode GEMV's x in a storage buffer; elsewhere the other way round).
+/// and the decode GEMV's x in a storage buffer, with no texture copy of the residual
+/// stream; elsewhere the other way round).
 pub fn variants() -> Vec<(String, Arc<Gpu>)> {
     let mut out = Vec::new();
     for f16 in [false, true] {
@@ -30,6 +31,7 @@ pub fn variants() -> Vec<(String, Arc<Gpu>)> {
             subgroups: Some(last.caps.subgroups),
             weight_textures: Some(textures),
             uniform_x: Some(!last.caps.uniform_x),
+            x_textures: Some(!last.caps.x_textures),
             ..Default::default()
         };
         let store = if textures {
