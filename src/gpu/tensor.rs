@@ -18,8 +18,10 @@ pub struct Tensor {
     pub rows: usize,
     pub cols: usize,
     /// The same values in an rgba32float texture of [cols / 4, rows] texels, for the decode
-    /// GEMV to read ([`Tensor::with_texels`]). Every kernel that writes such a tensor writes
-    /// both; those that cannot refuse it.
+    /// GEMV to read ([`Tensor::with_texels`]; a decode step's residual stream). The kernels
+    /// that write such a tensor keep both in step: the decode GEMV's residual add (YTEX) and
+    /// the embedding gather (a copy after it). `ops::matmul::linear` refuses one where it
+    /// cannot, and no other kernel is given one.
     pub texels: Option<wgpu::TextureView>,
 }
 
