@@ -12,16 +12,16 @@
 // to texture row step.kv_offset, so that the textures hold the cache for the decode
 // attention's KV_TEX variant.
 // Dispatch fold(ceil(rows * width4 / 64)).
-// rows_to_texels: the same copy for one tensor, k into k_out at texture rows row0 .. (a
-// decode step's embedded token into its residual stream's texture, see gpu::Tensor::texels;
-// RMSNorm weights into the decode GEMV's texture of them, one row each).
+// K_ONLY: one tensor, k into k_out at texture rows row0 .. (ops::attention::rows_to_texels:
+// a decode step's embedded token into its residual stream's texture, see
+// gpu::Tensor::texels; the RMSNorm weights into the decode GEMV's texture of them).
 #include "common"
 
 struct Params {
     rows: u32,
     stride: u32,
     width4: u32,
-    row0: u32, // rows_to_texels only
+    row0: u32, // the first texture row written (not with STEP_ROW)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,21 +46,10 @@ fn kv_texture(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 #ifdef STEP_ROW
     let at = vec2<u32>(c, step.kv_offset + j);
 #else
-    let at = vec2<u32>(c, j);
+    let at = vec2<u32>(c, p.row0 + j);
 #endif
     textureStore(k_out, at, vec4<f32>(k[o], k[o + 1u], k[o + 2u], k[o + 3u]));
+#ifndef K_ONLY
     textureStore(v_out, at, vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]));
-}
-
-@compute @workgroup_size(64)
-fn rows_to_texels(@builtin(local_invocation_index) lid: u32,
-                  @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_wg(wid, nwg) * 64u + lid;
-    if i >= p.rows * p.width4 {
-        return;
-    }
-    let j = i / p.width4;
-    let c = i % p.width4;
-    let o = j * p.stride + 4u * c;
-    textureStore(k_out, vec2<u32>(c, p.row0 + j), vec4<f32>(k[o], k[o + 1u], k[o + 2u], k[o + 3u]));
+#endif
 }

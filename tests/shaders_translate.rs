@@ -113,7 +113,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
         ],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
         // decode's copy of its new K/V row into a KV cache kept in textures
-        "kv_texture" => vec![vec![], vec!["STEP_ROW"]],
+        "kv_texture" => vec![vec![], vec!["STEP_ROW"], vec!["K_ONLY"]],
         "embed" => vec![vec![], vec!["WTEX"]],
         // SELECT_WG: the CPU-device workgroup of one SIMD row (it gets a value)
         // KEY_ROWS: VisionZip's similarities from the key rows
@@ -220,10 +220,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 27, layer_tail 3, norm 4,
     // elementwise 2,
-    // rope 3, attention 7, embed 2, kv_texture 2, sample, bandwidth, random_fill 1 each,
+    // rope 3, attention 7, embed 2, kv_texture 3, sample, bandwidth, random_fill 1 each,
     // prune_select 5, prune_score 3 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 27 + 3 + 4 + 2 + 3 + 7 + 2 + 2 + 3 + 5 + 3 + 1)
+        4 * (2 * (8 + 7) + 27 + 3 + 4 + 2 + 3 + 7 + 2 + 3 + 3 + 5 + 3 + 1)
     );
 }

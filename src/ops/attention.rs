@@ -234,7 +234,7 @@ struct CopyParams {
     row0: u32,
 }
 
-/// `kv_texture.wgsl`'s `rows_to_texels`: all rows of `x` into texture rows `row0 ..` of
+/// `kv_texture.wgsl` for one tensor (K_ONLY): all rows of `x` into texture rows `row0 ..` of
 /// `tex` (rgba32float, at least x.cols / 4 texels wide), 4 values a texel.
 pub fn rows_to_texels(
     gpu: &Gpu,
@@ -265,8 +265,8 @@ pub fn rows_to_texels(
     Kernel::with_resources(
         gpu,
         "kv_texture",
-        "rows_to_texels",
-        &gpu.base_defines(),
+        "kv_texture",
+        &gpu.base_defines().with_flag("K_ONLY"),
         bytes(&cp),
         &[(1, &x.buf)],
         vec![(3, wgpu::BindingResource::TextureView(tex))],
