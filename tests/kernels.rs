@@ -109,15 +109,16 @@ fn decode_gemv_reads_nothing_of_x_past_k() {
 /// The decode GEMV of a residual stream kept in a texture too (`Tensor::texels`): it reads x
 /// and the RMSNorm weight from their textures (XTEX), not from x's buffer, which holds NaN
 /// here, nor from the norm texture's other rows; and it adds into y's buffer and writes
-/// y's texture (YTEX), both matching the CPU. Products that cannot write whole texels refuse
-/// a y with a texture rather than leave it stale.
+/// y's texture (YTEX), both matching the CPU. Products that cannot write whole texels, and
+/// products over several rows, refuse a y with a texture rather than leave it stale.
 #[test]
 fn decode_gemv_reads_and_writes_texture_copies() {
     let mut rng = Rng::new(8);
     // k = 96: 3 groups of 32, less than a lane round; n = 68: a partial lane group
     let (k, n, eps) = (96, 68, 1e-5);
-    let mut textured = 0;
+    let (mut textured, mut cpu) = (0, false);
     for (name, gpu) in variants() {
+        cpu |= gpu.caps.cpu;
         let texels = |t: Tensor, label| t.with_texels(&gpu, label);
         let probe = texels(Tensor::new(&gpu, "probe", 1, k).unwrap(), "probe");
         assert_eq!(probe.texels.is_some(), gpu.caps.x_textures, "{name}");
@@ -192,10 +193,15 @@ fn decode_gemv_reads_and_writes_texture_copies() {
         let err = ops::matmul::gemv(&gpu, &xt, &wt, &half, swiglu);
         let err = err.err().expect("SwiGLU into texels").to_string();
         assert!(err.contains("texture copy"), "{name}: {err}");
+        // and a prefill's rows (the lane GEMMs write no texels)
+        let x2 = Tensor::from_f32(&gpu, "x2", 2, k, &rng.vec(2 * k, 1.0)).unwrap();
+        let y2 = texels(Tensor::new(&gpu, "y2", 2, n).unwrap(), "y2");
+        let err = ops::matmul::linear(&gpu, &x2, &wt, None, &y2, Act::None, false);
+        let err = err.err().expect("2 rows into texels").to_string();
+        assert!(err.contains("texture copy"), "{name}: {err}");
     }
     // on a CPU device every variant but the flipped last one keeps texture copies
-    let gpu = &variants()[0].1;
-    if gpu.caps.cpu {
+    if cpu {
         assert!(textured >= 1);
     }
 }

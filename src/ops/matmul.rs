@@ -73,6 +73,10 @@ pub fn linear_at(
             y.cols
         );
     }
+    // an output's texture copy: only the decode GEMV writes one (and says where it cannot)
+    if y.texels.is_some() && (m != 1 || !gemv_reads(w)) {
+        bail!("linear: only the decode GEMV writes an output's texture copy");
+    }
     let tile = gpu.gemm_tile();
     let mut defines = gpu.base_defines();
     defines.set("TN", tile.threads());
@@ -102,9 +106,6 @@ pub fn linear_at(
         if let Some(ks) = gemv(gpu, x, w, y, epilogue)? {
             return Ok(ks);
         }
-    }
-    if y.texels.is_some() {
-        bail!("linear: only the decode GEMV writes an output's texture copy");
     }
     let mut kernels = Vec::new();
     for chunk in &w.chunks {
