@@ -6,8 +6,30 @@
 use crate::cli::BenchArgs;
 use anyhow::{bail, Result};
 use image::RgbImage as Image;
+use std::io::IsTerminal;
 use vlm_run::prune::Method;
 use vlm_run::{Engine, GenerateOptions, Output, PruneOptions};
+
+/// What the benchmark is doing now, as one line on stderr rewritten in place: a run of a
+/// large shape on a slow device takes minutes. Only on a terminal, so that logs and pipes
+/// get the tables alone.
+struct Status(bool);
+
+impl Status {
+    fn new() -> Self {
+        Self(std::io::stderr().is_terminal())
+    }
+    fn show(&self, msg: &str) {
+        if self.0 {
+            eprint!("\r{msg}\x1b[K");
+        }
+    }
+    fn clear(&self) {
+        if self.0 {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
 
 /// About 100 tokens of plain prose, so that prefill is measured over a realistic prompt.
 const TEXT_PROMPT: &str = "The history of the printing press begins in the fifteenth century, \
@@ -62,11 +84,15 @@ fn measure(
         ignore_eos: true,
         ..Default::default()
     };
-    engine.generate(image, prompt, &opts, &mut |_| {})?; // warm-up
+    let status = Status::new();
+    status.show("bench: warm-up run");
+    engine.generate(image, prompt, &opts, &mut |_| {})?;
     let mut runs: Vec<Output> = Vec::new();
-    for _ in 0..args.repeat {
+    for i in 0..args.repeat {
+        status.show(&format!("bench: run {}/{}", i + 1, args.repeat));
         runs.push(engine.generate(image, prompt, &opts, &mut |_| {})?);
     }
+    status.show("bench: copy bandwidth");
     let first = &runs[0];
     // The first token comes out of prefill; decode steps produce the rest.
     let decoded = first.tokens.len().saturating_sub(1);
@@ -109,6 +135,7 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     let prompt = args.prompt.as_deref().unwrap_or(default_prompt);
     let m = measure(engine, image.map(|i| i.0), prompt, args)?;
     let copy_bw = vlm_run::ops::bandwidth::copy_bandwidth(&engine.gpu, 5)?;
+    Status::new().clear();
     let weights = engine.model.weight_bytes;
     let gb = |b: f64| b / 1e9;
     if args.json {
@@ -241,14 +268,20 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     // within each round (against the first row's time in that round), whose cells run
     // seconds apart, and its median over the rounds is reported: on a machine whose speed
     // drifts it is steadier than the ratio of the best times.
+    let status = Status::new();
     if let Some(first) = cells.first() {
+        status.show("sweep: warm-up run");
         let _ = engine.generate(Some(image), prompt, &first.opts, &mut |_| {});
     }
     for round in 0..args.repeat {
-        if !args.json {
-            eprint!("\rsweep round {}/{}", round + 1, args.repeat);
-        }
         for cell in cells.iter_mut().filter(|c| c.failed.is_none()) {
+            status.show(&format!(
+                "sweep round {}/{}: {} at B={}",
+                round + 1,
+                args.repeat,
+                cell.method.name(),
+                cell.b
+            ));
             match engine.generate(Some(image), prompt, &cell.opts, &mut |_| {}) {
                 Ok(out) => {
                     cell.times.push((round, time_to_first_token(&out)));
@@ -264,9 +297,7 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
             }
         }
     }
-    if !args.json {
-        eprintln!();
-    }
+    status.clear();
     // the first row that ran: its best time, its FLOPs and its times per round
     let base = cells.iter().find_map(|c| match (&c.best, &c.failed) {
         (Some(out), None) => Some((

@@ -37,22 +37,36 @@ pub(crate) fn load(model: Option<&Path>, mmproj: Option<&Path>, quiet: bool) -> 
         bail!("model {} does not exist", model_dir.display());
     }
     let total = Engine::checkpoint_bytes(&model_dir, mmproj)?;
-    let bar = if std::io::stderr().is_terminal() && !quiet {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = load_bar(Some(total), quiet);
     let engine = Engine::open(&model_dir, mmproj, &GpuOptions::from_env()?, &|b| {
         bar.inc(b)
     })?;
     bar.finish_and_clear();
     report_tuning(&engine, quiet);
     Ok(engine)
+}
+
+/// The bytes uploaded so far, on stderr on a terminal: a bar against `total`, or a count
+/// (a synthetic model's weights, made on the GPU).
+fn load_bar(total: Option<u64>, quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(t) => (
+            indicatif::ProgressBar::new(t),
+            "loading {bar:30} {bytes}/{total_bytes} {msg}",
+        ),
+        None => (
+            indicatif::ProgressBar::no_length(),
+            "making synthetic weights {bytes} ({elapsed})",
+        ),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// One stderr line on what the GEMM autotuner chose (`VLM_RUN_GEMM_TILE=tune`).
@@ -338,7 +352,10 @@ fn run_bench(args: &cli::BenchArgs) -> Result<()> {
     bench::check_args(args)?;
     let engine = match args.synthetic {
         Some(preset) => {
-            let e = Engine::synthetic(preset, args.dtype, &GpuOptions::from_env()?, &|_| {})?;
+            let bar = load_bar(None, args.json);
+            let opts = GpuOptions::from_env()?;
+            let e = Engine::synthetic(preset, args.dtype, &opts, &|b| bar.inc(b))?;
+            bar.finish_and_clear();
             report_tuning(&e, args.json);
             e
         }

@@ -228,6 +228,27 @@ fn sweep_only_prints_the_sweep_without_the_report() {
     assert!(lines[0].get("decoded_tokens").is_none(), "{lines:?}");
 }
 
+/// Progress goes to a terminal only: piped into a log, stderr stays empty and stdout holds
+/// the tables alone (the sweep's round counter once ran into the log's lines).
+#[test]
+fn bench_into_a_pipe_prints_the_tables_and_no_progress() {
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+        .args(["bench", "--synthetic", "tiny", "--repeat", "1", "-n", "1"])
+        .args(["--prune-sweep", "--methods", "none", "--budgets", "576"])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "stderr of a piped bench");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ")).collect();
+    // the report's header and row, the sweep's header and its one row
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert!(rows[3].starts_with("| none | 576 |"), "{stdout}");
+}
+
 /// `vlm-run bench --synthetic tiny ARGS` with `env` must fail with one error line holding
 /// `needle`.
 #[track_caller]
