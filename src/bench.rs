@@ -11,13 +11,13 @@ use vlm_run::prune::Method;
 use vlm_run::{Engine, GenerateOptions, Output, PruneOptions};
 
 /// What the benchmark is doing now, as one line on stderr rewritten in place: a run of a
-/// large shape on a slow device takes minutes. Only on a terminal, so that logs and pipes
-/// get the tables alone.
+/// large shape on a slow device takes minutes. Only on a terminal and without `--json`
+/// (quiet, as the loader's progress bar is), so that logs and pipes get the tables alone.
 struct Status(bool);
 
 impl Status {
-    fn new() -> Self {
-        Self(std::io::stderr().is_terminal())
+    fn new(args: &BenchArgs) -> Self {
+        Self(!args.json && std::io::stderr().is_terminal())
     }
     fn show(&self, msg: &str) {
         if self.0 {
@@ -84,7 +84,7 @@ fn measure(
         ignore_eos: true,
         ..Default::default()
     };
-    let status = Status::new();
+    let status = Status::new(args);
     status.show("bench: warm-up run");
     engine.generate(image, prompt, &opts, &mut |_| {})?;
     let mut runs: Vec<Output> = Vec::new();
@@ -92,7 +92,6 @@ fn measure(
         status.show(&format!("bench: run {}/{}", i + 1, args.repeat));
         runs.push(engine.generate(image, prompt, &opts, &mut |_| {})?);
     }
-    status.show("bench: copy bandwidth");
     let first = &runs[0];
     // The first token comes out of prefill; decode steps produce the rest.
     let decoded = first.tokens.len().saturating_sub(1);
@@ -134,8 +133,10 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     };
     let prompt = args.prompt.as_deref().unwrap_or(default_prompt);
     let m = measure(engine, image.map(|i| i.0), prompt, args)?;
+    let status = Status::new(args);
+    status.show("bench: copy bandwidth");
     let copy_bw = vlm_run::ops::bandwidth::copy_bandwidth(&engine.gpu, 5)?;
-    Status::new().clear();
+    status.clear();
     let weights = engine.model.weight_bytes;
     let gb = |b: f64| b / 1e9;
     if args.json {
@@ -268,7 +269,7 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     // within each round (against the first row's time in that round), whose cells run
     // seconds apart, and its median over the rounds is reported: on a machine whose speed
     // drifts it is steadier than the ratio of the best times.
-    let status = Status::new();
+    let status = Status::new(args);
     if let Some(first) = cells.first() {
         status.show("sweep: warm-up run");
         let _ = engine.generate(Some(image), prompt, &first.opts, &mut |_| {});
