@@ -13,7 +13,14 @@ use vlm_run::{Engine, GenerateOptions, Output, PruneOptions};
 /// What the benchmark is doing now, as one line on stderr rewritten in place: a run of a
 /// large shape on a slow device takes minutes. Only on a terminal and without `--json`
 /// (quiet, as the loader's progress bar is), so that logs and pipes get the tables alone.
+/// Cleared when dropped, so that an error leaving early starts its own line.
 struct Status(bool);
+
+impl Drop for Status {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
 
 impl Status {
     fn new(args: &BenchArgs) -> Self {
@@ -136,7 +143,7 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     let status = Status::new(args);
     status.show("bench: copy bandwidth");
     let copy_bw = vlm_run::ops::bandwidth::copy_bandwidth(&engine.gpu, 5)?;
-    status.clear();
+    drop(status);
     let weights = engine.model.weight_bytes;
     let gb = |b: f64| b / 1e9;
     if args.json {
@@ -298,7 +305,7 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
             }
         }
     }
-    status.clear();
+    drop(status);
     // the first row that ran: its best time, its FLOPs and its times per round
     let base = cells.iter().find_map(|c| match (&c.best, &c.failed) {
         (Some(out), None) => Some((
