@@ -81,6 +81,20 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
                 "XUBO",
                 "KV_TEX_COPY",
             ],
+            // ... with its weight words shared by subgroup shuffles (the engine sets it only
+            // with SUBGROUPS), alone and with that epilogue
+            vec!["WF16", "WTEX", "TOKENS", "SHARED_W"],
+            vec![
+                "WF16",
+                "WTEX",
+                "TOKENS",
+                "NORM",
+                "ROPE",
+                "PAIRS",
+                "XUBO",
+                "KV_TEX_COPY",
+                "SHARED_W",
+            ],
         ],
         // o_proj, the MLP and both residual adds by token: each weight in a buffer or in a
         // texture (all three, or a mix as small matrices stay in buffers)
@@ -218,12 +232,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 27, layer_tail 3, norm 4,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 29, layer_tail 3, norm 4,
     // elementwise 2,
     // rope 3, attention 7, embed 2, kv_texture 3, sample, bandwidth, random_fill 1 each,
     // prune_select 5, prune_score 3 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 27 + 3 + 4 + 2 + 3 + 7 + 2 + 3 + 3 + 5 + 3 + 1)
+        4 * (2 * (8 + 7) + 29 + 3 + 4 + 2 + 3 + 7 + 2 + 3 + 3 + 5 + 3 + 1)
     );
 }

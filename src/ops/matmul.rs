@@ -190,6 +190,8 @@ pub const TOKENS_MIN_M: usize = 128;
 /// 16 rows took 27-29 ms (lavapipe profile).
 const TOKENS_PER_WG: usize = 32;
 const TOKENS_ROWS: usize = 8;
+// gemv.wgsl's SHARED_W takes a workgroup's weight rows from the 8 lanes of a lane group
+const _: () = assert!(TOKENS_ROWS <= 8);
 /// Input rows per gemm_tokens invocation (gemv.wgsl's `TPI`): each weight word it loads and
 /// decodes serves two rows of x. Measured on lavapipe (examples/gemm_probe.rs, 2 cores,
 /// three runs each): the patch embedding (576 x 588 -> 64) 4.1-5.0 ms against 3.0-3.1 with
@@ -267,6 +269,10 @@ fn gemm_lanes(
     };
     let mut bindings = fused_bindings(x, y, &e);
     let mut ranges = Vec::new();
+    if by_token && gpu.lane_groups() {
+        // each lane of 8 fetches one of the workgroup's TOKENS_ROWS weight rows and shares it
+        d.flag("SHARED_W");
+    }
     if by_token {
         if let Some((xb, gb)) = uniform_x_rows(gpu, m, x, w, &e) {
             d.flag("XUBO");
