@@ -83,18 +83,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             ],
             // ... with its weight words shared by subgroup shuffles (the engine sets it only
             // with SUBGROUPS), alone and with that epilogue
-            vec!["WF16", "WTEX", "TOKENS", "SHARED_W"],
-            vec![
-                "WF16",
-                "WTEX",
-                "TOKENS",
-                "NORM",
-                "ROPE",
-                "PAIRS",
-                "XUBO",
-                "KV_TEX_COPY",
-                "SHARED_W",
-            ],
+            vec!["WF16", "WTEX", "TOKENS", "NORM", "XUBO", "SHARED_W"],
+            vec!["WF16", "TOKENS", "ROPE", "PAIRS", "KV_TEX_COPY", "SHARED_W"],
         ],
         // o_proj, the MLP and both residual adds by token: each weight in a buffer or in a
         // texture (all three, or a mix as small matrices stay in buffers)
