@@ -180,8 +180,13 @@ pub const TOKENS_MAX_K: usize = 64;
 /// (synthetic) over a 274-token prompt 46-52 tok/s against 41-48 with its 576-row matrices
 /// by token, and 45 with all of them (4096).
 pub const TOKENS_MAX_N: usize = 1024;
-/// See [`TOKENS_MAX_N`]: shorter inputs leave most of a 32-row workgroup idle.
-pub const TOKENS_MIN_M: usize = 128;
+/// See [`TOKENS_MAX_N`]: shorter inputs leave most of a 32-row workgroup idle. Lowered from
+/// 128 once gemm_tokens shared its weight words by subgroup shuffles (gemv.wgsl's SHARED_W;
+/// lavapipe, 2 cores, 2026-11-24, alternated runs): SmolLM2-135M F16 prefilled 107 tokens at
+/// 60.5-63.0 tok/s against 57.2-57.3 and 49 tokens at 57.6 against 50.8-52.8, and
+/// weights/tiny-llava-vqa's prefill pruned to 28 visual tokens (45 rows) took 15.3-17.0 ms
+/// against 19.5-19.9. At 8 a prefill of 25 rows (8 visual tokens) took 14.6 ms against 12.2.
+pub const TOKENS_MIN_M: usize = 32;
 
 /// Invocations per gemm_tokens workgroup (gemv.wgsl's `TOKENS_WG`; each takes
 /// [`TOKENS_PER_INVOCATION`] input rows, measured here with one) and weight rows per workgroup (8 measured as fast as 16 and faster than 4 on tiny-llava-32l). 32
