@@ -559,9 +559,9 @@ fn f16_unit(q: vec4<u32>) -> WUnit {
     return wu;
 }
 
+// One weight row over unit ui: every format sets d (f16 through f16_unit), Q4_0/Q4_1 m.
 fn w_unit(row: u32, ui: u32) -> WUnit {
     var wu: WUnit;
-    wu.d = 1.0;
 #ifdef WF16
     wu = f16_unit(w_word(row * p.row_vec4 + ui));
 #endif
