@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""How the tiny LLaVA counts from a subset of its visual tokens: README's "slivers" figures.
+"""How the tiny LLaVA counts from a subset of its visual tokens: the "slivers" figures of
+docs/default-model.md.
 
 On the val split's count questions, with HF transformers in f32, it feeds the decoder
 hand-picked subsets of the 256 patches (in raster order, positions compacted, as encoder-side

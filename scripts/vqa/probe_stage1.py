@@ -3,8 +3,8 @@
 the first 400 val scenes: how often the count-density head's sum over the patches rounds to
 the exact count (every colour and shape channel of every scene, and only the channels
 present in the scene), and the per-patch shape head's accuracy on object patches and on
-small objects' patches. README ("a longer stage 1") gives its figures for 3000 and 5000
-steps.
+small objects' patches. docs/default-model.md ("a longer stage 1") gives its figures for
+3000 and 5000 steps.
 
     python3 scripts/vqa/probe_stage1.py data/train-work/stage1.pt [--data data/vqa]
 

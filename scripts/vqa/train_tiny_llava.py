@@ -82,7 +82,7 @@ defaults) took ~76 min of running time here on the evening of 2026-11-23 (stage 
 features 1.2, stage 2 24.7, refine 17.0, refine 2 7.2); with 3000 stage-1 steps it had
 taken 65.9 min that morning. Per-step times vary from day to day
 on this machine: the 2026-11-22 timing of the previous recipe saw stage-2 steps of 0.63 s
-uncompiled where 2026-11-23 saw 0.37 s (README, "Training time").
+uncompiled where 2026-11-23 saw 0.37 s (docs/default-model.md, "Training time").
 
 Environment (PyPI):
     python3 -m venv .venv && . .venv/bin/activate
@@ -430,7 +430,7 @@ def stage1_batch(a, step, scenes, order):
     object in a third of their scenes, and a ViT trained on them reads a small object's shape
     at 74% per patch on val (83% on train); with --small-share1 0.25 --small-weight1 2
     --steps1 3000 it read them at 92-94%, and with --steps1 5000 (the default since the
-    evening of 2026-11-23) at 98% (README, "a longer stage 1")."""
+    evening of 2026-11-23) at 98% (docs/default-model.md, "a longer stage 1")."""
     if not a.small_share1:
         idx = [order[(step * a.batch1 + i) % len(scenes)] for i in range(a.batch1)]
         batch = [scenes[i] for i in idx]
@@ -463,8 +463,8 @@ def stage1(model, scenes, a, cycle=0):
     has to attend to every object there. In 600-step trials from stage 1's end: ARP's 56
     kept every object in 197 of 200 scenes with this loss, 168 with the same steps and no
     count loss, 169 with the count head on the pooled CLS (the last layer's, which does the
-    counting there); the shipped run's cycle, 198 (README, "the CLS attention finds every
-    object")."""
+    counting there); the shipped run's cycle, 198 (docs/default-model.md, "the CLS
+    attention finds every object")."""
     path = os.path.join(a.work, ["stage1.pt", "stage1-cls.pt"][cycle])
     total, peak = [(a.steps1, a.lr1), (a.steps1_cls, a.lr1_cls)][cycle]
     if total == 0:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tune PosPrune's constants on the validation split (never on test), at the smallest budget
 # (B=28: LLaVA-1.5's 64 of 576, scaled to the tiny model's 256 visual tokens). Each line is one
-# setting; compare with the unpruned line at the top. README's defaults come from this table.
+# setting; compare with the unpruned line at the top. README's defaults
+# come from its runs, which docs/default-model.md records.
 #
 #   bash scripts/vqa/tune_pruning.sh [N] [B]   (defaults: N=799, the whole val split; B=28)
 # About 20 minutes on a 2-core machine with lavapipe.

@@ -36,7 +36,8 @@ fn div_round(a: usize, b: usize) -> usize {
 /// that leaves them 14/15 of B, B1 = B·(L + 14K)/(15K): 2B at 32 layers and K=2 (and on every
 /// decoder of 16 or more layers with K=1), 22B/15 at 8 layers and K=1. It lies in B..=2B and
 /// is at most N. On the tiny trained model (8 layers, B=28, val split) B1 = 41 answered 765
-/// questions of 799, B1 = 56 (2B) 757 (README, "The CLS attention finds every object").
+/// questions of 799, B1 = 56 (2B) 757 (docs/default-model.md, "The CLS attention finds
+/// every object").
 pub fn default_arp_keep(b: usize, n: usize, layers: usize, k: usize) -> usize {
     let k = k.max(1);
     div_round(b * (layers + 14 * k), 15 * k)
