@@ -249,6 +249,44 @@ fn bench_into_a_pipe_prints_the_tables_and_no_progress() {
     assert!(rows[3].starts_with("| none | 576 |"), "{stdout}");
 }
 
+/// `scripts/gpu-goals.sh` (the GPU goals in one command) reads bench's JSON into its two
+/// tables: run here on the tiny shape, every row is there with the shape's real sizes.
+#[test]
+fn gpu_goals_script_prints_its_tables() {
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-goals.sh"))
+        .args([env!("CARGO_BIN_EXE_vlm-run"), "tiny", "f16", "1"])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("### On "), "{stdout}");
+    let row = |start: &str| {
+        let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with(start)).collect();
+        assert_eq!(rows.len(), 1, "one row starting {start:?} in\n{stdout}");
+        rows[0].to_string()
+    };
+    // the fixture's shape: 576 visual tokens and 8 text tokens; 792448 bytes of weights
+    assert!(row("| prefill, 584 tokens (576 visual) |").contains(" ms, "));
+    assert!(row("| peak GPU memory |").contains("(weights 0.8 + KV "));
+    for start in [
+        "| decode |",
+        "| copy kernel",
+        "| decode as % of",
+        "| vision tower |",
+    ] {
+        row(start);
+    }
+    assert!(row("| time to first token |").contains(" ms |"));
+    assert!(row("| none | 576 | 576 |").ends_with("| 1.00x | 1.00x |  |"));
+    assert!(row("| fastervlm | 64 | 64 |").ends_with("% |"));
+    // PosPrune on 2 layers with K=1: ARP keeps B1 = 64·16/15 → 68 (budget::default_arp_keep)
+    assert!(row("| posprune | 64 | 68 |").ends_with("% |"));
+}
+
 /// `vlm-run bench --synthetic tiny ARGS` with `env` must fail with one error line holding
 /// `needle`.
 #[track_caller]
