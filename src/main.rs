@@ -117,6 +117,9 @@ fn run(args: cli::Args) -> Result<()> {
             prune.method
         );
     }
+    if args.prune.keep.is_some() && args.image.is_none() {
+        bail!("--keep needs an --image (and a --prune method): pruning removes visual tokens");
+    }
     if args.save_keep_map.is_some() && args.image.is_none() {
         bail!("--save-keep-map needs an --image");
     }

@@ -544,6 +544,15 @@ fn bad_pruning_options_get_clear_errors() {
         &["--mmr-lambda"],
     );
     check(&["--keep", "64"], &["--keep needs a pruning method"]);
+    // without an image there is nothing to prune
+    fails_with(
+        &["-m", m, "-p", "hi", "--prune", "fastv", "--keep", "64"],
+        &["--prune fastv needs an --image"],
+    );
+    fails_with(
+        &["-m", m, "-p", "hi", "--keep", "64"],
+        &["--keep needs an --image"],
+    );
     // A calibration file made for the other fixture model.
     let dir = tempfile::tempdir().unwrap();
     let cal = dir.path().join("cal.json");
