@@ -3,7 +3,7 @@
 //! time per dispatch, best of 10.
 use std::time::Instant;
 use vlm_run::gpu::{Gpu, GpuOptions, Tensor, Weight};
-use vlm_run::ops::matmul::{linear, Act};
+use vlm_run::ops::matmul::{fused, linear, Act, Epilogue};
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<usize> = std::env::args()
@@ -31,7 +31,20 @@ fn probe(m: usize, k: usize, n: usize, reps: usize) -> anyhow::Result<()> {
         Tensor::activation(&gpu, "x", m, k)?
     };
     let y = Tensor::new(&gpu, "y", m, n)?;
-    let ks = linear(&gpu, &x, &w, None, &y, Act::None, false)?;
+    // NORM=1: RMSNorm on load, as a Llama decoder's prefill runs q|k|v and [gate; up];
+    // GATE_UP=1: also w is [gate; up] (n rows) with SwiGLU (y then holds n / 2 columns)
+    let g = gpu.storage_init("g", bytemuck::cast_slice(&vec![1.0f32; k]))?;
+    let gate_up = std::env::var_os("GATE_UP").is_some();
+    let ks = if gate_up || std::env::var_os("NORM").is_some() {
+        let e = Epilogue {
+            gate_up,
+            norm: Some((&g, 1e-5)),
+            ..Default::default()
+        };
+        fused(&gpu, &x, &w, &y, e)?.ok_or_else(|| anyhow::anyhow!("no fused kernel"))?
+    } else {
+        linear(&gpu, &x, &w, None, &y, Act::None, false)?
+    };
     let one: Vec<_> = ks.iter().collect();
     let mut all = Vec::new();
     for _ in 0..reps {

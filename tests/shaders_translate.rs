@@ -189,7 +189,9 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 }
                 d.set("HD", 64).set("KT", 16).set("LG_ROWS", "4u");
                 if extra.contains(&"TOKENS") {
-                    d.set("TOKENS", "4u")
+                    // gemm_lanes' input rows per lane group: 8 for f16, 4 for the quant types
+                    let tokens = if extra.contains(&"WF16") { "8u" } else { "4u" };
+                    d.set("TOKENS", tokens)
                         .set("TOKENS_WG", "32u")
                         .set("TPI", "2u");
                 }

@@ -148,10 +148,22 @@ pub fn linear_at(
     Ok(kernels)
 }
 
-/// Input rows per lane group of gemm_lanes (measured on lavapipe with SmolLM2-135M: 4 input
-/// rows and 32 weight rows per lane group prefill 4-5× faster than the 64×64 tile; more
-/// weight rows reuse each input group more, more input rows only add registers).
-const LANE_TOKENS: usize = 4;
+/// Input rows per lane group of gemm_lanes: each weight unit it loads and decodes serves
+/// that many rows. 4 for the quant formats (measured on lavapipe with SmolLM2-135M Q4_1: 4
+/// input rows and 32 weight rows per lane group prefill 4-5× faster than the 64×64 tile; at
+/// 8 and 16 the 32-value units of x spill, and the prefill's products took 1.3× and 2-4× as
+/// long). 8 for f16, whose units hold 8 values (lavapipe, 2 cores, `examples/gemm_probe.rs`,
+/// 2026-11-24), against 4: llava-1.5-7b's f16 products over 584 rows 16.3-17.4 → 19.3-21.2
+/// GFLOP/s (4096 × 4096, 4096 → 11008, 11008 → 4096, q|k|v with RMSNorm on load), CLIP-L's
+/// fc1 (577 × 1024 → 4096) 15.6-15.8 → 18.9, SmolLM2-135M's [gate; up] with RMSNorm over 130
+/// rows 13.4-13.8 → 15.2-15.7. 16 rows were faster still on the plain products (22.3-22.8)
+/// but slower with the fusions (13.0-17.0).
+fn lane_tokens(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F16 => 8,
+        _ => 4,
+    }
+}
 
 /// The longest rows gemm_tokens always takes instead of gemm_lanes. Its invocations each own an
 /// input row and walk all of k, and the workgroup's rows share every weight load, so it
@@ -256,7 +268,7 @@ fn gemm_lanes(
     }
     check_fit("gemm_lanes", m, x, w, y, &e)?;
     let mut d = fused_defines(gpu, w, &e);
-    d.set("TOKENS", format!("{LANE_TOKENS}u"));
+    d.set("TOKENS", format!("{}u", lane_tokens(w.ty)));
     if let Some(t) = e.kv_copy {
         let h = e.rope.map(|r| r.heads);
         if !h.is_some_and(|h| copy_fits(h, t, m)) {
@@ -270,7 +282,7 @@ fn gemm_lanes(
     let (entry, m_per) = if by_token {
         ("gemm_tokens", TOKENS_PER_WG * TOKENS_PER_INVOCATION)
     } else {
-        ("gemm_lanes", LANE_TOKENS)
+        ("gemm_lanes", lane_tokens(w.ty))
     };
     let mut bindings = fused_bindings(x, y, &e);
     let mut ranges = Vec::new();
