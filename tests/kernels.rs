@@ -228,6 +228,9 @@ fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
             // short f16 rows: the lane kernel steps 8 values per lane (k = 40: 5 of 8 busy)
             (41, 64, 130),
             (20, 40, 33),
+            // narrow f16 matrices go by token below k = 1024 (TOKENS_NARROW_MAX_K) only
+            (40, 1016, 70),
+            (40, 1024, 70),
         ] {
             let x = rng.vec(m * k, 1.0);
             let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
@@ -254,6 +257,11 @@ fn linear_gemm_and_gemv_match_cpu_for_odd_shapes() {
                 expected_entry(tile, m, &wt),
                 "{name} {m}x{k}x{n}"
             );
+            if tile == GemmTile::Lanes && m == 40 {
+                let by_token = k < ops::matmul::TOKENS_NARROW_MAX_K;
+                let want = ["gemm_lanes", "gemm_tokens"][by_token as usize];
+                assert_eq!(ks[0].label, want, "{name} {m}x{k}x{n}");
+            }
             gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
             assert_close(
                 &format!("{name} linear {m}x{k}x{n}"),

@@ -192,6 +192,14 @@ pub const TOKENS_MAX_K: usize = 64;
 /// (synthetic) over a 274-token prompt 46-52 tok/s against 41-48 with its 576-row matrices
 /// by token, and 45 with all of them (4096).
 pub const TOKENS_MAX_N: usize = 1024;
+/// See [`TOKENS_MAX_N`]: narrow matrices go by token only with rows shorter than this. Once
+/// gemm_lanes took 8 input rows for f16 ([`lane_tokens`]), it beat gemm_tokens on long rows
+/// (lavapipe, 2 cores, 2026-11-24, `examples/gemm_probe.rs`): CLIP-L's 577 × 1024 → 1024
+/// 17.0 → 19.2 GFLOP/s and fc2 (577 × 4096 → 1024) 17.3 → 21.0, so llava-1.5-7b's vision
+/// tower took 20.0 s against 21.7; SmolLM2-135M's down projection (130 × 1536 → 576) 12.9 →
+/// 14.7, with its F16 prefill level (8 alternated pairs, median ratio 0.993). At k = 576
+/// the by-token q|k|v keeps its RoPE epilogue and SmolLM2's prefill was faster with it.
+pub const TOKENS_NARROW_MAX_K: usize = 1024;
 /// See [`TOKENS_MAX_N`]: shorter inputs leave most of a 32-row workgroup idle. Lowered from
 /// 128 once gemm_tokens shared its weight words by subgroup shuffles (gemv.wgsl's SHARED_W;
 /// lavapipe, 2 cores, 2026-11-24, alternated runs): SmolLM2-135M F16 prefilled 107 tokens at
@@ -218,10 +226,12 @@ const _: () = assert!(TOKENS_ROWS <= 8);
 const TOKENS_PER_INVOCATION: usize = 2;
 
 /// Whether the lane kernels run m rows of x times the f16 `w` with an invocation per input
-/// row (`gemm_tokens`) rather than lanes over k: short rows, or few outputs over many input
-/// rows ([`TOKENS_MAX_N`]).
+/// row (`gemm_tokens`) rather than lanes over k: short rows, or few outputs of rows under
+/// [`TOKENS_NARROW_MAX_K`] over many input rows ([`TOKENS_MAX_N`]).
 pub fn by_token(m: usize, w: &Weight) -> bool {
-    let narrow = w.chunks.iter().all(|c| c.rows <= TOKENS_MAX_N) && m >= TOKENS_MIN_M;
+    let narrow = w.chunks.iter().all(|c| c.rows <= TOKENS_MAX_N)
+        && w.cols < TOKENS_NARROW_MAX_K
+        && m >= TOKENS_MIN_M;
     w.ty == GgmlType::F16 && (w.cols <= TOKENS_MAX_K || narrow)
 }
 
