@@ -4,7 +4,7 @@
 
 use half::f16;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use vlm_run::gguf::quant::{dequantize, GgmlType};
 use vlm_run::gpu::{Gpu, GpuOptions, Weight, MIN_TEXTURE_BYTES};
 
@@ -130,18 +130,29 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
     assert!(e.to_string().contains("not supported"), "{e}");
 }
 
+/// Run `cmd` with a fresh runtime directory (the Vulkan loader's window-system probing
+/// wants one).
+fn run(cmd: &mut Command) -> Output {
+    let runtime = tempfile::tempdir().unwrap();
+    cmd.env("XDG_RUNTIME_DIR", runtime.path()).output().unwrap()
+}
+
+/// [`run`], asserting success: (stdout, stderr).
+#[track_caller]
+fn run_ok(cmd: &mut Command) -> (String, String) {
+    let out = run(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{cmd:?}: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+fn vlm_run() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+}
+
 /// The JSON lines of `vlm-run bench --json ARGS`, asserting success.
 fn bench_lines(args: &[&str]) -> Vec<serde_json::Value> {
-    let runtime = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
-        .args(["bench", "--json"])
-        .args(args)
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?}: {stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (stdout, _) = run_ok(vlm_run().args(["bench", "--json"]).args(args));
     stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -232,17 +243,12 @@ fn sweep_only_prints_the_sweep_without_the_report() {
 /// the tables alone (the sweep's round counter once ran into the log's lines).
 #[test]
 fn bench_into_a_pipe_prints_the_tables_and_no_progress() {
-    let runtime = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
-        .args(["bench", "--synthetic", "tiny", "--repeat", "1", "-n", "1"])
-        .args(["--prune-sweep", "--methods", "none", "--budgets", "576"])
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (stdout, stderr) = run_ok(
+        vlm_run()
+            .args(["bench", "--synthetic", "tiny", "--repeat", "1", "-n", "1"])
+            .args(["--prune-sweep", "--methods", "none", "--budgets", "576"]),
+    );
     assert_eq!(stderr, "", "stderr of a piped bench");
-    let stdout = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ")).collect();
     // the report's header and row, the sweep's header and its one row
     assert_eq!(rows.len(), 4, "{stdout}");
@@ -253,16 +259,11 @@ fn bench_into_a_pipe_prints_the_tables_and_no_progress() {
 /// tables: run here on the tiny shape, every row is there with the shape's real sizes.
 #[test]
 fn gpu_goals_script_prints_its_tables() {
-    let runtime = tempfile::tempdir().unwrap();
-    let out = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-goals.sh"))
-        .args([env!("CARGO_BIN_EXE_vlm-run"), "tiny", "f16", "1"])
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (stdout, _) = run_ok(
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-goals.sh"))
+            .args([env!("CARGO_BIN_EXE_vlm-run"), "tiny", "f16", "1"]),
+    );
     assert!(stdout.starts_with("### On "), "{stdout}");
     let row = |start: &str| {
         let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with(start)).collect();
@@ -291,14 +292,10 @@ fn gpu_goals_script_prints_its_tables() {
 /// `needle`.
 #[track_caller]
 fn bench_fails_in_one_line(args: &[&str], env: &[(&str, &str)], needle: &str) {
-    let runtime = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+    let out = run(vlm_run()
         .args(["bench", "--synthetic", "tiny"])
         .args(args)
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+        .envs(env.iter().copied()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -312,16 +309,11 @@ fn synthetic_shapes_that_a_type_cannot_hold_are_one_line_errors() {
 
 /// `vlm-run bench --synthetic tiny` with environment `env`: (stdout, stderr), asserting success.
 fn bench_with_env(env: &[(&str, &str)]) -> (String, String) {
-    let runtime = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
-        .args(["bench", "--synthetic", "tiny", "--repeat", "1", "-n", "1"])
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{env:?}: {stderr}");
-    (String::from_utf8(out.stdout).unwrap(), stderr)
+    run_ok(
+        vlm_run()
+            .args(["bench", "--synthetic", "tiny", "--repeat", "1", "-n", "1"])
+            .envs(env.iter().copied()),
+    )
 }
 
 #[test]
