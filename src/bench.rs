@@ -143,6 +143,13 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     let status = Status::new(args);
     status.show("bench: copy bandwidth");
     let copy_bw = vlm_run::ops::bandwidth::copy_bandwidth(&engine.gpu, 5)?;
+    // on a CPU device the host's cores are the device: their read bandwidth is its roofline
+    let host_bw = if engine.gpu.caps.cpu {
+        status.show("bench: host read bandwidth");
+        Some(vlm_run::ops::bandwidth::host_read_bandwidth(512, 5)?)
+    } else {
+        None
+    };
     drop(status);
     let weights = engine.model.weight_bytes;
     let gb = |b: f64| b / 1e9;
@@ -162,6 +169,9 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
             "decode_bandwidth_gb_s": gb(m.decode_bandwidth()),
             "copy_bandwidth_gb_s": gb(copy_bw),
             "decode_bandwidth_pct_of_copy": 100.0 * m.decode_bandwidth() / copy_bw,
+            "cpu_device": engine.gpu.caps.cpu,
+            "host_read_bandwidth_gb_s": host_bw.map(gb),
+            "decode_bandwidth_pct_of_host_read": host_bw.map(|h| 100.0 * m.decode_bandwidth() / h),
         });
         println!("{line}");
         return Ok(());
@@ -209,6 +219,14 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
         100.0 * m.decode_bandwidth() / copy_bw,
         gb(copy_bw)
     );
+    if let Some(h) = host_bw {
+        println!(
+            "this device is the host's CPU cores, which read memory at {:.1} GB/s: decode reads \
+             {:.0}% of that",
+            gb(h),
+            100.0 * m.decode_bandwidth() / h
+        );
+    }
     Ok(())
 }
 

@@ -194,6 +194,21 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
         "{stdout}"
     );
     assert_eq!(lines[0]["decoded_tokens"], 1, "{stdout}");
+    // on a CPU device (lavapipe, as in CI) decode is also set against the host's read
+    // bandwidth, measured in the same run; elsewhere both fields are null
+    let r = &lines[0];
+    let (host, pct) = (
+        &r["host_read_bandwidth_gb_s"],
+        &r["decode_bandwidth_pct_of_host_read"],
+    );
+    if r["cpu_device"].as_bool().unwrap() {
+        let (host, pct) = (host.as_f64().unwrap(), pct.as_f64().unwrap());
+        let decode = r["decode_bandwidth_gb_s"].as_f64().unwrap();
+        assert!(host > 0.1, "{stdout}");
+        assert!((pct - 100.0 * decode / host).abs() < 1e-9 * pct, "{stdout}");
+    } else {
+        assert!(host.is_null() && pct.is_null(), "{stdout}");
+    }
     assert!(
         lines[0]["vision_encoder_ms"].as_f64().unwrap() > 0.0,
         "{stdout}"

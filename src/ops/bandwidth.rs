@@ -34,3 +34,58 @@ pub fn copy_bandwidth(gpu: &Gpu, reps: usize) -> Result<f64> {
     times.sort_by(f64::total_cmp);
     Ok(2.0 * size as f64 / times[times.len() / 2])
 }
+
+/// The host's memory read bandwidth in bytes per second: one thread per core each sums its
+/// own slice of a `mib` MiB array, best of `passes`. On CPU devices (lavapipe) this, not
+/// the copy kernel, is the ceiling that decode's effective bandwidth is measured against
+/// (issue 6's stretch goal), since the device is the host's cores.
+pub fn host_read_bandwidth(mib: usize, passes: usize) -> Result<f64> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    host_read_bandwidth_with(mib, passes, threads)
+}
+
+/// [`host_read_bandwidth`] with `threads` reader threads.
+pub fn host_read_bandwidth_with(mib: usize, passes: usize, threads: usize) -> Result<f64> {
+    let words = mib.max(1) * (1 << 20) / 8;
+    // written, so that every page is backed before the timing
+    let data: Vec<u64> = (0..words as u64).map(|i| i & 7).collect();
+    let per = words.div_ceil(threads.max(1));
+    // the sum of i & 7 over the array: what every pass must find, so that no read is skipped
+    let expect = (words as u64 / 8) * 28 + (0..words as u64 % 8).sum::<u64>();
+    let mut best = f64::MAX;
+    for _ in 0..passes.max(1) {
+        let t = Instant::now();
+        let sum = std::thread::scope(|sc| {
+            let hs: Vec<_> = data
+                .chunks(per)
+                .map(|s| sc.spawn(|| sum_words(s)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(u64::MAX))
+                .fold(0u64, u64::wrapping_add)
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            sum == expect,
+            "host read probe: sum {sum}, expected {expect}"
+        );
+    }
+    Ok((words * 8) as f64 / best)
+}
+
+/// The wrapping sum of `s`, with eight independent accumulators so that the loop is bound
+/// by loads rather than by one chain of adds.
+fn sum_words(s: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let chunks = s.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0u64, |t, v| t.wrapping_add(*v));
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(*v);
+        }
+    }
+    acc.iter().fold(tail, |t, v| t.wrapping_add(*v))
+}
