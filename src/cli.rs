@@ -122,8 +122,8 @@ pub enum Command {
     /// image, neutral prompts) and write it, with PoRe's rho, for PBC and PoRe to use.
     Calibrate(CalibrateArgs),
     /// Measure one request: vision-encoder ms, prefill ms and tokens/s, time to first token,
-    /// decode tokens/s and its effective bandwidth against the device's copy bandwidth, and
-    /// peak GPU memory (medians after a warm-up). --prune-sweep adds time to first token for
+    /// decode tokens/s and its effective bandwidth against the device's copy bandwidth (on
+    /// CPU devices also against the host's memory read bandwidth), and peak GPU memory (medians after a warm-up). --prune-sweep adds time to first token for
     /// every pruning method at several budgets, next to the speed-up its FLOPs predict.
     Bench(BenchArgs),
     /// Accuracy on a visual-QA file (this repo's synthetic JSONL, or POPE's format), overall
