@@ -6,7 +6,7 @@ use crate::gpu::{Gpu, GpuOptions, Kernel, Step};
 use crate::image as img;
 use crate::model::clip::VisionPass;
 use crate::model::llama::{KvCache, Mode, PassIo};
-use crate::model::llava::Llava;
+use crate::model::llava::{EncodePass, Llava};
 use crate::ops::sample::Sampling;
 use crate::prompt::{self, Chat, TextStream, IMAGE_TAG};
 use crate::prune::budget::{self, DecoderShape};
@@ -465,6 +465,52 @@ impl Engine {
         Ok(ids)
     }
 
+    /// The prompt's token ids, after the checks a request must pass before any GPU work, and
+    /// the place of its one image token (0 without an image).
+    fn checked_prompt(
+        &self,
+        with_image: bool,
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<(Vec<u32>, usize)> {
+        let vocab_size = self.model.llm.cfg.vocab_size;
+        if opts.max_tokens == 0 {
+            bail!("--max-tokens must be at least 1");
+        }
+        if with_image && self.model.vision.is_none() {
+            bail!("this model has no vision encoder: give its --mmproj file to use --image");
+        }
+        if with_image && !self.chat_for(opts)?.template.contains(IMAGE_TAG) {
+            bail!("the prompt template has no {IMAGE_TAG} tag for the image");
+        }
+        if !with_image && opts.prune.method != Method::None {
+            bail!(
+                "--prune {} needs an --image: pruning removes visual tokens",
+                opts.prune.method
+            );
+        }
+        let ids = self.prompt_ids(prompt, opts, with_image)?;
+        let image_token = self.model.cfg.image_token();
+        let slots: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == image_token)
+            .map(|(i, _)| i)
+            .collect();
+        match (with_image, slots.len()) {
+            (true, 1) | (false, 0) => {}
+            (true, n) => bail!("the prompt must hold exactly one {IMAGE_TAG} token, found {n}"),
+            (false, _) => bail!("the prompt holds {IMAGE_TAG} but no image was given"),
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab_size) {
+            bail!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                vocab_size
+            );
+        }
+        Ok((ids, slots.first().copied().unwrap_or(0)))
+    }
+
     /// Answer `prompt` about `image`, calling `on_text` with each new piece of text.
     pub fn generate(
         &self,
@@ -478,40 +524,7 @@ impl Engine {
         let llm = &self.model.llm;
         let cfg = &llm.cfg;
         let layers = cfg.num_hidden_layers;
-        if opts.max_tokens == 0 {
-            bail!("--max-tokens must be at least 1");
-        }
-        if image.is_some() && self.model.vision.is_none() {
-            bail!("this model has no vision encoder: give its --mmproj file to use --image");
-        }
-        if image.is_some() && !self.chat_for(opts)?.template.contains(IMAGE_TAG) {
-            bail!("the prompt template has no {IMAGE_TAG} tag for the image");
-        }
-        if image.is_none() && opts.prune.method != Method::None {
-            bail!(
-                "--prune {} needs an --image: pruning removes visual tokens",
-                opts.prune.method
-            );
-        }
-        let ids = self.prompt_ids(prompt, opts, image.is_some())?;
-        let image_token = self.model.cfg.image_token();
-        let slots: Vec<usize> = ids
-            .iter()
-            .enumerate()
-            .filter(|(_, &t)| t == image_token)
-            .map(|(i, _)| i)
-            .collect();
-        match (image.is_some(), slots.len()) {
-            (true, 1) | (false, 0) => {}
-            (true, n) => bail!("the prompt must hold exactly one {IMAGE_TAG} token, found {n}"),
-            (false, _) => bail!("the prompt holds {IMAGE_TAG} but no image was given"),
-        }
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            bail!(
-                "token id {bad} is outside the model's vocabulary of {}",
-                cfg.vocab_size
-            );
-        }
+        let (ids, slot) = self.checked_prompt(image.is_some(), prompt, opts)?;
         let n_full = if image.is_some() {
             self.model.visual_tokens()
         } else {
@@ -521,8 +534,8 @@ impl Engine {
         let pruning = !plan.is_identity();
         let split = plan.layer.filter(|_| pruning);
         // The prompt as the decoder sees it: the <image> token becomes n_vis rows.
+        let image_token = self.model.cfg.image_token();
         let n_vis = plan.encoder_keep;
-        let slot = slots.first().copied().unwrap_or(0);
         let mut full: Vec<u32> = Vec::with_capacity(ids.len() + n_vis);
         for &t in &ids {
             if t == image_token && image.is_some() {
@@ -758,44 +771,15 @@ impl Engine {
             next = self.read_token(&staging)?;
         }
         timings.decode = ms(t);
-        // Developer switch: time each kernel of the vision tower, of the prefill (after any
-        // prune layer) and of a decode step alone (runs grouped by kernel and grid), and print
-        // the tables to stderr. Only after the request: the replays re-run residual adds.
-        // A number above 1 (VLM_RUN_PROFILE=20) sets the decode step's replays (default 5).
+        // Developer switch (VLM_RUN_PROFILE): each pass's kernels timed alone, to stderr.
         if let Some(p) = std::env::var_os("VLM_RUN_PROFILE") {
-            let decode_reps = p
-                .to_str()
-                .and_then(|s| s.parse().ok())
-                .filter(|&r: &usize| r > 1)
-                .unwrap_or(5);
-            if let Some(ep) = _encode_pass.as_ref() {
-                eprintln!("vision tower: {} dispatches", ep.tower().len());
-                for (l, n, t) in gpu.profile(&ep.tower(), 3)? {
-                    eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
-                }
-            }
-            let prune: Vec<&Kernel> = (_encode_pass.iter())
-                .flat_map(|ep| ep.prune.iter().chain(&ep.prune_after))
-                .chain(&decoder_prune)
-                .collect();
-            if !prune.is_empty() {
-                eprintln!("pruning passes: {} dispatches", prune.len());
-                for (l, n, t) in gpu.profile(&prune, 3)? {
-                    eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
-                }
-            }
-            let ks: Vec<&Kernel> = head.iter().collect();
-            eprintln!("prefill (after any prune layer): {} dispatches", ks.len());
-            for (l, n, t) in gpu.profile(&ks, 3)? {
-                eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
-            }
-            let t = Instant::now();
-            gpu.run(&kernels)?;
-            let whole = ms(t);
-            eprintln!("decode step: {whole:.2} ms, {} dispatches", kernels.len());
-            for (l, n, t) in gpu.profile(&kernels, decode_reps)? {
-                eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
-            }
+            let passes = ProfiledPasses {
+                encode: _encode_pass.as_ref(),
+                decoder_prune: &decoder_prune,
+                prefill: &head,
+                decode: &kernels,
+            };
+            passes.print(gpu, &p)?;
         }
 
         // Accounting.
@@ -803,30 +787,8 @@ impl Engine {
             .iter()
             .map(|b| b.trace(gpu, opts.trace_pruning))
             .collect::<Result<Vec<_>>>()?;
-        let shape = DecoderShape {
-            d: cfg.hidden_size,
-            d_kv: cfg.kv_heads() * cfg.head_dim(),
-            m: cfg.intermediate_size,
-        };
+        let flops = self.flops(&plan, &tokens_per_layer, unpruned_len, image.is_some());
         let unpruned = vec![unpruned_len; layers];
-        let projected =
-            if plan.method == Method::DivPrune || !pruning || !plan.method.encoder_side() {
-                n_full
-            } else {
-                n_vis
-            };
-        let flops = Flops {
-            decoder: budget::decoder_flops(shape, &tokens_per_layer),
-            decoder_unpruned: budget::decoder_flops(shape, &unpruned),
-            decoder_fastv: budget::decoder_flops_fastv(shape, &tokens_per_layer),
-            decoder_fastv_unpruned: budget::decoder_flops_fastv(shape, &unpruned),
-            encoder: if image.is_some() {
-                self.model.encoder_flops()
-            } else {
-                0
-            },
-            projector: self.model.projector_flops(projected),
-        };
         let ctx_unpruned: Vec<usize> = unpruned.iter().map(|t| t + opts.max_tokens).collect();
         let pruning_report = pruning.then(|| PruneReport {
             method: plan.method,
@@ -844,7 +806,7 @@ impl Engine {
             visual_tokens_kept: n_vis,
             tokens_per_layer,
             kv_cache_bytes: cache.bytes(),
-            kv_cache_bytes_unpruned: budget::kv_bytes(&ctx_unpruned, shape.d_kv, 4),
+            kv_cache_bytes_unpruned: budget::kv_bytes(&ctx_unpruned, self.decoder_shape().d_kv, 4),
             flops,
             pruning: pruning_report,
             timings_ms: timings,
@@ -854,10 +816,110 @@ impl Engine {
         })
     }
 
+    fn decoder_shape(&self) -> DecoderShape {
+        let cfg = &self.model.llm.cfg;
+        DecoderShape {
+            d: cfg.hidden_size,
+            d_kv: cfg.kv_heads() * cfg.head_dim(),
+            m: cfg.intermediate_size,
+        }
+    }
+
+    /// The request's FLOPs (PRUNING.md's exact shapes, and FastV's convention) with `plan`'s
+    /// tokens per layer, and unpruned: every layer sees the `unpruned_len`-token prompt.
+    fn flops(
+        &self,
+        plan: &crate::prune::Plan,
+        tokens_per_layer: &[usize],
+        unpruned_len: usize,
+        with_image: bool,
+    ) -> Flops {
+        let shape = self.decoder_shape();
+        let unpruned = vec![unpruned_len; tokens_per_layer.len()];
+        let n_full = if with_image {
+            self.model.visual_tokens()
+        } else {
+            0
+        };
+        // the rows the projector runs on: all of them, unless an encoder-side method pruned
+        // before it (DivPrune selects after it)
+        let encoder_pruned =
+            !plan.is_identity() && plan.method.encoder_side() && plan.method != Method::DivPrune;
+        let projected = if encoder_pruned {
+            plan.encoder_keep
+        } else {
+            n_full
+        };
+        Flops {
+            decoder: budget::decoder_flops(shape, tokens_per_layer),
+            decoder_unpruned: budget::decoder_flops(shape, &unpruned),
+            decoder_fastv: budget::decoder_flops_fastv(shape, tokens_per_layer),
+            decoder_fastv_unpruned: budget::decoder_flops_fastv(shape, &unpruned),
+            encoder: if with_image {
+                self.model.encoder_flops()
+            } else {
+                0
+            },
+            projector: self.model.projector_flops(projected),
+        }
+    }
+
     fn read_token(&self, staging: &wgpu::Buffer) -> Result<u32> {
         let b = self.gpu.map_and_read(staging, 4)?;
         b.try_into()
             .map(u32::from_le_bytes)
             .map_err(|_| anyhow!("short token readback"))
+    }
+}
+
+/// A request's passes for the developer switch `VLM_RUN_PROFILE`: each kernel of the vision
+/// tower, of the pruning passes, of the prefill (after any prune layer) and of a decode step
+/// run alone, grouped by kernel and grid, and the tables printed to stderr. Only after the
+/// request: the replays re-run residual adds. A number above 1 (VLM_RUN_PROFILE=20) sets
+/// the decode step's replays (default 5).
+struct ProfiledPasses<'a> {
+    encode: Option<&'a EncodePass>,
+    decoder_prune: &'a [Kernel],
+    prefill: &'a [Kernel],
+    decode: &'a [&'a Kernel],
+}
+
+impl ProfiledPasses<'_> {
+    fn print(&self, gpu: &Gpu, setting: &std::ffi::OsStr) -> Result<()> {
+        let decode_reps = setting
+            .to_str()
+            .and_then(|s| s.parse().ok())
+            .filter(|&r: &usize| r > 1)
+            .unwrap_or(5);
+        let table = |header: String, ks: &[&Kernel], reps: usize| -> Result<()> {
+            eprintln!("{header}");
+            for (l, n, t) in gpu.profile(ks, reps)? {
+                eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
+            }
+            Ok(())
+        };
+        let dispatches = |title: &str, n: usize| format!("{title}: {n} dispatches");
+        if let Some(ep) = self.encode {
+            let tower = ep.tower();
+            table(dispatches("vision tower", tower.len()), &tower, 3)?;
+        }
+        let prune: Vec<&Kernel> = (self.encode.iter())
+            .flat_map(|ep| ep.prune.iter().chain(&ep.prune_after))
+            .chain(self.decoder_prune)
+            .collect();
+        if !prune.is_empty() {
+            table(dispatches("pruning passes", prune.len()), &prune, 3)?;
+        }
+        let prefill: Vec<&Kernel> = self.prefill.iter().collect();
+        let title = "prefill (after any prune layer)";
+        table(dispatches(title, prefill.len()), &prefill, 3)?;
+        let t = Instant::now();
+        gpu.run(self.decode)?;
+        let whole = format!(
+            "decode step: {:.2} ms, {} dispatches",
+            ms(t),
+            self.decode.len()
+        );
+        table(whole, self.decode, decode_reps)
     }
 }
