@@ -5,7 +5,8 @@
 // everywhere: larger score first, ties to the lower index. Kept indices come out sorted.
 //
 // Bindings (each entry uses a subset):
-//   0 params, 1 scores f32 [n], 2 gram f32 [n, n], 3 keep u32 [k] (out),
+//   0 params (read-only storage, not uniform: see below), 1 scores f32 [n], 2 gram f32 [n, n],
+//   3 keep u32 [k] (out),
 //   4 work f32 [n] (scratch, or reweighted scores out), 5 flags u32 [2n] (scratch),
 //   6 budget u32 [r*r] (ARP region budgets), 7 raster u32 [n] (raster position of each
 //   candidate), 8 aux f32 [N] (PoRe: padding mask by raster position; PBC: bias profile),
@@ -25,6 +26,15 @@
 //            KEY_ROWS: 2 holds the unit-norm key rows [n, cols] instead of their Gram
 //            matrix, and the similarities to the few targets are computed here (each
 //            summed over the columns in order, as prune_score.wgsl's gram does).
+
+// Why the parameters are a storage buffer: lavapipe (Mesa 22.3) substitutes the values of
+// uniforms that bound a loop into the shader and compiles it again, at every dispatch.
+// Measured on reweight alone: a bound of 3 to 32 cost ~1 ms per trip per dispatch (perf:
+// the time in the driver, none in the kernel), 2 or 33 and more 0.05 ms. These serial
+// loops run over n or k, often 32 or fewer: PosPrune at B=16 on weights/tiny-llava-vqa
+// (23 tokens, 15 picks) spent 22 ms in reweight and 5 in mmr (`VLM_RUN_PROFILE`), 0.09
+// and 0.1 from storage; VisionZip's stage on tests/fixtures/tiny-llava-32l took 3.1 ms
+// against 1.6. The loops that run after barriers read them from registers (`let n = p.n`).
 
 #ifndef SELECT_WG
 const WG: u32 = 256u;
@@ -50,7 +60,7 @@ struct Params {
     pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<storage, read> p: Params;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
 @group(0) @binding(2) var<storage, read> gram: array<f32>;
 @group(0) @binding(3) var<storage, read_write> keep: array<u32>;
@@ -350,19 +360,22 @@ fn reweight() {
 
 @compute @workgroup_size(WG)
 fn mmr(@builtin(local_invocation_index) lid: u32) {
-    for (var i = lid; i < p.n; i += WG) {
+    // the parameters in registers: a storage load in the loops is redone after each barrier
+    let n = p.n;
+    let lambda = p.lambda;
+    for (var i = lid; i < n; i += WG) {
         flags[i] = 0u;
         work[i] = -3.0e38;
     }
     barrier_all();
-    for (var step = 0u; step < min(p.k, p.n); step++) {
+    for (var step = 0u; step < min(p.k, n); step++) {
         var bv = 0.0;
         var bi = NONE;
-        for (var j = lid; j < p.n; j += WG) {
+        for (var j = lid; j < n; j += WG) {
             if flags[j] == 0u {
                 var v = scores[j];
                 if step > 0u {
-                    v = p.lambda * scores[j] - (1.0 - p.lambda) * work[j];
+                    v = lambda * scores[j] - (1.0 - lambda) * work[j];
                 }
                 if before(v, j, bv, bi) {
                     bv = v;
@@ -371,8 +384,8 @@ fn mmr(@builtin(local_invocation_index) lid: u32) {
             }
         }
         let pick = wg_argmax(lid, bv, bi);
-        for (var j = lid; j < p.n; j += WG) {
-            work[j] = max(work[j], gram[pick * p.n + j]);
+        for (var j = lid; j < n; j += WG) {
+            work[j] = max(work[j], gram[pick * n + j]);
         }
         if lid == 0u {
             flags[pick] = 1u;
@@ -384,15 +397,17 @@ fn mmr(@builtin(local_invocation_index) lid: u32) {
 
 @compute @workgroup_size(WG)
 fn max_min(@builtin(local_invocation_index) lid: u32) {
-    for (var i = lid; i < p.n; i += WG) {
+    // the parameters in registers: a storage load in the loops is redone after each barrier
+    let n = p.n;
+    for (var i = lid; i < n; i += WG) {
         flags[i] = 0u;
         work[i] = 3.0e38;
     }
     barrier_all();
-    for (var step = 0u; step < min(p.k, p.n); step++) {
+    for (var step = 0u; step < min(p.k, n); step++) {
         var bv = 0.0;
         var bi = NONE;
-        for (var j = lid; j < p.n; j += WG) {
+        for (var j = lid; j < n; j += WG) {
             if flags[j] == 0u {
                 // the first pick: the largest of the row minima (prune_score.wgsl's
                 // row_min_distance, in scores)
@@ -404,8 +419,8 @@ fn max_min(@builtin(local_invocation_index) lid: u32) {
             }
         }
         let pick = wg_argmax(lid, bv, bi);
-        for (var j = lid; j < p.n; j += WG) {
-            work[j] = min(work[j], 1.0 - gram[pick * p.n + j]);
+        for (var j = lid; j < n; j += WG) {
+            work[j] = min(work[j], 1.0 - gram[pick * n + j]);
         }
         if lid == 0u {
             flags[pick] = 1u;

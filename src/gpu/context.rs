@@ -425,11 +425,22 @@ impl Gpu {
 
     /// A small uniform buffer holding `data` (padded to 16 bytes).
     pub fn uniform_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        self.small_init(label, data, wgpu::BufferUsages::UNIFORM)
+    }
+
+    /// A kernel's parameters (binding 0): a uniform buffer that a shader may also bind as
+    /// read-only storage, as prune_select.wgsl does (its header says why).
+    pub fn params_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::STORAGE;
+        self.small_init(label, data, usage)
+    }
+
+    fn small_init(&self, label: &str, data: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
         let size = (data.len() as u64).max(16).next_multiple_of(16);
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            usage: usage | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         self.queue.write_buffer(&buf, 0, data);

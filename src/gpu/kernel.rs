@@ -14,7 +14,8 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Build a dispatch of `entry` in `family`. Binding 0 is the uniform `params`; bindings
+    /// Build a dispatch of `entry` in `family`. Binding 0 is `params` (a uniform buffer, or
+    /// read-only storage where the shader says so: [`Gpu::params_init`]); bindings
     /// `buffers` gives (binding, buffer) pairs; a uniform such as [`Step`] may be among them.
     pub fn new(
         gpu: &Gpu,
@@ -76,7 +77,7 @@ impl Kernel {
         workgroups: [u32; 3],
     ) -> Result<Self> {
         let pipeline = gpu.pipeline(family, entry, defines)?;
-        let params = gpu.uniform_init(entry, params);
+        let params = gpu.params_init(entry, params);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: params.as_entire_binding(),
