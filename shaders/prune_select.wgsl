@@ -1,6 +1,6 @@
 // prune_select.wgsl: the selection passes of visual-token pruning. Each runs as ONE
 // workgroup (dispatch (1, 1, 1)) of WG invocations (256, or SELECT_WG, a value: 8 on CPU
-// devices): n is a few hundred to a few thousand, and a single workgroup keeps the greedy
+// devices): n is at most a few thousand, and a single workgroup keeps the greedy
 // loops free of cross-workgroup synchronisation. Ranking rule
 // everywhere: larger score first, ties to the lower index. Kept indices come out sorted.
 //
