@@ -238,3 +238,16 @@ fn sampling_is_reproducible_by_seed() {
         .iter()
         .all(|&t| (t as usize) < engine.model.llm.cfg.vocab_size));
 }
+
+/// Loading warms up (`Engine::warm_up`): a question about an image then makes no pipeline
+/// of its own, and its tokens are the reference's, so the empty-grid run left nothing
+/// behind. Without the warm-up the first request made every pipeline.
+#[test]
+fn the_first_request_after_load_makes_no_pipeline() {
+    let engine = Engine::load(&fixture(), &GpuOptions::default(), &|_| {}).unwrap();
+    let made = engine.gpu.pipeline_count();
+    assert!(made > 10, "{made} pipelines after load");
+    let (got, want) = run_case(&engine, 0);
+    assert_eq!(engine.gpu.pipeline_count(), made);
+    assert_eq!(got, want);
+}

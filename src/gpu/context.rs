@@ -130,6 +130,8 @@ pub struct Gpu {
     gemm_tile: std::sync::atomic::AtomicUsize,
     /// Whether prefill attention uses workgroup-memory K/V tiles.
     attention_tiles: std::sync::atomic::AtomicBool,
+    /// Dispatch every kernel over an empty grid (see [`Gpu::set_empty_grids`]).
+    empty_grids: std::sync::atomic::AtomicBool,
 }
 
 fn tile_index(t: GemmTile) -> usize {
@@ -240,6 +242,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             error,
             peak_memory: Default::default(),
+            empty_grids: Default::default(),
             gemm_tile: tile_index(match opts.gemm_tile {
                 TileChoice::Fixed(t) => t,
                 _ => GemmTile::for_device(info_type),
@@ -356,6 +359,14 @@ impl Gpu {
         let pipeline = Arc::new(pipeline);
         cache.insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// How many pipelines have been made so far (each kernel variant once).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Device memory the backend's allocator holds for live buffers now (Vulkan and DX12
@@ -559,14 +570,30 @@ impl Gpu {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
+    /// While on, every kernel is dispatched over an empty grid: its pipeline and bind group
+    /// are set and nothing runs. A request run so (`Engine::warm_up`) makes every pipeline
+    /// it needs and has the driver do the compiling that it defers to a pipeline's first
+    /// dispatch (lavapipe does), without computing anything.
+    pub fn set_empty_grids(&self, on: bool) {
+        self.empty_grids
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Encode `kernels` in order into `pass` (over empty grids while
+    /// [`Gpu::set_empty_grids`] is on).
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, kernels: &[&super::Kernel]) {
+        let empty = self.empty_grids.load(std::sync::atomic::Ordering::Relaxed);
+        for k in kernels {
+            k.encode(pass, empty);
+        }
+    }
+
     /// Encode `kernels` in order into one compute pass, submit, and wait.
     pub fn run(&self, kernels: &[&super::Kernel]) -> Result<()> {
         let mut enc = self.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for k in kernels {
-                k.encode(&mut pass);
-            }
+            self.encode(&mut pass, kernels);
         }
         self.queue.submit([enc.finish()]);
         self.device

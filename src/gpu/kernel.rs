@@ -108,10 +108,12 @@ impl Kernel {
         })
     }
 
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+    /// Record this dispatch into `pass`; `empty`: over a grid of no workgroups (the
+    /// pipeline and bind group are still set; see [`Gpu::set_empty_grids`]).
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, empty: bool) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        let [x, y, z] = self.workgroups;
+        let [x, y, z] = if empty { [0; 3] } else { self.workgroups };
         pass.dispatch_workgroups(x, y, z);
     }
 }
