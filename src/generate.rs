@@ -335,7 +335,9 @@ impl Engine {
         self.gpu.set_empty_grids(true);
         let r = self.generate(image.as_ref(), "Describe the image.", &opts, &mut |_| {});
         self.gpu.set_empty_grids(false);
-        r.map(|_| ())
+        // an error this run left behind is its own, not the next request's
+        let pending = self.gpu.check();
+        r.and(pending).map(|_| ())
     }
 
     /// With `VLM_RUN_GEMM_TILE=tune`: pick the GEMM kernel for this model on this device
