@@ -39,7 +39,11 @@ pub(crate) fn load(model: Option<&Path>, mmproj: Option<&Path>, quiet: bool) -> 
     let total = Engine::checkpoint_bytes(&model_dir, mmproj)?;
     let bar = load_bar(Some(total), quiet);
     let engine = Engine::open(&model_dir, mmproj, &GpuOptions::from_env()?, &|b| {
-        bar.inc(b)
+        bar.inc(b);
+        if bar.position() >= total {
+            // what loading does after the last byte: the warm-up (Engine::warm_up)
+            bar.set_message("compiling kernels");
+        }
     })?;
     bar.finish_and_clear();
     report_tuning(&engine, quiet);
