@@ -822,9 +822,8 @@ impl Engine {
             .iter()
             .map(|b| b.trace(gpu, opts.trace_pruning))
             .collect::<Result<Vec<_>>>()?;
-        let flops = self.flops(&plan, &tokens_per_layer, unpruned_len, image.is_some());
-        let unpruned = vec![unpruned_len; layers];
-        let ctx_unpruned: Vec<usize> = unpruned.iter().map(|t| t + opts.max_tokens).collect();
+        let flops = self.flops(&plan, &tokens_per_layer, unpruned_len, n_full);
+        let ctx_unpruned = vec![unpruned_len + opts.max_tokens; layers];
         let pruning_report = pruning.then(|| PruneReport {
             method: plan.method,
             budget: plan.budget,
@@ -862,20 +861,16 @@ impl Engine {
 
     /// The request's FLOPs (PRUNING.md's exact shapes, and FastV's convention) with `plan`'s
     /// tokens per layer, and unpruned: every layer sees the `unpruned_len`-token prompt.
+    /// `n_full`: the image's visual tokens (0 without one).
     fn flops(
         &self,
         plan: &crate::prune::Plan,
         tokens_per_layer: &[usize],
         unpruned_len: usize,
-        with_image: bool,
+        n_full: usize,
     ) -> Flops {
         let shape = self.decoder_shape();
         let unpruned = vec![unpruned_len; tokens_per_layer.len()];
-        let n_full = if with_image {
-            self.model.visual_tokens()
-        } else {
-            0
-        };
         // the rows the projector runs on: all of them, unless an encoder-side method pruned
         // before it (DivPrune selects after it)
         let encoder_pruned =
@@ -890,7 +885,7 @@ impl Engine {
             decoder_unpruned: budget::decoder_flops(shape, &unpruned),
             decoder_fastv: budget::decoder_flops_fastv(shape, tokens_per_layer),
             decoder_fastv_unpruned: budget::decoder_flops_fastv(shape, &unpruned),
-            encoder: if with_image {
+            encoder: if n_full > 0 {
                 self.model.encoder_flops()
             } else {
                 0

@@ -61,9 +61,10 @@ pub fn host_read_bandwidth_with(mib: usize, passes: usize, threads: usize) -> Re
                 .map(|s| sc.spawn(|| sum_words(s)))
                 .collect();
             hs.into_iter()
-                .map(|h| h.join().unwrap_or(u64::MAX))
-                .fold(0u64, u64::wrapping_add)
-        });
+                .map(|h| h.join())
+                .try_fold(0u64, |t, s| s.map(|s| t.wrapping_add(s)))
+        })
+        .map_err(|_| anyhow::anyhow!("host read probe: a reader thread panicked"))?;
         best = best.min(t.elapsed().as_secs_f64());
         anyhow::ensure!(
             sum == expect,
