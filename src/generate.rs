@@ -140,6 +140,24 @@ pub struct Output {
     pub stages: Vec<StageTrace>,
 }
 
+/// The request that loading runs last, over empty grids, so that its kind's pipelines are
+/// made and compiled before the first real one ([`Engine::warm_up`]).
+#[derive(Clone, Debug, Default)]
+pub enum WarmUp {
+    /// None: each kind of request makes its pipelines the first time it runs.
+    Off,
+    /// A question about a blank image on image models, a text question on text models.
+    #[default]
+    ModelKind,
+    /// A request like this one: with an image or without, this prompt and these options
+    /// (pruning included).
+    Like {
+        image: bool,
+        prompt: String,
+        opts: Box<GenerateOptions>,
+    },
+}
+
 pub struct Engine {
     pub gpu: Arc<Gpu>,
     pub model: Llava,
@@ -194,11 +212,24 @@ impl Engine {
     }
 
     /// Open a device and load `model`: a llava-hf directory, or a GGUF decoder file with
-    /// llama.cpp's `mmproj` file for the vision part (without it, text only).
+    /// llama.cpp's `mmproj` file for the vision part (without it, text only). Loading ends
+    /// with the warm-up of the model's own kind of request ([`WarmUp::ModelKind`]).
     pub fn open(
         model: &Path,
         mmproj: Option<&Path>,
         gpu_opts: &GpuOptions,
+        on_bytes: &dyn Fn(u64),
+    ) -> Result<Self> {
+        Self::open_with(model, mmproj, gpu_opts, &WarmUp::ModelKind, on_bytes)
+    }
+
+    /// [`Engine::open`], ending with the warm-up `warm_up` instead: the request the caller
+    /// is about to make ([`WarmUp::Like`]), as the CLI does, or none.
+    pub fn open_with(
+        model: &Path,
+        mmproj: Option<&Path>,
+        gpu_opts: &GpuOptions,
+        warm_up: &WarmUp,
         on_bytes: &dyn Fn(u64),
     ) -> Result<Self> {
         let t = Instant::now();
@@ -240,7 +271,7 @@ impl Engine {
                 vision_cache: Default::default(),
                 gemm_tuning: None,
             }
-            .ready(gpu_opts, t);
+            .ready(gpu_opts, warm_up, t);
         }
         let g = crate::gguf::model::open(model, mmproj)?;
         let gpu = Gpu::new(gpu_opts)?;
@@ -270,7 +301,7 @@ impl Engine {
             vision_cache: Default::default(),
             gemm_tuning: None,
         }
-        .ready(gpu_opts, t)
+        .ready(gpu_opts, warm_up, t)
     }
 
     /// A synthetic model: `preset`'s shapes with random weights made on the GPU, the decoder
@@ -300,29 +331,44 @@ impl Engine {
             vision_cache: Default::default(),
             gemm_tuning: None,
         }
-        .ready(gpu_opts, t)
+        .ready(gpu_opts, &WarmUp::ModelKind, t)
     }
 
     /// The last steps of loading: the GEMM autotuner where asked for, then the warm-up;
     /// the load time counts both.
-    fn ready(self, gpu_opts: &GpuOptions, t: Instant) -> Result<Self> {
+    fn ready(self, gpu_opts: &GpuOptions, warm_up: &WarmUp, t: Instant) -> Result<Self> {
         let mut engine = self.tuned(gpu_opts)?;
         // best effort: a request that cannot run fails on its own, with its own error
-        let _ = engine.warm_up();
+        let _ = engine.warm_up(warm_up);
         engine.load_ms = ms(t);
         Ok(engine)
     }
 
-    /// Run a request's kernels over empty grids ([`Gpu::set_empty_grids`]): a question about
-    /// a blank image (image models) or a text question, and two decode steps. The pipelines
-    /// such a request needs are then made, and any compiling the driver defers to a
-    /// pipeline's first dispatch is done, at load: a first request of that kind pays none of
-    /// it (lavapipe, the default model: 92-102 ms against 475-492; the ones after ~90).
-    /// Other kinds (text on an image model, prompts of other lengths, pruning) may still
-    /// make a few pipelines of their own. Nothing is computed; the vision cache is not
-    /// touched.
-    pub fn warm_up(&self) -> Result<()> {
-        let image = self.model.vision.as_ref().map(|_| {
+    /// Run the kernels of a request of the kind `kind` over empty grids
+    /// ([`Gpu::set_empty_grids`]), with two decode steps. The pipelines such a request
+    /// needs are then made, and any compiling the driver defers to a pipeline's first
+    /// dispatch is done: the first real request of that kind pays none of it (lavapipe, the
+    /// default model: 92-102 ms against 475-492; the ones after ~90). A kind not warmed up
+    /// (text on an image model, another prompt length, a pruning method) may still make a
+    /// few pipelines of its own the first time; call this again for each kind an
+    /// application will ask. Nothing is computed; the vision cache is not touched.
+    pub fn warm_up(&self, kind: &WarmUp) -> Result<()> {
+        let (image, prompt, opts) = match kind {
+            WarmUp::Off => return Ok(()),
+            WarmUp::ModelKind => (
+                self.model.vision.is_some(),
+                "Describe the image.",
+                GenerateOptions::default(),
+            ),
+            WarmUp::Like {
+                image,
+                prompt,
+                opts,
+            } => (*image, prompt.as_str(), GenerateOptions::clone(opts)),
+        };
+        // the tower sees only the preprocessed pixels, so a blank picture of the model's
+        // size runs the same kernels as any image, without resizing a large one twice
+        let image = (image && self.model.vision.is_some()).then(|| {
             let size = self.model.cfg.vision_config.image_size as u32;
             RgbImage::new(size, size)
         });
@@ -330,10 +376,12 @@ impl Engine {
             max_tokens: 2,
             ignore_eos: true,
             reuse_vision: false,
-            ..Default::default()
+            trace_pruning: false,
+            keep_prefill_logits: false,
+            ..opts
         };
         self.gpu.set_empty_grids(true);
-        let r = self.generate(image.as_ref(), "Describe the image.", &opts, &mut |_| {});
+        let r = self.generate(image.as_ref(), prompt, &opts, &mut |_| {});
         self.gpu.set_empty_grids(false);
         // an error this run left behind is its own, not the next request's
         let pending = self.gpu.check();

@@ -18,7 +18,7 @@ pub mod prune;
 pub mod synthetic;
 pub mod weights;
 
-pub use generate::{Engine, GenerateOptions, Output};
+pub use generate::{Engine, GenerateOptions, Output, WarmUp};
 pub use gpu::GpuOptions;
 pub use ops::sample::Sampling;
 pub use prune::{Method, PruneOptions};

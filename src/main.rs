@@ -11,7 +11,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use vlm_run::prune::{calibrate, keep_map, Method};
-use vlm_run::{Engine, GenerateOptions, GpuOptions, Output, Sampling};
+use vlm_run::{Engine, GenerateOptions, GpuOptions, Output, Sampling, WarmUp};
 
 /// A path inside the repository: as given when it exists from the working directory, else
 /// under the folder the binary was built from.
@@ -30,15 +30,27 @@ fn default_model() -> PathBuf {
     repo_path(cli::DEFAULT_MODEL)
 }
 
-/// Load a model (a llava-hf directory, or GGUF files) with a progress bar on a terminal.
+/// Load a model (a llava-hf directory, or GGUF files) with a progress bar on a terminal,
+/// ending with the warm-up of the model's own kind of request.
 pub(crate) fn load(model: Option<&Path>, mmproj: Option<&Path>, quiet: bool) -> Result<Engine> {
+    load_warm(model, mmproj, quiet, &WarmUp::ModelKind)
+}
+
+/// [`load`], ending with the warm-up `warm_up`.
+fn load_warm(
+    model: Option<&Path>,
+    mmproj: Option<&Path>,
+    quiet: bool,
+    warm_up: &WarmUp,
+) -> Result<Engine> {
     let model_dir = model.map(Path::to_path_buf).unwrap_or_else(default_model);
     if !model_dir.exists() {
         bail!("model {} does not exist", model_dir.display());
     }
     let total = Engine::checkpoint_bytes(&model_dir, mmproj)?;
     let bar = load_bar(Some(total), quiet);
-    let engine = Engine::open(&model_dir, mmproj, &GpuOptions::from_env()?, &|b| {
+    let gpu_opts = GpuOptions::from_env()?;
+    let engine = Engine::open_with(&model_dir, mmproj, &gpu_opts, warm_up, &|b| {
         bar.inc(b);
         if bar.position() >= total {
             // what loading does after the last byte: the warm-up (Engine::warm_up)
@@ -132,17 +144,6 @@ fn run(args: cli::Args) -> Result<()> {
         Some(p) => Some(vlm_run::image::load(p)?),
         None => None,
     };
-    let engine = load(args.model.as_deref(), args.mmproj.as_deref(), args.json)?;
-    if image.is_some() && engine.model.vision.is_none() {
-        bail!(
-            "{} has no vision encoder: give llama.cpp's mmproj file with --mmproj to use --image",
-            engine_name(&args)
-        );
-    }
-    if args.stats {
-        eprintln!("device: {}", engine.gpu.describe());
-    }
-
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling,
@@ -156,9 +157,31 @@ fn run(args: cli::Args) -> Result<()> {
         ignore_eos: false,
         reuse_vision: false,
     };
+    let prompt = args.prompt.as_deref().unwrap_or_default();
+    // loading warms up this very request, so that its first token pays no compiling
+    let warm_up = WarmUp::Like {
+        image: image.is_some(),
+        prompt: prompt.to_string(),
+        opts: Box::new(opts.clone()),
+    };
+    let engine = load_warm(
+        args.model.as_deref(),
+        args.mmproj.as_deref(),
+        args.json,
+        &warm_up,
+    )?;
+    if image.is_some() && engine.model.vision.is_none() {
+        bail!(
+            "{} has no vision encoder: give llama.cpp's mmproj file with --mmproj to use --image",
+            engine_name(&args)
+        );
+    }
+    if args.stats {
+        eprintln!("device: {}", engine.gpu.describe());
+    }
+
     let mut stdout = std::io::stdout().lock();
     let json = args.json;
-    let prompt = args.prompt.as_deref().unwrap_or_default();
     let out = engine.generate(image.as_ref(), prompt, &opts, &mut |piece| {
         if !json {
             let _ = stdout.write_all(piece.as_bytes());

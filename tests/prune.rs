@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use vlm_run::prune::{arp, divprune, fastv, pbc_mmr, pore, select, visionzip, Method};
-use vlm_run::{Engine, GenerateOptions, GpuOptions, Output, PruneOptions};
+use vlm_run::{Engine, GenerateOptions, GpuOptions, Output, PruneOptions, WarmUp};
 
 fn deep() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llava-32l")
@@ -191,6 +191,41 @@ fn gpu_selections_equal_the_cpu_references_on_real_runs() {
             let composed: Vec<u32> = d.keep.iter().map(|&i| raster[i as usize]).collect();
             assert_eq!(d.raster, composed, "{what}");
         }
+    }
+}
+
+/// A warm-up like the request (`WarmUp::Like`, what the CLI asks for) makes every pipeline
+/// a pruned request needs at load, and leaves no trace in its answer. The model-kind
+/// warm-up (an unpruned question) does not cover it: the same request then makes some.
+#[test]
+fn a_warm_up_like_the_request_makes_its_pipelines_at_load() {
+    let opts = GenerateOptions {
+        max_tokens: 8,
+        prune: method(Method::PosPrune, 32),
+        ..Default::default()
+    };
+    let prompt = "What is in the image?";
+    let im = image(&deep(), "a.png");
+    let want = engine()
+        .generate(Some(&im), prompt, &opts, &mut |_| {})
+        .unwrap()
+        .tokens;
+    let like = WarmUp::Like {
+        image: true,
+        prompt: prompt.into(),
+        opts: Box::new(opts.clone()),
+    };
+    for (kind, new_pipelines) in [(like, false), (WarmUp::ModelKind, true)] {
+        let e = Engine::open_with(&deep(), None, &GpuOptions::default(), &kind, &|_| {}).unwrap();
+        let made = e.gpu.pipeline_count();
+        let out = e.generate(Some(&im), prompt, &opts, &mut |_| {}).unwrap();
+        let added = e.gpu.pipeline_count() - made;
+        assert_eq!(
+            added > 0,
+            new_pipelines,
+            "{kind:?}: {added} pipelines added"
+        );
+        assert_eq!(out.tokens, want, "{kind:?}");
     }
 }
 
