@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use image::RgbImage as Image;
 use std::io::IsTerminal;
 use vlm_run::prune::Method;
-use vlm_run::{Engine, GenerateOptions, Output, PruneOptions};
+use vlm_run::{Engine, GenerateOptions, Output, PruneOptions, WarmUp};
 
 /// What the benchmark is doing now, as one line on stderr rewritten in place: a run of a
 /// large shape on a slow device takes minutes. Only on a terminal and without `--json`
@@ -287,14 +287,24 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
             });
         }
     }
-    // One untimed run of the first cell (its own buffer sizes and first touches), as the
-    // single-request report has its warm-up. Then `repeat` rounds, each running every cell
-    // once: a slow spell of the machine then costs one sample of several cells, not every
+    // First every cell's pipelines, over empty grids (cheap), so that no cell compiles
+    // inside a timed round. Then one untimed run of the first cell (its own buffer sizes
+    // and first touches), as the single-request report has its warm-up. Then `repeat`
+    // rounds, each running every cell once: a slow spell of the machine then costs one sample of several cells, not every
     // sample of one, and the best of each cell's samples is kept. The speed-up is taken
     // within each round (against the first row's time in that round), whose cells run
     // seconds apart, and its median over the rounds is reported: on a machine whose speed
     // drifts it is steadier than the ratio of the best times.
     let status = Status::new(args);
+    status.show("sweep: compiling kernels");
+    for cell in &cells {
+        let like = WarmUp::Like {
+            image: true,
+            prompt: prompt.to_string(),
+            opts: Box::new(cell.opts.clone()),
+        };
+        let _ = engine.warm_up(&like);
+    }
     if let Some(first) = cells.first() {
         status.show("sweep: warm-up run");
         let _ = engine.generate(Some(image), prompt, &first.opts, &mut |_| {});
