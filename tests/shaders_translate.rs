@@ -129,7 +129,12 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["KEY_ROWS"],
         ],
         // the unit rows as texels: normalize_rows writes them, the Gram reads them
-        "prune_score" => vec![vec![], vec!["UNIT_TEX_OUT"], vec!["UNIT_TEX"]],
+        "prune_score" => vec![
+            vec![],
+            vec!["UNIT_TEX_OUT"],
+            vec!["UNIT_TEX"],
+            vec!["UNIT_TEX", "GRAM_ROWS"],
+        ],
         _ => vec![vec![]],
     }
 }
@@ -227,9 +232,9 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 29, layer_tail 3, norm 4,
     // elementwise 2,
     // rope 3, attention 7, embed 2, kv_texture 3, sample, bandwidth, random_fill 1 each,
-    // prune_select 5, prune_score 3 and prune_gather 1.
+    // prune_select 5, prune_score 4 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 29 + 3 + 4 + 2 + 3 + 7 + 2 + 3 + 3 + 5 + 3 + 1)
+        4 * (2 * (8 + 7) + 29 + 3 + 4 + 2 + 3 + 7 + 2 + 3 + 3 + 5 + 4 + 1)
     );
 }

@@ -209,6 +209,13 @@ fn unit_params(x: &Tensor, rows: Range<usize>) -> ScoreParams {
     }
 }
 
+/// The fewest rows for which the Gram takes `gram_rows` (prune_score.wgsl) on CPU devices
+/// rather than `gram`'s 4x4 blocks. Measured on lavapipe (`VLM_RUN_PROFILE`, 2 cores):
+/// PosPrune's MMR Gram of 68 rows took 0.17-0.18 ms against 0.13-0.14, of ~100 and ~136
+/// rows the same either way, of ~200 rows 0.37-0.39 against 0.43-0.44; DivPrune's of 256
+/// and 576 rows 0.55 against 0.69 and 1.7 against 2.4 ms.
+const GRAM_ROWS_MIN: usize = 128;
+
 /// Cosine similarity of rows `rows` of `x` with each other: `unit` [rows, x.cols] receives
 /// the unit rows ([`normalize_rows`]), `out` [rows, rows] the similarities.
 pub fn cosine_gram(
@@ -225,29 +232,43 @@ pub fn cosine_gram(
     // the Gram reads the unit rows as texels where it can
     let tex = unit_texture(gpu, n, x.cols);
     let normalize = normalize_kernel(gpu, x, rows.clone(), unit, tex.as_ref())?;
-    let (defines, buffers, textures) = match &tex {
+    let rows_n = n as u32;
+    let (entry, defines, buffers, textures, grid) = match &tex {
+        // a row i per invocation, 8 rows j per workgroup shared by lane shuffles
+        Some(t) if gpu.lane_groups() && n >= GRAM_ROWS_MIN => (
+            "gram_rows",
+            gpu.base_defines()
+                .with_flag("UNIT_TEX")
+                .with_flag("GRAM_ROWS"),
+            vec![(4, &out.buf)],
+            vec![(5, wgpu::BindingResource::TextureView(t))],
+            [rows_n.div_ceil(64), rows_n.div_ceil(8), 1],
+        ),
+        // 32x32 pairs per workgroup
         Some(t) => (
+            "gram",
             gpu.base_defines().with_flag("UNIT_TEX"),
             vec![(4, &out.buf)],
             vec![(5, wgpu::BindingResource::TextureView(t))],
+            [rows_n.div_ceil(32), rows_n.div_ceil(32), 1],
         ),
         None => (
+            "gram",
             gpu.base_defines(),
             vec![(1, &unit.buf), (4, &out.buf)],
             Vec::new(),
+            [rows_n.div_ceil(32), rows_n.div_ceil(32), 1],
         ),
     };
-    // 32x32 pairs per workgroup (prune_score.wgsl's gram)
-    let tiles = (n as u32).div_ceil(32);
     let gram = Kernel::with_resources(
         gpu,
         "prune_score",
-        "gram",
+        entry,
         &defines,
         bytes(&unit_params(x, rows)),
         &buffers,
         textures,
-        [tiles, tiles, 1],
+        grid,
     )?;
     Ok(vec![normalize, gram])
 }
