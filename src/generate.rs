@@ -488,7 +488,7 @@ impl Engine {
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            self.gpu.encode(&mut pass, kernels);
+            self.gpu.encode(&mut pass, kernels)?;
         }
         if let Some((src, dst)) = readback {
             enc.copy_buffer_to_buffer(src, 0, dst, 0, 4);

@@ -1277,3 +1277,48 @@ fn argmax_and_sampling_choose_valid_tokens() {
         }
     }
 }
+
+/// Pipelines compile on worker threads: a good one runs; one the driver rejects (a
+/// workgroup far over the device's limits, which naga alone cannot know) comes back as an
+/// error naming it when a dispatch needs it, rather than a hang or a panic.
+#[test]
+fn pipelines_compiled_on_workers_run_or_fail_with_their_error() {
+    use vlm_run::gpu::Compiler;
+    let gpu = Gpu::new(&GpuOptions::default()).unwrap();
+    let compiler = Compiler::new(&gpu.device);
+    let src = |size: u32| {
+        format!(
+            "@group(0) @binding(0) var<storage, read_write> y: array<f32>;
+             @compute @workgroup_size({size})
+             fn main(@builtin(global_invocation_id) g: vec3<u32>) {{
+                 if g.x < arrayLength(&y) {{ y[g.x] = f32(g.x) * 2.0; }}
+             }}"
+        )
+    };
+    let good = compiler.make(src(8), "main", "good".into()).unwrap();
+    let too_big = compiler.make(src(4096), "main", "too big".into()).unwrap();
+    let e = too_big
+        .get()
+        .expect_err("a workgroup of 4096 invocations compiled");
+    assert!(e.to_string().starts_with("too big failed"), "{e}");
+    let y = gpu.storage_buffer("y", 4 * 16).unwrap();
+    let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &good.layout,
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: y.as_entire_binding(),
+        }],
+    });
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(good.get().unwrap());
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(2, 1, 1);
+    }
+    gpu.queue.submit([enc.finish()]);
+    let got = gpu.read_f32(&y, 16).unwrap();
+    let want: Vec<f32> = (0..16).map(|i| 2.0 * i as f32).collect();
+    assert_eq!(got, want);
+}

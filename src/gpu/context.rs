@@ -121,7 +121,9 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<super::Pipeline>>>,
+    /// The threads that compile them.
+    compiler: super::pipeline::Compiler,
     error: Arc<Mutex<Option<String>>>,
     /// Highest device memory seen by `sample_memory` (bytes; 0: never sampled).
     peak_memory: std::sync::atomic::AtomicU64,
@@ -234,12 +236,14 @@ impl Gpu {
             max_uniform_binding: limits.max_uniform_buffer_binding_size as u64,
         };
         let info_type = info.device_type;
+        let compiler = super::pipeline::Compiler::new(&device);
         Ok(Arc::new(Self {
             device,
             queue,
             info,
             caps,
             pipelines: Mutex::new(HashMap::new()),
+            compiler,
             error,
             peak_memory: Default::default(),
             empty_grids: Default::default(),
@@ -320,43 +324,24 @@ impl Gpu {
         d
     }
 
-    /// A compute pipeline for `entry` in shader family `family` with `defines`, compiled once.
+    /// A compute pipeline for `entry` in shader family `family` with `defines`, made once.
+    /// Its bind group layout is there at once; a worker thread compiles the pipeline
+    /// ([`super::Pipeline::get`] waits for it), so that a request's kernels compile side by
+    /// side while it builds them.
     pub fn pipeline(
         &self,
         family: &'static str,
         entry: &str,
         defines: &Defines,
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
+    ) -> Result<Arc<super::Pipeline>> {
         let key = (family, entry.to_string(), defines.key());
         let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
         let source = shader::preprocess(family, defines)?;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(family),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            bail!(
-                "shader {family}.wgsl entry {entry} ({}) failed: {e}",
-                defines.key()
-            );
-        }
-        let pipeline = Arc::new(pipeline);
+        let what = format!("shader {family}.wgsl entry {entry} ({})", defines.key());
+        let pipeline = self.compiler.make(source, entry, what)?;
         cache.insert(key, pipeline.clone());
         Ok(pipeline)
     }
@@ -581,11 +566,16 @@ impl Gpu {
 
     /// Encode `kernels` in order into `pass` (over empty grids while
     /// [`Gpu::set_empty_grids`] is on).
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, kernels: &[&super::Kernel]) {
+    pub fn encode(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        kernels: &[&super::Kernel],
+    ) -> Result<()> {
         let empty = self.empty_grids.load(std::sync::atomic::Ordering::Relaxed);
         for k in kernels {
-            k.encode(pass, empty);
+            k.encode(pass, empty)?;
         }
+        Ok(())
     }
 
     /// Encode `kernels` in order into one compute pass, submit, and wait.
@@ -593,7 +583,7 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            self.encode(&mut pass, kernels);
+            self.encode(&mut pass, kernels)?;
         }
         self.queue.submit([enc.finish()]);
         self.device

@@ -8,7 +8,7 @@ use std::sync::Arc;
 /// One dispatch, ready to encode many times (bind group and parameters are made once).
 pub struct Kernel {
     pub label: &'static str,
-    pipeline: Arc<wgpu::ComputePipeline>,
+    pipeline: Arc<super::Pipeline>,
     bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
 }
@@ -94,7 +94,7 @@ impl Kernel {
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &pipeline.layout,
             entries: &entries,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -110,11 +110,13 @@ impl Kernel {
 
     /// Record this dispatch into `pass`; `empty`: over a grid of no workgroups (the
     /// pipeline and bind group are still set; see [`Gpu::set_empty_grids`]).
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, empty: bool) {
-        pass.set_pipeline(&self.pipeline);
+    /// Waits for the pipeline if a worker is still compiling it, and fails with its error.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, empty: bool) -> anyhow::Result<()> {
+        pass.set_pipeline(self.pipeline.get()?);
         pass.set_bind_group(0, &self.bind_group, &[]);
         let [x, y, z] = if empty { [0; 3] } else { self.workgroups };
         pass.dispatch_workgroups(x, y, z);
+        Ok(())
     }
 }
 

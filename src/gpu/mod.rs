@@ -2,6 +2,7 @@
 
 mod context;
 mod kernel;
+mod pipeline;
 pub mod shader;
 mod tensor;
 pub mod tile;
@@ -9,6 +10,7 @@ mod weight_store;
 
 pub use context::{Caps, Gpu, GpuOptions};
 pub use kernel::{Kernel, Step};
+pub use pipeline::{Compiler, Pipeline};
 pub use tensor::{Tensor, Weight, WeightChunk, UNIFORM_X_BYTES};
 pub use tile::{GemmTile, TileChoice};
 pub use weight_store::{WeightStore, MIN_TEXTURE_BYTES, TEX_ROW_TEXELS};
