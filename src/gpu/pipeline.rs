@@ -71,6 +71,7 @@ impl Compiler {
     /// Errors in the WGSL itself come back here; those of the driver from [`Pipeline::get`].
     pub fn make(&self, source: String, entry: &str, what: String) -> Result<Arc<Pipeline>> {
         let entries = bind_group_entries(&source, entry).map_err(|e| anyhow!("{what}: {e}"))?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let layout = self
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -84,6 +85,9 @@ impl Compiler {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("{what}: its bind group layout: {e}");
+        }
         let out = Arc::new(Pipeline {
             layout,
             compiled: OnceLock::new(),
