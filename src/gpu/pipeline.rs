@@ -184,10 +184,12 @@ fn bind_group_entries(source: &str, entry: &str) -> Result<Vec<wgpu::BindGroupLa
 
 fn binding_type(module: &naga::Module, var: &naga::GlobalVariable) -> Result<wgpu::BindingType> {
     use naga::{AddressSpace, ImageClass, StorageAccess, TypeInner};
+    // as wgpu derives it: the type's size, one element of a runtime-sized array
+    let size = module.types[var.ty].inner.size(module.to_ctx());
     let buffer = |ty| wgpu::BindingType::Buffer {
         ty,
         has_dynamic_offset: false,
-        min_binding_size: None,
+        min_binding_size: wgpu::BufferSize::new(size as u64),
     };
     Ok(match var.space {
         AddressSpace::Uniform => buffer(wgpu::BufferBindingType::Uniform),
@@ -250,10 +252,11 @@ mod tests {
         let e = bind_group_entries(src, "main").unwrap();
         let bindings: Vec<u32> = e.iter().map(|e| e.binding).collect();
         assert_eq!(bindings, [0, 1, 2, 3, 4]);
+        // the struct's 4 bytes, one f32 of a runtime-sized array
         let buffer = |ty| wgpu::BindingType::Buffer {
             ty,
             has_dynamic_offset: false,
-            min_binding_size: None,
+            min_binding_size: wgpu::BufferSize::new(4),
         };
         let storage = |read_only| buffer(wgpu::BufferBindingType::Storage { read_only });
         let texture = |access, format| wgpu::BindingType::StorageTexture {
