@@ -290,8 +290,9 @@ pub fn prune_sweep(engine: &Engine, args: &BenchArgs, image: &Image) -> Result<(
     // First every cell's pipelines, over empty grids (cheap), so that no cell compiles
     // inside a timed round. Then one untimed run of the first cell (its own buffer sizes
     // and first touches), as the single-request report has its warm-up. Then `repeat`
-    // rounds, each running every cell once: a slow spell of the machine then costs one sample of several cells, not every
-    // sample of one, and the best of each cell's samples is kept. The speed-up is taken
+    // rounds, each running every cell once: a slow spell of the machine then costs one
+    // sample of several cells, not every sample of one, and the best of each cell's
+    // samples is kept. The speed-up is taken
     // within each round (against the first row's time in that round), whose cells run
     // seconds apart, and its median over the rounds is reported: on a machine whose speed
     // drifts it is steadier than the ratio of the best times.
