@@ -7,6 +7,7 @@
 //! compiled by one of a few worker threads. The first dispatch that needs it waits for it.
 
 use anyhow::{anyhow, bail, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -22,6 +23,13 @@ impl Pipeline {
     pub fn get(&self) -> Result<&wgpu::ComputePipeline> {
         self.compiled.wait().as_ref().map_err(|e| anyhow!("{e}"))
     }
+
+    /// The compiled pipeline or its error if a worker is done with it, `None` while it is
+    /// still queued or compiling.
+    pub fn poll(&self) -> Option<Result<&wgpu::ComputePipeline>> {
+        let done = self.compiled.get()?;
+        Some(done.as_ref().map_err(|e| anyhow!("{e}")))
+    }
 }
 
 /// One pipeline for a worker to compile.
@@ -34,36 +42,52 @@ struct Job {
 }
 
 /// The worker threads that compile pipelines, as many as the host has cores (at most 8).
+///
+/// Dropping it waits for the compiles in flight and skips those still queued: a worker left
+/// inside the driver when the process exits would crash it (the driver's globals are torn
+/// down under it), as a failed load that returns straight away would otherwise do.
 pub struct Compiler {
     device: wgpu::Device,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    closing: Arc<AtomicBool>,
 }
 
 impl Compiler {
     pub fn new(device: &wgpu::Device) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
-        for i in 0..workers {
-            let (rx, device) = (rx.clone(), device.clone());
+        let closing = Arc::new(AtomicBool::new(false));
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+        let mut workers = Vec::new();
+        for i in 0..count {
+            let (rx, device, closing) = (rx.clone(), device.clone(), closing.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("vlm-run pipelines {i}"))
                 .spawn(move || loop {
-                    // the channel closes when the Gpu is dropped
+                    // the channel closes when the Compiler is dropped
                     let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
                         Ok(job) => job,
                         Err(_) => return,
                     };
-                    compile(&device, job);
+                    if closing.load(Ordering::Acquire) {
+                        let skipped = Err(format!("{}: the GPU context was dropped", job.what));
+                        let _ = job.out.compiled.set(skipped);
+                    } else {
+                        compile(&device, job);
+                    }
                 });
             // without workers, `make` compiles on the calling thread
-            if spawned.is_err() {
-                break;
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(_) => break,
             }
         }
         Self {
             device: device.clone(),
-            jobs: Mutex::new(tx),
+            jobs: Mutex::new(Some(tx)),
+            workers,
+            closing,
         }
     }
 
@@ -99,15 +123,27 @@ impl Compiler {
             layout: pipeline_layout,
             out: out.clone(),
         };
-        let sent = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job);
-        if let Err(mpsc::SendError(job)) = sent {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let unsent = match jobs.as_ref().filter(|_| !self.workers.is_empty()) {
+            Some(tx) => tx.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        };
+        drop(jobs);
+        if let Some(job) = unsent {
             compile(&self.device, job);
         }
         Ok(out)
+    }
+}
+
+impl Drop for Compiler {
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Release);
+        // closing the channel ends each worker once the queue is empty
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
     }
 }
 
