@@ -345,7 +345,7 @@ impl Engine {
     }
 
     /// Run the kernels of a request of the kind `kind` over empty grids
-    /// ([`Gpu::set_empty_grids`]), with two decode steps. The pipelines such a request
+    /// ([`Gpu::with_empty_grids`]), with two decode steps. The pipelines such a request
     /// needs are then made, and any compiling the driver defers to a pipeline's first
     /// dispatch is done: the first real request of that kind pays none of it (lavapipe, the
     /// default model: 92-102 ms against 475-492; the ones after ~90). A kind not warmed up
@@ -380,9 +380,9 @@ impl Engine {
             keep_prefill_logits: false,
             ..opts
         };
-        self.gpu.set_empty_grids(true);
-        let r = self.generate(image.as_ref(), prompt, &opts, &mut |_| {});
-        self.gpu.set_empty_grids(false);
+        let r = self
+            .gpu
+            .with_empty_grids(|| self.generate(image.as_ref(), prompt, &opts, &mut |_| {}));
         // an error this run left behind is its own, not the next request's
         let pending = self.gpu.check();
         r.and(pending).map(|_| ())

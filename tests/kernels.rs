@@ -1361,3 +1361,44 @@ fn dropping_the_compiler_leaves_no_pipeline_compiling() {
     }
     eprintln!("{skipped} of 24 queued compiles skipped");
 }
+
+/// Inside `with_empty_grids` this thread's dispatches run nothing, while another thread's on
+/// the same device compute; the setting ends with the closure, also when it panics.
+#[test]
+fn empty_grids_belong_to_the_thread_that_asked_for_them() {
+    let gpu = Gpu::new(&GpuOptions::default()).unwrap();
+    let ones = vec![1.0f32; 64];
+    let a = Tensor::from_f32(&gpu, "a", 1, 64, &ones).unwrap();
+    let add_into = |y: &Tensor| ops::elementwise::add(&gpu, &a, &a, y).unwrap();
+    let (mine, theirs) = (
+        Tensor::new(&gpu, "mine", 1, 64).unwrap(),
+        Tensor::new(&gpu, "theirs", 1, 64).unwrap(),
+    );
+    let (k_mine, k_theirs) = (add_into(&mine), add_into(&theirs));
+    gpu.with_empty_grids(|| {
+        gpu.run(&[&k_mine]).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| gpu.run(&[&k_theirs]).unwrap());
+        });
+    });
+    assert_eq!(
+        mine.read(&gpu).unwrap(),
+        vec![0.0; 64],
+        "empty grids computed"
+    );
+    assert_eq!(
+        theirs.read(&gpu).unwrap(),
+        vec![2.0; 64],
+        "the other thread ran empty"
+    );
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gpu.with_empty_grids(|| panic!("inside"))
+    }));
+    assert!(panicked.is_err());
+    gpu.run(&[&k_mine]).unwrap();
+    assert_eq!(
+        mine.read(&gpu).unwrap(),
+        vec![2.0; 64],
+        "still empty after the closure"
+    );
+}

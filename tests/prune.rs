@@ -730,3 +730,34 @@ fn a_kv_cache_in_textures_prunes_and_answers_as_buffers_do() {
         }
     }
 }
+
+/// A warm-up on one thread leaves a request on another thread, on the same engine, computing:
+/// the empty grids are the warm-up's own.
+#[test]
+fn a_warm_up_beside_a_request_leaves_it_computing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let e = Engine::load(&shallow(), &GpuOptions::default(), &|_| {}).unwrap();
+    let im = image(&shallow(), "a.png");
+    let opts = GenerateOptions {
+        max_tokens: 4,
+        ..Default::default()
+    };
+    let ask = || e.generate(Some(&im), "What is in the image?", &opts, &mut |_| {});
+    let want = ask().unwrap().tokens;
+    let done = AtomicBool::new(false);
+    // the results are checked after the warm-up thread has ended, so that a failure cannot
+    // leave it running
+    let got: Vec<anyhow::Result<Output>> = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                e.warm_up(&WarmUp::ModelKind).unwrap();
+            }
+        });
+        let got = (0..6).map(|_| ask()).collect();
+        done.store(true, Ordering::Relaxed);
+        got
+    });
+    for (i, out) in got.into_iter().enumerate() {
+        assert_eq!(out.unwrap().tokens, want, "request {i} beside the warm-ups");
+    }
+}

@@ -115,6 +115,12 @@ impl GpuOptions {
 
 type PipelineKey = (&'static str, String, String);
 
+thread_local! {
+    /// Whether this thread's encodes go over empty grids ([`Gpu::with_empty_grids`]). Per
+    /// thread, so that a warm-up leaves another thread's request on the same device alone.
+    static EMPTY_GRIDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// The device, its queue and what it can do. Cheap to share behind an `Arc`.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -132,8 +138,6 @@ pub struct Gpu {
     gemm_tile: std::sync::atomic::AtomicUsize,
     /// Whether prefill attention uses workgroup-memory K/V tiles.
     attention_tiles: std::sync::atomic::AtomicBool,
-    /// Dispatch every kernel over an empty grid (see [`Gpu::set_empty_grids`]).
-    empty_grids: std::sync::atomic::AtomicBool,
 }
 
 fn tile_index(t: GemmTile) -> usize {
@@ -246,7 +250,6 @@ impl Gpu {
             compiler,
             error,
             peak_memory: Default::default(),
-            empty_grids: Default::default(),
             gemm_tile: tile_index(match opts.gemm_tile {
                 TileChoice::Fixed(t) => t,
                 _ => GemmTile::for_device(info_type),
@@ -555,23 +558,32 @@ impl Gpu {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// While on, every kernel is dispatched over an empty grid: its pipeline and bind group
-    /// are set and nothing runs. A request run so (`Engine::warm_up`) makes every pipeline
-    /// it needs and has the driver do the compiling that it defers to a pipeline's first
-    /// dispatch (lavapipe does), without computing anything.
-    pub fn set_empty_grids(&self, on: bool) {
-        self.empty_grids
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+    /// Run `f` with every kernel that this thread encodes dispatched over an empty grid: its
+    /// pipeline and bind group are set and nothing runs. A request run so
+    /// (`Engine::warm_up`) makes every pipeline it needs and has the driver do the compiling
+    /// that it defers to a pipeline's first dispatch (lavapipe does), without computing
+    /// anything. Requests on other threads, on the same device, compute as usual.
+    pub fn with_empty_grids<R>(&self, f: impl FnOnce() -> R) -> R {
+        /// Turns the thread's setting back off, also when `f` panics.
+        struct Restore;
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                EMPTY_GRIDS.set(false);
+            }
+        }
+        EMPTY_GRIDS.set(true);
+        let _restore = Restore;
+        f()
     }
 
-    /// Encode `kernels` in order into `pass` (over empty grids while
-    /// [`Gpu::set_empty_grids`] is on).
+    /// Encode `kernels` in order into `pass` (over empty grids inside
+    /// [`Gpu::with_empty_grids`] on this thread).
     pub fn encode(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
         kernels: &[&super::Kernel],
     ) -> Result<()> {
-        let empty = self.empty_grids.load(std::sync::atomic::Ordering::Relaxed);
+        let empty = EMPTY_GRIDS.get();
         for k in kernels {
             k.encode(pass, empty)?;
         }

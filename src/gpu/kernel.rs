@@ -109,7 +109,7 @@ impl Kernel {
     }
 
     /// Record this dispatch into `pass`; `empty`: over a grid of no workgroups (the
-    /// pipeline and bind group are still set; see [`Gpu::set_empty_grids`]).
+    /// pipeline and bind group are still set; see [`Gpu::with_empty_grids`]).
     /// Waits for the pipeline if a worker is still compiling it, and fails with its error.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, empty: bool) -> anyhow::Result<()> {
         pass.set_pipeline(self.pipeline.get()?);
