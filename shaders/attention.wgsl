@@ -11,6 +11,8 @@
 //   buffers, 4 keys per softmax block, no barrier. Causal: query i (position q_pos0 + i)
 //   sees keys 0..=q_pos0 + i.
 //   Dispatch (ceil(m / QB), heads, 1); DIRECT_KV (ceil(m / (QB * QPI)), heads, 1).
+//   OUT_TEX (DIRECT_KV only): 7 out_tex rgba32float [o_stride / 4, m], out's texture copy
+//   (gpu::Tensor::texels), written with out: values 4c .. 4c + 3 of row i at texel (c, i).
 //
 // Split-KV decode (one query row per head over cache rows 0..step.kv_len, no score row
 // in memory). SPLIT keys per split; `ctx` = splits allotted per head.
@@ -75,6 +77,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<uniform> step: Step;
+#ifdef OUT_TEX
+@group(0) @binding(7) var out_tex: texture_storage_2d<rgba32float, write>;
+#endif
 
 #ifdef DIRECT_KV
 const HD4: u32 = HD / 4u;
@@ -223,6 +228,9 @@ fn store_row(r: ptr<function, QRow>, h: u32) {
             out[o + 1u] = a.y;
             out[o + 2u] = a.z;
             out[o + 3u] = a.w;
+#ifdef OUT_TEX
+            textureStore(out_tex, vec2<u32>(h * HD4 + c, qi), a);
+#endif
         }
     }
 }

@@ -10,6 +10,9 @@
 //   Bindings: 0 params, 4 pixels f32 [3, img, img], 3 out f32 [grid * grid, 3 * patch * patch]
 //   One invocation per (n, ch, ky): a pixel row of `patch` values (the index arithmetic,
 //   integer divisions, is paid once per row, not per value). WG_SIZE per workgroup, fold.
+//   OUT_TEX (an even patch size): 7 out_tex rgba32float [3 * patch * patch / 4, n], out's
+//   texture copy (gpu::Tensor::texels), written with out. An invocation then takes two pixel
+//   rows (ky, ky + 1), whose 2 * patch values are patch / 2 whole texels.
 // clip_embed: out[0] = cls + pos[0]; out[1 + i] = patches[i] + pos[1 + i].
 //   Bindings: 0 params, 4 patches f32 [n, d], 5 cls f32 [d], 6 pos f32 [n + 1, d], 3 out
 #include "common"
@@ -40,6 +43,9 @@ fn w_w4(i: u32) -> vec4<f32> { return w4(table[i]); }
 @group(0) @binding(4) var<storage, read> src: array<f32>;
 @group(0) @binding(5) var<storage, read> cls: array<f32>;
 @group(0) @binding(6) var<storage, read> pos: array<f32>;
+#ifdef OUT_TEX
+@group(0) @binding(7) var out_tex: texture_storage_2d<rgba32float, write>;
+#endif
 
 fn index(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return linear_wg(wid, nwg) * WG_SIZE + lid;
@@ -65,8 +71,13 @@ fn embed_gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
 @compute @workgroup_size(WG_SIZE)
 fn im2col(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = index(lid, wid, nwg);
     let ps = p.patch_size;
+#ifdef OUT_TEX
+    let rows = 2u; // pixel rows per invocation
+#else
+    let rows = 1u;
+#endif
+    let i = index(lid, wid, nwg) * rows;
     if i >= p.grid * p.grid * 3u * ps {
         return;
     }
@@ -77,9 +88,23 @@ fn im2col(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     let px = n % p.grid;
     let at = ch * p.img * p.img + (py * ps + ky) * p.img + px * ps;
     let to = i * ps; // = n * 3 * ps * ps + (ch * ps + ky) * ps
+#ifdef OUT_TEX
+    // values 0 .. ps of pixel row ky, then ps .. 2 ps of row ky + 1 (ps even: ky is too)
+    let c0 = (to - n * 3u * ps * ps) / 4u;
+    for (var c = 0u; c < ps / 2u; c++) {
+        var t: vec4<f32>;
+        for (var j = 0u; j < 4u; j++) {
+            let e = 4u * c + j;
+            t[j] = src[select(at + e, at + p.img + e - ps, e >= ps)];
+            out[to + e] = t[j];
+        }
+        textureStore(out_tex, vec2<u32>(c0 + c, n), t);
+    }
+#else
     for (var kx = 0u; kx < ps; kx++) {
         out[to + kx] = src[at + kx];
     }
+#endif
 }
 
 @compute @workgroup_size(WG_SIZE)

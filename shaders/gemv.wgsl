@@ -13,11 +13,13 @@
 //                   (WTEX: the same words in a texture, weight_texture.wgsl)
 //           3 bias  f32 [out_col + n]          (BIAS)
 //           4 y     f32 [out_col + n]          (GATE_UP: [n / 2])
-//           5 y_tex (YTEX, gemv only): y's texture copy (gpu::Tensor::texels), rgba32float,
-//                   values 4i .. 4i + 3 at texel (i, 0), written with y
+//           5 y_tex (YTEX, gemv and gemm_tokens' plain store): y's texture copy
+//                   (gpu::Tensor::texels), rgba32float, values 4i .. 4i + 3 of row t at
+//                   texel (i, t), written with y
 //           6 g     vec4<f32> [k / 4]: the RMSNorm weight (NORM)
-//           XTEX (gemv only): 1 is x's texture copy (rgba32float, vec4 i at texel (i, 0))
-//                   and 6 a texture of RMSNorm weights, this one in row p.g_row
+//           XTEX (gemv, gemm_lanes, gemm_tokens): 1 is x's texture copy (rgba32float,
+//                   vec4 i of row t at texel (i, t)) and 6 a texture of RMSNorm weights,
+//                   this one in row p.g_row
 //           ROPE (decode's stacked q|k|v with rope.wgsl's rope_kv as its epilogue):
 //           4 y = the rotated queries [heads * hd], 7 positions u32 [1], 8 table (rope.wgsl),
 //           9 k_cache, 10 v_cache f32 [ctx, kv_stride] (row step.kv_offset is written),
@@ -40,7 +42,11 @@
 //           shuffles, below); XTEX, YTEX (above; lavapipe fetches a
 //           texel for 8 lanes in fewer instructions than it gathers a vec4 from a uniform
 //           buffer: SmolLM2-135M Q4_1's norm GEMVs ran 5-10% faster reading x and the
-//           norm weight from textures, the residual adds ~2% slower writing one).
+//           norm weight from textures, the residual adds ~2% slower writing one; and than
+//           it loads a storage buffer at per-lane addresses: gemm_tokens over 577 rows
+//           (examples/gemm_probe.rs, 2 cores) took 1.11 ms against 1.60 for the patch
+//           embedding (k = 588), 0.39 against 0.51 for k = 64 → 128, 0.35 against 0.46
+//           for k = 128 → 64).
 // Geometry: 64 invocations = 8 lane groups of 8 lanes. A lane group computes LG_ROWS rows; its
 //   lanes stride over the row's 32-value groups, keep x for one group in registers and
 //   reuse it for all LG_ROWS rows, then the 8 lane sums are added (subgroup shuffles, or
@@ -94,8 +100,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 #ifdef XTEX
+// index i = row << 16 | c: texel c of row `row` (x_row; textures are at most 16384 wide)
 @group(0) @binding(1) var x_tex: texture_storage_2d<rgba32float, read>;
-fn x_at(i: u32) -> vec4<f32> { return textureLoad(x_tex, vec2<u32>(i, 0u)); }
+fn x_at(i: u32) -> vec4<f32> { return textureLoad(x_tex, vec2<u32>(i & 0xffffu, i >> 16u)); }
+fn x_row(row: u32) -> u32 { return row << 16u; }
 #else
 #ifdef XUBO
 @group(0) @binding(1) var<uniform> x: array<vec4<f32>, XLEN>;
@@ -103,6 +111,7 @@ fn x_at(i: u32) -> vec4<f32> { return textureLoad(x_tex, vec2<u32>(i, 0u)); }
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 #endif
 fn x_at(i: u32) -> vec4<f32> { return x[i]; }
+fn x_row(row: u32) -> u32 { return row * p.x_stride4; }
 #endif
 #ifdef WTEX
 #include "weight_texture"
@@ -650,7 +659,7 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         let gu = g_unit(ui);
         var xs: array<XUnit, TOKENS>;
         for (var t = 0u; t < TOKENS; t++) {
-            xs[t] = x_unit(min(t0 + t, p.m - 1u) * p.x_stride4, ui, gu);
+            xs[t] = x_unit(x_row(min(t0 + t, p.m - 1u)), ui, gu);
 #ifdef NORM
             sq[t] += xs[t].sq;
 #endif
@@ -727,7 +736,7 @@ fn gemm_tokens(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     // rows past m repeat row m - 1 and are not stored
     var row0: array<u32, TPI>;
     for (var j = 0u; j < TPI; j++) {
-        row0[j] = min(t0 + j, p.m - 1u) * p.x_stride4;
+        row0[j] = x_row(min(t0 + j, p.m - 1u));
     }
 #ifdef WF16
     let units = p.row_vec4;
@@ -800,11 +809,24 @@ fn token_epilogue(t: u32, base: u32, valid: u32, sq: f32, sums: array<f32, LG_RO
     rope_token(t, base, valid, acc);
 #endif
 #ifndef PAIRS
+#ifdef YTEX
+    // y's texture copy too, row t: whole texels (LG_ROWS, valid and out_col multiples of 4)
+    for (var r = 0u; r < LG_ROWS; r += 4u) {
+        if base + r < valid {
+            var v: vec4<f32>;
+            for (var j = 0u; j < 4u; j++) {
+                v[j] = store(t, base + r + j, acc[r + j]);
+            }
+            textureStore(y_tex, vec2<u32>((p.out_col + base + r) / 4u, t), v);
+        }
+    }
+#else
     for (var r = 0u; r < LG_ROWS; r++) {
         if base + r < valid {
             store(t, base + r, acc[r]);
         }
     }
+#endif
 #endif
 }
 

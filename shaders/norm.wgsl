@@ -5,7 +5,11 @@
 //           2 gamma  f32 [d]
 //           3 beta   f32 [d]          (LAYER_NORM only)
 //           4 y      f32 [rows, d]    (row r of y is row in_row0 + r of x)
-// Variants: LAYER_NORM (entry layer_norm, else entry rms_norm), SUBGROUPS, ROW_LANES.
+//           5 y_tex  rgba32float [d / 4, rows]: y's texture copy (Y_TEX), values 4c .. 4c + 3
+//                    of row r at texel (c, r)
+// Variants: LAYER_NORM (entry layer_norm, else entry rms_norm), SUBGROUPS, ROW_LANES, Y_TEX
+//           (with ROW_LANES and d a multiple of 4: y written to y_tex too, each lane
+//           storing whole texels: values 4c .. 4c + 3 for c = lane, lane + 8, ...).
 // Dispatch: one workgroup of WG_SIZE per row, its sums by reduce.wgsl; fold(rows).
 //   ROW_LANES (the CPU-device variant; lane groups of 8, see lanes.wgsl): each of the
 //   workgroup's 8 lane groups takes one row, its lanes every 8th value, summed by
@@ -32,6 +36,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 #endif
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+#ifdef Y_TEX
+@group(0) @binding(5) var y_tex: texture_storage_2d<rgba32float, write>;
+#endif
 
 // The sum of v over the invocations that share this row.
 fn row_sum(v: f32, lane: Lane) -> f32 {
@@ -75,9 +82,21 @@ fn rms_norm(ids: Ids) {
     }
     let inv = inverseSqrt(row_sum(v, lane) / f32(p.d) + p.eps);
     if row < p.rows {
+#ifdef Y_TEX
+        for (var c = first; c < p.d / 4u; c += step) {
+            var t: vec4<f32>;
+            for (var j = 0u; j < 4u; j++) {
+                let i = 4u * c + j;
+                t[j] = (x[src + i] - mean) * inv * gamma[i] + beta[i];
+                y[dst + i] = t[j];
+            }
+            textureStore(y_tex, vec2<u32>(c, row), t);
+        }
+#else
         for (var i = first; i < p.d; i += step) {
             y[dst + i] = (x[src + i] - mean) * inv * gamma[i] + beta[i];
         }
+#endif
     }
 #else
     var s = 0.0;
@@ -87,9 +106,21 @@ fn rms_norm(ids: Ids) {
     }
     let inv = inverseSqrt(row_sum(s, lane) / f32(p.d) + p.eps);
     if row < p.rows {
+#ifdef Y_TEX
+        for (var c = first; c < p.d / 4u; c += step) {
+            var t: vec4<f32>;
+            for (var j = 0u; j < 4u; j++) {
+                let i = 4u * c + j;
+                t[j] = x[src + i] * inv * gamma[i];
+                y[dst + i] = t[j];
+            }
+            textureStore(y_tex, vec2<u32>(c, row), t);
+        }
+#else
         for (var i = first; i < p.d; i += step) {
             y[dst + i] = x[src + i] * inv * gamma[i];
         }
+#endif
     }
 #endif
 }

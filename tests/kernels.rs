@@ -193,7 +193,7 @@ fn decode_gemv_reads_and_writes_texture_copies() {
         let err = ops::matmul::gemv(&gpu, &xt, &wt, &half, swiglu);
         let err = err.err().expect("SwiGLU into texels").to_string();
         assert!(err.contains("texture copy"), "{name}: {err}");
-        // and a prefill's rows (the lane GEMMs write no texels)
+        // and a prefill's rows that gemm_lanes takes (it writes no texels)
         let x2 = Tensor::from_f32(&gpu, "x2", 2, k, &rng.vec(2 * k, 1.0)).unwrap();
         let y2 = texels(Tensor::new(&gpu, "y2", 2, n).unwrap(), "y2");
         let err = ops::matmul::linear(&gpu, &x2, &wt, None, &y2, Act::None, false);
@@ -1401,4 +1401,180 @@ fn empty_grids_belong_to_the_thread_that_asked_for_them() {
         vec![2.0; 64],
         "still empty after the closure"
     );
+}
+
+/// The vision tower's products over many rows read x from its texture copy (XTEX in
+/// `gemm_tokens` and `gemm_lanes`), not from x's buffer, which holds NaN here; `gemm_tokens`
+/// writes y's texture copy beside y (YTEX: bias, QuickGELU, and a residual add); and the
+/// kernels that feed them (LayerNorm, the direct prefill attention, im2col) write texture
+/// copies equal to their buffers. A product the lane groups run refuses a y with texels.
+#[test]
+fn prefill_products_read_and_write_texture_copies() {
+    let mut rng = Rng::new(12);
+    let mut textured = 0;
+    for (name, gpu) in variants() {
+        if !gpu.caps.x_textures || !ops::matmul::reads_texels(&gpu, 45) {
+            continue;
+        }
+        textured += 1;
+        let texels = |t: Tensor, label| t.with_texels(&gpu, label);
+        let texture_of = |t: &Tensor| -> Vec<f32> {
+            let tex = t.texels.as_ref().unwrap().texture();
+            let raw = gpu.read_texture_rows(tex, (t.cols / 4) as u32, t.rows as u32);
+            bytemuck::pod_collect_to_vec(&raw.unwrap())
+        };
+        // x of m rows: NaN in the buffer, the values in its texture
+        let x_in = |m: usize, k: usize, x: &[f32]| {
+            let xt = texels(
+                Tensor::from_f32(&gpu, "x", m, k, &vec![f32::NAN; m * k]).unwrap(),
+                "x",
+            );
+            let src = Tensor::from_f32(&gpu, "xv", m, k, x).unwrap();
+            let c = ops::attention::rows_to_texels(&gpu, &src, xt.texels.as_ref().unwrap(), 0);
+            gpu.run(&[&c.unwrap()]).unwrap();
+            xt
+        };
+
+        // gemm_tokens: 45 rows, k = 64 (by token), n = 68 (a partial workgroup of rows)
+        let (m, k, n) = (45, 64, 68);
+        let x = rng.vec(m * k, 1.0);
+        let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
+        let w = from_f16_bits(&w16);
+        let bias = rng.vec(n, 0.5);
+        let wt = Weight::upload(&gpu, "w", n, k, &w16).unwrap();
+        assert!(by_token(m, &wt), "{name}");
+        let xt = x_in(m, k, &x);
+        let bb = gpu.storage_init("b", bytemuck::cast_slice(&bias)).unwrap();
+        let y = texels(Tensor::new(&gpu, "y", m, n).unwrap(), "y");
+        let ks = ops::matmul::linear(&gpu, &xt, &wt, Some(&bb), &y, Act::QuickGelu, false);
+        let ks = ks.unwrap();
+        assert_eq!(ks[0].label, "gemm_tokens", "{name}");
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let quick_gelu = |v: f32| v / (1.0 + (-1.702 * v).exp());
+        let want: Vec<f32> = cpu_linear(&x, m, k, &w, n, Some(&bias))
+            .into_iter()
+            .map(quick_gelu)
+            .collect();
+        let tol = 2e-5 * k as f32;
+        assert_close(
+            &format!("{name} gemm_tokens y"),
+            &y.read(&gpu).unwrap(),
+            &want,
+            tol,
+        );
+        assert_close(
+            &format!("{name} gemm_tokens y's texture"),
+            &texture_of(&y),
+            &want,
+            tol,
+        );
+
+        // the residual add (ACCUMULATE) into y and its texture
+        let y0 = rng.vec(m * n, 1.0);
+        let acc = texels(Tensor::from_f32(&gpu, "acc", m, n, &y0).unwrap(), "acc");
+        let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &acc, Act::None, true).unwrap();
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let prod = cpu_linear(&x, m, k, &w, n, None);
+        let want: Vec<f32> = (0..m * n).map(|i| y0[i] + prod[i]).collect();
+        assert_close(
+            &format!("{name} residual add"),
+            &acc.read(&gpu).unwrap(),
+            &want,
+            tol,
+        );
+        assert_close(
+            &format!("{name} residual add's texture"),
+            &texture_of(&acc),
+            &want,
+            tol,
+        );
+
+        // gemm_lanes (9 rows, k = 96: not by token) reads x's texture too, and cannot write y's
+        let (m2, k2) = (9, 96);
+        let x2 = rng.vec(m2 * k2, 1.0);
+        let w2_16 = to_f16_bits(&rng.vec(n * k2, 0.5));
+        let w2 = Weight::upload(&gpu, "w2", n, k2, &w2_16).unwrap();
+        assert!(!by_token(m2, &w2), "{name}");
+        let x2t = x_in(m2, k2, &x2);
+        let y2 = Tensor::new(&gpu, "y2", m2, n).unwrap();
+        let ks = ops::matmul::linear(&gpu, &x2t, &w2, None, &y2, Act::None, false).unwrap();
+        assert_eq!(ks[0].label, "gemm_lanes", "{name}");
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let want = cpu_linear(&x2, m2, k2, &from_f16_bits(&w2_16), n, None);
+        assert_close(
+            &format!("{name} gemm_lanes"),
+            &y2.read(&gpu).unwrap(),
+            &want,
+            2e-5 * k2 as f32,
+        );
+        let y2t = texels(Tensor::new(&gpu, "y2t", m2, n).unwrap(), "y2t");
+        let err = ops::matmul::linear(&gpu, &x2t, &w2, None, &y2t, Act::None, false);
+        let err = err.err().expect("gemm_lanes into texels").to_string();
+        assert!(err.contains("texture copy"), "{name}: {err}");
+
+        // LayerNorm, attention and im2col: their texture copies hold what their buffers hold
+        let d = 64;
+        let h = Heads {
+            heads: 4,
+            kv_heads: 4,
+            hd: 16,
+        };
+        let qkv: Vec<Tensor> = (0..3)
+            .map(|_| Tensor::from_f32(&gpu, "qkv", m, d, &rng.vec(m * d, 1.0)).unwrap())
+            .collect();
+        let attn = texels(Tensor::new(&gpu, "attn", m, d).unwrap(), "attn");
+        assert!(ops::attention::writes_texels(&gpu, h, &attn), "{name}");
+        let kv_tex = KvTextures::new(&gpu, h, m);
+        let ks = ops::attention::prefill(
+            &gpu,
+            h,
+            &qkv[0],
+            &qkv[1],
+            &qkv[2],
+            m,
+            false,
+            0,
+            &attn,
+            PrefillKv::copy(kv_tex.as_ref()),
+        )
+        .unwrap();
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let (img, patch) = (42, 14);
+        let pix = rng.vec(3 * img * img, 1.0);
+        let pb = gpu.storage_init("pix", bytemuck::cast_slice(&pix)).unwrap();
+        let cols = texels(
+            Tensor::new(&gpu, "cols", 9, 3 * patch * patch).unwrap(),
+            "cols",
+        );
+        let im2col = ops::embed::im2col(&gpu, &pb, img, patch, &cols).unwrap();
+        gpu.run(&[&im2col]).unwrap();
+        let xn = Tensor::from_f32(&gpu, "xn", m, d, &rng.vec(m * d, 2.0)).unwrap();
+        let gb = gpu
+            .storage_init("g", bytemuck::cast_slice(&rng.vec(d, 1.0)))
+            .unwrap();
+        let betab = gpu
+            .storage_init("beta", bytemuck::cast_slice(&rng.vec(d, 1.0)))
+            .unwrap();
+        let ln = texels(Tensor::new(&gpu, "ln", m, d).unwrap(), "ln");
+        let norm = ops::norm::norm(&gpu, &xn, 0, &gb, Some(&betab), 1e-5, &ln);
+        // only the lane-group variant (subgroups of 8 or more) writes texels
+        let mut copies = vec![("attention", &attn), ("im2col", &cols)];
+        if ops::norm::norms_write_texels(&gpu, d) {
+            gpu.run(&[&norm.unwrap()]).unwrap();
+            copies.push(("layer norm", &ln));
+        } else {
+            let err = norm.err().expect("a norm into texels").to_string();
+            assert!(err.contains("texture copy"), "{name}: {err}");
+        }
+        for (what, t) in copies {
+            let buf = t.read(&gpu).unwrap();
+            assert!(buf.iter().all(|v| v.is_finite()), "{name} {what}");
+            assert_eq!(texture_of(t), buf, "{name} {what}'s texture");
+        }
+        // im2col's columns: patch 4's pixel (channel 2, ky 13, kx 13)
+        let (py, px) = (1, 1);
+        let at = 2 * img * img + (py * patch + 13) * img + px * patch + 13;
+        assert_eq!(cols.read(&gpu).unwrap()[4 * 588 + 587], pix[at], "{name}");
+    }
+    assert!(textured >= 1 || !variants().iter().any(|(_, g)| g.caps.cpu));
 }

@@ -85,6 +85,9 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             // with SUBGROUPS), alone and with that epilogue
             vec!["WF16", "WTEX", "TOKENS", "NORM", "XUBO", "SHARED_W"],
             vec!["WF16", "TOKENS", "ROPE", "PAIRS", "KV_TEX_COPY", "SHARED_W"],
+            // the vision tower's products: x's rows from its texture copy, y's written too
+            vec!["WF16", "WTEX", "TOKENS", "XTEX", "YTEX", "BIAS", "ACT_QUICK_GELU"],
+            vec!["WF16", "TOKENS", "XTEX", "YTEX", "ACCUMULATE", "SHARED_W"],
         ],
         // o_proj, the MLP and both residual adds by token: each weight in a buffer or in a
         // texture (all three, or a mix as small matrices stay in buffers)
@@ -107,6 +110,9 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["DIRECT_KV", "KV_TEX"],
             // ... and the lane-group decode attention reading a KV cache kept in textures
             vec!["DIRECT_KV", "DECODE_LANES", "KV_TEX"],
+            // the direct prefill writing its output's texture copy too (the vision tower)
+            vec!["DIRECT_KV", "QPI_2", "QPI_4", "KV_TEX", "OUT_TEX"],
+            vec!["DIRECT_KV", "OUT_TEX"],
         ],
         "norm" => vec![
             vec![],
@@ -114,11 +120,15 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             // the CPU-device variant (the engine sets it only with SUBGROUPS)
             vec!["ROW_LANES"],
             vec!["LAYER_NORM", "ROW_LANES"],
+            // ... writing its output's texture copy too (the vision tower)
+            vec!["LAYER_NORM", "ROW_LANES", "Y_TEX"],
+            vec!["ROW_LANES", "Y_TEX"],
         ],
         "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
         // decode's copy of its new K/V row into a KV cache kept in textures
         "kv_texture" => vec![vec![], vec!["STEP_ROW"], vec!["K_ONLY"]],
-        "embed" => vec![vec![], vec!["WTEX"]],
+        // OUT_TEX: im2col writing its output's texture copy too
+        "embed" => vec![vec![], vec!["WTEX"], vec!["OUT_TEX"]],
         // SELECT_WG: the CPU-device workgroup of one SIMD row (it gets a value)
         // KEY_ROWS: VisionZip's similarities from the key rows
         "prune_select" => vec![
@@ -229,12 +239,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 29, layer_tail 3, norm 4,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 31, layer_tail 3, norm 6,
     // elementwise 2,
-    // rope 3, attention 7, embed 2, kv_texture 3, sample, bandwidth, random_fill 1 each,
+    // rope 3, attention 9, embed 3, kv_texture 3, sample, bandwidth, random_fill 1 each,
     // prune_select 5, prune_score 4 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 29 + 3 + 4 + 2 + 3 + 7 + 2 + 3 + 3 + 5 + 4 + 1)
+        4 * (2 * (8 + 7) + 31 + 3 + 6 + 2 + 3 + 9 + 3 + 3 + 3 + 5 + 4 + 1)
     );
 }

@@ -215,16 +215,47 @@ impl ClipVisionTower {
             hd: d / c.num_attention_heads,
         };
 
+        // The inputs of the layers' products also as texels where the kernels that write
+        // them can (CPU devices: the by-token GEMM reads a texel for 8 lanes at once).
+        let texels = |x: Tensor, label: &str, writer_can: bool| match writer_can {
+            true if ops::matmul::reads_texels(gpu, x.rows) => x.with_texels(gpu, label),
+            _ => x,
+        };
         let cols = Tensor::new(gpu, "vision.im2col", n, 3 * p * p)?;
+        let cols = texels(
+            cols,
+            "vision.im2col_texels",
+            ops::embed::im2col_writes_texels(p),
+        );
         let patches = Tensor::new(gpu, "vision.patches", n, d)?;
         let embed = Tensor::new(gpu, "vision.embed", t, d)?;
         let x = Tensor::new(gpu, "vision.x", t, d)?;
         let h = Tensor::new(gpu, "vision.h", t, d)?;
+        let h = texels(h, "vision.h_texels", ops::norm::norms_write_texels(gpu, d));
         let q = Tensor::new(gpu, "vision.q", t, d)?;
-        let k = Tensor::new(gpu, "vision.k", t, d)?;
-        let v = Tensor::new(gpu, "vision.v", t, d)?;
+        let mut k = Tensor::new(gpu, "vision.k", t, d)?;
+        let mut v = Tensor::new(gpu, "vision.v", t, d)?;
+        // the attention's K/V textures as k's and v's texture copies, which their products
+        // write (YTEX) where they can: no copy dispatch per layer then
+        let kv_tex = ops::attention::KvTextures::new(gpu, heads, t);
+        let kv_filled = kv_tex.as_ref().filter(|_| {
+            (self.layers.iter()).all(|l| {
+                ops::matmul::tokens_write_texels(gpu, t, &l.k_proj.w, 0)
+                    && ops::matmul::tokens_write_texels(gpu, t, &l.v_proj.w, 0)
+            })
+        });
+        if let Some(kv) = kv_filled {
+            let (kt, vt) = kv.views();
+            k.texels = Some(kt.clone());
+            v.texels = Some(vt.clone());
+        }
         let attn = Tensor::new(gpu, "vision.attn", t, d)?;
+        let attn_texels = ops::attention::writes_texels(gpu, heads, &attn);
+        let attn = texels(attn, "vision.attn_texels", attn_texels);
         let mlp = Tensor::new(gpu, "vision.mlp", t, m)?;
+        let fc1_texels =
+            (self.layers.iter()).all(|l| ops::matmul::tokens_write_texels(gpu, t, &l.fc1.w, 0));
+        let mlp = texels(mlp, "vision.mlp_texels", fc1_texels);
 
         let mut ks = vec![ops::embed::im2col(gpu, pixels, c.image_size, p, &cols)?];
         ks.extend(ops::matmul::linear(
@@ -253,7 +284,10 @@ impl ClipVisionTower {
             eps,
             &x,
         )?);
-        let kv_tex = ops::attention::KvTextures::new(gpu, heads, t);
+        let kv = match kv_filled {
+            Some(kv) => ops::attention::PrefillKv::Filled(kv),
+            None => ops::attention::PrefillKv::copy(kv_tex.as_ref()),
+        };
         for layer in &self.layers {
             let ln1 = &layer.layer_norm1;
             ks.push(ops::norm::norm(gpu, &x, 0, &ln1.w, Some(&ln1.b), eps, &h)?);
@@ -261,16 +295,7 @@ impl ClipVisionTower {
             ks.extend(layer.k_proj.ops(gpu, &h, &k, Act::None, false)?);
             ks.extend(layer.v_proj.ops(gpu, &h, &v, Act::None, false)?);
             ks.extend(ops::attention::prefill(
-                gpu,
-                heads,
-                &q,
-                &k,
-                &v,
-                t,
-                false,
-                0,
-                &attn,
-                ops::attention::PrefillKv::copy(kv_tex.as_ref()),
+                gpu, heads, &q, &k, &v, t, false, 0, &attn, kv,
             )?);
             ks.extend(layer.out_proj.ops(gpu, &attn, &x, Act::None, true)?);
             let ln2 = &layer.layer_norm2;

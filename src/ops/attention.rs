@@ -335,7 +335,15 @@ pub fn prefill(
         scale: 1.0 / (h.hd as f32).sqrt(),
         pad: 0,
     };
-    let defines = h.defines(gpu)?;
+    let mut defines = h.defines(gpu)?;
+    let mut textures = Vec::new();
+    if let Some(t) = &out.texels {
+        if !writes_texels(gpu, h, out) {
+            bail!("attention: this variant cannot write its output's texture copy");
+        }
+        defines.flag("OUT_TEX");
+        textures.push((7, wgpu::BindingResource::TextureView(t)));
+    }
     let rows_per_wg = h.direct_kv(gpu).map_or(32, |qpi| DIRECT_QB * qpi);
     let grid = [(q.rows as u32).div_ceil(rows_per_wg), h.heads as u32, 1];
     let (tex, filled) = match kv {
@@ -346,13 +354,14 @@ pub fn prefill(
     };
     let Some(t) = tex else {
         let bindings = [(1, &q.buf), (2, &k.buf), (3, &v.buf), (4, &out.buf)];
-        let attention = Kernel::new(
+        let attention = Kernel::with_resources(
             gpu,
             "attention",
             "attention",
             &defines,
             bytes(&p),
             &bindings,
+            textures,
             grid,
         )?;
         return Ok(vec![attention]);
@@ -368,13 +377,23 @@ pub fn prefill(
         &defines.with_flag("KV_TEX"),
         bytes(&p),
         &[(1, &q.buf), (4, &out.buf)],
-        vec![
+        [
             (2, wgpu::BindingResource::TextureView(&t.k)),
             (3, wgpu::BindingResource::TextureView(&t.v)),
-        ],
+        ]
+        .into_iter()
+        .chain(textures)
+        .collect(),
         grid,
     )?);
     Ok(ks)
+}
+
+/// Whether the prefill attention of heads `h` into `out` can also write out's texture copy
+/// ([`crate::gpu::Tensor::texels`], attention.wgsl's OUT_TEX): the direct variant, with the
+/// heads from column 0.
+pub fn writes_texels(gpu: &Gpu, h: Heads, out: &Tensor) -> bool {
+    h.direct_kv(gpu).is_some() && out.cols == h.heads * h.hd
 }
 
 /// The direct prefill variant's query rows per invocation (QPI). Measured on lavapipe: 4

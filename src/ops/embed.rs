@@ -134,16 +134,33 @@ pub fn im2col(
         ..Default::default()
     };
     let bindings = [(4, pixels), (3, &out.buf)];
-    let n = g * g * 3 * patch; // one invocation per pixel row of a patch
-    Kernel::new(
+    let mut n = g * g * 3 * patch; // one invocation per pixel row of a patch
+    let mut defines = gpu.base_defines();
+    let mut textures = Vec::new();
+    if let Some(t) = &out.texels {
+        if !im2col_writes_texels(patch) {
+            bail!("im2col: patches of {patch} cannot write their texture copy");
+        }
+        defines.flag("OUT_TEX");
+        textures.push((7, wgpu::BindingResource::TextureView(t)));
+        n /= 2; // two pixel rows each
+    }
+    Kernel::with_resources(
         gpu,
         "embed",
         "im2col",
-        &gpu.base_defines(),
+        &defines,
         bytes(&p),
         &bindings,
+        textures,
         grid(gpu, n),
     )
+}
+
+/// Whether im2col can also write its output's texture copy ([`Tensor::texels`], OUT_TEX):
+/// an even patch size, so that two pixel rows are whole texels.
+pub fn im2col_writes_texels(patch: usize) -> bool {
+    patch.is_multiple_of(2)
 }
 
 /// out[0] = cls + pos[0]; out[1 + i] = patches[i] + pos[1 + i].

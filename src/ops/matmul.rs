@@ -73,9 +73,15 @@ pub fn linear_at(
             y.cols
         );
     }
-    // an output's texture copy: only the decode GEMV writes one (and says where it cannot)
-    if y.texels.is_some() && (m != 1 || !gemv_reads(w)) {
-        bail!("linear: only the decode GEMV writes an output's texture copy");
+    // an output's texture copy: the decode GEMV and gemm_tokens write one (and say where
+    // they cannot)
+    if y.texels.is_some() && !(m == 1 && gemv_reads(w) || tokens_write_texels(gpu, m, w, y_col)) {
+        bail!(
+            "linear: a {m}x{} by {}x{} product cannot write its output's texture copy",
+            w.cols,
+            w.rows,
+            w.cols
+        );
     }
     let tile = gpu.gemm_tile();
     let mut defines = gpu.base_defines();
@@ -106,6 +112,9 @@ pub fn linear_at(
         if let Some(ks) = gemv(gpu, x, w, y, epilogue)? {
             return Ok(ks);
         }
+    }
+    if y.texels.is_some() {
+        bail!("linear: matmul.wgsl does not write an output's texture copy");
     }
     let mut kernels = Vec::new();
     for chunk in &w.chunks {
@@ -277,6 +286,15 @@ fn gemm_lanes(
         return Ok(None);
     }
     check_fit("gemm_lanes", m, x, w, y, &e)?;
+    let pairs = e.gate_up || e.rope.is_some();
+    if y.texels.is_some() && (pairs || !tokens_write_texels(gpu, m, w, e.y_col)) {
+        bail!(
+            "gemm_lanes: a {m}x{} by {}x{} product cannot write its output's texture copy",
+            w.cols,
+            w.rows,
+            w.cols
+        );
+    }
     let mut d = fused_defines(gpu, w, &e);
     d.set("TOKENS", format!("{}u", lane_tokens(w.ty)));
     if let Some(t) = e.kv_copy {
@@ -296,11 +314,28 @@ fn gemm_lanes(
     };
     let mut bindings = fused_bindings(x, y, &e);
     let mut ranges = Vec::new();
+    let mut textures = Vec::new();
+    // x's rows from its texture copy (XTEX): lavapipe fetches a texel for 8 lanes where it
+    // loads a storage buffer lane by lane
+    let x_tex = (x.texels.as_ref())
+        .filter(|_| e.norm.is_some() == e.norm_texels.is_some() && x.rows < 1 << 16);
+    if let Some(t) = x_tex {
+        d.flag("XTEX");
+        bindings.retain(|(b, _)| *b != 1 && *b != 6);
+        textures.push((1, t));
+        if let Some((g, _)) = e.norm_texels {
+            textures.push((6, g));
+        }
+    }
+    if let Some(t) = &y.texels {
+        d.flag("YTEX");
+        textures.push((5, t));
+    }
     if by_token && gpu.lane_groups() {
         // each lane of 8 fetches one of the workgroup's TOKENS_ROWS weight rows and shares it
         d.flag("SHARED_W");
     }
-    if by_token {
+    if by_token && x_tex.is_none() {
         if let Some((xb, gb)) = uniform_x_rows(gpu, m, x, w, &e) {
             d.flag("XUBO");
             d.set("XLEN", format!("{}u", xb / 16));
@@ -333,6 +368,8 @@ fn gemm_lanes(
             .iter()
             .map(|(b, size, buf)| (*b, range(buf, *size)))
             .collect();
+        resources
+            .extend((textures.iter()).map(|(b, t)| (*b, wgpu::BindingResource::TextureView(t))));
         if let Some(t) = e.kv_copy {
             let (k, v) = t.views();
             resources.push((12, wgpu::BindingResource::TextureView(k)));
@@ -683,6 +720,19 @@ fn range(buf: &wgpu::Buffer, size: u64) -> wgpu::BindingResource<'_> {
         offset: 0,
         size: std::num::NonZeroU64::new(size),
     })
+}
+
+/// Whether products over m rows of x read x's texture copy where it has one
+/// ([`crate::gpu::Tensor::texels`], gemv.wgsl's XTEX in `gemm_lanes` and `gemm_tokens`).
+pub fn reads_texels(gpu: &Gpu, m: usize) -> bool {
+    m > 1 && m < 1 << 16 && gpu.gemm_tile() == GemmTile::Lanes
+}
+
+/// Whether the prefill product of m rows by `w` into columns `y_col..` of y runs as
+/// `gemm_tokens` and can write y's texture copy there ([`crate::gpu::Tensor::texels`],
+/// gemv.wgsl's YTEX): a plain product whose every chunk covers whole texels.
+pub fn tokens_write_texels(gpu: &Gpu, m: usize, w: &Weight, y_col: usize) -> bool {
+    m > 1 && gpu.gemm_tile() == GemmTile::Lanes && by_token(m, w) && gemv_writes_texels(w, y_col)
 }
 
 /// Whether the decode GEMV of `w` into columns `y_col..` of y can also write y's texture

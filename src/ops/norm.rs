@@ -63,6 +63,17 @@ pub fn norm(
         defines.flag("ROW_LANES");
     }
     let mut bindings = vec![(1, &x.buf), (2, gamma), (4, &y.buf)];
+    let mut textures = Vec::new();
+    if let Some(t) = &y.texels {
+        if !(lanes && norms_write_texels(gpu, d)) {
+            bail!(
+                "norm: {}x{d} rows cannot write their texture copy here",
+                y.rows
+            );
+        }
+        defines.flag("Y_TEX");
+        textures.push((5, wgpu::BindingResource::TextureView(t)));
+    }
     let entry = match beta {
         Some(b) => {
             check_len("norm beta", b, d)?;
@@ -72,13 +83,20 @@ pub fn norm(
         }
         None => "rms_norm",
     };
-    Kernel::new(
+    Kernel::with_resources(
         gpu,
         "norm",
         entry,
         &defines,
         bytes(&params),
         &bindings,
+        textures,
         grid,
     )
+}
+
+/// Whether a norm of rows of width d can also write its output's texture copy
+/// ([`crate::gpu::Tensor::texels`], norm.wgsl's Y_TEX): the lane-group variant, whole texels.
+pub fn norms_write_texels(gpu: &Gpu, d: usize) -> bool {
+    row_lanes(gpu) && d.is_multiple_of(4)
 }
