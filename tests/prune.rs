@@ -332,21 +332,26 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
         let read = |b: &wgpu::Buffer, k: usize| -> Vec<u32> {
             bytemuck::pod_collect_to_vec(&g.read_bytes(b, 0, 4 * k as u64).unwrap())
         };
-        for k in [1, 17, 150, 299] {
-            let kern = op::select(
-                g,
-                "top_k",
-                None,
-                SelectParams::new(n, k),
-                &[(1, &sb), (3, &keep), (5, &flags)],
-            )
-            .unwrap();
-            g.run(&[&kern]).unwrap();
-            assert_eq!(
-                read(&keep, k),
-                select::top_k(&scores, k),
-                "{name}: top_k {k}"
-            );
+        // and distinct scores of both signs, which differ in every digit of their keys
+        let spread: Vec<f32> = (0..n).map(|_| rng.uniform() * 3.0).collect();
+        for (what, s) in [("tied", &scores), ("spread", &spread)] {
+            let sb = g.storage_init("s", bytemuck::cast_slice(s)).unwrap();
+            for k in [1, 17, 150, 299] {
+                let kern = op::select(
+                    g,
+                    "top_k",
+                    None,
+                    SelectParams::new(n, k),
+                    &[(1, &sb), (3, &keep), (5, &flags)],
+                )
+                .unwrap();
+                g.run(&[&kern]).unwrap();
+                assert_eq!(
+                    read(&keep, k),
+                    select::top_k(s, k),
+                    "{name}: top_k {k} of {what} scores"
+                );
+            }
         }
         // ARP on a 16x16 grid split 3x3 (uneven regions).
         let a: Vec<f32> = (0..256).map(|i| scores[i] * 0.01).collect();
