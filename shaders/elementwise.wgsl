@@ -9,6 +9,8 @@
 //   copy_rows:  1 a src, 3 y dst (+ 4 step with STEP_OFFSET)
 //               y[(dst_row0 [+ step.kv_offset] + r) * dst_stride + dst_col + c]
 //                 = a[(src_row0 + r) * src_stride + c]   for r < rows, c < cols; n = rows * cols
+//               Y_TEX (cols, dst_col multiples of 4; no STEP_OFFSET): also into 5 y_tex,
+//               rgba32float [dst_stride / 4, rows], y's texture copy; an invocation per texel
 #include "common"
 #include "activations"
 
@@ -31,6 +33,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #ifdef STEP_OFFSET
 @group(0) @binding(4) var<uniform> step: Step;
+#endif
+#ifdef Y_TEX
+@group(0) @binding(5) var y_tex: texture_storage_2d<rgba32float, write>;
 #endif
 
 fn index(lid: u32, wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -79,6 +84,22 @@ fn quick_gelu_inplace(@builtin(local_invocation_index) lid: u32,
 fn copy_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
              @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(lid, wid, nwg);
+#ifdef Y_TEX
+    // texel i: values 4c .. 4c + 3 of row r
+    if i >= p.n / 4u {
+        return;
+    }
+    let r = i / (p.cols / 4u);
+    let c = i % (p.cols / 4u);
+    let src = (p.src_row0 + r) * p.src_stride + 4u * c;
+    let to = (p.dst_row0 + r) * p.dst_stride + p.dst_col + 4u * c;
+    let t = vec4<f32>(a[src], a[src + 1u], a[src + 2u], a[src + 3u]);
+    y[to] = t.x;
+    y[to + 1u] = t.y;
+    y[to + 2u] = t.z;
+    y[to + 3u] = t.w;
+    textureStore(y_tex, vec2<u32>(p.dst_col / 4u + c, p.dst_row0 + r), t);
+#else
     if i >= p.n {
         return;
     }
@@ -89,4 +110,5 @@ fn copy_rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     row += step.kv_offset;
 #endif
     y[row * p.dst_stride + p.dst_col + c] = a[(p.src_row0 + r) * p.src_stride + c];
+#endif
 }

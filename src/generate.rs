@@ -951,7 +951,7 @@ impl Engine {
 }
 
 /// A request's passes for the developer switch `VLM_RUN_PROFILE`: each kernel of the vision
-/// tower, of the pruning passes, of the prefill (after any prune layer) and of a decode step
+/// tower, of the projector, of the pruning passes, of the prefill (after any prune layer) and of a decode step
 /// run alone, grouped by kernel and grid, and the tables printed to stderr. Only after the
 /// request: the replays re-run residual adds. A number above 1 (VLM_RUN_PROFILE=20) sets
 /// the decode step's replays (default 5).
@@ -980,6 +980,8 @@ impl ProfiledPasses<'_> {
         if let Some(ep) = self.encode {
             let tower = ep.tower();
             table(dispatches("vision tower", tower.len()), &tower, 3)?;
+            let projector: Vec<&Kernel> = ep.projector.iter().collect();
+            table(dispatches("projector", projector.len()), &projector, 3)?;
         }
         let prune: Vec<&Kernel> = (self.encode.iter())
             .flat_map(|ep| ep.prune.iter().chain(&ep.prune_after))

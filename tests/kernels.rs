@@ -489,6 +489,7 @@ fn elementwise_kernels_match_cpu() {
                 row0: 1,
                 col: 3,
                 step: Some(&step),
+                texels: None,
             },
         )
         .unwrap();
@@ -1406,8 +1407,8 @@ fn empty_grids_belong_to_the_thread_that_asked_for_them() {
 /// The vision tower's products over many rows read x from its texture copy (XTEX in
 /// `gemm_tokens` and `gemm_lanes`), not from x's buffer, which holds NaN here; `gemm_tokens`
 /// writes y's texture copy beside y (YTEX: bias, QuickGELU, and a residual add); and the
-/// kernels that feed them (LayerNorm, the direct prefill attention, im2col) write texture
-/// copies equal to their buffers. A product the lane groups run refuses a y with texels.
+/// kernels that feed them (LayerNorm, the direct prefill attention, im2col, copy_rows) write
+/// texture copies equal to their buffers. A product the lane groups run refuses a y with texels.
 #[test]
 fn prefill_products_read_and_write_texture_copies() {
     let mut rng = Rng::new(12);
@@ -1566,6 +1567,25 @@ fn prefill_products_read_and_write_texture_copies() {
             let err = norm.err().expect("a norm into texels").to_string();
             assert!(err.contains("texture copy"), "{name}: {err}");
         }
+        // copy_rows: rows 1.. of the LayerNorm's input (the projector's from the tower's)
+        let rows = Tensor::new(&gpu, "rows", m - 1, d).unwrap();
+        let rows = texels(rows, "rows");
+        let dst = ops::elementwise::RowDest {
+            buf: &rows.buf,
+            stride: d,
+            row0: 0,
+            col: 0,
+            step: None,
+            texels: rows.texels.as_ref(),
+        };
+        let copy = ops::elementwise::copy_rows(&gpu, &xn, 1, m - 1, dst).unwrap();
+        gpu.run(&[&copy]).unwrap();
+        assert_eq!(
+            rows.read(&gpu).unwrap(),
+            xn.read(&gpu).unwrap()[d..],
+            "{name}"
+        );
+        copies.push(("copy_rows", &rows));
         for (what, t) in copies {
             let buf = t.read(&gpu).unwrap();
             assert!(buf.iter().all(|v| v.is_finite()), "{name} {what}");

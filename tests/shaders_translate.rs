@@ -86,7 +86,15 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["WF16", "WTEX", "TOKENS", "NORM", "XUBO", "SHARED_W"],
             vec!["WF16", "TOKENS", "ROPE", "PAIRS", "KV_TEX_COPY", "SHARED_W"],
             // the vision tower's products: x's rows from its texture copy, y's written too
-            vec!["WF16", "WTEX", "TOKENS", "XTEX", "YTEX", "BIAS", "ACT_QUICK_GELU"],
+            vec![
+                "WF16",
+                "WTEX",
+                "TOKENS",
+                "XTEX",
+                "YTEX",
+                "BIAS",
+                "ACT_QUICK_GELU",
+            ],
             vec!["WF16", "TOKENS", "XTEX", "YTEX", "ACCUMULATE", "SHARED_W"],
         ],
         // o_proj, the MLP and both residual adds by token: each weight in a buffer or in a
@@ -124,7 +132,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["LAYER_NORM", "ROW_LANES", "Y_TEX"],
             vec!["ROW_LANES", "Y_TEX"],
         ],
-        "elementwise" => vec![vec![], vec!["STEP_OFFSET"]],
+        // Y_TEX: copy_rows into a texture copy too (the projector's input on CPU devices)
+        "elementwise" => vec![vec![], vec!["STEP_OFFSET"], vec!["Y_TEX"]],
         // decode's copy of its new K/V row into a KV cache kept in textures
         "kv_texture" => vec![vec![], vec!["STEP_ROW"], vec!["K_ONLY"]],
         // OUT_TEX: im2col writing its output's texture copy too
@@ -240,11 +249,11 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
         }
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 31, layer_tail 3, norm 6,
-    // elementwise 2,
+    // elementwise 3,
     // rope 3, attention 9, embed 3, kv_texture 3, sample, bandwidth, random_fill 1 each,
     // prune_select 5, prune_score 4 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 31 + 3 + 6 + 2 + 3 + 9 + 3 + 3 + 3 + 5 + 4 + 1)
+        4 * (2 * (8 + 7) + 31 + 3 + 6 + 3 + 3 + 9 + 3 + 3 + 3 + 5 + 4 + 1)
     );
 }

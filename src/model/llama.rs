@@ -382,6 +382,7 @@ impl Llama {
             row0: at,
             col: 0,
             step: None,
+            texels: None,
         };
         ops::elementwise::copy_rows(gpu, rows, 0, rows.rows, dst)
     }

@@ -220,18 +220,31 @@ impl Llava {
             es.feats
         } else {
             let feats = Tensor::new(gpu, "projector.in", n, dv)?;
+            // linear_1 reads feats' texture copy where it can (CPU devices)
+            let feats = match ops::matmul::reads_texels(gpu, n) && dv.is_multiple_of(4) {
+                true => feats.with_texels(gpu, "projector.in_texels"),
+                false => feats,
+            };
             let dst = RowDest {
                 buf: &feats.buf,
                 stride: dv,
                 row0: 0,
                 col: 0,
                 step: None,
+                texels: feats.texels.as_ref(),
             };
             select_ks.push(ops::elementwise::copy_rows(gpu, &vp.out, first, n, dst)?);
             feats
         };
         let rows = feats.rows;
         let mid = Tensor::new(gpu, "projector.mid", rows, dt)?;
+        // linear_2 reads mid's texture copy where linear_1 can write one (CPU devices)
+        let mid = match ops::matmul::tokens_write_texels(gpu, rows, &projector.linear_1.w, 0)
+            && ops::matmul::reads_texels(gpu, rows)
+        {
+            true => mid.with_texels(gpu, "projector.mid_texels"),
+            false => mid,
+        };
         let mut out = Tensor::new(gpu, "projector.out", rows, dt)?;
         let mut ks = select_ks;
         ks.extend(

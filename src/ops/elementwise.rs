@@ -124,6 +124,10 @@ pub struct RowDest<'a> {
     pub col: usize,
     /// Add the pass's `Step::kv_offset` to `row0` (KV-cache writes).
     pub step: Option<&'a wgpu::Buffer>,
+    /// Also write the copied values into this texture copy of dst
+    /// ([`crate::gpu::Tensor::texels`], [stride / 4, rows] texels): with whole texels (cols
+    /// and col multiples of 4) and no `step`.
+    pub texels: Option<&'a wgpu::TextureView>,
 }
 
 /// Copy `rows` rows of `src` starting at `src_row0` (all its columns) into `dst`.
@@ -141,7 +145,7 @@ pub fn copy_rows(
             src.cols
         );
     }
-    let n = rows * src.cols;
+    let mut n = rows * src.cols;
     let p = Params {
         n: n as u32,
         cols: src.cols as u32,
@@ -158,13 +162,27 @@ pub fn copy_rows(
         defines.flag("STEP_OFFSET");
         bindings.push((4, step));
     }
-    Kernel::new(
+    let mut textures = Vec::new();
+    if let Some(t) = dst.texels {
+        if dst.step.is_some() || !src.cols.is_multiple_of(4) || !dst.col.is_multiple_of(4) {
+            bail!(
+                "copy_rows: {}-column rows at column {} are no whole texels",
+                src.cols,
+                dst.col
+            );
+        }
+        defines.flag("Y_TEX");
+        textures.push((5, wgpu::BindingResource::TextureView(t)));
+        n /= 4; // an invocation per texel
+    }
+    Kernel::with_resources(
         gpu,
         "elementwise",
         "copy_rows",
         &defines,
         bytes(&p),
         &bindings,
+        textures,
         grid(gpu, n),
     )
 }
