@@ -417,38 +417,54 @@ fn mmr(@builtin(local_invocation_index) lid: u32) {
     compact(lid);
 }
 
+// max_min's mark of a picked token in work (a distance is never below -2).
+const PICKED: f32 = -3.0e38;
+
 @compute @workgroup_size(WG)
 fn max_min(@builtin(local_invocation_index) lid: u32) {
     // the parameters in registers: a storage load in the loops is redone after each barrier
     let n = p.n;
-    for (var i = lid; i < n; i += WG) {
-        flags[i] = 0u;
-        work[i] = 3.0e38;
+    let k = min(p.k, n);
+    // The first pick: the largest of the row minima (prune_score.wgsl's row_min_distance,
+    // in scores). Each invocation keeps to the same tokens j throughout, so work needs no
+    // barrier between the steps.
+    var bv = 0.0;
+    var bi = NONE;
+    for (var j = lid; j < n; j += WG) {
+        flags[j] = 0u;
+        work[j] = 3.0e38;
+        if before(scores[j], j, bv, bi) {
+            bv = scores[j];
+            bi = j;
+        }
     }
-    barrier_all();
-    for (var step = 0u; step < min(p.k, n); step++) {
-        var bv = 0.0;
-        var bi = NONE;
-        for (var j = lid; j < n; j += WG) {
-            if flags[j] == 0u {
-                // the first pick: the largest of the row minima (prune_score.wgsl's
-                // row_min_distance, in scores)
-                let v = select(work[j], scores[j], step == 0u);
-                if before(v, j, bv, bi) {
-                    bv = v;
+    if k > 0u {
+        var pick = wg_argmax(lid, bv, bi);
+        for (var step = 1u; step < k; step++) {
+            if lid == 0u {
+                flags[pick] = 1u;
+            }
+            // one pass: each token's distance to the picks so far, and the next pick
+            bv = 0.0;
+            bi = NONE;
+            for (var j = lid; j < n; j += WG) {
+                var w = min(work[j], 1.0 - gram[pick * n + j]);
+                if j == pick {
+                    w = PICKED;
+                }
+                work[j] = w;
+                if w != PICKED && before(w, j, bv, bi) {
+                    bv = w;
                     bi = j;
                 }
             }
-        }
-        let pick = wg_argmax(lid, bv, bi);
-        for (var j = lid; j < n; j += WG) {
-            work[j] = min(work[j], 1.0 - gram[pick * n + j]);
+            pick = wg_argmax(lid, bv, bi);
         }
         if lid == 0u {
             flags[pick] = 1u;
         }
-        barrier_all();
     }
+    barrier_all();
     compact(lid);
 }
 
