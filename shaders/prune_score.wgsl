@@ -17,7 +17,9 @@
 //   One invocation per output value. Dispatch (ceil(rows * hd / WG), 1, 1).
 // normalize_rows: rows row0 .. row0 + rows of a, scaled to unit L2 norm.
 //   Bindings: 0 params, 1 a f32 [*, a_stride], 4 out f32 [rows, cols]; UNIT_TEX_OUT (cols
-//   a multiple of 4): the unit rows also to 5, an rgba32float texture [cols / 4, rows].
+//   a multiple of 4): the unit rows also to 5, an rgba32float texture [cols / 4, rows];
+//   A_TEX (with UNIT_TEX_OUT): a read from 6, its texture copy (gpu::Tensor::texels,
+//   [a_stride / 4, *]), instead of 1.
 //   One invocation per row. Dispatch (ceil(rows / WG), 1, 1).
 // gram: dot products of every pair of rows of a unit-norm matrix (cosine similarity).
 //   Bindings: 0 params, 1 a f32 [rows, cols], 4 out f32 [rows, rows]; UNIT_TEX: a read from
@@ -68,6 +70,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 #ifdef UNIT_TEX_OUT
 @group(0) @binding(5) var unit_tex: texture_storage_2d<rgba32float, write>;
+#ifdef A_TEX
+@group(0) @binding(6) var a_tex: texture_storage_2d<rgba32float, read>;
+#endif
 #endif
 #ifdef UNIT_TEX
 @group(0) @binding(5) var unit_tex: texture_storage_2d<rgba32float, read>;
@@ -165,6 +170,27 @@ fn normalize_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     if r >= p.rows {
         return;
     }
+#ifdef A_TEX
+    // texel by texel, the squares summed value by value as below
+    var s = 0.0;
+    for (var c = 0u; c < p.cols / 4u; c++) {
+        let v = textureLoad(a_tex, vec2<u32>(c, p.row0 + r));
+        s += v.x * v.x;
+        s += v.y * v.y;
+        s += v.z * v.z;
+        s += v.w * v.w;
+    }
+    let inv = 1.0 / max(sqrt(s), 1e-12);
+    for (var c = 0u; c < p.cols / 4u; c++) {
+        let v = textureLoad(a_tex, vec2<u32>(c, p.row0 + r)) * inv;
+        let o = r * p.cols + 4u * c;
+        out[o] = v.x;
+        out[o + 1u] = v.y;
+        out[o + 2u] = v.z;
+        out[o + 3u] = v.w;
+        textureStore(unit_tex, vec2<u32>(c, r), v);
+    }
+#else
     let base = (p.row0 + r) * p.a_stride;
     var s = 0.0;
     for (var c = 0u; c < p.cols; c++) {
@@ -180,6 +206,7 @@ fn normalize_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
         let v = vec4<f32>(a[base + c], a[base + c + 1u], a[base + c + 2u], a[base + c + 3u]);
         textureStore(unit_tex, vec2<u32>(c / 4u, r), v * inv);
     }
+#endif
 #endif
 }
 

@@ -1567,6 +1567,22 @@ fn prefill_products_read_and_write_texture_copies() {
             let err = norm.err().expect("a norm into texels").to_string();
             assert!(err.contains("texture copy"), "{name}: {err}");
         }
+        // DivPrune's cosine Gram over the projector's output: the unit rows from its texture
+        let (gn, gd) = (130, 96);
+        let gx = rng.vec(gn * gd, 1.0);
+        let gxt = x_in(gn, gd, &gx);
+        let unit = Tensor::new(&gpu, "unit", gn, gd).unwrap();
+        let gram = Tensor::new(&gpu, "gram", gn, gn).unwrap();
+        let ks = ops::prune::cosine_gram(&gpu, &gxt, 0..gn, &unit, &gram).unwrap();
+        assert!(ks[0].label == "normalize_rows", "{name}");
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let want = vlm_run::prune::select::cosine_gram(&gx, gd);
+        assert_close(
+            &format!("{name} cosine Gram"),
+            &gram.read(&gpu).unwrap(),
+            &want,
+            1e-5,
+        );
         // copy_rows: rows 1.. of the LayerNorm's input (the projector's from the tower's)
         let rows = Tensor::new(&gpu, "rows", m - 1, d).unwrap();
         let rows = texels(rows, "rows");

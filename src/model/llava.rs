@@ -246,6 +246,14 @@ impl Llava {
             false => mid,
         };
         let mut out = Tensor::new(gpu, "projector.out", rows, dt)?;
+        // DivPrune's normalisation reads out's texture copy where linear_2 can write one
+        let divprune = prune.is_some_and(|(plan, _)| plan.method == Method::DivPrune);
+        if divprune
+            && ops::matmul::tokens_write_texels(gpu, rows, &projector.linear_2.w, 0)
+            && ops::matmul::reads_texels(gpu, rows)
+        {
+            out = out.with_texels(gpu, "projector.out_texels");
+        }
         let mut ks = select_ks;
         ks.extend(
             projector

@@ -183,9 +183,16 @@ fn normalize_kernel(
     }
     let mut defines = gpu.base_defines();
     let mut textures = Vec::new();
+    let mut buffers = vec![(1, &x.buf), (4, &unit.buf)];
     if let Some(t) = tex {
         defines.flag("UNIT_TEX_OUT");
         textures.push((5, wgpu::BindingResource::TextureView(t)));
+        // x's rows from its texture copy where it has one (CPU devices)
+        if let Some(xt) = &x.texels {
+            defines.flag("A_TEX");
+            textures.push((6, wgpu::BindingResource::TextureView(xt)));
+            buffers.retain(|(b, _)| *b != 1);
+        }
     }
     Kernel::with_resources(
         gpu,
@@ -193,7 +200,7 @@ fn normalize_kernel(
         "normalize_rows",
         &defines,
         bytes(&unit_params(x, rows)),
-        &[(1, &x.buf), (4, &unit.buf)],
+        &buffers,
         textures,
         [(n as u32).div_ceil(64), 1, 1],
     )
