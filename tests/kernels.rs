@@ -1408,7 +1408,8 @@ fn empty_grids_belong_to_the_thread_that_asked_for_them() {
 /// `gemm_tokens` and `gemm_lanes`), not from x's buffer, which holds NaN here; `gemm_tokens`
 /// writes y's texture copy beside y (YTEX: bias, QuickGELU, and a residual add); and the
 /// kernels that feed them (LayerNorm, the direct prefill attention, im2col, copy_rows) write
-/// texture copies equal to their buffers. A product the lane groups run refuses a y with texels.
+/// texture copies equal to their buffers; LayerNorm reads x's texture copy (X_TEX). A product
+/// the lane groups run refuses a y with texels.
 #[test]
 fn prefill_products_read_and_write_texture_copies() {
     let mut rng = Rng::new(12);
@@ -1549,19 +1550,36 @@ fn prefill_products_read_and_write_texture_copies() {
         );
         let im2col = ops::embed::im2col(&gpu, &pb, img, patch, &cols).unwrap();
         gpu.run(&[&im2col]).unwrap();
-        let xn = Tensor::from_f32(&gpu, "xn", m, d, &rng.vec(m * d, 2.0)).unwrap();
-        let gb = gpu
-            .storage_init("g", bytemuck::cast_slice(&rng.vec(d, 1.0)))
-            .unwrap();
+        let xv = rng.vec(m * d, 2.0);
+        let xn = Tensor::from_f32(&gpu, "xn", m, d, &xv).unwrap();
+        let (gamma, beta) = (rng.vec(d, 1.0), rng.vec(d, 1.0));
+        let gb = gpu.storage_init("g", bytemuck::cast_slice(&gamma)).unwrap();
         let betab = gpu
-            .storage_init("beta", bytemuck::cast_slice(&rng.vec(d, 1.0)))
+            .storage_init("beta", bytemuck::cast_slice(&beta))
             .unwrap();
         let ln = texels(Tensor::new(&gpu, "ln", m, d).unwrap(), "ln");
-        let norm = ops::norm::norm(&gpu, &xn, 0, &gb, Some(&betab), 1e-5, &ln);
+        // LayerNorm's input held only in its texture (X_TEX)
+        let xln = x_in(m, d, &xv);
+        let norm = ops::norm::norm(&gpu, &xln, 0, &gb, Some(&betab), 1e-5, &ln);
         // only the lane-group variant (subgroups of 8 or more) writes texels
         let mut copies = vec![("attention", &attn), ("im2col", &cols)];
         if ops::norm::norms_write_texels(&gpu, d) {
             gpu.run(&[&norm.unwrap()]).unwrap();
+            let mut want = Vec::with_capacity(m * d);
+            for row in xv.chunks(d) {
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                let inv = 1.0 / (var + 1e-5).sqrt();
+                for i in 0..d {
+                    want.push(((row[i] as f64 - mean) * inv) as f32 * gamma[i] + beta[i]);
+                }
+            }
+            assert_close(
+                &format!("{name} layer norm"),
+                &ln.read(&gpu).unwrap(),
+                &want,
+                1e-4,
+            );
             copies.push(("layer norm", &ln));
         } else {
             let err = norm.err().expect("a norm into texels").to_string();

@@ -130,6 +130,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["LAYER_NORM", "ROW_LANES"],
             // ... writing its output's texture copy too (the vision tower)
             vec!["LAYER_NORM", "ROW_LANES", "Y_TEX"],
+            vec!["LAYER_NORM", "ROW_LANES", "Y_TEX", "X_TEX"],
             vec!["ROW_LANES", "Y_TEX"],
         ],
         // Y_TEX: copy_rows into a texture copy too (the projector's input on CPU devices)
@@ -250,12 +251,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 31, layer_tail 3, norm 6,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 31, layer_tail 3, norm 7,
     // elementwise 3,
     // rope 3, attention 9, embed 3, kv_texture 3, sample, bandwidth, random_fill 1 each,
     // prune_select 5, prune_score 5 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 31 + 3 + 6 + 3 + 3 + 9 + 3 + 3 + 3 + 5 + 5 + 1)
+        4 * (2 * (8 + 7) + 31 + 3 + 7 + 3 + 3 + 9 + 3 + 3 + 3 + 5 + 5 + 1)
     );
 }

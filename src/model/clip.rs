@@ -230,6 +230,13 @@ impl ClipVisionTower {
         let patches = Tensor::new(gpu, "vision.patches", n, d)?;
         let embed = Tensor::new(gpu, "vision.embed", t, d)?;
         let x = Tensor::new(gpu, "vision.x", t, d)?;
+        // the residual stream too, for the LayerNorms, where all its writers can write it
+        let residual_texels = ops::norm::norms_write_texels(gpu, d)
+            && (self.layers.iter()).all(|l| {
+                ops::matmul::tokens_write_texels(gpu, t, &l.out_proj.w, 0)
+                    && ops::matmul::tokens_write_texels(gpu, t, &l.fc2.w, 0)
+            });
+        let x = texels(x, "vision.x_texels", residual_texels);
         let h = Tensor::new(gpu, "vision.h", t, d)?;
         let h = texels(h, "vision.h_texels", ops::norm::norms_write_texels(gpu, d));
         let q = Tensor::new(gpu, "vision.q", t, d)?;

@@ -73,6 +73,12 @@ pub fn norm(
         }
         defines.flag("Y_TEX");
         textures.push((5, wgpu::BindingResource::TextureView(t)));
+        // LayerNorm reads x's texture copy where it has one
+        if let Some(xt) = x.texels.as_ref().filter(|_| beta.is_some()) {
+            defines.flag("X_TEX");
+            textures.push((6, wgpu::BindingResource::TextureView(xt)));
+            bindings.retain(|(b, _)| *b != 1);
+        }
     }
     let entry = match beta {
         Some(b) => {
