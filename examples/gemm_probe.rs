@@ -30,6 +30,11 @@ fn probe(m: usize, k: usize, n: usize, reps: usize) -> anyhow::Result<()> {
     } else {
         Tensor::activation(&gpu, "x", m, k)?
     };
+    // XTEX=1: x also as a texture copy, which the lane kernels read on CPU devices
+    let x = match std::env::var_os("XTEX") {
+        Some(_) => x.with_texels(&gpu, "x.texels"),
+        None => x,
+    };
     let y = Tensor::new(&gpu, "y", m, n)?;
     // NORM=1: RMSNorm on load, as a Llama decoder's prefill runs q|k|v and [gate; up];
     // GATE_UP=1: also w is [gate; up] (n rows) with SwiGLU (y then holds n / 2 columns)

@@ -13,7 +13,7 @@
 //                   (WTEX: the same words in a texture, weight_texture.wgsl)
 //           3 bias  f32 [out_col + n]          (BIAS)
 //           4 y     f32 [out_col + n]          (GATE_UP: [n / 2])
-//           5 y_tex (YTEX, gemv and gemm_tokens' plain store): y's texture copy
+//           5 y_tex (YTEX, the plain store of gemv, gemm_lanes, gemm_tokens): y's texture copy
 //                   (gpu::Tensor::texels), rgba32float, values 4i .. 4i + 3 of row t at
 //                   texel (i, t), written with y
 //           6 g     vec4<f32> [k / 4]: the RMSNorm weight (NORM)
@@ -700,11 +700,25 @@ fn gemm_lanes(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
             }
         }
 #else
+#ifdef YTEX
+        // y's texture copy too, row t0 + t: whole texels (LG_ROWS, valid and out_col
+        // multiples of 4)
+        for (var r = 0u; r < LG_ROWS; r += 4u) {
+            if base + r < valid {
+                var v: vec4<f32>;
+                for (var j = 0u; j < 4u; j++) {
+                    v[j] = store(t0 + t, base + r + j, acc[r + j][t]);
+                }
+                textureStore(y_tex, vec2<u32>((p.out_col + base + r) / 4u, t0 + t), v);
+            }
+        }
+#else
         for (var r = 0u; r < LG_ROWS; r++) {
             if base + r < valid {
                 store(t0 + t, base + r, acc[r][t]);
             }
         }
+#endif
 #endif
     }
 }

@@ -193,11 +193,11 @@ fn decode_gemv_reads_and_writes_texture_copies() {
         let err = ops::matmul::gemv(&gpu, &xt, &wt, &half, swiglu);
         let err = err.err().expect("SwiGLU into texels").to_string();
         assert!(err.contains("texture copy"), "{name}: {err}");
-        // and a prefill's rows that gemm_lanes takes (it writes no texels)
+        // and a prefill's rows whose last texel the product cannot fill whole
         let x2 = Tensor::from_f32(&gpu, "x2", 2, k, &rng.vec(2 * k, 1.0)).unwrap();
-        let y2 = texels(Tensor::new(&gpu, "y2", 2, n).unwrap(), "y2");
-        let err = ops::matmul::linear(&gpu, &x2, &wt, None, &y2, Act::None, false);
-        let err = err.err().expect("2 rows into texels").to_string();
+        let y2 = texels(Tensor::new(&gpu, "y2", 2, 68).unwrap(), "y2");
+        let err = ops::matmul::linear(&gpu, &x2, &w67, None, &y2, Act::None, false);
+        let err = err.err().expect("2 rows of 67 into texels").to_string();
         assert!(err.contains("texture copy"), "{name}: {err}");
     }
     // on a CPU device every variant but the flipped last one keeps texture copies
@@ -1409,7 +1409,7 @@ fn empty_grids_belong_to_the_thread_that_asked_for_them() {
 /// writes y's texture copy beside y (YTEX: bias, QuickGELU, and a residual add); and the
 /// kernels that feed them (LayerNorm, the direct prefill attention, im2col, copy_rows) write
 /// texture copies equal to their buffers; LayerNorm reads x's texture copy (X_TEX). A product
-/// the lane groups run refuses a y with texels.
+/// that cannot fill y's last texel refuses a y with texels.
 #[test]
 fn prefill_products_read_and_write_texture_copies() {
     let mut rng = Rng::new(12);
@@ -1491,7 +1491,8 @@ fn prefill_products_read_and_write_texture_copies() {
             tol,
         );
 
-        // gemm_lanes (9 rows, k = 96: not by token) reads x's texture too, and cannot write y's
+        // gemm_lanes (9 rows, k = 96: not by token) reads x's texture too and writes y's (lane
+        // groups of 8 rows), but not where the last texel is partial (67 rows)
         let (m2, k2) = (9, 96);
         let x2 = rng.vec(m2 * k2, 1.0);
         let w2_16 = to_f16_bits(&rng.vec(n * k2, 0.5));
@@ -1510,8 +1511,29 @@ fn prefill_products_read_and_write_texture_copies() {
             2e-5 * k2 as f32,
         );
         let y2t = texels(Tensor::new(&gpu, "y2t", m2, n).unwrap(), "y2t");
-        let err = ops::matmul::linear(&gpu, &x2t, &w2, None, &y2t, Act::None, false);
-        let err = err.err().expect("gemm_lanes into texels").to_string();
+        let ks = ops::matmul::linear(&gpu, &x2t, &w2, None, &y2t, Act::None, false).unwrap();
+        assert_eq!(ks[0].label, "gemm_lanes", "{name}");
+        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+        let tol2 = 2e-5 * k2 as f32;
+        assert_close(
+            &format!("{name} gemm_lanes y"),
+            &y2t.read(&gpu).unwrap(),
+            &want,
+            tol2,
+        );
+        assert_close(
+            &format!("{name} gemm_lanes y's texture"),
+            &texture_of(&y2t),
+            &want,
+            tol2,
+        );
+        let w67 = Weight::upload(&gpu, "w67", 67, k2, &w2_16[..67 * k2]).unwrap();
+        let y67 = texels(Tensor::new(&gpu, "y67", m2, 68).unwrap(), "y67");
+        let err = ops::matmul::linear(&gpu, &x2t, &w67, None, &y67, Act::None, false);
+        let err = err
+            .err()
+            .expect("gemm_lanes of 67 rows into texels")
+            .to_string();
         assert!(err.contains("texture copy"), "{name}: {err}");
 
         // LayerNorm, attention and im2col: their texture copies hold what their buffers hold

@@ -233,8 +233,8 @@ impl ClipVisionTower {
         // the residual stream too, for the LayerNorms, where all its writers can write it
         let residual_texels = ops::norm::norms_write_texels(gpu, d)
             && (self.layers.iter()).all(|l| {
-                ops::matmul::tokens_write_texels(gpu, t, &l.out_proj.w, 0)
-                    && ops::matmul::tokens_write_texels(gpu, t, &l.fc2.w, 0)
+                ops::matmul::lanes_write_texels(gpu, t, &l.out_proj.w, 0)
+                    && ops::matmul::lanes_write_texels(gpu, t, &l.fc2.w, 0)
             });
         let x = texels(x, "vision.x_texels", residual_texels);
         let h = Tensor::new(gpu, "vision.h", t, d)?;
@@ -247,8 +247,8 @@ impl ClipVisionTower {
         let kv_tex = ops::attention::KvTextures::new(gpu, heads, t);
         let kv_filled = kv_tex.as_ref().filter(|_| {
             (self.layers.iter()).all(|l| {
-                ops::matmul::tokens_write_texels(gpu, t, &l.k_proj.w, 0)
-                    && ops::matmul::tokens_write_texels(gpu, t, &l.v_proj.w, 0)
+                ops::matmul::lanes_write_texels(gpu, t, &l.k_proj.w, 0)
+                    && ops::matmul::lanes_write_texels(gpu, t, &l.v_proj.w, 0)
             })
         });
         if let Some(kv) = kv_filled {
@@ -261,7 +261,7 @@ impl ClipVisionTower {
         let attn = texels(attn, "vision.attn_texels", attn_texels);
         let mlp = Tensor::new(gpu, "vision.mlp", t, m)?;
         let fc1_texels =
-            (self.layers.iter()).all(|l| ops::matmul::tokens_write_texels(gpu, t, &l.fc1.w, 0));
+            (self.layers.iter()).all(|l| ops::matmul::lanes_write_texels(gpu, t, &l.fc1.w, 0));
         let mlp = texels(mlp, "vision.mlp_texels", fc1_texels);
 
         let mut ks = vec![ops::embed::im2col(gpu, pixels, c.image_size, p, &cols)?];

@@ -239,7 +239,7 @@ impl Llava {
         let rows = feats.rows;
         let mid = Tensor::new(gpu, "projector.mid", rows, dt)?;
         // linear_2 reads mid's texture copy where linear_1 can write one (CPU devices)
-        let mid = match ops::matmul::tokens_write_texels(gpu, rows, &projector.linear_1.w, 0)
+        let mid = match ops::matmul::lanes_write_texels(gpu, rows, &projector.linear_1.w, 0)
             && ops::matmul::reads_texels(gpu, rows)
         {
             true => mid.with_texels(gpu, "projector.mid_texels"),
@@ -249,7 +249,7 @@ impl Llava {
         // DivPrune's normalisation reads out's texture copy where linear_2 can write one
         let divprune = prune.is_some_and(|(plan, _)| plan.method == Method::DivPrune);
         if divprune
-            && ops::matmul::tokens_write_texels(gpu, rows, &projector.linear_2.w, 0)
+            && ops::matmul::lanes_write_texels(gpu, rows, &projector.linear_2.w, 0)
             && ops::matmul::reads_texels(gpu, rows)
         {
             out = out.with_texels(gpu, "projector.out_texels");

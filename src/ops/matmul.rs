@@ -75,7 +75,7 @@ pub fn linear_at(
     }
     // an output's texture copy: the decode GEMV and gemm_tokens write one (and say where
     // they cannot)
-    if y.texels.is_some() && !(m == 1 && gemv_reads(w) || tokens_write_texels(gpu, m, w, y_col)) {
+    if y.texels.is_some() && !(m == 1 && gemv_reads(w) || lanes_write_texels(gpu, m, w, y_col)) {
         bail!(
             "linear: a {m}x{} by {}x{} product cannot write its output's texture copy",
             w.cols,
@@ -287,7 +287,7 @@ fn gemm_lanes(
     }
     check_fit("gemm_lanes", m, x, w, y, &e)?;
     let pairs = e.gate_up || e.rope.is_some();
-    if y.texels.is_some() && (pairs || !tokens_write_texels(gpu, m, w, e.y_col)) {
+    if y.texels.is_some() && (pairs || !lanes_write_texels(gpu, m, w, e.y_col)) {
         bail!(
             "gemm_lanes: a {m}x{} by {}x{} product cannot write its output's texture copy",
             w.cols,
@@ -729,10 +729,14 @@ pub fn reads_texels(gpu: &Gpu, m: usize) -> bool {
 }
 
 /// Whether the prefill product of m rows by `w` into columns `y_col..` of y runs as
-/// `gemm_tokens` and can write y's texture copy there ([`crate::gpu::Tensor::texels`],
-/// gemv.wgsl's YTEX): a plain product whose every chunk covers whole texels.
-pub fn tokens_write_texels(gpu: &Gpu, m: usize, w: &Weight, y_col: usize) -> bool {
-    m > 1 && gpu.gemm_tile() == GemmTile::Lanes && by_token(m, w) && gemv_writes_texels(w, y_col)
+/// `gemm_tokens` or `gemm_lanes` and can write y's texture copy there
+/// ([`crate::gpu::Tensor::texels`], gemv.wgsl's YTEX): a plain product whose every chunk
+/// covers whole texels, in lane groups of whole texels.
+pub fn lanes_write_texels(gpu: &Gpu, m: usize, w: &Weight, y_col: usize) -> bool {
+    let lanes_take = by_token(m, w)
+        || (w.cols >= lane_min_k(w.ty)
+            && (w.chunks.iter()).all(|c| lane_rows(c.rows).is_multiple_of(4)));
+    m > 1 && gpu.gemm_tile() == GemmTile::Lanes && lanes_take && gemv_writes_texels(w, y_col)
 }
 
 /// Whether the decode GEMV of `w` into columns `y_col..` of y can also write y's texture
