@@ -29,13 +29,15 @@
 //   invocations per workgroup; the blocks below the diagonal return at once, those on and
 //   above it also write their mirror image. Dispatch (ceil(rows/32), ceil(rows/32), 1).
 // gram_rows (GRAM_ROWS, with UNIT_TEX; subgroups of at least 8): the same Gram on CPU
-//   devices. An invocation owns row i and a workgroup 8 rows j: lane l of each 8 fetches
-//   row j0 + l's texel and the others take it by subgroupShuffle, so a SIMD row of
-//   lavapipe makes two texel fetches per 32 products where gram's 4x4 blocks made eight
-//   per 64, with their 36 live vectors spilling. Workgroups whose rows j all precede
-//   their rows i return at once; pair (i, j >= i) is stored with its mirror. Measured
-//   (VLM_RUN_PROFILE, DivPrune at B=64): 576 rows of 96 values 2.4 -> 1.7 ms, of 32 values
-//   1.1 -> 0.9 ms. Dispatch (ceil(rows / WG), ceil(rows / 8), 1).
+//   devices. An invocation owns rows i and i + WG, and a workgroup JB = 4 rows j: lane l
+//   of each 8 fetches row j0 + l % 4's texel and the others take it by subgroupShuffle,
+//   so a SIMD row of lavapipe makes three texel fetches and four shuffles per 32 products
+//   where gram's 4x4 blocks made eight fetches per 64, with their 36 live vectors
+//   spilling. Workgroups whose rows j all precede their rows i return at once; pair
+//   (i, j >= i) is stored with its mirror. Measured (VLM_RUN_PROFILE, DivPrune at B=64):
+//   576 rows of 96 values 2.4 -> 1.7 ms with one row i and 8 rows j, 1.6 with two and 4
+//   (2.3 with two and 8, whose 16 sums spill). Dispatch (ceil(rows / 2 WG), ceil(rows / 4),
+//   1).
 // row_min_distance: each row's smallest cosine distance 1 - gram[i, j] to another row
 //   (DivPrune's first pick maximises it), so that the single-workgroup max_min does not
 //   scan all rows x rows itself.
@@ -258,46 +260,53 @@ fn gram(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 #ifdef GRAM_ROWS
-// gram_rows' block of rows j per workgroup: one per lane of a lane group of 8.
-const JB: u32 = 8u;
+// gram_rows' block of rows j per workgroup, shared by lane shuffles.
+const JB: u32 = 4u;
+
+// Rows i per gram_rows invocation: i and i + WG, each shuffled texel of rows j serving both.
+const IPI: u32 = 2u;
 
 @compute @workgroup_size(WG)
-fn gram_rows(@builtin(global_invocation_id) gid: vec3<u32>,
+fn gram_rows(@builtin(local_invocation_index) lid: u32,
              @builtin(workgroup_id) wid: vec3<u32>,
              @builtin(subgroup_invocation_id) sid: u32) {
-    let i0 = wid.x * WG;
+    let i0 = wid.x * WG * IPI;
     let j0 = wid.y * JB;
-    // the matrix is symmetric: a workgroup whose rows j all precede its rows i has nothing
-    // to do (the same for all its invocations, so the shuffles below stay uniform)
     if j0 + JB <= i0 || j0 >= p.rows {
         return;
     }
-    // rows past the end repeat the last row and are not stored
     let last = p.rows - 1u;
-    let i = min(gid.x, last);
     let lane = sid % 8u;
-    var acc: array<f32, JB>;
+    var acc0: array<f32, JB>;
+    var acc1: array<f32, JB>;
+    let ia = i0 + lid;
+    let ib = ia + WG;
     let cols4 = p.cols / 4u;
     for (var c = 0u; c < cols4; c++) {
-        let ai = textureLoad(unit_tex, vec2<u32>(c, i));
-        // lane l fetches row j0 + l's texel; every lane takes row j0 + r's from lane r
-        let mine = textureLoad(unit_tex, vec2<u32>(c, min(j0 + lane, last)));
+        let a0 = textureLoad(unit_tex, vec2<u32>(c, min(ia, last)));
+        let a1 = textureLoad(unit_tex, vec2<u32>(c, min(ib, last)));
+        let mine = textureLoad(unit_tex, vec2<u32>(c, min(j0 + lane % JB, last)));
         for (var r = 0u; r < JB; r++) {
             let aj = subgroupShuffle(mine, sid - lane + r);
-            // value by value, as gram sums them
-            acc[r] += ai.x * aj.x;
-            acc[r] += ai.y * aj.y;
-            acc[r] += ai.z * aj.z;
-            acc[r] += ai.w * aj.w;
+            acc0[r] += a0.x * aj.x;
+            acc0[r] += a0.y * aj.y;
+            acc0[r] += a0.z * aj.z;
+            acc0[r] += a0.w * aj.w;
+            acc1[r] += a1.x * aj.x;
+            acc1[r] += a1.y * aj.y;
+            acc1[r] += a1.z * aj.z;
+            acc1[r] += a1.w * aj.w;
         }
     }
-    // pair (i, j) with j >= i is stored here, with its mirror; the others by the
-    // invocation of row j
     for (var r = 0u; r < JB; r++) {
         let j = j0 + r;
-        if gid.x < p.rows && j < p.rows && j >= gid.x {
-            out[gid.x * p.rows + j] = acc[r];
-            out[j * p.rows + gid.x] = acc[r];
+        if ia < p.rows && j < p.rows && j >= ia {
+            out[ia * p.rows + j] = acc0[r];
+            out[j * p.rows + ia] = acc0[r];
+        }
+        if ib < p.rows && j < p.rows && j >= ib {
+            out[ib * p.rows + j] = acc1[r];
+            out[j * p.rows + ib] = acc1[r];
         }
     }
 }

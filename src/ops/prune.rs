@@ -249,7 +249,7 @@ pub fn cosine_gram(
                 .with_flag("GRAM_ROWS"),
             vec![(4, &out.buf)],
             vec![(5, wgpu::BindingResource::TextureView(t))],
-            [rows_n.div_ceil(64), rows_n.div_ceil(8), 1],
+            [rows_n.div_ceil(2 * 64), rows_n.div_ceil(4), 1],
         ),
         // 32x32 pairs per workgroup
         Some(t) => (
