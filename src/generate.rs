@@ -951,8 +951,9 @@ impl Engine {
 }
 
 /// A request's passes for the developer switch `VLM_RUN_PROFILE`: each kernel of the vision
-/// tower, of the projector, of the pruning passes, of the prefill (after any prune layer) and of a decode step
-/// run alone, grouped by kernel and grid, and the tables printed to stderr. Only after the
+/// tower, of the projector, of the pruning passes, of the prefill (after any prune layer)
+/// and of a decode step run alone, grouped by kernel and grid, and the tables printed to
+/// stderr. Only after the
 /// request: the replays re-run residual adds. A number above 1 (VLM_RUN_PROFILE=20) sets
 /// the decode step's replays (default 5).
 struct ProfiledPasses<'a> {

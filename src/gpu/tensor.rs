@@ -20,9 +20,9 @@ pub struct Tensor {
     /// The same values in an rgba32float texture of [cols / 4, rows] texels, which the GEMV
     /// and the lane GEMMs read instead of the buffer on CPU devices ([`Tensor::with_texels`]):
     /// a decode step's residual stream, and the vision tower's product inputs. The kernels
-    /// that write such a tensor keep both in step: the decode GEMV and `gemm_tokens` (YTEX),
-    /// the embedding gather (a copy after it), and LayerNorm, the direct prefill attention
-    /// and im2col (each says where it cannot). `ops::matmul::linear` refuses one where its
+    /// that write such a tensor keep both in step: the decode GEMV and the lane GEMMs
+    /// (YTEX), the embedding gather (a copy after it), and LayerNorm, the direct prefill
+    /// attention, im2col and `copy_rows` (each says where it cannot). `ops::matmul::linear` refuses one where its
     /// kernel cannot write it. The vision tower's K and V share theirs with the attention's
     /// K/V textures.
     pub texels: Option<wgpu::TextureView>,

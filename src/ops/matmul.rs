@@ -73,7 +73,7 @@ pub fn linear_at(
             y.cols
         );
     }
-    // an output's texture copy: the decode GEMV and gemm_tokens write one (and say where
+    // an output's texture copy: the decode GEMV and the lane GEMMs write one (and say where
     // they cannot)
     if y.texels.is_some() && !(m == 1 && gemv_reads(w) || lanes_write_texels(gpu, m, w, y_col)) {
         bail!(
