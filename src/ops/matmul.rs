@@ -314,23 +314,11 @@ fn gemm_lanes(
     };
     let mut bindings = fused_bindings(x, y, &e);
     let mut ranges = Vec::new();
-    let mut textures = Vec::new();
     // x's rows from its texture copy (XTEX): lavapipe fetches a texel for 8 lanes where it
     // loads a storage buffer lane by lane
     let x_tex = (x.texels.as_ref())
         .filter(|_| e.norm.is_some() == e.norm_texels.is_some() && x.rows < 1 << 16);
-    if let Some(t) = x_tex {
-        d.flag("XTEX");
-        bindings.retain(|(b, _)| *b != 1 && *b != 6);
-        textures.push((1, t));
-        if let Some((g, _)) = e.norm_texels {
-            textures.push((6, g));
-        }
-    }
-    if let Some(t) = &y.texels {
-        d.flag("YTEX");
-        textures.push((5, t));
-    }
+    let textures = texel_bindings(&mut d, &mut bindings, x_tex, y, &e);
     if by_token && gpu.lane_groups() {
         // each lane of 8 fetches one of the workgroup's TOKENS_ROWS weight rows and shares it
         d.flag("SHARED_W");
@@ -713,6 +701,32 @@ fn uniform_x_rows(gpu: &Gpu, m: usize, x: &Tensor, w: &Weight, e: &Epilogue) -> 
         .then_some((xb, gb))
 }
 
+/// gemv.wgsl's texture copies: x's (`x_tex`, XTEX, with the norm weight's texture in place
+/// of its buffer) and y's (YTEX). Sets the flags, drops the buffers the textures replace,
+/// and returns the textures to bind.
+fn texel_bindings<'a>(
+    d: &mut Defines,
+    bindings: &mut Vec<(u32, &'a wgpu::Buffer)>,
+    x_tex: Option<&'a wgpu::TextureView>,
+    y: &'a Tensor,
+    e: &Epilogue<'a>,
+) -> Vec<(u32, &'a wgpu::TextureView)> {
+    let mut textures = Vec::new();
+    if let Some(t) = x_tex {
+        d.flag("XTEX");
+        bindings.retain(|(b, _)| *b != 1 && *b != 6);
+        textures.push((1, t));
+        if let Some((g, _)) = e.norm_texels {
+            textures.push((6, g));
+        }
+    }
+    if let Some(t) = &y.texels {
+        d.flag("YTEX");
+        textures.push((5, t));
+    }
+    textures
+}
+
 /// The first `size` bytes of `buf` as a binding.
 fn range(buf: &wgpu::Buffer, size: u64) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -779,19 +793,7 @@ pub fn gemv(
         (x.texels.as_ref()).filter(|_| x.rows == 1 && e.norm.is_some() == e.norm_texels.is_some());
     let x_ubo = uniform_x(gpu, x, w, &e).filter(|_| x_tex.is_none());
     let mut bindings = fused_bindings(x, y, &e);
-    let mut textures = Vec::new();
-    if let Some(t) = x_tex {
-        d0.flag("XTEX");
-        bindings.retain(|(b, _)| *b != 1 && *b != 6);
-        textures.push((1, t));
-        if let Some((g, _)) = e.norm_texels {
-            textures.push((6, g));
-        }
-    }
-    if let Some(t) = &y.texels {
-        d0.flag("YTEX");
-        textures.push((5, t));
-    }
+    let textures = texel_bindings(&mut d0, &mut bindings, x_tex, y, &e);
     if let Some(bytes) = x_ubo {
         d0.flag("XUBO");
         d0.set("XLEN", format!("{}u", bytes / 16));
