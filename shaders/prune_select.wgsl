@@ -433,8 +433,9 @@ fn max_min(@builtin(local_invocation_index) lid: u32) {
     for (var j = lid; j < n; j += WG) {
         flags[j] = 0u;
         work[j] = 3.0e38;
-        if before(scores[j], j, bv, bi) {
-            bv = scores[j];
+        let v = scores[j];
+        if before(v, j, bv, bi) {
+            bv = v;
             bi = j;
         }
     }
