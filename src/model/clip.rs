@@ -225,7 +225,7 @@ impl ClipVisionTower {
         let cols = texels(
             cols,
             "vision.im2col_texels",
-            ops::embed::im2col_writes_texels(p),
+            ops::embed::im2col_writes_texels(p, c.image_size),
         );
         let patches = Tensor::new(gpu, "vision.patches", n, d)?;
         let embed = Tensor::new(gpu, "vision.embed", t, d)?;

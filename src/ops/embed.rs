@@ -138,7 +138,7 @@ pub fn im2col(
     let mut defines = gpu.base_defines();
     let mut textures = Vec::new();
     if let Some(t) = &out.texels {
-        if !im2col_writes_texels(patch) {
+        if !im2col_writes_texels(patch, img) {
             bail!("im2col: patches of {patch} cannot write their texture copy");
         }
         defines.flag("OUT_TEX");
@@ -158,9 +158,9 @@ pub fn im2col(
 }
 
 /// Whether im2col can also write its output's texture copy ([`Tensor::texels`], OUT_TEX):
-/// an even patch size, so that two pixel rows are whole texels.
-pub fn im2col_writes_texels(patch: usize) -> bool {
-    patch.is_multiple_of(2)
+/// even patch and image sizes, so that two pixel rows are whole texels and pairs of values.
+pub fn im2col_writes_texels(patch: usize, img: usize) -> bool {
+    patch.is_multiple_of(2) && img.is_multiple_of(2)
 }
 
 /// out[0] = cls + pos[0]; out[1 + i] = patches[i] + pos[1 + i].
