@@ -1457,19 +1457,14 @@ fn prefill_products_read_and_write_texture_copies() {
             .into_iter()
             .map(quick_gelu)
             .collect();
+        // y's buffer and its texture both hold `want`
+        let both_close = |what: &str, t: &Tensor, want: &[f32], tol: f32| {
+            assert_close(&format!("{name} {what}"), &t.read(&gpu).unwrap(), want, tol);
+            let tex = texture_of(t);
+            assert_close(&format!("{name} {what}'s texture"), &tex, want, tol);
+        };
         let tol = 2e-5 * k as f32;
-        assert_close(
-            &format!("{name} gemm_tokens y"),
-            &y.read(&gpu).unwrap(),
-            &want,
-            tol,
-        );
-        assert_close(
-            &format!("{name} gemm_tokens y's texture"),
-            &texture_of(&y),
-            &want,
-            tol,
-        );
+        both_close("gemm_tokens y", &y, &want, tol);
 
         // the residual add (ACCUMULATE) into y and its texture
         let y0 = rng.vec(m * n, 1.0);
@@ -1478,18 +1473,7 @@ fn prefill_products_read_and_write_texture_copies() {
         gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
         let prod = cpu_linear(&x, m, k, &w, n, None);
         let want: Vec<f32> = (0..m * n).map(|i| y0[i] + prod[i]).collect();
-        assert_close(
-            &format!("{name} residual add"),
-            &acc.read(&gpu).unwrap(),
-            &want,
-            tol,
-        );
-        assert_close(
-            &format!("{name} residual add's texture"),
-            &texture_of(&acc),
-            &want,
-            tol,
-        );
+        both_close("residual add", &acc, &want, tol);
 
         // gemm_lanes (9 rows, k = 96: not by token) reads x's texture too and writes y's (lane
         // groups of 8 rows), but not where the last texel is partial (67 rows)
@@ -1499,34 +1483,12 @@ fn prefill_products_read_and_write_texture_copies() {
         let w2 = Weight::upload(&gpu, "w2", n, k2, &w2_16).unwrap();
         assert!(!by_token(m2, &w2), "{name}");
         let x2t = x_in(m2, k2, &x2);
-        let y2 = Tensor::new(&gpu, "y2", m2, n).unwrap();
-        let ks = ops::matmul::linear(&gpu, &x2t, &w2, None, &y2, Act::None, false).unwrap();
-        assert_eq!(ks[0].label, "gemm_lanes", "{name}");
-        gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-        let want = cpu_linear(&x2, m2, k2, &from_f16_bits(&w2_16), n, None);
-        assert_close(
-            &format!("{name} gemm_lanes"),
-            &y2.read(&gpu).unwrap(),
-            &want,
-            2e-5 * k2 as f32,
-        );
         let y2t = texels(Tensor::new(&gpu, "y2t", m2, n).unwrap(), "y2t");
         let ks = ops::matmul::linear(&gpu, &x2t, &w2, None, &y2t, Act::None, false).unwrap();
         assert_eq!(ks[0].label, "gemm_lanes", "{name}");
         gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
-        let tol2 = 2e-5 * k2 as f32;
-        assert_close(
-            &format!("{name} gemm_lanes y"),
-            &y2t.read(&gpu).unwrap(),
-            &want,
-            tol2,
-        );
-        assert_close(
-            &format!("{name} gemm_lanes y's texture"),
-            &texture_of(&y2t),
-            &want,
-            tol2,
-        );
+        let want = cpu_linear(&x2, m2, k2, &from_f16_bits(&w2_16), n, None);
+        both_close("gemm_lanes y", &y2t, &want, 2e-5 * k2 as f32);
         let w67 = Weight::upload(&gpu, "w67", 67, k2, &w2_16[..67 * k2]).unwrap();
         let y67 = texels(Tensor::new(&gpu, "y67", m2, 68).unwrap(), "y67");
         let err = ops::matmul::linear(&gpu, &x2t, &w67, None, &y67, Act::None, false);
