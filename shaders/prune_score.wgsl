@@ -29,20 +29,25 @@
 //   invocations per workgroup; the blocks below the diagonal return at once, those on and
 //   above it also write their mirror image. Dispatch (ceil(rows/32), ceil(rows/32), 1).
 // gram_rows (GRAM_ROWS, with UNIT_TEX; subgroups of at least 8): the same Gram on CPU
-//   devices. An invocation owns rows i and i + WG, and a workgroup JB = 4 rows j: lane l
-//   of each 8 fetches row j0 + l % 4's texel and the others take it by subgroupShuffle,
-//   so a SIMD row of lavapipe makes three texel fetches and four shuffles per 32 products
-//   where gram's 4x4 blocks made eight fetches per 64, with their 36 live vectors
-//   spilling. Workgroups whose rows j all precede their rows i return at once; pair
-//   (i, j >= i) is stored with its mirror. Measured (VLM_RUN_PROFILE, DivPrune at B=64):
-//   576 rows of 96 values 2.4 -> 1.7 ms with one row i and 8 rows j, 1.6 with two and 4
-//   (2.3 with two and 8, whose 16 sums spill). Dispatch (ceil(rows / 2 WG), ceil(rows / 4),
-//   1).
+//   devices. An invocation owns rows i and i + GWG (GWG = 32 per workgroup), and a
+//   workgroup JB = 4 rows j: lane l of each 8 fetches row j0 + l % 4's texel and the others
+//   take it by subgroupShuffle, so a SIMD row of lavapipe makes three texel fetches and
+//   four shuffles per 32 products where gram's 4x4 blocks made eight fetches per 64, with
+//   their 36 live vectors spilling. Only the workgroups on and above the diagonal are
+//   dispatched, block of rows i by block (the linear workgroup index walks the triangle);
+//   pair (i, j >= i) is stored with its mirror. Measured (VLM_RUN_PROFILE, DivPrune at
+//   B=64, 576 rows of 96 values): 2.4 -> 1.7 ms with one row i and 8 rows j, 1.6 with two
+//   and 4 (2.3 with two and 8, whose 16 sums spill), all on a full grid whose lower half
+//   returned at once; 1.2 on the triangle (blocks of 128 rows i, or of 64 as now).
+//   Dispatch fold(gram_rows_workgroups(rows)) (ops/prune.rs).
 // row_min_distance: each row's smallest cosine distance 1 - gram[i, j] to another row
 //   (DivPrune's first pick maximises it), so that the single-workgroup max_min does not
 //   scan all rows x rows itself.
-//   Bindings: 0 params, 1 a = gram f32 [rows, rows], 4 out f32 [rows] (3.0e38 for one row)
+//   Bindings: 0 params, 1 a = gram f32 [rows, rows], 4 out f32 [rows] (3.0e38 for one row);
+//   ROW_MIN_VEC4 (rows a multiple of 4): the Gram from 7 as vec4s instead of 1.
 //   One invocation per row. Dispatch (ceil(rows / WG), 1, 1).
+
+#include "common"
 
 const WG: u32 = 64u;
 
@@ -78,6 +83,9 @@ struct Params {
 #endif
 #ifdef UNIT_TEX
 @group(0) @binding(5) var unit_tex: texture_storage_2d<rgba32float, read>;
+#endif
+#ifdef ROW_MIN_VEC4
+@group(0) @binding(7) var<storage, read> gram4: array<vec4<f32>>;
 #endif
 
 var<workgroup> wg_m: array<f32, WG>;
@@ -263,16 +271,31 @@ fn gram(@builtin(global_invocation_id) gid: vec3<u32>) {
 // gram_rows' block of rows j per workgroup, shared by lane shuffles.
 const JB: u32 = 4u;
 
-// Rows i per gram_rows invocation: i and i + WG, each shuffled texel of rows j serving both.
+const GWG: u32 = 32u;
+// Rows i per gram_rows invocation: i and i + GWG, each shuffled texel of rows j serving both.
 const IPI: u32 = 2u;
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(GWG)
 fn gram_rows(@builtin(local_invocation_index) lid: u32,
              @builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(subgroup_invocation_id) sid: u32) {
-    let i0 = wid.x * WG * IPI;
-    let j0 = wid.y * JB;
-    if j0 + JB <= i0 || j0 >= p.rows {
+    // workgroup t of the triangle: block b of rows i takes the blocks of rows j from
+    // b * GWG * IPI / JB on (gram_rows_workgroups in ops/prune.rs)
+    var t = linear_wg(wid, nwg);
+    let j_blocks = (p.rows + JB - 1u) / JB;
+    let i_blocks = (p.rows + GWG * IPI - 1u) / (GWG * IPI);
+    var b = 0u;
+    for (var k = 0u; k + 1u < i_blocks; k++) {
+        let count = j_blocks - min(j_blocks, b * (GWG * IPI / JB));
+        if t >= count {
+            t -= count;
+            b += 1u;
+        }
+    }
+    let i0 = b * GWG * IPI;
+    let j0 = (min(j_blocks, b * (GWG * IPI / JB)) + t) * JB;
+    if j0 >= p.rows {
         return;
     }
     let last = p.rows - 1u;
@@ -280,7 +303,7 @@ fn gram_rows(@builtin(local_invocation_index) lid: u32,
     var acc0: array<f32, JB>;
     var acc1: array<f32, JB>;
     let ia = i0 + lid;
-    let ib = ia + WG;
+    let ib = ia + GWG;
     let cols4 = p.cols / 4u;
     for (var c = 0u; c < cols4; c++) {
         let a0 = textureLoad(unit_tex, vec2<u32>(c, min(ia, last)));
@@ -320,10 +343,22 @@ fn row_min_distance(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     var v = 3.0e38;
+#ifdef ROW_MIN_VEC4
+    // the row 4 values a load (rows a multiple of 4); the row's own entry counts as
+    // 1 - (-3e38), above any distance
+    let n4 = p.rows / 4u;
+    for (var q = 0u; q < n4; q++) {
+        let j = q * 4u;
+        let g = gram4[i * n4 + q];
+        let d = 1.0 - select(g, vec4<f32>(-3.0e38), vec4<u32>(j, j + 1u, j + 2u, j + 3u) == vec4<u32>(i));
+        v = min(v, min(min(d.x, d.y), min(d.z, d.w)));
+    }
+#else
     for (var j = 0u; j < p.rows; j++) {
         if j != i {
             v = min(v, 1.0 - a[i * p.rows + j]);
         }
     }
+#endif
     out[i] = v;
 }

@@ -21,6 +21,7 @@
 // mmr        1, 2 -> 3 (4, 5): maximal marginal relevance, k picks.
 // max_min    1, 2 -> 3 (4, 5): DivPrune's greedy max-min diversity, k picks; 1 holds each
 //            token's smallest distance to another (prune_score.wgsl's row_min_distance).
+//            MAXMIN_SLOTS (a value >= ceil(n / WG)): the running distances in registers.
 // visionzip  1, 2 -> 3, 9 (5): dominant + contextual selection and merge assignment;
 //            then flags[n + slot] = how many tokens merge into kept slot (slot < k).
 //            KEY_ROWS: 2 holds the unit-norm key rows [n, cols] instead of their Gram
@@ -420,6 +421,27 @@ fn mmr(@builtin(local_invocation_index) lid: u32) {
 // max_min's mark of a picked token in work (a distance is never below -2).
 const PICKED: f32 = -3.0e38;
 
+// max_min's distances: token j = t * WG + lid at slot t of its invocation. MAXMIN_SLOTS (a
+// value, at least ceil(n / WG)): in a private array, which lavapipe keeps as one vector per
+// slot, where a storage buffer at per-lane addresses is a gather and a scatter per step;
+// copied to work at the end.
+#ifdef MAXMIN_SLOTS
+var<private> work_slots: array<f32, MAXMIN_SLOTS>;
+fn work_get(t: u32, j: u32) -> f32 {
+    return work_slots[t];
+}
+fn work_set(t: u32, j: u32, v: f32) {
+    work_slots[t] = v;
+}
+#else
+fn work_get(t: u32, j: u32) -> f32 {
+    return work[j];
+}
+fn work_set(t: u32, j: u32, v: f32) {
+    work[j] = v;
+}
+#endif
+
 @compute @workgroup_size(WG)
 fn max_min(@builtin(local_invocation_index) lid: u32) {
     // the parameters in registers: a storage load in the loops is redone after each barrier
@@ -430,9 +452,10 @@ fn max_min(@builtin(local_invocation_index) lid: u32) {
     // barrier between the steps.
     var bv = 0.0;
     var bi = NONE;
-    for (var j = lid; j < n; j += WG) {
+    for (var t = 0u; t * WG + lid < n; t++) {
+        let j = t * WG + lid;
         flags[j] = 0u;
-        work[j] = 3.0e38;
+        work_set(t, j, 3.0e38);
         let v = scores[j];
         if before(v, j, bv, bi) {
             bv = v;
@@ -448,12 +471,13 @@ fn max_min(@builtin(local_invocation_index) lid: u32) {
             // one pass: each token's distance to the picks so far, and the next pick
             bv = 0.0;
             bi = NONE;
-            for (var j = lid; j < n; j += WG) {
-                var w = min(work[j], 1.0 - gram[pick * n + j]);
+            for (var t = 0u; t * WG + lid < n; t++) {
+                let j = t * WG + lid;
+                var w = min(work_get(t, j), 1.0 - gram[pick * n + j]);
                 if j == pick {
                     w = PICKED;
                 }
-                work[j] = w;
+                work_set(t, j, w);
                 if w != PICKED && before(w, j, bv, bi) {
                     bv = w;
                     bi = j;
@@ -465,6 +489,11 @@ fn max_min(@builtin(local_invocation_index) lid: u32) {
             flags[pick] = 1u;
         }
     }
+#ifdef MAXMIN_SLOTS
+    for (var t = 0u; t * WG + lid < n; t++) {
+        work[t * WG + lid] = work_slots[t];
+    }
+#endif
     barrier_all();
     compact(lid);
 }

@@ -419,6 +419,26 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
             &select::cosine_gram(&x[d..], d),
             1e-5,
         );
+        // each row's nearest distance, 4 values a load (300 rows) and one (299)
+        for (t, rows) in [(&gram, n), (&part, n - 1)] {
+            let gv = t.read(g).unwrap();
+            let row_min = Tensor::new(g, "row_min", rows, 1).unwrap();
+            g.run(&[&op::row_min_distance(g, t, rows, &row_min).unwrap()])
+                .unwrap();
+            let want: Vec<f32> = (0..rows)
+                .map(|i| {
+                    (0..rows)
+                        .filter(|&j| j != i)
+                        .map(|j| 1.0 - gv[i * rows + j])
+                        .fold(f32::INFINITY, f32::min)
+                })
+                .collect();
+            assert_eq!(
+                row_min.read(g).unwrap(),
+                want,
+                "{name}: row minima of {rows}"
+            );
+        }
         // (299 of 300: the last picks meet the duplicates and the picks at distance 0)
         for k in [1, 10, 100, 299] {
             let p = SelectParams {
@@ -445,29 +465,28 @@ fn gpu_selection_kernels_equal_the_cpu_references_on_synthetic_scores() {
                 pbc_mmr::mmr(&scores, &gv, k, 0.6),
                 "{name}: MMR {k}"
             );
-            // DivPrune: each row's smallest distance first, then the greedy picks
+            // DivPrune: each row's smallest distance first, then the greedy picks, with
+            // the running distances in registers (op::max_min) and in storage
             let row_min = Tensor::new(g, "row_min", n, 1).unwrap();
             let kr = op::row_min_distance(g, &gram, n, &row_min).unwrap();
-            let kd = op::select(
-                g,
-                "max_min",
-                None,
-                p,
-                &[
-                    (1, &row_min.buf),
-                    (2, &gram.buf),
-                    (3, &keep),
-                    (4, &work),
-                    (5, &flags),
-                ],
-            )
-            .unwrap();
-            g.run(&[&kr, &kd]).unwrap();
-            assert_eq!(
-                read(&keep, k),
-                divprune::select(&gv, n, k),
-                "{name}: max-min {k}"
-            );
+            let buffers = [
+                (1, &row_min.buf),
+                (2, &gram.buf),
+                (3, &keep),
+                (4, &work),
+                (5, &flags),
+            ];
+            let in_registers = op::max_min(g, p, &buffers).unwrap();
+            let in_storage = op::select(g, "max_min", None, p, &buffers).unwrap();
+            for kd in [in_registers, in_storage] {
+                g.queue.write_buffer(&keep, 0, &vec![0xff; 4 * k]);
+                g.run(&[&kr, &kd]).unwrap();
+                assert_eq!(
+                    read(&keep, k),
+                    divprune::select(&gv, n, k),
+                    "{name}: max-min {k}"
+                );
+            }
         }
         // VisionZip selection and merge assignment.
         let assign = g.storage_buffer("assign", 4 * n as u64).unwrap();

@@ -147,6 +147,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["PORE"],
             vec!["SELECT_WG"],
             vec!["KEY_ROWS"],
+            // max_min's running distances in registers (a value)
+            vec!["SELECT_WG", "MAXMIN_SLOTS"],
         ],
         // the unit rows as texels: normalize_rows writes them, the Gram reads them
         "prune_score" => vec![
@@ -156,6 +158,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["UNIT_TEX", "GRAM_ROWS"],
             // ... normalize_rows reading its input's texture copy (DivPrune on CPU devices)
             vec!["UNIT_TEX_OUT", "A_TEX"],
+            // row_min_distance reading the Gram as vec4s
+            vec!["ROW_MIN_VEC4"],
         ],
         _ => vec![vec![]],
     }
@@ -228,6 +232,9 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 if extra.contains(&"SELECT_WG") {
                     d.set("SELECT_WG", "8u");
                 }
+                if extra.contains(&"MAXMIN_SLOTS") {
+                    d.set("MAXMIN_SLOTS", "72u");
+                }
                 if extra.contains(&"ROPE") {
                     d.set("HALF", "32u");
                 }
@@ -254,9 +261,9 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 31, layer_tail 3, norm 7,
     // elementwise 3,
     // rope 3, attention 9, embed 3, kv_texture 3, sample, bandwidth, random_fill 1 each,
-    // prune_select 5, prune_score 5 and prune_gather 1.
+    // prune_select 6, prune_score 6 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 31 + 3 + 7 + 3 + 3 + 9 + 3 + 3 + 3 + 5 + 5 + 1)
+        4 * (2 * (8 + 7) + 31 + 3 + 7 + 3 + 3 + 9 + 3 + 3 + 3 + 6 + 6 + 1)
     );
 }

@@ -223,6 +223,17 @@ fn unit_params(x: &Tensor, rows: Range<usize>) -> ScoreParams {
 /// and 576 rows 0.55 against 0.69 and 1.7 against 2.4 ms.
 const GRAM_ROWS_MIN: usize = 128;
 
+/// `gram_rows`' workgroups: for each block b of 2 x 32 rows i, the blocks of 4 rows j from
+/// row 64 b on (those before it hold only mirrored pairs). Dispatching only these, rather
+/// than a full grid whose lower half returns at once, took DivPrune's Gram of 576 rows on
+/// lavapipe from 1.6-1.7 ms to 1.2 (VLM_RUN_PROFILE).
+fn gram_rows_workgroups(rows: u32) -> u32 {
+    let j_blocks = rows.div_ceil(4);
+    (0..rows.div_ceil(64))
+        .map(|b| j_blocks - (16 * b).min(j_blocks))
+        .sum()
+}
+
 /// Cosine similarity of rows `rows` of `x` with each other: `unit` [rows, x.cols] receives
 /// the unit rows ([`normalize_rows`]), `out` [rows, rows] the similarities.
 pub fn cosine_gram(
@@ -249,7 +260,10 @@ pub fn cosine_gram(
                 .with_flag("GRAM_ROWS"),
             vec![(4, &out.buf)],
             vec![(5, wgpu::BindingResource::TextureView(t))],
-            [rows_n.div_ceil(2 * 64), rows_n.div_ceil(4), 1],
+            fold_workgroups(
+                gram_rows_workgroups(rows_n),
+                gpu.caps.max_workgroups_per_dim,
+            ),
         ),
         // 32x32 pairs per workgroup
         Some(t) => (
@@ -292,13 +306,18 @@ pub fn row_min_distance(gpu: &Gpu, gram: &Tensor, n: usize, out: &Tensor) -> Res
         rows: n as u32,
         ..Default::default()
     };
+    // 4 values a load where the rows are whole vec4s (lavapipe, 576 rows: 0.25 -> 0.16 ms)
+    let (defines, gram_binding) = match n.is_multiple_of(4) {
+        true => (gpu.base_defines().with_flag("ROW_MIN_VEC4"), 7),
+        false => (gpu.base_defines(), 1),
+    };
     Kernel::new(
         gpu,
         "prune_score",
         "row_min_distance",
-        &gpu.base_defines(),
+        &defines,
         bytes(&p),
-        &[(1, &gram.buf), (4, &out.buf)],
+        &[(gram_binding, &gram.buf), (4, &out.buf)],
         [(n as u32).div_ceil(64), 1, 1],
     )
 }
@@ -323,17 +342,9 @@ pub fn select(
     p: SelectParams,
     buffers: &[(u32, &wgpu::Buffer)],
 ) -> Result<Kernel> {
-    let mut d = gpu.base_defines();
+    let mut d = select_defines(gpu);
     if let Some(f) = flag {
         d.flag(f);
-    }
-    if !gpu.attention_tiles() {
-        // The CPU-device row of the device table (as for the direct prefill attention): one
-        // SIMD row, since a CPU driver runs the workgroup on one thread, where the 256
-        // invocations' barriers cost more than the parallel steps save (tiny-llava-32l at
-        // B = 64 on lavapipe: DivPrune's stage 7.5-11 ms against 13-15, PosPrune's 4.4-6
-        // against 7-8.6).
-        d.set("SELECT_WG", "8u");
     }
     Kernel::new(
         gpu,
@@ -344,6 +355,50 @@ pub fn select(
         buffers,
         [1, 1, 1],
     )
+}
+
+/// The most distances per invocation that DivPrune's `max_min` keeps in registers.
+const MAX_MIN_SLOTS: u32 = 128;
+
+/// DivPrune's greedy picks (`prune_select.wgsl::max_min`). On CPU devices, whose workgroup
+/// is one SIMD row, its running distances stay in each invocation's registers where they
+/// fit (MAXMIN_SLOTS; lavapipe, 576 tokens at B = 64: 0.20 ms against 0.28, VLM_RUN_PROFILE);
+/// GPUs keep them in storage.
+pub fn max_min(gpu: &Gpu, p: SelectParams, buffers: &[(u32, &wgpu::Buffer)]) -> Result<Kernel> {
+    let mut d = select_defines(gpu);
+    let slots = p.n.div_ceil(select_workgroup(gpu));
+    if select_workgroup(gpu) != 256 && slots <= MAX_MIN_SLOTS {
+        d.set("MAXMIN_SLOTS", format!("{}u", slots.max(1)));
+    }
+    Kernel::new(
+        gpu,
+        "prune_select",
+        "max_min",
+        &d,
+        bytes(&p),
+        buffers,
+        [1, 1, 1],
+    )
+}
+
+/// Invocations of the selection workgroup: 256, or one SIMD row of 8 on CPU devices (as for
+/// the direct prefill attention), since a CPU driver runs the workgroup on one thread, where
+/// the 256 invocations' barriers cost more than the parallel steps save (tiny-llava-32l at
+/// B = 64 on lavapipe: DivPrune's stage 7.5-11 ms against 13-15, PosPrune's 4.4-6 against
+/// 7-8.6).
+fn select_workgroup(gpu: &Gpu) -> u32 {
+    match gpu.attention_tiles() {
+        true => 256,
+        false => 8,
+    }
+}
+
+fn select_defines(gpu: &Gpu) -> crate::gpu::shader::Defines {
+    let mut d = gpu.base_defines();
+    if select_workgroup(gpu) != 256 {
+        d.set("SELECT_WG", format!("{}u", select_workgroup(gpu)));
+    }
+    d
 }
 
 impl SelectParams {

@@ -269,10 +269,8 @@ pub fn projector_stage(
     let row_min = Tensor::new(gpu, "prune.row_min", n, 1)?;
     let mut ks = op::cosine_gram(gpu, proj, 0..n, &unit, &gram)?;
     ks.push(op::row_min_distance(gpu, &gram, n, &row_min)?);
-    ks.push(op::select(
+    ks.push(op::max_min(
         gpu,
-        "max_min",
-        None,
         SelectParams::new(n, b),
         &[
             (1, &row_min.buf),
