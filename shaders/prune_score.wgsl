@@ -350,7 +350,8 @@ fn row_min_distance(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var q = 0u; q < n4; q++) {
         let j = q * 4u;
         let g = gram4[i * n4 + q];
-        let d = 1.0 - select(g, vec4<f32>(-3.0e38), vec4<u32>(j, j + 1u, j + 2u, j + 3u) == vec4<u32>(i));
+        let own = vec4<u32>(j, j + 1u, j + 2u, j + 3u) == vec4<u32>(i);
+        let d = 1.0 - select(g, vec4<f32>(-3.0e38), own);
         v = min(v, min(min(d.x, d.y), min(d.z, d.w)));
     }
 #else
