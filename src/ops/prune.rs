@@ -223,14 +223,19 @@ fn unit_params(x: &Tensor, rows: Range<usize>) -> ScoreParams {
 /// and 576 rows 0.55 against 0.69 and 1.7 against 2.4 ms.
 const GRAM_ROWS_MIN: usize = 128;
 
-/// `gram_rows`' workgroups: for each block b of 2 x 32 rows i, the blocks of 4 rows j from
-/// row 64 b on (those before it hold only mirrored pairs). Dispatching only these, rather
-/// than a full grid whose lower half returns at once, took DivPrune's Gram of 576 rows on
-/// lavapipe from 1.6-1.7 ms to 1.2 (VLM_RUN_PROFILE).
+/// `gram_rows`' rows i per workgroup (IPI x GWG in prune_score.wgsl) and rows j (JB).
+const GRAM_ROWS_I_BLOCK: u32 = 64;
+const GRAM_ROWS_J_BLOCK: u32 = 4;
+
+/// `gram_rows`' workgroups: for each block b of rows i, the blocks of rows j from its first
+/// row on (those before it hold only mirrored pairs). Dispatching only these, rather than a
+/// full grid whose lower half returns at once, took DivPrune's Gram of 576 rows on lavapipe
+/// from 1.6-1.7 ms to 1.2 (VLM_RUN_PROFILE).
 fn gram_rows_workgroups(rows: u32) -> u32 {
-    let j_blocks = rows.div_ceil(4);
-    (0..rows.div_ceil(64))
-        .map(|b| j_blocks - (16 * b).min(j_blocks))
+    let j_blocks = rows.div_ceil(GRAM_ROWS_J_BLOCK);
+    let per_i_block = GRAM_ROWS_I_BLOCK / GRAM_ROWS_J_BLOCK;
+    (0..rows.div_ceil(GRAM_ROWS_I_BLOCK))
+        .map(|b| j_blocks - (per_i_block * b).min(j_blocks))
         .sum()
 }
 
@@ -366,9 +371,9 @@ const MAX_MIN_SLOTS: u32 = 128;
 /// GPUs keep them in storage.
 pub fn max_min(gpu: &Gpu, p: SelectParams, buffers: &[(u32, &wgpu::Buffer)]) -> Result<Kernel> {
     let mut d = select_defines(gpu);
-    let slots = p.n.div_ceil(select_workgroup(gpu));
-    if select_workgroup(gpu) != 256 && slots <= MAX_MIN_SLOTS {
-        d.set("MAXMIN_SLOTS", format!("{}u", slots.max(1)));
+    let slots = p.n.div_ceil(select_workgroup(gpu)).max(1);
+    if select_workgroup(gpu) == CPU_SELECT_WG && slots <= MAX_MIN_SLOTS {
+        d.set("MAXMIN_SLOTS", format!("{slots}u"));
     }
     Kernel::new(
         gpu,
@@ -381,22 +386,24 @@ pub fn max_min(gpu: &Gpu, p: SelectParams, buffers: &[(u32, &wgpu::Buffer)]) -> 
     )
 }
 
-/// Invocations of the selection workgroup: 256, or one SIMD row of 8 on CPU devices (as for
-/// the direct prefill attention), since a CPU driver runs the workgroup on one thread, where
-/// the 256 invocations' barriers cost more than the parallel steps save (tiny-llava-32l at
-/// B = 64 on lavapipe: DivPrune's stage 7.5-11 ms against 13-15, PosPrune's 4.4-6 against
-/// 7-8.6).
+/// The selection workgroup on CPU devices: one SIMD row (as for the direct prefill
+/// attention), since a CPU driver runs the workgroup on one thread, where 256 invocations'
+/// barriers cost more than the parallel steps save (tiny-llava-32l at B = 64 on lavapipe:
+/// DivPrune's stage 7.5-11 ms against 13-15, PosPrune's 4.4-6 against 7-8.6). Elsewhere
+/// the shader's own 256.
+const CPU_SELECT_WG: u32 = 8;
+
 fn select_workgroup(gpu: &Gpu) -> u32 {
     match gpu.attention_tiles() {
         true => 256,
-        false => 8,
+        false => CPU_SELECT_WG,
     }
 }
 
 fn select_defines(gpu: &Gpu) -> crate::gpu::shader::Defines {
     let mut d = gpu.base_defines();
-    if select_workgroup(gpu) != 256 {
-        d.set("SELECT_WG", format!("{}u", select_workgroup(gpu)));
+    if !gpu.attention_tiles() {
+        d.set("SELECT_WG", format!("{CPU_SELECT_WG}u"));
     }
     d
 }
