@@ -376,11 +376,85 @@ fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     let n = step.kv_len;
     var sv = -3.0e38;
     if j < n {
-        var acc = 0.0;
-        for (var d = 0u; d < HD; d++) {
-            acc = fma(q_sh[d], k[j * p.kv_stride + kvh * HD + d], acc);
+        // 32 loads issued before their sums, into 4 chains: a GPU compiler that does not
+        // unroll the loop would otherwise wait out one load's latency per dim (83 us a
+        // layer on an H100 at 72 keys; 41 with rounds of 8 dims, 34 with 16)
+        let b = j * p.kv_stride + kvh * HD;
+        var a0 = 0.0;
+        var a1 = 0.0;
+        var a2 = 0.0;
+        var a3 = 0.0;
+        var d = 0u;
+        for (; d + 32u <= HD; d += 32u) {
+            let k0 = k[b + d];
+            let k1 = k[b + d + 1u];
+            let k2 = k[b + d + 2u];
+            let k3 = k[b + d + 3u];
+            let k4 = k[b + d + 4u];
+            let k5 = k[b + d + 5u];
+            let k6 = k[b + d + 6u];
+            let k7 = k[b + d + 7u];
+            let k8 = k[b + d + 8u];
+            let k9 = k[b + d + 9u];
+            let k10 = k[b + d + 10u];
+            let k11 = k[b + d + 11u];
+            let k12 = k[b + d + 12u];
+            let k13 = k[b + d + 13u];
+            let k14 = k[b + d + 14u];
+            let k15 = k[b + d + 15u];
+            let k16 = k[b + d + 16u];
+            let k17 = k[b + d + 17u];
+            let k18 = k[b + d + 18u];
+            let k19 = k[b + d + 19u];
+            let k20 = k[b + d + 20u];
+            let k21 = k[b + d + 21u];
+            let k22 = k[b + d + 22u];
+            let k23 = k[b + d + 23u];
+            let k24 = k[b + d + 24u];
+            let k25 = k[b + d + 25u];
+            let k26 = k[b + d + 26u];
+            let k27 = k[b + d + 27u];
+            let k28 = k[b + d + 28u];
+            let k29 = k[b + d + 29u];
+            let k30 = k[b + d + 30u];
+            let k31 = k[b + d + 31u];
+            a0 = fma(q_sh[d], k0, a0);
+            a1 = fma(q_sh[d + 1u], k1, a1);
+            a2 = fma(q_sh[d + 2u], k2, a2);
+            a3 = fma(q_sh[d + 3u], k3, a3);
+            a0 = fma(q_sh[d + 4u], k4, a0);
+            a1 = fma(q_sh[d + 5u], k5, a1);
+            a2 = fma(q_sh[d + 6u], k6, a2);
+            a3 = fma(q_sh[d + 7u], k7, a3);
+            a0 = fma(q_sh[d + 8u], k8, a0);
+            a1 = fma(q_sh[d + 9u], k9, a1);
+            a2 = fma(q_sh[d + 10u], k10, a2);
+            a3 = fma(q_sh[d + 11u], k11, a3);
+            a0 = fma(q_sh[d + 12u], k12, a0);
+            a1 = fma(q_sh[d + 13u], k13, a1);
+            a2 = fma(q_sh[d + 14u], k14, a2);
+            a3 = fma(q_sh[d + 15u], k15, a3);
+            a0 = fma(q_sh[d + 16u], k16, a0);
+            a1 = fma(q_sh[d + 17u], k17, a1);
+            a2 = fma(q_sh[d + 18u], k18, a2);
+            a3 = fma(q_sh[d + 19u], k19, a3);
+            a0 = fma(q_sh[d + 20u], k20, a0);
+            a1 = fma(q_sh[d + 21u], k21, a1);
+            a2 = fma(q_sh[d + 22u], k22, a2);
+            a3 = fma(q_sh[d + 23u], k23, a3);
+            a0 = fma(q_sh[d + 24u], k24, a0);
+            a1 = fma(q_sh[d + 25u], k25, a1);
+            a2 = fma(q_sh[d + 26u], k26, a2);
+            a3 = fma(q_sh[d + 27u], k27, a3);
+            a0 = fma(q_sh[d + 28u], k28, a0);
+            a1 = fma(q_sh[d + 29u], k29, a1);
+            a2 = fma(q_sh[d + 30u], k30, a2);
+            a3 = fma(q_sh[d + 31u], k31, a3);
         }
-        sv = acc;
+        for (; d < HD; d++) {
+            a0 = fma(q_sh[d], k[b + d], a0);
+        }
+        sv = (a0 + a1) + (a2 + a3);
     }
     s_sh[lid] = sv;
     workgroupBarrier();
@@ -392,12 +466,95 @@ fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     workgroupBarrier();
     let count = min(SPLIT, max(n, j0) - j0);
     let o = (h * p.ctx + sp) * (HD + 2u);
-    for (var d = lid; d < HD; d += SPLIT) {
-        var acc = 0.0;
-        for (var t = 0u; t < count; t++) {
-            acc = fma(p_sh[t], v[(j0 + t) * p.kv_stride + kvh * HD + d], acc);
+    // Dims lid and lid + SPLIT together (then the next 2 * SPLIT, past 128 dims), 16 keys
+    // a round: both dims' 32 loads before their sums, as the scores.
+    let st = p.kv_stride;
+    for (var d = lid; d < HD; d += 2u * SPLIT) {
+        let d2 = d + SPLIT;
+        let has2 = d2 < HD;
+        let b = j0 * st + kvh * HD + d;
+        let b2 = j0 * st + kvh * HD + select(d, d2, has2);
+        var a0 = 0.0;
+        var a1 = 0.0;
+        var c0 = 0.0;
+        var c1 = 0.0;
+        var t = 0u;
+        for (; t + 16u <= count; t += 16u) {
+            let r = b + t * st;
+            let r2 = b2 + t * st;
+            let v0 = v[r];
+            let w0 = v[r2];
+            let v1 = v[r + st];
+            let w1 = v[r2 + st];
+            let v2 = v[r + 2u * st];
+            let w2 = v[r2 + 2u * st];
+            let v3 = v[r + 3u * st];
+            let w3 = v[r2 + 3u * st];
+            let v4 = v[r + 4u * st];
+            let w4 = v[r2 + 4u * st];
+            let v5 = v[r + 5u * st];
+            let w5 = v[r2 + 5u * st];
+            let v6 = v[r + 6u * st];
+            let w6 = v[r2 + 6u * st];
+            let v7 = v[r + 7u * st];
+            let w7 = v[r2 + 7u * st];
+            let v8 = v[r + 8u * st];
+            let w8 = v[r2 + 8u * st];
+            let v9 = v[r + 9u * st];
+            let w9 = v[r2 + 9u * st];
+            let v10 = v[r + 10u * st];
+            let w10 = v[r2 + 10u * st];
+            let v11 = v[r + 11u * st];
+            let w11 = v[r2 + 11u * st];
+            let v12 = v[r + 12u * st];
+            let w12 = v[r2 + 12u * st];
+            let v13 = v[r + 13u * st];
+            let w13 = v[r2 + 13u * st];
+            let v14 = v[r + 14u * st];
+            let w14 = v[r2 + 14u * st];
+            let v15 = v[r + 15u * st];
+            let w15 = v[r2 + 15u * st];
+            a0 = fma(p_sh[t], v0, a0);
+            c0 = fma(p_sh[t], w0, c0);
+            a1 = fma(p_sh[t + 1u], v1, a1);
+            c1 = fma(p_sh[t + 1u], w1, c1);
+            a0 = fma(p_sh[t + 2u], v2, a0);
+            c0 = fma(p_sh[t + 2u], w2, c0);
+            a1 = fma(p_sh[t + 3u], v3, a1);
+            c1 = fma(p_sh[t + 3u], w3, c1);
+            a0 = fma(p_sh[t + 4u], v4, a0);
+            c0 = fma(p_sh[t + 4u], w4, c0);
+            a1 = fma(p_sh[t + 5u], v5, a1);
+            c1 = fma(p_sh[t + 5u], w5, c1);
+            a0 = fma(p_sh[t + 6u], v6, a0);
+            c0 = fma(p_sh[t + 6u], w6, c0);
+            a1 = fma(p_sh[t + 7u], v7, a1);
+            c1 = fma(p_sh[t + 7u], w7, c1);
+            a0 = fma(p_sh[t + 8u], v8, a0);
+            c0 = fma(p_sh[t + 8u], w8, c0);
+            a1 = fma(p_sh[t + 9u], v9, a1);
+            c1 = fma(p_sh[t + 9u], w9, c1);
+            a0 = fma(p_sh[t + 10u], v10, a0);
+            c0 = fma(p_sh[t + 10u], w10, c0);
+            a1 = fma(p_sh[t + 11u], v11, a1);
+            c1 = fma(p_sh[t + 11u], w11, c1);
+            a0 = fma(p_sh[t + 12u], v12, a0);
+            c0 = fma(p_sh[t + 12u], w12, c0);
+            a1 = fma(p_sh[t + 13u], v13, a1);
+            c1 = fma(p_sh[t + 13u], w13, c1);
+            a0 = fma(p_sh[t + 14u], v14, a0);
+            c0 = fma(p_sh[t + 14u], w14, c0);
+            a1 = fma(p_sh[t + 15u], v15, a1);
+            c1 = fma(p_sh[t + 15u], w15, c1);
         }
-        scores[o + d] = acc;
+        for (; t < count; t++) {
+            a0 = fma(p_sh[t], v[b + t * st], a0);
+            c0 = fma(p_sh[t], v[b2 + t * st], c0);
+        }
+        scores[o + d] = a0 + a1;
+        if has2 {
+            scores[o + d2] = c0 + c1;
+        }
     }
     if lid == 0u {
         var l = 0.0;

@@ -60,6 +60,14 @@
 //   rotated (query and key heads) or as they are (value heads) to q and the KV cache.
 //   Dispatch fold(ceil(rows / (8 * LG_ROWS))), rows = n (GATE_UP, ROPE: n / 2 pairs, 2 rows
 //   each).
+//   GV_LANES (a value: 8, 16 or 32; GPUs; LG_ROWS <= 4, not with TAIL or KV_TEX): lane groups
+//   of GV_LANES lanes, 64 / GV_LANES to a workgroup. WF16: the lanes take 16-byte words lane,
+//   lane + GV_LANES, ... of the rows, GV_STEP (a value: 1, 2 or 4) words a round, every
+//   weight load issued before the sums (rows past the matrix read row 0, never stored); the
+//   quant formats: whole 32-value blocks at that stride. x and the row sums stay in
+//   registers (no run-time-indexed arrays), lane sums by subgroup shuffles over GV_LANES
+//   lanes (SUBGROUPS only where a subgroup holds them) or workgroup memory. Dispatch
+//   fold(ceil(rows / (64 / GV_LANES * LG_ROWS))).
 // gemm_lanes (with TOKENS, a value): the same lane groups over m input rows, for prefill on
 //   CPU devices, where workgroup-memory tiles are slow. A lane group computes LG_ROWS rows
 //   for TOKENS input rows. Its lanes stride over units (a quant block of 32 values, or one
@@ -194,6 +202,13 @@ fn rope_store(pi: u32, x1: f32, x2: f32) {
 #endif
 
 const LANES: u32 = 8u;
+// The decode GEMV's lanes per lane group: GV_LANES (32 on GPUs, f16 weights only; with
+// GV_STEP, a value, words per lane and round), else 8.
+#ifdef GV_LANES
+const GL: u32 = GV_LANES;
+#else
+const GL: u32 = LANES;
+#endif
 const WG: u32 = 64u;
 #ifdef TAIL
 const TEAM: u32 = LANES / TAIL;
@@ -354,11 +369,126 @@ fn in_range(base: u32, r: u32, valid: u32) -> bool {
 #endif
 }
 
+#ifdef GV_LANES
+// x over 16-byte word o of a weight row (values 8o .. 8o + 8; zero past k), times the
+// RMSNorm weight with NORM, and the sum of the unscaled squares.
+struct XWord {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    sq: f32,
+}
+
+fn x_word(o: u32) -> XWord {
+    var xw: XWord;
+    if 2u * o < p.k / 4u {
+        xw.a = x_at(2u * o);
+#ifdef NORM
+        xw.sq = dot(xw.a, xw.a);
+        xw.a *= g_at(2u * o);
+#endif
+    }
+    if 2u * o + 1u < p.k / 4u {
+        xw.b = x_at(2u * o + 1u);
+#ifdef NORM
+        xw.sq += dot(xw.b, xw.b);
+        xw.b *= g_at(2u * o + 1u);
+#endif
+    }
+    return xw;
+}
+
+fn word_dot(q: vec4<u32>, xw: XWord) -> f32 {
+    return dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), xw.a)
+        + dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), xw.b);
+}
+
+// x_group for the quant formats' blocks on GPUs: the 8 vec4s loaded, scaled and stored at
+// constant indices (x_group's loop would index the array at run time, which GPU compilers
+// keep in local memory). k is whole blocks: no guard.
+fn x_block(gi: u32) -> XGroup {
+    var xg: XGroup;
+    let c = gi * 8u;
+    var v0 = x_at(c);
+    var v1 = x_at(c + 1u);
+    var v2 = x_at(c + 2u);
+    var v3 = x_at(c + 3u);
+    var v4 = x_at(c + 4u);
+    var v5 = x_at(c + 5u);
+    var v6 = x_at(c + 6u);
+    var v7 = x_at(c + 7u);
+#ifdef NORM
+    xg.sq = dot(v0, v0) + dot(v1, v1) + dot(v2, v2) + dot(v3, v3) + dot(v4, v4)
+        + dot(v5, v5) + dot(v6, v6) + dot(v7, v7);
+    v0 *= g_at(c);
+    v1 *= g_at(c + 1u);
+    v2 *= g_at(c + 2u);
+    v3 *= g_at(c + 3u);
+    v4 *= g_at(c + 4u);
+    v5 *= g_at(c + 5u);
+    v6 *= g_at(c + 6u);
+    v7 *= g_at(c + 7u);
+#endif
+    xg.sum = dot(((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)), vec4<f32>(1.0));
+    // nibble_dot's masked nibbles (Q4_0 and Q4_1 only) come out times 256^j
+#ifdef Q4_0
+    let nib = X_NIB;
+#else
+#ifdef Q4_1
+    let nib = X_NIB;
+#else
+    let nib = vec4<f32>(1.0);
+#endif
+#endif
+    xg.v[0] = v0 * nib;
+    xg.v[1] = v1 * nib;
+    xg.v[2] = v2 * nib;
+    xg.v[3] = v3 * nib;
+    xg.v[4] = v4 * nib;
+    xg.v[5] = v5 * nib;
+    xg.v[6] = v6 * nib;
+    xg.v[7] = v7 * nib;
+    return xg;
+}
+
+// Block gi of the LG_ROWS rows `rows`, each times x over it (as words_dot).
+fn blocks_dot(rows: vec4<u32>, gi: u32, xg: XGroup) -> vec4<f32> {
+    var d = vec4<f32>(0.0);
+    d.x = group_dot(rows.x, gi, xg);
+    if LG_ROWS > 1u {
+        d.y = group_dot(rows.y, gi, xg);
+    }
+    if LG_ROWS > 2u {
+        d.z = group_dot(rows.z, gi, xg);
+    }
+    if LG_ROWS > 3u {
+        d.w = group_dot(rows.w, gi, xg);
+    }
+    return d;
+}
+
+// Word o of the LG_ROWS rows at word offsets roff, each times x: every load issued before
+// any sum needs it (LG_ROWS is a constant, so the unused rows fold away).
+fn words_dot(roff: vec4<u32>, o: u32, xw: XWord) -> vec4<f32> {
+    var d = vec4<f32>(0.0);
+    d.x = word_dot(w_word(roff.x + o), xw);
+    if LG_ROWS > 1u {
+        d.y = word_dot(w_word(roff.y + o), xw);
+    }
+    if LG_ROWS > 2u {
+        d.z = word_dot(w_word(roff.z + o), xw);
+    }
+    if LG_ROWS > 3u {
+        d.w = word_dot(w_word(roff.w + o), xw);
+    }
+    return d;
+}
+#endif
+
 @compute @workgroup_size(64)
 fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
-    let lane = lid % LANES;
-    let lg = linear_wg(wid, nwg) * (WG / LANES) + lid / LANES;
+    let lane = lid % GL;
+    let lg = linear_wg(wid, nwg) * (WG / GL) + lid / GL;
 #ifdef PAIRS
     let base = lg * (LG_ROWS / 2u);
     let valid = p.n / 2u;
@@ -366,6 +496,58 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let base = lg * LG_ROWS;
     let valid = p.n;
 #endif
+#ifdef GV_LANES
+    // GPUs (WF16, LG_ROWS <= 4): the lanes take 16-byte words lane, lane + GV_LANES, ... of
+    // the rows (GV_STEP words a round), so that a lane group's loads are contiguous, and keep
+    // x for a word and the row sums in registers. A vec4, not an array: GPU compilers keep
+    // loop-indexed arrays in local memory (matmul.wgsl's gemm ran 50x slower that way on an
+    // H100). Rows past the matrix read row 0 (`roff` 0) and are never stored.
+    var acc = vec4<f32>(0.0);
+    var ss = 0.0;
+#ifdef WF16
+    var roff = vec4<u32>(0u);
+    for (var r = 0u; r < LG_ROWS; r++) {
+        if in_range(base, r, valid) {
+            roff[r] = row_of(base, r) * p.row_vec4;
+        }
+    }
+    for (var o = lane; o < p.row_vec4; o += GV_STEP * GL) {
+        let xa = x_word(o);
+        ss += xa.sq;
+        acc += words_dot(roff, o, xa);
+        if GV_STEP > 1u {
+            let o2 = o + GL;
+            let xb = x_word(o2); // zero past the row
+            ss += xb.sq;
+            acc += words_dot(roff, min(o2, p.row_vec4 - 1u), xb);
+        }
+        if GV_STEP > 2u {
+            let o3 = o + 2u * GL;
+            let xc = x_word(o3);
+            ss += xc.sq;
+            acc += words_dot(roff, min(o3, p.row_vec4 - 1u), xc);
+            let o4 = o + 3u * GL;
+            let xd = x_word(o4);
+            ss += xd.sq;
+            acc += words_dot(roff, min(o4, p.row_vec4 - 1u), xd);
+        }
+    }
+#else
+    // the quant formats: the lanes take 32-value blocks lane, lane + GV_LANES, ... (k is
+    // whole blocks)
+    var rows = vec4<u32>(0u);
+    for (var r = 0u; r < LG_ROWS; r++) {
+        if in_range(base, r, valid) {
+            rows[r] = row_of(base, r);
+        }
+    }
+    for (var gi = lane; gi < p.k / 32u; gi += GL) {
+        let xg = x_block(gi);
+        ss += xg.sq;
+        acc += blocks_dot(rows, gi, xg);
+    }
+#endif
+#else
     var acc: array<f32, LG_ROWS>;
     var ss = 0.0; // NORM: this lane's part of the sum of x²
     let groups = (p.k + 31u) / 32u;
@@ -402,12 +584,13 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
     }
 #endif
+#endif
 
 #ifdef SUBGROUPS
     for (var r = 0u; r < LG_ROWS; r++) {
-        acc[r] = lane_sum(acc[r]);
+        acc[r] = lane_sum_n(acc[r], GL);
     }
-    ss = lane_sum(ss);
+    ss = lane_sum_n(ss, GL);
 #else
     for (var r = 0u; r < LG_ROWS; r++) {
         part[lid * LG_ROWS + r] = acc[r];
@@ -417,13 +600,13 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if lane == 0u {
         for (var r = 0u; r < LG_ROWS; r++) {
             var t = 0.0;
-            for (var i = 0u; i < LANES; i++) {
+            for (var i = 0u; i < GL; i++) {
                 t += part[(lid + i) * LG_ROWS + r];
             }
             acc[r] = t;
         }
         var t_ss = 0.0;
-        for (var i = 0u; i < LANES; i++) {
+        for (var i = 0u; i < GL; i++) {
             t_ss += red[lid + i];
         }
         ss = t_ss;

@@ -8,3 +8,13 @@ fn lane_sum(v: f32) -> f32 {
     s += subgroupShuffleXor(s, 2u);
     return s + subgroupShuffleXor(s, 1u);
 }
+
+// Sum of v over the n lanes of a lane group of n consecutive invocations (n a power of two,
+// at most the subgroup size; every lane gets it).
+fn lane_sum_n(v: f32, n: u32) -> f32 {
+    var s = v;
+    for (var o = n / 2u; o > 0u; o >>= 1u) {
+        s += subgroupShuffleXor(s, o);
+    }
+    return s;
+}

@@ -19,8 +19,9 @@
 //   gemv: m == 1. 8 output rows per workgroup of 64 invocations, 8 per row striding over the
 //         row's groups, then a workgroup-memory sum. Dispatch fold(ceil(n / 8)).
 //   gemm: (4*TN)x(4*TN) output tile per workgroup of TNxTN invocations (TN, a value define:
-//         16 or 8, as in matmul.wgsl), each computing 4x4 outputs, K in steps of one group
-//         (32) through workgroup memory, dequantised on load.
+//         16 or 8, as in matmul.wgsl), each computing a 4x4 block of outputs in vec4
+//         registers, K in steps of one group (32) through workgroup memory, dequantised
+//         on load.
 //         Dispatch (ceil(n / (4*TN)), ceil(m / (4*TN)), 1).
 //   embed_rows: y[t, c] = W[ids[t] - out_col, c] for ids inside this chunk (n rows), one
 //         invocation per (t, c) of m x k. Dispatch fold(ceil(m * k / 64)).
@@ -264,8 +265,27 @@ const BN: u32 = 4u * TN;
 const BK: u32 = 32u;
 const THREADS: u32 = TN * TN;
 
-var<workgroup> a_tile: array<f32, BK * BM>; // [BK][BM]
-var<workgroup> b_tile: array<f32, BK * BN>; // [BK][BN]
+// The tiles hold vec4s across the output side, a_tile[kk][m / 4] and b_tile[kk][n / 4], and
+// an invocation's 4x4 outputs (rows m0 + 4 ty .., columns n0 + 4 tx ..) stay in four vec4
+// registers: no indexed arrays, which GPU compilers keep in local memory (matmul.wgsl).
+var<workgroup> a_tile: array<vec4<f32>, BK * BM / 4u>;
+var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>;
+
+// Values kl .. kl + 8 (a, then b) of tile row `row` into column `row` of the k-major tile.
+fn put8(tile: u32, row: u32, kl: u32, a: vec4<f32>, b: vec4<f32>) {
+    let slot = row / 4u;
+    let c = row % 4u;
+    let w = BM / 4u; // BM == BN
+    for (var j = 0u; j < 4u; j++) {
+        if tile == 0u {
+            a_tile[(kl + j) * w + slot][c] = a[j];
+            a_tile[(kl + 4u + j) * w + slot][c] = b[j];
+        } else {
+            b_tile[(kl + j) * w + slot][c] = a[j];
+            b_tile[(kl + 4u + j) * w + slot][c] = b[j];
+        }
+    }
+}
 
 @compute @workgroup_size(TN, TN)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -274,7 +294,10 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let tid = ty * TN + tx;
     let n0 = wid.x * BN;
     let m0 = wid.y * BM;
-    var acc: array<array<f32, 4>, 4>;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     let groups = p.k / BK;
     for (var g = 0u; g < groups; g++) {
         let k0 = g * BK;
@@ -290,10 +313,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 a = x4(m, k0 + kl);
                 b = x4(m, k0 + kl + 4u);
             }
-            for (var j = 0u; j < 4u; j++) {
-                a_tile[(kl + j) * BM + ml] = a[j];
-                a_tile[(kl + 4u + j) * BM + ml] = b[j];
-            }
+            put8(0u, ml, kl, a, b);
         }
         // W: BN rows x one group; each load dequantises 8 values of one row.
         for (var i = 0u; i < BN * 4u / THREADS; i++) {
@@ -309,34 +329,33 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 a = quads(gr, kl) * s + gr.offset;
                 b = quads(gr, kl + 4u) * s + gr.offset;
             }
-            for (var j = 0u; j < 4u; j++) {
-                b_tile[(kl + j) * BN + nl] = a[j];
-                b_tile[(kl + 4u + j) * BN + nl] = b[j];
-            }
+            put8(1u, nl, kl, a, b);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * BM + ty + TN * i];
-                bv[i] = b_tile[kk * BN + tx + TN * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-                }
-            }
+            let a = a_tile[kk * (BM / 4u) + ty];
+            let b = b_tile[kk * (BN / 4u) + tx];
+            acc0 = fma(vec4<f32>(a.x), b, acc0);
+            acc1 = fma(vec4<f32>(a.y), b, acc1);
+            acc2 = fma(vec4<f32>(a.z), b, acc2);
+            acc3 = fma(vec4<f32>(a.w), b, acc3);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            let m = m0 + ty + TN * i;
-            let n = n0 + tx + TN * j;
-            if m < p.m && n < p.n {
-                store(m, n, acc[i][j]);
-            }
+    store_row(m0 + 4u * ty, n0 + 4u * tx, acc0);
+    store_row(m0 + 4u * ty + 1u, n0 + 4u * tx, acc1);
+    store_row(m0 + 4u * ty + 2u, n0 + 4u * tx, acc2);
+    store_row(m0 + 4u * ty + 3u, n0 + 4u * tx, acc3);
+}
+
+// Outputs (m, n .. n + 4) that exist.
+fn store_row(m: u32, n: u32, v: vec4<f32>) {
+    if m >= p.m {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if n + j < p.n {
+            store(m, n + j, v[j]);
         }
     }
 }

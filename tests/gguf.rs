@@ -104,7 +104,15 @@ fn quantized_gemv_gemm_and_embedding_match_cpu_dequantisation() {
         .flat_map(|v| GemmTile::ALL.map(|t| (v.clone(), t)))
     {
         gpu.set_gemm_tile(tile);
-        let variant = format!("{variant} tile {}", tile.side());
+        // and with each tile one of the decode GEMV's layouts: 32-value groups over lane
+        // groups of 8 (CPU devices), or the GPUs' blocks over 8 or 32 lanes
+        let lanes = match tile {
+            GemmTile::T64 => 32,
+            GemmTile::T32 => 8,
+            GemmTile::Lanes => 0,
+        };
+        gpu.set_gemv_word_lanes(lanes);
+        let variant = format!("{variant} tile {} word lanes {lanes}", tile.side());
         for ty in TYPES {
             let bv = ty.block_values();
             for &(m, blocks, n) in &[
@@ -497,8 +505,17 @@ fn qkv_gemv_rotates_into_the_kv_cache() {
         // 128 rows: lane groups of 2 rows, so the row goes to the buffers after all
         (4, 2, 16, Some(GgmlType::Q8_0), true),
     ];
-    for (variant, gpu) in variants() {
+    // and the GPUs' layout of the GEMV (word lanes 8 and 32), which writes the buffers
+    let runs = variants()
+        .into_iter()
+        .flat_map(|v| [0u32, 8, 32].map(|l| (v.clone(), l)));
+    for ((variant, gpu), lanes) in runs {
+        gpu.set_gemv_word_lanes(lanes);
+        let variant = format!("{variant} word lanes {lanes}");
         for &(heads, kv_heads, hd, ty, to_tex) in &cases {
+            if lanes > 0 && to_tex {
+                continue;
+            }
             let n = (heads + 2 * kv_heads) * hd;
             let h = ops::attention::Heads {
                 heads,

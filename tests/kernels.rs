@@ -1040,16 +1040,22 @@ fn decode_attention_over_the_cache_matches_cpu() {
         // with the last split empty; odd lengths end inside a lane group's 8 keys. Then the
         // longest cache of one pass, all rows used, and one row longer.
         let one = ops::attention::ONE_PASS_KEYS;
-        // Head dims 16 (buffers only) and 32 and 64 (whole texels per lane: on CPU devices
+        // Head dims 12 and 16 (buffers only) and 32 and 64 (whole texels per lane: on CPU devices
         // the lane kernels read a cache kept in textures too).
         for (ctx, lens, hd) in [
             (190usize, vec![1usize, 8, 13, 64, 67, 128, 190], 16usize),
             (190, vec![1, 9, 64, 67, 190], 32),
+            // head dims past attn_split's rounds of 32 dims (12: none whole; 80: two and
+            // a tail, and dims past its first 64 invocations)
+            (190, vec![1, 13, 67], 12),
+            (190, vec![1, 13, 67, 190], 80),
             (190, vec![1, 13, 67, 190], 64),
             (one, vec![13, one], 16),
             (one + 1, vec![13, one + 1], 16),
             (one + 1, vec![70, one + 1], 64),
         ] {
+            // the lane kernels take head dims of whole lane rounds (HD % 8 == 0)
+            let lanes = lanes && hd % 8 == 0;
             decode_case(&mut rng, &gpu, &name, lanes, ctx, &lens, hd);
         }
     }
@@ -1615,4 +1621,143 @@ fn prefill_products_read_and_write_texture_copies() {
         assert_eq!(cols.read(&gpu).unwrap()[4 * 588 + 587], pix[at], "{name}");
     }
     assert!(textured >= 1 || !variants().iter().any(|(_, g)| g.caps.cpu));
+}
+
+/// The f16 decode GEMV at every word-lane setting (0: 32-value groups over lane groups of 8;
+/// 8, 16, 32: lanes stepping over 16-byte words, the GPU default; subgroup sums where a
+/// subgroup holds the lane group, workgroup memory elsewhere) against the CPU: plain products
+/// over x rows with NaN past k, RMSNorm on load with a residual add, SwiGLU's pairs, and
+/// RoPE's pairs with the cache writes against the unfused product followed by rope_kv.
+#[test]
+fn decode_gemv_word_lanes_match_cpu() {
+    let mut rng = Rng::new(21);
+    let eps = 1e-5;
+    for (name, gpu) in variants() {
+        for lanes in [0u32, 8, 16, 32] {
+            gpu.set_gemv_word_lanes(lanes);
+            assert_eq!(gpu.gemv_word_lanes(), lanes);
+            let name = format!("{name} word lanes {lanes}");
+            // k = 100: the last word half past k; 1000: words no multiple of the lanes;
+            // 256: whole 32-value groups (K_WHOLE)
+            for &(k, n) in &[(100usize, 67usize), (256, 130), (1000, 36)] {
+                let wide = k + 12;
+                let mut x = rng.vec(wide, 1.0);
+                x[k..].fill(f32::NAN);
+                let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
+                let w = from_f16_bits(&w16);
+                let xt = Tensor::from_f32(&gpu, "x", 1, wide, &x).unwrap();
+                let wt = Weight::upload(&gpu, "w", n, k, &w16).unwrap();
+                let tol = 2e-5 * k as f32;
+                let what = format!("{name} {k}x{n}");
+
+                let y = Tensor::new(&gpu, "y", 1, n).unwrap();
+                let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::None, false).unwrap();
+                assert_eq!(ks[0].label, "gemv", "{what}");
+                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                let prod = cpu_linear(&x[..k], 1, k, &w, n, None);
+                assert_close(&format!("{what} plain"), &y.read(&gpu).unwrap(), &prod, tol);
+
+                // RMSNorm on load, added into y
+                let g = rng.vec(k, 1.0);
+                let gt = Tensor::from_f32(&gpu, "g", 1, k, &g).unwrap();
+                let y0 = rng.vec(n, 1.0);
+                let y = Tensor::from_f32(&gpu, "y0", 1, n, &y0).unwrap();
+                let e = ops::matmul::Epilogue {
+                    norm: Some((&gt.buf, eps)),
+                    accumulate: true,
+                    ..Default::default()
+                };
+                let ks = ops::matmul::gemv(&gpu, &xt, &wt, &y, e).unwrap().unwrap();
+                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                let ms = x[..k].iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / k as f64;
+                let scale = 1.0 / (ms + eps as f64).sqrt();
+                let xn: Vec<f32> = (0..k)
+                    .map(|i| (x[i] as f64 * scale) as f32 * g[i])
+                    .collect();
+                let normed = cpu_linear(&xn, 1, k, &w, n, None);
+                let want: Vec<f32> = (0..n).map(|i| y0[i] + normed[i]).collect();
+                assert_close(
+                    &format!("{what} norm+add"),
+                    &y.read(&gpu).unwrap(),
+                    &want,
+                    tol,
+                );
+
+                // SwiGLU of [gate; up] (n even: the first n / 2 rows gate the rest)
+                let half = n / 2;
+                let wg = Weight::upload(&gpu, "gu", 2 * half, k, &w16[..2 * half * k]).unwrap();
+                let y = Tensor::new(&gpu, "act", 1, half).unwrap();
+                let e = ops::matmul::Epilogue {
+                    gate_up: true,
+                    ..Default::default()
+                };
+                let ks = ops::matmul::gemv(&gpu, &xt, &wg, &y, e).unwrap().unwrap();
+                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                let want: Vec<f32> = (0..half)
+                    .map(|i| {
+                        let (a, b) = (prod[i], prod[half + i]);
+                        a / (1.0 + (-a).exp()) * b
+                    })
+                    .collect();
+                assert_close(
+                    &format!("{what} swiglu"),
+                    &y.read(&gpu).unwrap(),
+                    &want,
+                    tol,
+                );
+            }
+
+            // RoPE's epilogue on a decode's q|k|v (2 query heads, 1 KV head of 8), written at
+            // cache row 3, against the product into a tensor and rope_kv
+            let h = Heads {
+                heads: 2,
+                kv_heads: 1,
+                hd: 8,
+            };
+            let (k, n) = (100, 32);
+            let x = rng.vec(k, 1.0);
+            let w16 = to_f16_bits(&rng.vec(n * k, 0.5));
+            let xt = Tensor::from_f32(&gpu, "x", 1, k, &x).unwrap();
+            let wt = Weight::upload(&gpu, "qkv", n, k, &w16).unwrap();
+            let inputs = RopeInputs {
+                step: step_buffer(
+                    &gpu,
+                    Step {
+                        kv_offset: 3,
+                        kv_len: 4,
+                        ..Default::default()
+                    },
+                ),
+                ..RopeInputs::new(&gpu, 1, h.hd, |_| 7)
+            };
+            let run = |fused: bool| {
+                let out = inputs.outputs(&gpu, h, 1, 5);
+                let rope = out.rope(&inputs, h);
+                if fused {
+                    let e = ops::matmul::Epilogue {
+                        rope: Some(rope),
+                        ..Default::default()
+                    };
+                    let ks = ops::matmul::gemv(&gpu, &xt, &wt, &out.q, e)
+                        .unwrap()
+                        .unwrap();
+                    gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                } else {
+                    let qkv = Tensor::new(&gpu, "qkv_out", 1, n).unwrap();
+                    let mut ks =
+                        ops::matmul::linear(&gpu, &xt, &wt, None, &qkv, Act::None, false).unwrap();
+                    ks.push(ops::rope::rope_kv(&gpu, &qkv, &rope).unwrap());
+                    gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+                }
+                out.read(&gpu, 1).0
+            };
+            let (want, got) = (run(false), run(true));
+            for (i, part) in ["q", "k cache", "v cache"].iter().enumerate() {
+                assert_close(&format!("{name} rope {part}"), &got[i], &want[i], 1e-4);
+            }
+            // the cache rows other than 3 stay zero
+            assert!(want[1][..3 * 8].iter().all(|v| *v == 0.0), "{name}");
+            assert!(want[1][3 * 8..4 * 8].iter().any(|v| *v != 0.0), "{name}");
+        }
+    }
 }

@@ -35,11 +35,12 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 weight_textures: None,
                 uniform_x: None,
                 x_textures: None,
+                gemv_word_lanes: None,
             },
         ),
         (
             "f32 unpack + workgroup memory, 32 tile GEMM, attention K/V tiles, weights and x in \
-             storage buffers (no texture copies)",
+             storage buffers (no texture copies), the GPUs' decode GEMV (32 word lanes)",
             GpuOptions {
                 f16: Some(false),
                 subgroups: Some(false),
@@ -49,6 +50,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 weight_textures: Some(false),
                 uniform_x: Some(false),
                 x_textures: Some(false),
+                gemv_word_lanes: Some(32),
             },
         ),
     ];

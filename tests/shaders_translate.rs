@@ -50,6 +50,13 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             ],
             vec!["Q4_1", "WTEX", "ACCUMULATE", "TAIL", "K_WHOLE", "YTEX"],
             vec!["WF16", "XTEX", "NORM", "ACCUMULATE", "YTEX"],
+            // the GPUs' layout (GV_LANES and GV_STEP get values): f16 words, quant blocks
+            vec!["WF16", "GV_LANES", "NORM", "GATE_UP", "PAIRS"],
+            vec!["WF16", "GV_LANES", "NORM", "ROPE", "PAIRS"],
+            vec!["WF16", "GV_LANES", "ACCUMULATE", "K_WHOLE"],
+            vec!["Q4_0", "GV_LANES", "NORM"],
+            vec!["Q4_1", "GV_LANES", "NORM", "ROPE", "PAIRS"],
+            vec!["Q8_0", "GV_LANES", "BIAS", "ACCUMULATE"],
             // lane teams over the groups past the whole rounds (TAIL gets a value)
             vec!["Q4_1", "NORM", "GATE_UP", "PAIRS", "TAIL"],
             vec!["WF16", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL"],
@@ -238,6 +245,9 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 if extra.contains(&"ROPE") {
                     d.set("HALF", "32u");
                 }
+                if extra.contains(&"GV_LANES") {
+                    d.set("GV_LANES", "32u").set("GV_STEP", "2u");
+                }
                 if extra.contains(&"TAIL") {
                     d.set("TAIL", "2u");
                 }
@@ -258,12 +268,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 31, layer_tail 3, norm 7,
+    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 37, layer_tail 3, norm 7,
     // elementwise 3,
     // rope 3, attention 9, embed 3, kv_texture 3, sample, bandwidth, random_fill 1 each,
     // prune_select 6, prune_score 6 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 31 + 3 + 7 + 3 + 3 + 9 + 3 + 3 + 3 + 6 + 6 + 1)
+        4 * (2 * (8 + 7) + 37 + 3 + 7 + 3 + 3 + 9 + 3 + 3 + 3 + 6 + 6 + 1)
     );
 }

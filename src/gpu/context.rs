@@ -69,6 +69,11 @@ pub struct GpuOptions {
     /// Prefill attention stages K/V tiles through workgroup memory (`None`: the device
     /// class's table, see [`super::tile::attention_tiles_for`]; env `VLM_RUN_ATTN_TILES=0|1`).
     pub attention_tiles: Option<bool>,
+    /// The decode GEMV's layout: 0 for 32-value groups over lane groups of 8, or lane
+    /// groups of 8, 16 or 32 lanes stepping over whole 16-byte f16 words or quant blocks
+    /// (`None`: 0 on CPU devices, 32 on GPUs; env `VLM_RUN_GEMV_WORD_LANES=0|8|16|32`; see
+    /// `ops::matmul::gemv_lanes`).
+    pub gemv_word_lanes: Option<u32>,
     /// Keep weights in textures (`None`: on CPU devices; env `VLM_RUN_WEIGHT_TEXTURES=0|1`).
     pub weight_textures: Option<bool>,
     /// Give the decode GEMV its input through uniform buffers (`None`: on CPU devices; env
@@ -106,6 +111,14 @@ impl GpuOptions {
             max_binding,
             gemm_tile: TileChoice::parse(&std::env::var("VLM_RUN_GEMM_TILE").unwrap_or_default())?,
             attention_tiles: flag("VLM_RUN_ATTN_TILES")?,
+            gemv_word_lanes: match std::env::var("VLM_RUN_GEMV_WORD_LANES") {
+                Err(_) => None,
+                Ok(v) => match v.as_str() {
+                    "" | "auto" => None,
+                    "0" | "8" | "16" | "32" => v.parse().ok(),
+                    _ => bail!("VLM_RUN_GEMV_WORD_LANES={v:?}: expected 0, 8, 16, 32 or auto"),
+                },
+            },
             weight_textures: flag("VLM_RUN_WEIGHT_TEXTURES")?,
             uniform_x: flag("VLM_RUN_UNIFORM_X")?,
             x_textures: flag("VLM_RUN_X_TEXTURES")?,
@@ -138,6 +151,8 @@ pub struct Gpu {
     gemm_tile: std::sync::atomic::AtomicUsize,
     /// Whether prefill attention uses workgroup-memory K/V tiles.
     attention_tiles: std::sync::atomic::AtomicBool,
+    /// The decode GEMV's word lanes (0: the 8-lane 32-value groups).
+    gemv_word_lanes: std::sync::atomic::AtomicU32,
 }
 
 fn tile_index(t: GemmTile) -> usize {
@@ -259,6 +274,14 @@ impl Gpu {
                 .attention_tiles
                 .unwrap_or(super::tile::attention_tiles_for(info_type))
                 .into(),
+            gemv_word_lanes: opts
+                .gemv_word_lanes
+                .unwrap_or(if info_type == wgpu::DeviceType::Cpu {
+                    0
+                } else {
+                    32
+                })
+                .into(),
         }))
     }
 
@@ -289,6 +312,22 @@ impl Gpu {
     pub fn set_attention_tiles(&self, on: bool) {
         self.attention_tiles
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The word lanes of decode GEMVs built from now on (0: the 8-lane 32-value groups).
+    pub fn gemv_word_lanes(&self) -> u32 {
+        self.gemv_word_lanes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Choose the decode GEMV's layout for kernels built from now on: 0 for 32-value groups
+    /// over lane groups of 8, else lane groups of `lanes` (8, 16 or 32) stepping over whole
+    /// f16 words or quant blocks. Other values leave the setting as it is.
+    pub fn set_gemv_word_lanes(&self, lanes: u32) {
+        if matches!(lanes, 0 | 8 | 16 | 32) {
+            self.gemv_word_lanes
+                .store(lanes, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// A one-line description of the adapter and the paths in use.

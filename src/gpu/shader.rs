@@ -109,6 +109,10 @@ impl Defines {
         self.set(name, value);
         self
     }
+    pub fn remove(&mut self, name: &str) -> &mut Self {
+        self.0.remove(name);
+        self
+    }
     pub fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }

@@ -516,13 +516,21 @@ pub fn gemv_reads(w: &Weight) -> bool {
 
 /// Rows per lane group (gemv.wgsl's LG_ROWS) for a chunk of `rows` weight rows (paired or
 /// not, a workgroup holds 8 LG_ROWS of them): as many as keep enough workgroups in flight.
-/// On a GPU, many narrow workgroups (at least 128). On a CPU device, wide lane groups and as
+/// With word lanes ([`gemv_lanes`], GPUs) 2 rows: each lane group then holds 2 rows × 32
+/// lanes, and the grid the most lane groups. On an H100 (`examples/gemm_probe.rs`,
+/// 2026-11-24) 2 rows were within 4% of the fastest of 1, 2 and 4 on every llava-1.5-7b
+/// product (4096 × 4096 13.2 us, 11008 → 4096 44.1, q|k|v 42.7, [gate; up] 74.0 us: 2.0-2.5
+/// TB/s) and 4 rows up to 27% slower (down: 56 us). Else, on a GPU, many narrow
+/// workgroups (at least 128). On a CPU device, wide lane groups and as
 /// few as 4 workgroups: a lane group loads x once per round for all its rows, and on
 /// lavapipe those loads are per-lane gathers. Measured there (`VLM_RUN_PROFILE`, SmolLM2-135M
 /// Q4_1, best of 3-4 runs, 30 layers): [gate; up] 10.1-10.4 ms at 16 rows → 8.6-8.9 at 32,
 /// q|k|v 5.0-5.1 → 4.5-4.7, o and down 7.7-7.9 → 7.4-8.0 at 16, the head 4.5 → 4.2; rules
 /// with 64 rows measured the same as 32.
-fn gemv_rows(gpu: &Gpu, rows: usize) -> usize {
+fn gemv_rows(gpu: &Gpu, w: &Weight, rows: usize) -> usize {
+    if gemv_lanes(gpu, w).1 {
+        return 2;
+    }
     let (candidates, target): (&[usize], usize) = if gpu.caps.cpu {
         (&[32, 16, 8, 4], 4)
     } else {
@@ -535,6 +543,32 @@ fn gemv_rows(gpu: &Gpu, rows: usize) -> usize {
         .unwrap_or(2)
 }
 
+/// 16-byte words per lane and round of the word-lane GEMV (gemv.wgsl's GV_STEP: 1, 2 or 4): the
+/// second word's loads issue before the first's sums. On an H100 (2026-11-24) 4096 × 4096
+/// took 13.2 us against 14.5 with one word, the other products level (±2%); with 4 words
+/// llava-1.5-7b decoded at 118.5-120.6 tokens/s against 120.2-120.4 with 2.
+const GV_STEP: usize = 2;
+
+/// The decode GEMV's lanes per lane group and whether they take the GPU layout (gemv.wgsl's
+/// GV_LANES), for weight `w`: on GPUs lane groups of 32 lanes step over whole 16-byte words
+/// of f16 rows, or whole 32-value blocks of Q4_0 / Q4_1 / Q8_0 rows, at a stride of 32, with
+/// x and the row sums in registers (no run-time-indexed arrays). CPU devices keep lane groups
+/// of 8 over 32-value groups. Measured on an H100 (Vulkan, 2026-11-24, `examples/gemm_probe.rs`),
+/// llava-1.5-7b's 4096 × 4096 f16: the 32-value groups took 105-108 us (320 GB/s); words over
+/// lane groups of 8, 16 and 32 lanes 43, 26 and 20 us, and 13.2 with loads issued ahead
+/// ([`GV_STEP`]); its decode went from 19 to 115-120 tokens/s. The setting is the device's
+/// ([`Gpu::gemv_word_lanes`], env `VLM_RUN_GEMV_WORD_LANES`).
+pub fn gemv_lanes(gpu: &Gpu, w: &Weight) -> (usize, bool) {
+    let gpu_layout = matches!(
+        w.ty,
+        GgmlType::F16 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0
+    );
+    match gpu.gemv_word_lanes() {
+        n @ (8 | 16 | 32) if gpu_layout => (n as usize, true),
+        _ => (8, false),
+    }
+}
+
 /// Whether the decode GEMV of the stacked q|k|v `w` with `rope` as its epilogue writes K and
 /// V straight into `rope.into_textures` (gemv.wgsl's ROPE with KV_TEX): when it is given,
 /// and a lane group's rotation pairs come in whole texels (LG_ROWS / 2 and hd / 2 multiples
@@ -543,7 +577,7 @@ pub fn rope_into_textures(gpu: &Gpu, w: &Weight, rope: &RopeKv) -> bool {
     rope.into_textures
         .is_some_and(|(tex, _)| tex.holds(rope.heads, 1))
         && w.chunks.len() == 1
-        && gemv_rows(gpu, w.rows) >= 8
+        && gemv_rows(gpu, w, w.rows) >= 8
         && rope.heads.hd.is_multiple_of(8)
 }
 
@@ -812,18 +846,33 @@ pub fn gemv(
         bindings.push((11, step));
     }
     let mut kernels = Vec::new();
+    let (lanes, words) = gemv_lanes(gpu, w);
+    if words {
+        d0.set("GV_LANES", format!("{lanes}u"));
+        d0.set("GV_STEP", format!("{GV_STEP}u"));
+        // lane sums by subgroup shuffles only where a subgroup holds a whole lane group
+        if gpu.caps.subgroup_min < lanes as u32 {
+            d0.remove("SUBGROUPS");
+        }
+    }
     // the groups past the last whole round of 8 (if they divide 8): gemv.wgsl's TAIL
-    let tail = w.cols.div_ceil(32) % 8;
+    let tail = if words { 0 } else { w.cols.div_ceil(32) % 8 };
     for chunk in &w.chunks {
         let outputs = if pairs { chunk.rows / 2 } else { chunk.rows };
         // YTEX: a lane group's rows are whole texels
-        let rows = gemv_rows(gpu, chunk.rows).max(if y.texels.is_some() { 4 } else { 2 });
+        let rows = gemv_rows(gpu, w, chunk.rows).max(if y.texels.is_some() { 4 } else { 2 });
         let mut d = d0.clone();
         d.set("LG_ROWS", format!("{rows}u"));
         if tail > 0 && 8 % tail == 0 {
             d.set("TAIL", format!("{tail}u"));
         }
-        let per_wg = if pairs { 4 * rows } else { 8 * rows };
+        // outputs per workgroup of 64 invocations: 64 / lanes lane groups of `rows` rows
+        let groups = 64 / lanes;
+        let per_wg = if pairs {
+            groups * rows / 2
+        } else {
+            groups * rows
+        };
         let params = fused_params(1, x, w, chunk, y, &e);
         let grid = fold_workgroups(
             outputs.div_ceil(per_wg) as u32,
