@@ -362,6 +362,21 @@ var<workgroup> q_sh: array<f32, HD>;
 var<workgroup> s_sh: array<f32, SPLIT>;
 var<workgroup> p_sh: array<f32, SPLIT>;
 
+// K values b .. b + 4 of one cache row, and the scaled query's dims d .. d + 4.
+fn k_quad(b: u32) -> vec4<f32> {
+    return vec4<f32>(k[b], k[b + 1u], k[b + 2u], k[b + 3u]);
+}
+fn q_quad(d: u32) -> vec4<f32> {
+    return vec4<f32>(q_sh[d], q_sh[d + 1u], q_sh[d + 2u], q_sh[d + 3u]);
+}
+// One V column at cache rows r, r + st, r + 2 st, r + 3 st, and the weights of keys t .. t + 4.
+fn v_col4(r: u32, st: u32) -> vec4<f32> {
+    return vec4<f32>(v[r], v[r + st], v[r + 2u * st], v[r + 3u * st]);
+}
+fn p_quad(t: u32) -> vec4<f32> {
+    return vec4<f32>(p_sh[t], p_sh[t + 1u], p_sh[t + 2u], p_sh[t + 3u]);
+}
+
 @compute @workgroup_size(SPLIT)
 fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let sp = wid.x;
@@ -376,9 +391,9 @@ fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     let n = step.kv_len;
     var sv = -3.0e38;
     if j < n {
-        // 32 loads issued before their sums, into 4 chains: a GPU compiler that does not
-        // unroll the loop would otherwise wait out one load's latency per dim (83 us a
-        // layer on an H100 at 72 keys; 41 with rounds of 8 dims, 34 with 16)
+        // 32 dims a round, their loads issued before the sums, into 4 chains: a GPU compiler
+        // that does not unroll the loop would otherwise wait out one load's latency per dim
+        // (83 us a layer on an H100 at 72 keys; 41 with rounds of 8 dims, 34 with 16 or 32)
         let b = j * p.kv_stride + kvh * HD;
         var a0 = 0.0;
         var a1 = 0.0;
@@ -386,70 +401,18 @@ fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         var a3 = 0.0;
         var d = 0u;
         for (; d + 32u <= HD; d += 32u) {
-            let k0 = k[b + d];
-            let k1 = k[b + d + 1u];
-            let k2 = k[b + d + 2u];
-            let k3 = k[b + d + 3u];
-            let k4 = k[b + d + 4u];
-            let k5 = k[b + d + 5u];
-            let k6 = k[b + d + 6u];
-            let k7 = k[b + d + 7u];
-            let k8 = k[b + d + 8u];
-            let k9 = k[b + d + 9u];
-            let k10 = k[b + d + 10u];
-            let k11 = k[b + d + 11u];
-            let k12 = k[b + d + 12u];
-            let k13 = k[b + d + 13u];
-            let k14 = k[b + d + 14u];
-            let k15 = k[b + d + 15u];
-            let k16 = k[b + d + 16u];
-            let k17 = k[b + d + 17u];
-            let k18 = k[b + d + 18u];
-            let k19 = k[b + d + 19u];
-            let k20 = k[b + d + 20u];
-            let k21 = k[b + d + 21u];
-            let k22 = k[b + d + 22u];
-            let k23 = k[b + d + 23u];
-            let k24 = k[b + d + 24u];
-            let k25 = k[b + d + 25u];
-            let k26 = k[b + d + 26u];
-            let k27 = k[b + d + 27u];
-            let k28 = k[b + d + 28u];
-            let k29 = k[b + d + 29u];
-            let k30 = k[b + d + 30u];
-            let k31 = k[b + d + 31u];
-            a0 = fma(q_sh[d], k0, a0);
-            a1 = fma(q_sh[d + 1u], k1, a1);
-            a2 = fma(q_sh[d + 2u], k2, a2);
-            a3 = fma(q_sh[d + 3u], k3, a3);
-            a0 = fma(q_sh[d + 4u], k4, a0);
-            a1 = fma(q_sh[d + 5u], k5, a1);
-            a2 = fma(q_sh[d + 6u], k6, a2);
-            a3 = fma(q_sh[d + 7u], k7, a3);
-            a0 = fma(q_sh[d + 8u], k8, a0);
-            a1 = fma(q_sh[d + 9u], k9, a1);
-            a2 = fma(q_sh[d + 10u], k10, a2);
-            a3 = fma(q_sh[d + 11u], k11, a3);
-            a0 = fma(q_sh[d + 12u], k12, a0);
-            a1 = fma(q_sh[d + 13u], k13, a1);
-            a2 = fma(q_sh[d + 14u], k14, a2);
-            a3 = fma(q_sh[d + 15u], k15, a3);
-            a0 = fma(q_sh[d + 16u], k16, a0);
-            a1 = fma(q_sh[d + 17u], k17, a1);
-            a2 = fma(q_sh[d + 18u], k18, a2);
-            a3 = fma(q_sh[d + 19u], k19, a3);
-            a0 = fma(q_sh[d + 20u], k20, a0);
-            a1 = fma(q_sh[d + 21u], k21, a1);
-            a2 = fma(q_sh[d + 22u], k22, a2);
-            a3 = fma(q_sh[d + 23u], k23, a3);
-            a0 = fma(q_sh[d + 24u], k24, a0);
-            a1 = fma(q_sh[d + 25u], k25, a1);
-            a2 = fma(q_sh[d + 26u], k26, a2);
-            a3 = fma(q_sh[d + 27u], k27, a3);
-            a0 = fma(q_sh[d + 28u], k28, a0);
-            a1 = fma(q_sh[d + 29u], k29, a1);
-            a2 = fma(q_sh[d + 30u], k30, a2);
-            a3 = fma(q_sh[d + 31u], k31, a3);
+            let k0 = k_quad(b + d);
+            let k1 = k_quad(b + d + 4u);
+            let k2 = k_quad(b + d + 8u);
+            let k3 = k_quad(b + d + 12u);
+            let k4 = k_quad(b + d + 16u);
+            let k5 = k_quad(b + d + 20u);
+            let k6 = k_quad(b + d + 24u);
+            let k7 = k_quad(b + d + 28u);
+            a0 += dot(q_quad(d), k0) + dot(q_quad(d + 16u), k4);
+            a1 += dot(q_quad(d + 4u), k1) + dot(q_quad(d + 20u), k5);
+            a2 += dot(q_quad(d + 8u), k2) + dot(q_quad(d + 24u), k6);
+            a3 += dot(q_quad(d + 12u), k3) + dot(q_quad(d + 28u), k7);
         }
         for (; d < HD; d++) {
             a0 = fma(q_sh[d], k[b + d], a0);
@@ -482,70 +445,22 @@ fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         for (; t + 16u <= count; t += 16u) {
             let r = b + t * st;
             let r2 = b2 + t * st;
-            let v0 = v[r];
-            let w0 = v[r2];
-            let v1 = v[r + st];
-            let w1 = v[r2 + st];
-            let v2 = v[r + 2u * st];
-            let w2 = v[r2 + 2u * st];
-            let v3 = v[r + 3u * st];
-            let w3 = v[r2 + 3u * st];
-            let v4 = v[r + 4u * st];
-            let w4 = v[r2 + 4u * st];
-            let v5 = v[r + 5u * st];
-            let w5 = v[r2 + 5u * st];
-            let v6 = v[r + 6u * st];
-            let w6 = v[r2 + 6u * st];
-            let v7 = v[r + 7u * st];
-            let w7 = v[r2 + 7u * st];
-            let v8 = v[r + 8u * st];
-            let w8 = v[r2 + 8u * st];
-            let v9 = v[r + 9u * st];
-            let w9 = v[r2 + 9u * st];
-            let v10 = v[r + 10u * st];
-            let w10 = v[r2 + 10u * st];
-            let v11 = v[r + 11u * st];
-            let w11 = v[r2 + 11u * st];
-            let v12 = v[r + 12u * st];
-            let w12 = v[r2 + 12u * st];
-            let v13 = v[r + 13u * st];
-            let w13 = v[r2 + 13u * st];
-            let v14 = v[r + 14u * st];
-            let w14 = v[r2 + 14u * st];
-            let v15 = v[r + 15u * st];
-            let w15 = v[r2 + 15u * st];
-            a0 = fma(p_sh[t], v0, a0);
-            c0 = fma(p_sh[t], w0, c0);
-            a1 = fma(p_sh[t + 1u], v1, a1);
-            c1 = fma(p_sh[t + 1u], w1, c1);
-            a0 = fma(p_sh[t + 2u], v2, a0);
-            c0 = fma(p_sh[t + 2u], w2, c0);
-            a1 = fma(p_sh[t + 3u], v3, a1);
-            c1 = fma(p_sh[t + 3u], w3, c1);
-            a0 = fma(p_sh[t + 4u], v4, a0);
-            c0 = fma(p_sh[t + 4u], w4, c0);
-            a1 = fma(p_sh[t + 5u], v5, a1);
-            c1 = fma(p_sh[t + 5u], w5, c1);
-            a0 = fma(p_sh[t + 6u], v6, a0);
-            c0 = fma(p_sh[t + 6u], w6, c0);
-            a1 = fma(p_sh[t + 7u], v7, a1);
-            c1 = fma(p_sh[t + 7u], w7, c1);
-            a0 = fma(p_sh[t + 8u], v8, a0);
-            c0 = fma(p_sh[t + 8u], w8, c0);
-            a1 = fma(p_sh[t + 9u], v9, a1);
-            c1 = fma(p_sh[t + 9u], w9, c1);
-            a0 = fma(p_sh[t + 10u], v10, a0);
-            c0 = fma(p_sh[t + 10u], w10, c0);
-            a1 = fma(p_sh[t + 11u], v11, a1);
-            c1 = fma(p_sh[t + 11u], w11, c1);
-            a0 = fma(p_sh[t + 12u], v12, a0);
-            c0 = fma(p_sh[t + 12u], w12, c0);
-            a1 = fma(p_sh[t + 13u], v13, a1);
-            c1 = fma(p_sh[t + 13u], w13, c1);
-            a0 = fma(p_sh[t + 14u], v14, a0);
-            c0 = fma(p_sh[t + 14u], w14, c0);
-            a1 = fma(p_sh[t + 15u], v15, a1);
-            c1 = fma(p_sh[t + 15u], w15, c1);
+            let v0 = v_col4(r, st);
+            let v1 = v_col4(r + 4u * st, st);
+            let v2 = v_col4(r + 8u * st, st);
+            let v3 = v_col4(r + 12u * st, st);
+            let w0 = v_col4(r2, st);
+            let w1 = v_col4(r2 + 4u * st, st);
+            let w2 = v_col4(r2 + 8u * st, st);
+            let w3 = v_col4(r2 + 12u * st, st);
+            let p0 = p_quad(t);
+            let p1 = p_quad(t + 4u);
+            let p2 = p_quad(t + 8u);
+            let p3 = p_quad(t + 12u);
+            a0 += dot(p0, v0) + dot(p2, v2);
+            a1 += dot(p1, v1) + dot(p3, v3);
+            c0 += dot(p0, w0) + dot(p2, w2);
+            c1 += dot(p1, w1) + dot(p3, w3);
         }
         for (; t < count; t++) {
             a0 = fma(p_sh[t], v[b + t * st], a0);

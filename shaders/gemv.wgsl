@@ -202,8 +202,8 @@ fn rope_store(pi: u32, x1: f32, x2: f32) {
 #endif
 
 const LANES: u32 = 8u;
-// The decode GEMV's lanes per lane group: GV_LANES (32 on GPUs, f16 weights only; with
-// GV_STEP, a value, words per lane and round), else 8.
+// The decode GEMV's lanes per lane group: GV_LANES (32 on GPUs, over f16 words, GV_STEP of
+// them a round, or quant blocks), else 8.
 #ifdef GV_LANES
 const GL: u32 = GV_LANES;
 #else

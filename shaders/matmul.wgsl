@@ -129,18 +129,6 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     store_row(m0 + 4u * ty + 3u, n0 + 4u * tx, acc3);
 }
 
-// Outputs (m, n .. n + 4) that exist.
-fn store_row(m: u32, n: u32, v: vec4<f32>) {
-    if m >= p.m {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        if n + j < p.n {
-            store(m, n + j, v[j]);
-        }
-    }
-}
-
 const WG_SIZE: u32 = 64u;
 const ROWS: u32 = 4u;
 
