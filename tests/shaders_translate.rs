@@ -50,7 +50,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             ],
             vec!["Q4_1", "WTEX", "ACCUMULATE", "TAIL", "K_WHOLE", "YTEX"],
             vec!["WF16", "XTEX", "NORM", "ACCUMULATE", "YTEX"],
-            // the GPUs' layout (GV_LANES and GV_STEP get values): f16 words, quant blocks
+            // the GPUs' layout (GV_LANES gets a value): f16 words, quant blocks
             vec!["WF16", "GV_LANES", "NORM", "GATE_UP", "PAIRS"],
             vec!["WF16", "GV_LANES", "NORM", "ROPE", "PAIRS"],
             vec!["WF16", "GV_LANES", "ACCUMULATE", "K_WHOLE"],
@@ -246,7 +246,7 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                     d.set("HALF", "32u");
                 }
                 if extra.contains(&"GV_LANES") {
-                    d.set("GV_LANES", "32u").set("GV_STEP", "2u");
+                    d.set("GV_LANES", "32u");
                 }
                 if extra.contains(&"TAIL") {
                     d.set("TAIL", "2u");

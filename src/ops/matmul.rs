@@ -543,20 +543,14 @@ fn gemv_rows(gpu: &Gpu, w: &Weight, rows: usize) -> usize {
         .unwrap_or(2)
 }
 
-/// 16-byte words per lane and round of the word-lane GEMV (gemv.wgsl's GV_STEP: 1, 2 or 4): the
-/// second word's loads issue before the first's sums. On an H100 (2026-11-24) 4096 × 4096
-/// took 13.2 us against 14.5 with one word, the other products level (±2%); with 4 words
-/// llava-1.5-7b decoded at 118.5-120.6 tokens/s against 120.2-120.4 with 2.
-const GV_STEP: usize = 2;
-
 /// The decode GEMV's lanes per lane group and whether they take the GPU layout (gemv.wgsl's
 /// GV_LANES), for weight `w`: on GPUs lane groups of 32 lanes step over whole 16-byte words
 /// of f16 rows, or whole 32-value blocks of Q4_0 / Q4_1 / Q8_0 rows, at a stride of 32, with
 /// x and the row sums in registers (no run-time-indexed arrays). CPU devices keep lane groups
 /// of 8 over 32-value groups. Measured on an H100 (Vulkan, 2026-11-24, `examples/gemm_probe.rs`),
 /// llava-1.5-7b's 4096 × 4096 f16: the 32-value groups took 105-108 us (320 GB/s); words over
-/// lane groups of 8, 16 and 32 lanes 43, 26 and 20 us, and 13.2 with loads issued ahead
-/// ([`GV_STEP`]); its decode went from 19 to 115-120 tokens/s. The setting is the device's
+/// lane groups of 8, 16 and 32 lanes 43, 26 and 20 us, and 13.2 with two words a round
+/// (loads issued ahead); its decode went from 19 to 115-120 tokens/s. The setting is the device's
 /// ([`Gpu::gemv_word_lanes`], env `VLM_RUN_GEMV_WORD_LANES`).
 pub fn gemv_lanes(gpu: &Gpu, w: &Weight) -> (usize, bool) {
     let gpu_layout = matches!(
@@ -849,7 +843,6 @@ pub fn gemv(
     let (lanes, words) = gemv_lanes(gpu, w);
     if words {
         d0.set("GV_LANES", format!("{lanes}u"));
-        d0.set("GV_STEP", format!("{GV_STEP}u"));
         // lane sums by subgroup shuffles only where a subgroup holds a whole lane group
         if gpu.caps.subgroup_min < lanes as u32 {
             d0.remove("SUBGROUPS");
