@@ -940,13 +940,15 @@ fn cpu_attention(
 #[test]
 fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
     let mut rng = Rng::new(6);
-    for ((name, gpu), tiles) in variants()
+    for ((name, gpu), (tiles, flash)) in variants()
         .into_iter()
-        .flat_map(|v| [true, false].map(|t| (v.clone(), t)))
+        .flat_map(|v| [(true, true), (true, false), (false, true)].map(|t| (v.clone(), t)))
     {
-        // K/V through workgroup-memory tiles (GPUs), and read directly (CPU devices)
+        // K/V through workgroup-memory tiles (GPUs: the tiled kernel, and the fallback of one
+        // row per invocation), and read directly (CPU devices)
         gpu.set_attention_tiles(tiles);
-        let name = format!("{name} attention tiles {tiles}");
+        gpu.set_flash_attention(flash);
+        let name = format!("{name} attention tiles {tiles} flash {flash}");
         for &(m, kv_len, heads, kv_heads, hd, causal, q_pos0) in &[
             (37usize, 37usize, 4usize, 4usize, 16usize, false, 0usize),
             (45, 45, 6, 2, 16, true, 0),
@@ -960,6 +962,16 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
             (40, 52, 4, 2, 8, true, 12),
             // a head dim the direct variant does not take (not a multiple of 4): tiles
             (9, 9, 2, 2, 6, true, 0),
+            // the tiled GPU kernel (flash_attention.wgsl) over several tiles of 64 query rows
+            // and of keys (64 a tile for head dims 64 and 128, 40 for 80), rows and keys
+            // ending inside a tile, causal after cached keys, and not (the vision tower)
+            (150, 150, 4, 2, 64, true, 0),
+            (70, 135, 2, 1, 128, true, 65),
+            (97, 97, 2, 2, 80, false, 0),
+            (130, 130, 3, 3, 32, false, 0),
+            (66, 200, 2, 1, 16, true, 134),
+            // 256 dims: four column quads per invocation
+            (20, 70, 2, 1, 256, true, 50),
         ] {
             let h = Heads {
                 heads,
@@ -1008,6 +1020,9 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
                         gpu.run(&[&t.copy(&gpu, &kt, &vt, kv_len, None).unwrap()])
                             .unwrap();
                         (vec!["attention"], "filled")
+                    }
+                    PrefillKv::Buffers if tiles && flash && hd % 4 == 0 => {
+                        (vec!["flash_attention"], "buffers")
                     }
                     PrefillKv::Buffers => (vec!["attention"], "buffers"),
                 };

@@ -129,6 +129,9 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["DIRECT_KV", "QPI_2", "QPI_4", "KV_TEX", "OUT_TEX"],
             vec!["DIRECT_KV", "OUT_TEX"],
         ],
+        // the tiled GPU prefill: 1, 2 and 4 output column quads per invocation (values
+        // below: head dims 64, 128 and 256)
+        "flash_attention" => vec![vec![], vec!["OB_2"], vec!["OB_2", "OB_4"]],
         "norm" => vec![
             vec![],
             vec!["LAYER_NORM"],
@@ -251,6 +254,15 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                 if extra.contains(&"TAIL") {
                     d.set("TAIL", "2u");
                 }
+                if *family == "flash_attention" {
+                    let (hd, vc) = match extra.len() {
+                        0 => (64, "32u"),
+                        1 => (128, "16u"),
+                        _ => (256, "8u"),
+                    };
+                    d.set("HD", hd).set("WG", "256u").set("VC", vc);
+                    d.set("STAGE", "512u");
+                }
                 if *family == "layer_tail" {
                     d.set("D", "32u").set("A", "32u").set("I", "64u");
                     d.set("VMAX", "16u").set("TOKENS_WG", "8u");
@@ -270,10 +282,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 37, layer_tail 3, norm 7,
     // elementwise 3,
-    // rope 3, attention 9, embed 3, kv_texture 3, sample, bandwidth, random_fill 1 each,
-    // prune_select 6, prune_score 6 and prune_gather 1.
+    // rope 3, attention 9, flash_attention 3, embed 3, kv_texture 3, sample, bandwidth,
+    // random_fill 1 each, prune_select 6, prune_score 6 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 37 + 3 + 7 + 3 + 3 + 9 + 3 + 3 + 3 + 6 + 6 + 1)
+        4 * (2 * (8 + 7) + 37 + 3 + 7 + 3 + 3 + 9 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
     );
 }

@@ -25,6 +25,8 @@ pub struct Caps {
     pub max_workgroups_per_dim: u32,
     /// Workgroup memory in bytes.
     pub workgroup_memory: u32,
+    /// Most invocations in one workgroup.
+    pub max_invocations: u32,
     /// The smallest subgroup size the adapter may use (0 when unknown).
     pub subgroup_min: u32,
     /// A CPU device (lavapipe, llvmpipe, WARP): few, wide workgroups pay off there.
@@ -69,6 +71,10 @@ pub struct GpuOptions {
     /// Prefill attention stages K/V tiles through workgroup memory (`None`: the device
     /// class's table, see [`super::tile::attention_tiles_for`]; env `VLM_RUN_ATTN_TILES=0|1`).
     pub attention_tiles: Option<bool>,
+    /// Where prefill attention stages K/V tiles, run the tiled kernel
+    /// (`ops::flash_attention`) for the head dims it takes, or the one-row-per-invocation
+    /// kernel (`None`: the tiled one; env `VLM_RUN_FLASH_ATTN=0|1`).
+    pub flash_attention: Option<bool>,
     /// The decode GEMV's layout: 0 for 32-value groups over lane groups of 8, or lane
     /// groups of 8, 16 or 32 lanes stepping over whole 16-byte f16 words or quant blocks
     /// (`None`: 0 on CPU devices, 32 on GPUs; env `VLM_RUN_GEMV_WORD_LANES=0|8|16|32`; see
@@ -111,6 +117,7 @@ impl GpuOptions {
             max_binding,
             gemm_tile: TileChoice::parse(&std::env::var("VLM_RUN_GEMM_TILE").unwrap_or_default())?,
             attention_tiles: flag("VLM_RUN_ATTN_TILES")?,
+            flash_attention: flag("VLM_RUN_FLASH_ATTN")?,
             gemv_word_lanes: match std::env::var("VLM_RUN_GEMV_WORD_LANES") {
                 Err(_) => None,
                 Ok(v) => match v.as_str() {
@@ -151,6 +158,8 @@ pub struct Gpu {
     gemm_tile: std::sync::atomic::AtomicUsize,
     /// Whether prefill attention uses workgroup-memory K/V tiles.
     attention_tiles: std::sync::atomic::AtomicBool,
+    /// Whether that staging runs the tiled kernel.
+    flash_attention: std::sync::atomic::AtomicBool,
     /// The decode GEMV's word lanes (0: the 8-lane 32-value groups).
     gemv_word_lanes: std::sync::atomic::AtomicU32,
 }
@@ -247,6 +256,7 @@ impl Gpu {
             max_buffer: limits.max_buffer_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             workgroup_memory: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
             subgroup_min: if subgroups { info.subgroup_min_size } else { 0 },
             cpu,
             weight_textures,
@@ -274,6 +284,7 @@ impl Gpu {
                 .attention_tiles
                 .unwrap_or(super::tile::attention_tiles_for(info_type))
                 .into(),
+            flash_attention: opts.flash_attention.unwrap_or(true).into(),
             gemv_word_lanes: opts
                 .gemv_word_lanes
                 .unwrap_or(if info_type == wgpu::DeviceType::Cpu {
@@ -311,6 +322,19 @@ impl Gpu {
     /// Choose the prefill attention variant for kernels built from now on.
     pub fn set_attention_tiles(&self, on: bool) {
         self.attention_tiles
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether prefill attention kernels built from now on that stage K/V tiles are the
+    /// tiled kernel (`ops::flash_attention`) where it takes the head dim.
+    pub fn flash_attention(&self) -> bool {
+        self.flash_attention
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Choose between the tiled and the one-row-per-invocation staging kernels.
+    pub fn set_flash_attention(&self, on: bool) {
+        self.flash_attention
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -48,6 +48,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
+    (
+        "flash_attention",
+        include_str!("../../shaders/flash_attention.wgsl"),
+    ),
     ("kv_texture", include_str!("../../shaders/kv_texture.wgsl")),
     ("embed", include_str!("../../shaders/embed.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
@@ -77,6 +81,7 @@ pub const KERNEL_FAMILIES: &[&str] = &[
     "elementwise",
     "rope",
     "attention",
+    "flash_attention",
     "kv_texture",
     "embed",
     "sample",

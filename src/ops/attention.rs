@@ -1,6 +1,8 @@
-//! Attention: a fused prefill kernel (online softmax, causal or not) and split-KV decode
-//! attention (a pass over key splits, then a merge).
+//! Attention: fused prefill kernels (online softmax, causal or not; on GPUs the tiled one
+//! of [`super::flash_attention`]) and split-KV decode attention (a pass over key splits,
+//! then a merge).
 
+use super::flash_attention::{self, FlashShape};
 use super::{bytes, Kernel};
 use crate::gpu::{Gpu, Tensor};
 use anyhow::{bail, Result};
@@ -335,12 +337,27 @@ pub fn prefill(
         scale: 1.0 / (h.hd as f32).sqrt(),
         pad: 0,
     };
+    if out.texels.is_some() && !writes_texels(gpu, h, out) {
+        bail!("attention: this variant cannot write its output's texture copy");
+    }
+    if let Some(shape) = FlashShape::new(gpu, h.hd) {
+        if let PrefillKv::Filled(_) = kv {
+            bail!("attention: the tiled kernel reads K and V from buffers, not textures");
+        }
+        let rows_per_wg = flash_attention::ROWS_PER_WORKGROUP;
+        return Ok(vec![Kernel::new(
+            gpu,
+            "flash_attention",
+            "flash_attention",
+            &shape.defines(gpu, h.hd),
+            bytes(&p),
+            &[(1, &q.buf), (2, &k.buf), (3, &v.buf), (4, &out.buf)],
+            [q.rows.div_ceil(rows_per_wg) as u32, h.heads as u32, 1],
+        )?]);
+    }
     let mut defines = h.defines(gpu)?;
     let mut textures = Vec::new();
     if let Some(t) = &out.texels {
-        if !writes_texels(gpu, h, out) {
-            bail!("attention: this variant cannot write its output's texture copy");
-        }
         defines.flag("OUT_TEX");
         textures.push((7, wgpu::BindingResource::TextureView(t)));
     }

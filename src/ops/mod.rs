@@ -7,6 +7,7 @@ pub mod autotune;
 pub mod bandwidth;
 pub mod elementwise;
 pub mod embed;
+pub mod flash_attention;
 pub mod layer_tail;
 pub mod matmul;
 pub mod norm;

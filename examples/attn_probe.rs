@@ -1,0 +1,91 @@
+//! Time one prefill attention shape alone:
+//! `cargo run --release --example attn_probe -- M KV HEADS KV_HEADS HD CAUSAL [reps]` runs reps
+//! (default 20) dispatches of attention for M query rows over KV keys (CAUSAL 1: the rows are
+//! the last M of the KV positions) in one pass and prints the time per dispatch, best of 5.
+//! The environment picks the kernel as for `vlm-run`: `VLM_RUN_ATTN_TILES=0|1`,
+//! `VLM_RUN_FLASH_ATTN=0|1`; `TEX=1` copies K and V into textures where the kernel reads
+//! them there.
+use std::time::Instant;
+use vlm_run::gpu::{Gpu, GpuOptions, Tensor};
+use vlm_run::ops::attention::{prefill, Heads, KvTextures, PrefillKv};
+
+const USAGE: &str = "usage: attn_probe M KV HEADS KV_HEADS HD CAUSAL(0|1) [reps]";
+
+fn main() -> anyhow::Result<()> {
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!(USAGE))?;
+    let (shape, reps) = match a[..] {
+        [m, kv, heads, kv_heads, hd, causal] => ([m, kv, heads, kv_heads, hd, causal], 20),
+        [m, kv, heads, kv_heads, hd, causal, reps] if reps > 0 => {
+            ([m, kv, heads, kv_heads, hd, causal], reps)
+        }
+        _ => anyhow::bail!(USAGE),
+    };
+    let [m, kv, heads, kv_heads, hd, causal] = shape;
+    if m == 0 || m > kv || hd == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        anyhow::bail!("{USAGE}: 0 < M <= KV, HD > 0, HEADS a multiple of KV_HEADS");
+    }
+    let gpu = Gpu::new(&GpuOptions::from_env()?)?;
+    let h = Heads {
+        heads,
+        kv_heads,
+        hd,
+    };
+    let fill = |rows: usize, cols: usize, seed: usize| -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| (((i * 7919 + seed) % 1000) as f32 / 1000.0 - 0.5) * 2.0)
+            .collect()
+    };
+    let q = Tensor::from_f32(&gpu, "q", m, heads * hd, &fill(m, heads * hd, 1))?;
+    let k = Tensor::from_f32(&gpu, "k", kv, kv_heads * hd, &fill(kv, kv_heads * hd, 2))?;
+    let v = Tensor::from_f32(&gpu, "v", kv, kv_heads * hd, &fill(kv, kv_heads * hd, 3))?;
+    let out = Tensor::new(&gpu, "o", m, heads * hd)?;
+    // TEX=1: K and V copied into textures first where the kernel reads them there (the
+    // direct kernel on CPU devices, as the engine runs it)
+    let tex = match std::env::var_os("TEX") {
+        Some(_) => KvTextures::new(&gpu, h, kv),
+        None => None,
+    };
+    let ks = prefill(
+        &gpu,
+        h,
+        &q,
+        &k,
+        &v,
+        kv,
+        causal != 0,
+        kv - m,
+        &out,
+        PrefillKv::copy(tex.as_ref()),
+    )?;
+    let mut all = Vec::new();
+    for _ in 0..reps {
+        all.extend(ks.iter());
+    }
+    gpu.run(&all)?;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        gpu.run(&all)?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let per = best / reps as f64;
+    // the score and output products over the keys each row sees
+    let seen: usize = (0..m)
+        .map(|i| if causal != 0 { kv - m + i + 1 } else { kv })
+        .sum();
+    let flop = 4.0 * (seen * hd * heads) as f64;
+    let last = ks.last().expect("a kernel");
+    // (with TEX=1 the time includes the copy into the textures)
+    println!(
+        "{} {:?}: {:.1} us per dispatch, {:.2} GFLOP/s",
+        last.label,
+        last.workgroups,
+        per * 1e6,
+        flop / per / 1e9
+    );
+    Ok(())
+}
