@@ -19,7 +19,7 @@
 //   attn_split: 1 q f32 [heads * HD], 2 k cache, 3 v cache, 5 partials f32
 //               [heads, ctx, HD + 2], 6 step. One workgroup of SPLIT invocations per
 //               (split, head): one key each, the split's max m and sum l of exp(s - m), and
-//               the unnormalised Σ exp(s - m) v. Splits past kv_len return at once.
+//               the unnormalised Σ exp(s - m) v. Splits past kv_len write l = 0.
 //               Dispatch (ctx, heads, 1).
 //   attn_lanes (DECODE_LANES, the CPU-device variant; needs subgroups of >= 8 and HD % 8
 //               == 0): the same bindings and grid, no workgroup memory and no barrier. A
@@ -380,11 +380,6 @@ fn p_quad(t: u32) -> vec4<f32> {
 @compute @workgroup_size(SPLIT)
 fn attn_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let sp = wid.x;
-    // Splits past the cached keys: attn_merge reads none of them (the grid covers the
-    // cache's capacity, the keys only its first kv_len rows).
-    if sp * SPLIT >= step.kv_len {
-        return;
-    }
     let h = wid.y;
     let kvh = h / (p.heads / p.kv_heads);
     for (var d = lid; d < HD; d += SPLIT) {
