@@ -47,23 +47,7 @@ const PART_KEYS: u32 = 8u;
 const PART_KEYS: u32 = SPLIT;
 #endif
 
-struct Params {
-    m: u32,
-    kv_len: u32,
-    heads: u32,
-    kv_heads: u32,
-    q_stride: u32,
-    kv_stride: u32,
-    o_stride: u32,
-    causal: u32,
-    q_pos0: u32,
-    ctx: u32,
-    scale: f32,
-    pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
+#include "attention_params"
 #ifdef KV_TEX
 // K and V copied into rgba32float textures by kv_texture.wgsl: key j's 16-byte group c of
 // the KV row at texel (c, j). The prefill entry point (DIRECT_KV) and the lane-group decode

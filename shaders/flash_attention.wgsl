@@ -2,11 +2,11 @@
 // causal or not, grouped KV heads; no score matrix in memory). The CPU-device prefill and
 // the fallbacks live in attention.wgsl; ops::attention::prefill picks.
 //
-// Bindings: 0 params (attention.wgsl's Params), 1 q f32 [m, q_stride], 2 k f32 [kv_len,
+// Bindings: 0 params and 1 q (attention_params.wgsl): q f32 [m, q_stride], 2 k f32 [kv_len,
 //           kv_stride], 3 v f32 [kv_len, kv_stride], 4 out f32 [m, o_stride].
 //           Query head h reads KV head h / (heads / kv_heads). Query row i sits at position
 //           q_pos0 + i and, causal, sees keys 0 ..= q_pos0 + i.
-// Values (ops::attention::FlashShape): HD (head dim, a multiple of 4); OB output column quads
+// Values (ops::flash_attention::FlashShape): HD (head dim, a multiple of 4); OB output column quads
 //           per invocation (1, 2 or 4; flags OB_2, and OB_4 with it); WG = 16 * HD / (4 * OB)
 //           invocations; VC keys per V chunk (divides BK); STAGE vec4s of staging memory.
 // A workgroup takes BQ = 64 query rows of one head and walks the keys in tiles of BK = WG / 4.
@@ -21,24 +21,7 @@
 //           (named, never an indexed array: see matmul.wgsl), V staged VC keys at a time.
 // Dispatch (ceil(m / 64), heads, 1).
 #include "common"
-
-struct Params {
-    m: u32,
-    kv_len: u32,
-    heads: u32,
-    kv_heads: u32,
-    q_stride: u32,
-    kv_stride: u32,
-    o_stride: u32,
-    causal: u32,
-    q_pos0: u32,
-    ctx: u32,
-    scale: f32,
-    pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
+#include "attention_params"
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;

@@ -2,6 +2,7 @@
 //! translates to MSL (Metal) and HLSL (DX12), so those backends cannot rot unseen.
 
 use vlm_run::gpu::shader::{preprocess, Defines, KERNEL_FAMILIES};
+use vlm_run::ops::flash_attention::FlashShape;
 
 /// Flags each family is built with besides F16 / SUBGROUPS (each list is one variant).
 fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
@@ -129,9 +130,15 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["DIRECT_KV", "QPI_2", "QPI_4", "KV_TEX", "OUT_TEX"],
             vec!["DIRECT_KV", "OUT_TEX"],
         ],
-        // the tiled GPU prefill: 1, 2 and 4 output column quads per invocation (values
-        // below: head dims 64, 128 and 256)
-        "flash_attention" => vec![vec![], vec!["OB_2"], vec!["OB_2", "OB_4"]],
+        // the tiled GPU prefill in the shapes the engine builds (below) for head dims 64,
+        // 128 and 256 (1, 2 and 4 output column quads per invocation) with 32 KiB of
+        // workgroup memory, and 128 with 16 KiB (4 quads, 128 invocations)
+        "flash_attention" => vec![
+            vec!["HD_64"],
+            vec!["HD_128"],
+            vec!["HD_256"],
+            vec!["HD_128", "MEMORY_16K"],
+        ],
         "norm" => vec![
             vec![],
             vec!["LAYER_NORM"],
@@ -255,13 +262,18 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                     d.set("TAIL", "2u");
                 }
                 if *family == "flash_attention" {
-                    let (hd, vc) = match extra.len() {
-                        0 => (64, "32u"),
-                        1 => (128, "16u"),
-                        _ => (256, "8u"),
+                    let hd = [64, 128, 256]
+                        .into_iter()
+                        .find(|hd| extra.contains(&format!("HD_{hd}").as_str()))
+                        .unwrap();
+                    let memory = if extra.contains(&"MEMORY_16K") {
+                        16384
+                    } else {
+                        32768
                     };
-                    d.set("HD", hd).set("WG", "256u").set("VC", vc);
-                    d.set("STAGE", "512u");
+                    FlashShape::for_limits(hd, 256, memory)
+                        .unwrap()
+                        .set_defines(&mut d, hd);
                 }
                 if *family == "layer_tail" {
                     d.set("D", "32u").set("A", "32u").set("I", "64u");
@@ -282,10 +294,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 37, layer_tail 3, norm 7,
     // elementwise 3,
-    // rope 3, attention 9, flash_attention 3, embed 3, kv_texture 3, sample, bandwidth,
+    // rope 3, attention 9, flash_attention 4, embed 3, kv_texture 3, sample, bandwidth,
     // random_fill 1 each, prune_select 6, prune_score 6 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 37 + 3 + 7 + 3 + 3 + 9 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
+        4 * (2 * (8 + 7) + 37 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 6 + 6 + 1)
     );
 }

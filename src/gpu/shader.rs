@@ -47,6 +47,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/elementwise.wgsl"),
     ),
     ("rope", include_str!("../../shaders/rope.wgsl")),
+    (
+        "attention_params",
+        include_str!("../../shaders/attention_params.wgsl"),
+    ),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     (
         "flash_attention",

@@ -46,7 +46,9 @@ impl FlashShape {
         Self::for_limits(hd, max_invocations, gpu.caps.workgroup_memory as usize)
     }
 
-    fn for_limits(hd: usize, max_invocations: usize, workgroup_memory: usize) -> Option<Self> {
+    /// The shape for head dim `hd` on a device with these limits (invocations per workgroup,
+    /// bytes of workgroup memory), or None.
+    pub fn for_limits(hd: usize, max_invocations: usize, workgroup_memory: usize) -> Option<Self> {
         if hd == 0 || !hd.is_multiple_of(4) {
             return None;
         }
@@ -84,6 +86,12 @@ impl FlashShape {
     /// The shader's defines for head dim `hd`.
     pub fn defines(&self, gpu: &Gpu, hd: usize) -> Defines {
         let mut d = gpu.base_defines();
+        self.set_defines(&mut d, hd);
+        d
+    }
+
+    /// Add this shape's values and flags for head dim `hd` to `d`.
+    pub fn set_defines(&self, d: &mut Defines, hd: usize) {
         d.set("HD", hd)
             .set("WG", format!("{}u", self.invocations))
             .set("VC", format!("{}u", self.v_keys))
@@ -94,7 +102,6 @@ impl FlashShape {
         if self.col_quads == 4 {
             d.flag("OB_4");
         }
-        d
     }
 }
 
