@@ -25,7 +25,8 @@ pub struct Caps {
     pub max_workgroups_per_dim: u32,
     /// Workgroup memory in bytes.
     pub workgroup_memory: u32,
-    /// Most invocations in one workgroup.
+    /// Most invocations in one workgroup laid out along x (the smaller of the invocation
+    /// and the x-size limits).
     pub max_invocations: u32,
     /// The smallest subgroup size the adapter may use (0 when unknown).
     pub subgroup_min: u32,
@@ -256,7 +257,9 @@ impl Gpu {
             max_buffer: limits.max_buffer_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             workgroup_memory: limits.max_compute_workgroup_storage_size,
-            max_invocations: limits.max_compute_invocations_per_workgroup,
+            max_invocations: limits
+                .max_compute_invocations_per_workgroup
+                .min(limits.max_compute_workgroup_size_x),
             subgroup_min: if subgroups { info.subgroup_min_size } else { 0 },
             cpu,
             weight_textures,
