@@ -5,7 +5,6 @@
 //! The environment picks the kernel as for `vlm-run`: `VLM_RUN_ATTN_TILES=0|1`,
 //! `VLM_RUN_FLASH_ATTN=0|1`; `TEX=1` copies K and V into textures where the kernel reads
 //! them there.
-use std::time::Instant;
 use vlm_run::gpu::{Gpu, GpuOptions, Tensor};
 use vlm_run::ops::attention::{prefill, Heads, KvTextures, PrefillKv};
 
@@ -65,13 +64,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..reps {
         all.extend(ks.iter());
     }
-    gpu.run(&all)?;
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        gpu.run(&all)?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let best = gpu.best_run_secs(&all, 5)?;
     let per = best / reps as f64;
     // the score and output products over the keys each row sees
     let seen: usize = (0..m)

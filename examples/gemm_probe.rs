@@ -1,7 +1,6 @@
 //! Time one prefill GEMM shape alone: `cargo run --release --example gemm_probe -- M K N [reps]`
 //! runs reps (default 50) dispatches of y = x W^T (f16 W, random) in one pass and prints the
 //! time per dispatch, best of 10.
-use std::time::Instant;
 use vlm_run::gpu::{Gpu, GpuOptions, Tensor, Weight};
 use vlm_run::ops::matmul::{fused, linear, Act, Epilogue};
 
@@ -55,13 +54,7 @@ fn probe(m: usize, k: usize, n: usize, reps: usize) -> anyhow::Result<()> {
     for _ in 0..reps {
         all.extend(one.iter().copied());
     }
-    gpu.run(&all)?;
-    let mut best = f64::MAX;
-    for _ in 0..10 {
-        let t = Instant::now();
-        gpu.run(&all)?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
+    let best = gpu.best_run_secs(&all, 10)?;
     let per = best / reps as f64;
     let flop = 2.0 * (m * k * n) as f64;
     println!(

@@ -670,6 +670,19 @@ impl Gpu {
         self.check()
     }
 
+    /// Seconds of the fastest of `tries` runs of `kernels` (one pass each, as [`Gpu::run`]),
+    /// after one run that compiles and warms: what the probe examples time.
+    pub fn best_run_secs(&self, kernels: &[&super::Kernel], tries: usize) -> Result<f64> {
+        self.run(kernels)?;
+        let mut best = f64::MAX;
+        for _ in 0..tries.max(1) {
+            let t = std::time::Instant::now();
+            self.run(kernels)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    }
+
     /// Time each kernel label of `kernels`: all dispatches that share a label are run together
     /// `reps` times in one pass. Returns (label, dispatches, ms per run), slowest first.
     pub fn profile(
