@@ -5,8 +5,13 @@
 //! The environment picks the kernel as for `vlm-run`: `VLM_RUN_ATTN_TILES=0|1`,
 //! `VLM_RUN_FLASH_ATTN=0|1`; `TEX=1` copies K and V into textures where the kernel reads
 //! them there.
-use vlm_run::gpu::{Gpu, GpuOptions, Tensor};
-use vlm_run::ops::attention::{prefill, Heads, KvTextures, PrefillKv};
+//!
+//! `DECODE=1` times a decode step's attention instead (M = 1: the query of the newest of KV
+//! cached rows, causal or not alike): its kernels (`decode_split` and `decode_merge` on GPUs,
+//! `attn_split` and `attn_merge` with `VLM_RUN_DECODE_ATTN=0`) per step, and the K and V
+//! bytes they read per second.
+use vlm_run::gpu::{Gpu, GpuOptions, Step, Tensor};
+use vlm_run::ops::attention::{self, prefill, DecodeKv, Heads, KvTextures, PrefillKv};
 
 const USAGE: &str = "usage: attn_probe M KV HEADS KV_HEADS HD CAUSAL(0|1) [reps]";
 
@@ -42,6 +47,21 @@ fn main() -> anyhow::Result<()> {
     let k = Tensor::from_f32(&gpu, "k", kv, kv_heads * hd, &fill(kv, kv_heads * hd, 2))?;
     let v = Tensor::from_f32(&gpu, "v", kv, kv_heads * hd, &fill(kv, kv_heads * hd, 3))?;
     let out = Tensor::new(&gpu, "o", m, heads * hd)?;
+    if std::env::var_os("DECODE").is_some() {
+        if m != 1 {
+            anyhow::bail!("{USAGE}: DECODE=1 takes M = 1");
+        }
+        let step = Step {
+            kv_offset: kv as u32 - 1,
+            kv_len: kv as u32,
+            ..Default::default()
+        };
+        let step = gpu.uniform_init("step", bytemuck::bytes_of(&step));
+        let partials = attention::decode_partials(&gpu, h, kv)?;
+        let kv_bufs = DecodeKv::Buffers { k: &k, v: &v };
+        let ks = attention::decode(&gpu, h, &q, kv_bufs, &partials, &step, &out)?;
+        return time(&gpu, &ks, reps, 0.0, (2 * kv * kv_heads * hd * 4) as f64);
+    }
     // TEX=1: K and V copied into textures first where the kernel reads them there (the
     // direct kernel on CPU devices, as the engine runs it)
     let tex = match std::env::var_os("TEX") {
@@ -60,25 +80,46 @@ fn main() -> anyhow::Result<()> {
         &out,
         PrefillKv::copy(tex.as_ref()),
     )?;
-    let mut all = Vec::new();
-    for _ in 0..reps {
-        all.extend(ks.iter());
-    }
-    let best = gpu.best_run_secs(&all, 5)?;
-    let per = best / reps as f64;
     // the score and output products over the keys each row sees
     let seen: usize = (0..m)
         .map(|i| if causal != 0 { kv - m + i + 1 } else { kv })
         .sum();
-    let flop = 4.0 * (seen * hd * heads) as f64;
-    let last = ks.last().expect("a kernel");
     // (with TEX=1 the time includes the copy into the textures)
-    println!(
-        "{} {:?}: {:.1} us per dispatch, {:.2} GFLOP/s",
-        last.label,
-        last.workgroups,
-        per * 1e6,
-        flop / per / 1e9
-    );
+    time(&gpu, &ks, reps, 4.0 * (seen * hd * heads) as f64, 0.0)
+}
+
+/// Run `ks` `reps` times in one pass, best of 5, and print the time per run of them with
+/// its FLOP rate, or (where `flop` is 0) the rate of `bytes` read per run; then, where
+/// there are several, each one's time alone.
+fn time(
+    gpu: &Gpu,
+    ks: &[vlm_run::gpu::Kernel],
+    reps: usize,
+    flop: f64,
+    bytes: f64,
+) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    for _ in 0..reps {
+        all.extend(ks.iter());
+    }
+    let per = gpu.best_run_secs(&all, 5)? / reps as f64;
+    let names: Vec<String> = ks
+        .iter()
+        .map(|k| format!("{} {:?}", k.label, k.workgroups))
+        .collect();
+    let rate = if flop > 0.0 {
+        format!("{:.2} GFLOP/s", flop / per / 1e9)
+    } else {
+        format!("{:.1} GB/s of K and V", bytes / per / 1e9)
+    };
+    println!("{}: {:.1} us per run, {rate}", names.join(" + "), per * 1e6);
+    if ks.len() > 1 {
+        // each kernel alone, `reps` of it in one pass
+        for (k, name) in ks.iter().zip(&names) {
+            let alone = vec![k; reps];
+            let per = gpu.best_run_secs(&alone, 5)? / reps as f64;
+            println!("  {name}: {:.1} us", per * 1e6);
+        }
+    }
     Ok(())
 }

@@ -1042,15 +1042,18 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
 #[test]
 fn decode_attention_over_the_cache_matches_cpu() {
     let mut rng = Rng::new(7);
-    for ((name, gpu), tiles) in variants()
+    // (attention tiles, decode_attention.wgsl): the GPU row with either kernel, the CPU row
+    for ((name, gpu), (tiles, split)) in variants()
         .into_iter()
-        .flat_map(|v| [true, false].map(|t| (v.clone(), t)))
+        .flat_map(|v| [(true, true), (true, false), (false, true)].map(|t| (v.clone(), t)))
     {
-        // attn_split (GPUs) and, on the CPU-device row with subgroups, attn_lanes_one, or
+        // decode_split (GPUs; attn_split with VLM_RUN_DECODE_ATTN=0 or head dims that are
+        // no multiple of 16) and, on the CPU-device row with subgroups, attn_lanes_one, or
         // attn_lanes past ONE_PASS_KEYS cache rows
         gpu.set_attention_tiles(tiles);
+        gpu.set_decode_attention(split);
         let lanes = !tiles && gpu.lane_groups();
-        let name = format!("{name} attention tiles {tiles}");
+        let name = format!("{name} attention tiles {tiles} decode_attention.wgsl {split}");
         // 3 splits (or rounds) of 64 keys: kv_len inside the first, at its end, across, and
         // with the last split empty; odd lengths end inside a lane group's 8 keys. Then the
         // longest cache of one pass, all rows used, and one row longer.
@@ -1065,13 +1068,18 @@ fn decode_attention_over_the_cache_matches_cpu() {
             (190, vec![1, 13, 67], 12),
             (190, vec![1, 13, 67, 190], 80),
             (190, vec![1, 13, 67, 190], 64),
+            // decode_split's 8 key groups (128) and 4, with 8 quads per lane (256)
+            (190, vec![1, 67, 190], 128),
+            (130, vec![2, 130], 256),
             (one, vec![13, one], 16),
             (one + 1, vec![13, one + 1], 16),
             (one + 1, vec![70, one + 1], 64),
         ] {
             // the lane kernels take head dims of whole lane rounds (HD % 8 == 0)
             let lanes = lanes && hd % 8 == 0;
-            decode_case(&mut rng, &gpu, &name, lanes, ctx, &lens, hd);
+            // decode_attention.wgsl takes head dims of whole 16-value rounds
+            let split = tiles && split && hd % 16 == 0;
+            decode_case(&mut rng, &gpu, &name, (lanes, split), ctx, &lens, hd);
         }
     }
 }
@@ -1083,7 +1091,7 @@ fn decode_case(
     rng: &mut Rng,
     gpu: &Gpu,
     name: &str,
-    lanes: bool,
+    (lanes, split): (bool, bool),
     ctx: usize,
     lens: &[usize],
     hd: usize,
@@ -1140,6 +1148,7 @@ fn decode_case(
             }
             let ks = ops::attention::decode(gpu, h, &qt, kv, &partials, &step, &out).unwrap();
             let entry = match (lanes, ctx <= one) {
+                (false, _) if split => "decode_split",
                 (false, _) => "attn_split",
                 (true, true) => "attn_lanes_one",
                 (true, false) => "attn_lanes",

@@ -33,6 +33,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 gemm_tile: TileChoice::Table,
                 attention_tiles: None,
                 flash_attention: None,
+                decode_attention: None,
                 weight_textures: None,
                 uniform_x: None,
                 x_textures: None,
@@ -40,8 +41,8 @@ fn engines() -> Vec<(&'static str, Engine)> {
             },
         ),
         (
-            "f32 unpack + workgroup memory, 32 tile GEMM, the tiled GPU prefill attention, weights \
-             and x in storage buffers (no texture copies), the GPUs' decode GEMV (32 word lanes)",
+            "f32 unpack + workgroup memory, 32 tile GEMM, the tiled GPU prefill and split decode \
+             attention, weights and x in storage buffers (no texture copies), the GPUs' decode GEMV (32 word lanes)",
             GpuOptions {
                 f16: Some(false),
                 subgroups: Some(false),
@@ -49,6 +50,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 gemm_tile: TileChoice::Fixed(GemmTile::T32),
                 attention_tiles: Some(true),
                 flash_attention: None,
+                decode_attention: None,
                 weight_textures: Some(false),
                 uniform_x: Some(false),
                 x_textures: Some(false),

@@ -2,6 +2,7 @@
 //! translates to MSL (Metal) and HLSL (DX12), so those backends cannot rot unseen.
 
 use vlm_run::gpu::shader::{preprocess, Defines, KERNEL_FAMILIES};
+use vlm_run::ops::decode_attention;
 use vlm_run::ops::flash_attention::FlashShape;
 
 /// Flags each family is built with besides F16 / SUBGROUPS (each list is one variant).
@@ -139,6 +140,8 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["HD_256"],
             vec!["HD_128", "MEMORY_16K"],
         ],
+        // the GPUs' decode attention for head dims 64 and 128 (8 lanes per key) and 80 (4)
+        "decode_attention" => vec![vec!["HD_64"], vec!["HD_128"], vec!["HD_80"]],
         "norm" => vec![
             vec![],
             vec!["LAYER_NORM"],
@@ -275,6 +278,13 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
                         .unwrap()
                         .set_defines(&mut d, hd);
                 }
+                if *family == "decode_attention" {
+                    let hd = [64, 128, 80]
+                        .into_iter()
+                        .find(|hd| extra.contains(&format!("HD_{hd}").as_str()))
+                        .unwrap();
+                    decode_attention::set_defines(&mut d, hd);
+                }
                 if *family == "layer_tail" {
                     d.set("D", "32u").set("A", "32u").set("I", "64u");
                     d.set("VMAX", "16u").set("TOKENS_WG", "8u");
@@ -294,10 +304,10 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
     }
     // matmul 8 and matmul_quant 7 (each in two tiles), gemv 37, layer_tail 3, norm 7,
     // elementwise 3,
-    // rope 3, attention 9, flash_attention 4, embed 3, kv_texture 3, sample, bandwidth,
+    // rope 3, attention 9, flash_attention 4, decode_attention 3, embed 3, kv_texture 3, sample, bandwidth,
     // random_fill 1 each, prune_select 6, prune_score 6 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 37 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 6 + 6 + 1)
+        4 * (2 * (8 + 7) + 37 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
     );
 }

@@ -76,6 +76,11 @@ pub struct GpuOptions {
     /// (`ops::flash_attention`) for the head dims it takes, or the one-row-per-invocation
     /// kernel (`None`: the tiled one; env `VLM_RUN_FLASH_ATTN=0|1`).
     pub flash_attention: Option<bool>,
+    /// Decode attention on the same devices runs `ops::decode_attention`'s kernels (256
+    /// invocations per split, vec4 loads) for head dims that are multiples of 16, or
+    /// attention.wgsl's `attn_split` (an invocation per key) and `attn_merge` (`None`: the
+    /// first; env `VLM_RUN_DECODE_ATTN=0|1`).
+    pub decode_attention: Option<bool>,
     /// The decode GEMV's layout: 0 for 32-value groups over lane groups of 8, or lane
     /// groups of 8, 16 or 32 lanes stepping over whole 16-byte f16 words or quant blocks
     /// (`None`: 0 on CPU devices, 32 on GPUs; env `VLM_RUN_GEMV_WORD_LANES=0|8|16|32`; see
@@ -119,6 +124,7 @@ impl GpuOptions {
             gemm_tile: TileChoice::parse(&std::env::var("VLM_RUN_GEMM_TILE").unwrap_or_default())?,
             attention_tiles: flag("VLM_RUN_ATTN_TILES")?,
             flash_attention: flag("VLM_RUN_FLASH_ATTN")?,
+            decode_attention: flag("VLM_RUN_DECODE_ATTN")?,
             gemv_word_lanes: match std::env::var("VLM_RUN_GEMV_WORD_LANES") {
                 Err(_) => None,
                 Ok(v) => match v.as_str() {
@@ -161,6 +167,8 @@ pub struct Gpu {
     attention_tiles: std::sync::atomic::AtomicBool,
     /// Whether that staging runs the tiled kernel.
     flash_attention: std::sync::atomic::AtomicBool,
+    /// Whether decode attention there runs `ops::decode_attention`.
+    decode_attention: std::sync::atomic::AtomicBool,
     /// The decode GEMV's word lanes (0: the 8-lane 32-value groups).
     gemv_word_lanes: std::sync::atomic::AtomicU32,
 }
@@ -288,6 +296,7 @@ impl Gpu {
                 .unwrap_or(super::tile::attention_tiles_for(info_type))
                 .into(),
             flash_attention: opts.flash_attention.unwrap_or(true).into(),
+            decode_attention: opts.decode_attention.unwrap_or(true).into(),
             gemv_word_lanes: opts
                 .gemv_word_lanes
                 .unwrap_or(if info_type == wgpu::DeviceType::Cpu {
@@ -338,6 +347,19 @@ impl Gpu {
     /// Choose between the tiled and the one-row-per-invocation staging kernels.
     pub fn set_flash_attention(&self, on: bool) {
         self.flash_attention
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether decode attention kernels built from now on where prefill attention stages
+    /// K/V tiles are `ops::decode_attention`'s (for the head dims it takes).
+    pub fn decode_attention(&self) -> bool {
+        self.decode_attention
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Choose between `ops::decode_attention` and attention.wgsl's `attn_split`.
+    pub fn set_decode_attention(&self, on: bool) {
+        self.decode_attention
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 

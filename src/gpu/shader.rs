@@ -56,6 +56,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "flash_attention",
         include_str!("../../shaders/flash_attention.wgsl"),
     ),
+    (
+        "decode_attention",
+        include_str!("../../shaders/decode_attention.wgsl"),
+    ),
     ("kv_texture", include_str!("../../shaders/kv_texture.wgsl")),
     ("embed", include_str!("../../shaders/embed.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
@@ -86,6 +90,7 @@ pub const KERNEL_FAMILIES: &[&str] = &[
     "rope",
     "attention",
     "flash_attention",
+    "decode_attention",
     "kv_texture",
     "embed",
     "sample",

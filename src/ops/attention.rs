@@ -2,6 +2,7 @@
 //! of [`super::flash_attention`]) and split-KV decode attention (a pass over key splits,
 //! then a merge).
 
+use super::decode_attention;
 use super::flash_attention::{self, FlashShape};
 use super::{bytes, Kernel};
 use crate::gpu::{Gpu, Tensor};
@@ -468,8 +469,9 @@ pub enum DecodeKv<'a> {
 }
 
 /// Split-KV decode attention of one query row over the KV cache rows `0 .. step.kv_len`:
-/// one pass over splits of SPLIT keys, then a merge; on the CPU-device row, for caches of
-/// up to [`ONE_PASS_KEYS`] rows, a single dispatch. `partials` comes from
+/// one pass over splits of SPLIT keys, then a merge (on GPUs [`decode_attention`]'s kernels
+/// where they take the head dim); on the CPU-device row, for caches of up to
+/// [`ONE_PASS_KEYS`] rows, a single dispatch. `partials` comes from
 /// [`decode_partials`] for a context of at least the cache's rows.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
@@ -549,6 +551,21 @@ pub fn decode(
             &[(1, &q.buf), (4, &out.buf), (6, step)],
             kv_bindings,
             [1, h.heads as u32, 1],
+        )?);
+        return Ok(ks);
+    }
+    if let (DecodeKv::Buffers { k, v }, true) = (kv, decode_attention::takes(gpu, h.hd)) {
+        ks.extend(decode_attention::kernels(
+            gpu,
+            h.hd,
+            h.heads,
+            splits,
+            bytes(&p),
+            q,
+            (k, v),
+            partials,
+            step,
+            out,
         )?);
         return Ok(ks);
     }

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod autotune;
 pub mod bandwidth;
+pub mod decode_attention;
 pub mod elementwise;
 pub mod embed;
 pub mod flash_attention;

@@ -1,0 +1,100 @@
+//! The GPUs' split-KV decode attention (`decode_attention.wgsl`): a workgroup of 256
+//! invocations per split of 64 cached keys and head, K and V read as vec4s by lanes that
+//! share a key row, then a merge with a workgroup per head. It writes the same partials as
+//! attention.wgsl's `attn_split` (which it replaces) and runs where decode attention is not
+//! the CPU devices' lane kernels: the device class's table stages attention through
+//! workgroup memory ([`crate::gpu::Gpu::attention_tiles`]), it is not turned off
+//! ([`crate::gpu::Gpu::decode_attention`]), and the head dim is a multiple of 16.
+
+use super::Kernel;
+use crate::gpu::shader::Defines;
+use crate::gpu::{Gpu, Tensor};
+use anyhow::Result;
+
+/// Invocations per workgroup (the shader's WG): wgpu's default limit, which every backend
+/// meets.
+const INVOCATIONS: usize = 256;
+
+/// Whether decode attention over heads of `hd` dims runs this module's kernels.
+pub fn takes(gpu: &Gpu, hd: usize) -> bool {
+    gpu.attention_tiles()
+        && gpu.decode_attention()
+        && hd > 0
+        && hd.is_multiple_of(16)
+        && hd <= 4 * INVOCATIONS
+        && gpu.caps.max_invocations as usize >= INVOCATIONS
+        && workgroup_bytes(hd) <= gpu.caps.workgroup_memory as usize
+}
+
+/// Lanes that share a key row in the scores: each load of theirs reads 16 · lanes
+/// contiguous bytes, 2 passes of 32 keys (8 lanes) or 1 of 64 (4 lanes) per split.
+pub fn lanes_per_key(hd: usize) -> usize {
+    if hd.is_multiple_of(32) {
+        8
+    } else {
+        4
+    }
+}
+
+/// Workgroup memory of either kernel: the lanes' partial scores, the split's scores, the
+/// max tree, and the key groups' vec4 and scalar sums.
+fn workgroup_bytes(hd: usize) -> usize {
+    4 * (64 * lanes_per_key(hd) + 64 + INVOCATIONS + 4 * INVOCATIONS + INVOCATIONS)
+}
+
+/// The shader's defines for heads of `hd` dims.
+pub fn defines(gpu: &Gpu, hd: usize) -> Defines {
+    let mut d = gpu.base_defines();
+    set_defines(&mut d, hd);
+    d
+}
+
+/// HD and LK, for a caller that builds its own defines (the translation test).
+pub fn set_defines(d: &mut Defines, hd: usize) {
+    d.set("HD", format!("{hd}u"))
+        .set("LK", format!("{}u", lanes_per_key(hd)));
+}
+
+/// The split pass and the merge, as [`super::attention::decode`] dispatches them: `params`
+/// are attention.wgsl's, `splits` the splits of the cache's capacity, `heads` the query heads.
+#[allow(clippy::too_many_arguments)]
+pub fn kernels(
+    gpu: &Gpu,
+    hd: usize,
+    heads: usize,
+    splits: usize,
+    params: &[u8],
+    q: &Tensor,
+    kv: (&Tensor, &Tensor),
+    partials: &Tensor,
+    step: &wgpu::Buffer,
+    out: &Tensor,
+) -> Result<Vec<Kernel>> {
+    let d = defines(gpu, hd);
+    let (k, v) = kv;
+    let split = Kernel::new(
+        gpu,
+        "decode_attention",
+        "decode_split",
+        &d,
+        params,
+        &[
+            (1, &q.buf),
+            (2, &k.buf),
+            (3, &v.buf),
+            (5, &partials.buf),
+            (6, step),
+        ],
+        [splits as u32, heads as u32, 1],
+    )?;
+    let merge = Kernel::new(
+        gpu,
+        "decode_attention",
+        "decode_merge",
+        &d,
+        params,
+        &[(5, &partials.buf), (4, &out.buf), (6, step)],
+        [1, heads as u32, 1],
+    )?;
+    Ok(vec![split, merge])
+}
