@@ -69,7 +69,7 @@ impl Value {
     }
 }
 
-/// Where one tensor's data lies. `dims` are in GGUF order: dims[0] is the row length.
+/// Where one tensor's data lies. `dims` are in GGUF order: `dims[0]` is the row length.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
     pub name: String,

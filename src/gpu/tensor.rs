@@ -136,7 +136,7 @@ pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
 /// A weight matrix [rows, cols]. As f16 (`ty` F16), each row is padded with zeros to `cols4`
 /// (a multiple of 8) so that kernels can read 4 values, or one 16-byte word of 8, at a
 /// time. Quantized (`ty` a ggml block type), rows are the file's blocks, `row_bytes` each,
-/// unpadded, in [`repack`]'s layout; each chunk's buffer is padded at its end to whole 4-byte
+/// unpadded, in `repack`'s layout; each chunk's buffer is padded at its end to whole 4-byte
 /// words.
 pub struct Weight {
     pub rows: usize,

@@ -123,7 +123,7 @@ impl LlavaConfig {
             .unwrap_or(32000)
     }
 
-    /// How many vision encoder layers run: hidden_states[feature_layer] is the output of
+    /// How many vision encoder layers run: `hidden_states[feature_layer]` is the output of
     /// that many layers (index 0 is the embeddings after pre_layrnorm).
     pub fn vision_layers_to_run(&self) -> Result<usize> {
         let n = self.vision_config.num_hidden_layers as i64;

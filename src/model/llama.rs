@@ -39,7 +39,7 @@ pub struct Llama {
     norm_texels: Option<wgpu::TextureView>,
 }
 
-/// The KV cache, allocated for exactly the rows a request can use: f32, [ctx[l], kv_heads·hd]
+/// The KV cache, allocated for exactly the rows a request can use: f32, `[ctx[l], kv_heads·hd]`
 /// per layer l for K and for V. Layers may differ: after pruning at layer K, the layers from
 /// K on hold only the kept tokens.
 ///
@@ -130,7 +130,7 @@ impl KvCache {
         })
     }
 
-    /// Bytes the cache holds: Σ_layers 2 · ctx[l] · d_kv · 4, in buffers or textures (the
+    /// Bytes the cache holds: `Σ_layers 2 · ctx[l] · d_kv · 4`, in buffers or textures (the
     /// shared prefill and new-row buffers of layers in textures not counted).
     pub fn bytes(&self) -> u64 {
         self.ctx.iter().map(|&r| 8 * (r * self.d_kv) as u64).sum()
@@ -182,14 +182,14 @@ pub enum Mode {
 /// What a forward pass reads and writes besides its own scratch.
 pub struct PassIo<'a> {
     pub cache: &'a KvCache,
-    /// u32 [rows]: the rotary position of each row.
+    /// u32 `[rows]`: the rotary position of each row.
     pub positions: &'a wgpu::Buffer,
     /// The per-pass [`crate::gpu::Step`] uniform.
     pub step: &'a wgpu::Buffer,
     /// From this layer on, use this step uniform instead (their caches hold fewer rows after
     /// pruning at that layer).
     pub late_step: Option<(usize, &'a wgpu::Buffer)>,
-    /// u32 [1]: receives the chosen token.
+    /// u32 `[1]`: receives the chosen token.
     pub token: &'a wgpu::Buffer,
     pub sampling: Sampling,
 }

@@ -22,7 +22,7 @@ fn grid(gpu: &Gpu, n: usize) -> [u32; 3] {
     fold_workgroups((n as u32).div_ceil(64), gpu.caps.max_workgroups_per_dim)
 }
 
-/// out[t] = table[ids[t]] for the `out.rows` ids; one dispatch per row chunk of the table,
+/// `out[t] = table[ids[t]]` for the `out.rows` ids; one dispatch per row chunk of the table,
 /// then a copy into out's texture copy where it has one ([`Tensor::texels`]). Ids outside
 /// the table leave their row untouched (callers validate ids on the CPU).
 pub fn gather(gpu: &Gpu, ids: &wgpu::Buffer, table: &Weight, out: &Tensor) -> Result<Vec<Kernel>> {
@@ -163,7 +163,7 @@ pub fn im2col_writes_texels(patch: usize, img: usize) -> bool {
     patch.is_multiple_of(2) && img.is_multiple_of(2)
 }
 
-/// out[0] = cls + pos[0]; out[1 + i] = patches[i] + pos[1 + i].
+/// `out[0] = cls + pos[0]; out[1 + i] = patches[i] + pos[1 + i]`.
 pub fn clip_embed(
     gpu: &Gpu,
     patches: &Tensor,

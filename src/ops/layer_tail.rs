@@ -24,7 +24,7 @@ pub struct TailWeights<'a> {
     /// [gate; up], 2·I rows.
     pub gate_up: &'a Weight,
     pub down: &'a Weight,
-    /// The post-attention RMSNorm weight [D] and its epsilon.
+    /// The post-attention RMSNorm weight `[D]` and its epsilon.
     pub norm: (&'a wgpu::Buffer, f32),
 }
 
@@ -60,7 +60,7 @@ fn is_texture(w: &Weight) -> bool {
     w.chunks[0].store.is_texture()
 }
 
-/// x[t] += o_proj(attn[t]), then x[t] += down(SwiGLU(RMSNorm(x[t]))) for every row t, where
+/// `x[t] += o_proj(attn[t])`, then `x[t] += down(SwiGLU(RMSNorm(x[t])))` for every row t, where
 /// [`fits`] says so; the caller runs the three products otherwise.
 pub fn layer_tail(gpu: &Gpu, attn: &Tensor, x: &Tensor, w: &TailWeights) -> Result<Kernel> {
     let m = x.rows;

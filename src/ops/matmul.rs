@@ -195,14 +195,14 @@ pub const TOKENS_MAX_K: usize = 64;
 /// that model's decoder GEMMs over a 267-row prompt (k = 128 and 384, n = 128-256) 66-76 ms
 /// against 78-91 ([gate; up], n = 768, level either way, stays with the lanes). SmolLM2's
 /// F16 matrices (k = 576, n = 576-3072) were 1.7x slower by token, so they kept the lanes.
-/// Raised from 512 after gemm_tokens took two rows per invocation ([`TOKENS_PER_INVOCATION`];
+/// Raised from 512 after gemm_tokens took two rows per invocation (`TOKENS_PER_INVOCATION`;
 /// lavapipe, 2 cores, alternated runs): weights/tiny-llava-vqa's [gate; up] (n = 768) in
 /// the profile 51-74 ms against 80-92, its prefill 102-146 ms against 124-151; SmolLM2 F16
 /// (synthetic) over a 274-token prompt 46-52 tok/s against 41-48 with its 576-row matrices
 /// by token, and 45 with all of them (4096).
 pub const TOKENS_MAX_N: usize = 1024;
 /// See [`TOKENS_MAX_N`]: narrow matrices go by token only with rows shorter than this. Once
-/// gemm_lanes took 8 input rows for f16 ([`lane_tokens`]), it beat gemm_tokens on long rows
+/// gemm_lanes took 8 input rows for f16 (`lane_tokens`), it beat gemm_tokens on long rows
 /// (lavapipe, 2 cores, 2026-11-24, `examples/gemm_probe.rs`): CLIP-L's 577 × 1024 → 1024
 /// 17.0 → 19.2 GFLOP/s and fc2 (577 × 4096 → 1024) 17.3 → 21.0, so llava-1.5-7b's vision
 /// tower took 20.0 s against 21.7; SmolLM2-135M's down projection (130 × 1536 → 576) 12.9 →
@@ -425,7 +425,7 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a wgpu::Buffer>,
     pub act: Act,
     pub accumulate: bool,
-    /// RMSNorm x on load with this weight [k] and epsilon.
+    /// RMSNorm x on load with this weight `[k]` and epsilon.
     pub norm: Option<(&'a wgpu::Buffer, f32)>,
     /// The same weight as a row of this rgba32float texture, for the decode GEMV that reads
     /// x from its texture copy (gemv.wgsl's XTEX; see [`crate::gpu::Tensor::texels`]).

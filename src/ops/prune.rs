@@ -299,7 +299,7 @@ pub fn cosine_gram(
     Ok(vec![normalize, gram])
 }
 
-/// out[i] = min over j ≠ i of 1 − gram[i, j] for the `n` rows of a cosine Gram
+/// `out[i]` = min over j ≠ i of `1 − gram[i, j]` for the `n` rows of a cosine Gram
 /// ([`cosine_gram`]): the value DivPrune's first pick maximises, in a pass of n invocations
 /// rather than inside the single-workgroup `max_min` (tiny-llava-32l, 576 tokens, on
 /// lavapipe: its n² scan took ~2.7 ms there).
@@ -422,7 +422,7 @@ fn gather_grid(gpu: &Gpu, elems: usize) -> [u32; 3] {
     fold_workgroups((elems as u32).div_ceil(64), gpu.caps.max_workgroups_per_dim)
 }
 
-/// out[i] = src[row0 + keep[i]] for the out.rows kept rows.
+/// `out[i] = src[row0 + keep[i]]` for the out.rows kept rows.
 pub fn gather_rows(
     gpu: &Gpu,
     keep: &wgpu::Buffer,
@@ -533,7 +533,7 @@ pub fn merge_rows(
     )
 }
 
-/// out_idx[i] = base[keep[i]] for i < rows.
+/// `out_idx[i] = base[keep[i]]` for i < rows.
 pub fn compose(
     gpu: &Gpu,
     keep: &wgpu::Buffer,

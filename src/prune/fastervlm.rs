@@ -1,4 +1,4 @@
-//! FasterVLM ([CLS] attention): at the vision feature layer (−2), the CLS query's attention
+//! FasterVLM (\[CLS\] attention): at the vision feature layer (−2), the CLS query's attention
 //! over the N patch keys (head mean) ranks the patches; the top B go on to the projector.
 //!
 //! GPU: `prune_score.wgsl::attn_stats/attn_relevance` with the CLS row as the only query,

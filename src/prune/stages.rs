@@ -29,11 +29,11 @@ pub struct StageBuffers {
     pub reweighted: Option<Tensor>,
     /// Cosine similarities of the candidates (MMR, DivPrune, VisionZip keys).
     pub gram: Option<Tensor>,
-    /// u32 [kept]: sorted indices among the candidates.
+    /// u32 `[kept]`: sorted indices among the candidates.
     pub keep: wgpu::Buffer,
-    /// u32 [kept]: raster positions (0..N) of the survivors.
+    /// u32 `[kept]`: raster positions (0..N) of the survivors.
     pub raster: wgpu::Buffer,
-    /// VisionZip: u32 [n], the kept slot each merged token joined, or u32::MAX.
+    /// VisionZip: u32 `[n]`, the kept slot each merged token joined, or u32::MAX.
     pub assign: Option<wgpu::Buffer>,
     /// VisionZip: the head-mean keys, whose Gram matrix only a full trace computes (the
     /// selection compares each token with its few targets, from the unit keys).
@@ -314,7 +314,7 @@ pub struct DecoderInput<'a> {
     /// First visual row and visual rows.
     pub slot: usize,
     pub n_vis: usize,
-    /// u32 [n_vis]: the raster position of each visual row.
+    /// u32 `[n_vis]`: the raster position of each visual row.
     pub raster: &'a wgpu::Buffer,
 }
 
