@@ -19,11 +19,21 @@ const INVOCATIONS: usize = 256;
 pub fn takes(gpu: &Gpu, hd: usize) -> bool {
     gpu.attention_tiles()
         && gpu.decode_attention()
-        && hd > 0
+        && fits(
+            hd,
+            gpu.caps.max_invocations as usize,
+            gpu.caps.workgroup_memory as usize,
+        )
+}
+
+/// Whether the kernels take head dim `hd` on a device with these limits (invocations per
+/// workgroup, bytes of workgroup memory): a multiple of 16 with a column quad per invocation.
+fn fits(hd: usize, max_invocations: usize, workgroup_memory: usize) -> bool {
+    hd > 0
         && hd.is_multiple_of(16)
         && hd <= 4 * INVOCATIONS
-        && gpu.caps.max_invocations as usize >= INVOCATIONS
-        && workgroup_bytes(hd) <= gpu.caps.workgroup_memory as usize
+        && max_invocations >= INVOCATIONS
+        && workgroup_bytes(hd) <= workgroup_memory
 }
 
 /// Lanes that share a key row in the scores: each load of theirs reads 16 · lanes
@@ -97,4 +107,28 @@ pub fn kernels(
         [1, heads as u32, 1],
     )?;
     Ok(vec![split, merge])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_dims_and_limits_it_takes() {
+        // the engine's decoders (Llama 128, SmolLM2 64, the fixtures 16) at wgpu's defaults
+        for hd in [16, 32, 64, 80, 128, 256, 1024] {
+            assert!(fits(hd, 256, 16384), "hd {hd}");
+        }
+        // 8 lanes per key where a lane's quads are whole rounds of 8, else 4
+        assert_eq!(lanes_per_key(128), 8);
+        assert_eq!(lanes_per_key(80), 4);
+        assert_eq!(workgroup_bytes(128), 4 * (512 + 64 + 256 + 1024 + 256));
+        // no multiple of 16, wider than a quad per invocation, or a device below 256
+        // invocations or the kernels' 8.4 KB of workgroup memory: attn_split's
+        for hd in [0, 8, 12, 100, 1040] {
+            assert!(!fits(hd, 256, 16384), "hd {hd}");
+        }
+        assert!(!fits(128, 128, 16384));
+        assert!(!fits(128, 256, 8192));
+    }
 }
