@@ -1158,6 +1158,9 @@ fn decode_case(
                 assert_eq!(labels.remove(0), "kv_texture", "{name} ctx {ctx} hd {hd}");
             }
             assert_eq!(labels[0], entry, "{name} ctx {ctx} hd {hd}");
+            if split {
+                assert_eq!(labels[1..], ["decode_merge"], "{name} ctx {ctx} hd {hd}");
+            }
             gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
             let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);
             assert_close(

@@ -557,8 +557,7 @@ pub fn decode(
     if let (DecodeKv::Buffers { k, v }, true) = (kv, decode_attention::takes(gpu, h.hd)) {
         ks.extend(decode_attention::kernels(
             gpu,
-            h.hd,
-            h.heads,
+            h,
             splits,
             bytes(&p),
             q,

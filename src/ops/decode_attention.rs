@@ -6,6 +6,7 @@
 //! workgroup memory ([`crate::gpu::Gpu::attention_tiles`]), it is not turned off
 //! ([`crate::gpu::Gpu::decode_attention`]), and the head dim is a multiple of 16.
 
+use super::attention::Heads;
 use super::Kernel;
 use crate::gpu::shader::Defines;
 use crate::gpu::{Gpu, Tensor};
@@ -66,12 +67,11 @@ pub fn set_defines(d: &mut Defines, hd: usize) {
 }
 
 /// The split pass and the merge, as [`super::attention::decode`] dispatches them: `params`
-/// are attention.wgsl's, `splits` the splits of the cache's capacity, `heads` the query heads.
+/// are attention.wgsl's, `splits` the splits of the cache's capacity.
 #[allow(clippy::too_many_arguments)]
 pub fn kernels(
     gpu: &Gpu,
-    hd: usize,
-    heads: usize,
+    h: Heads,
     splits: usize,
     params: &[u8],
     q: &Tensor,
@@ -80,7 +80,7 @@ pub fn kernels(
     step: &wgpu::Buffer,
     out: &Tensor,
 ) -> Result<Vec<Kernel>> {
-    let d = defines(gpu, hd);
+    let d = defines(gpu, h.hd);
     let (k, v) = kv;
     let split = Kernel::new(
         gpu,
@@ -95,7 +95,7 @@ pub fn kernels(
             (5, &partials.buf),
             (6, step),
         ],
-        [splits as u32, heads as u32, 1],
+        [splits as u32, h.heads as u32, 1],
     )?;
     let merge = Kernel::new(
         gpu,
@@ -104,7 +104,7 @@ pub fn kernels(
         &d,
         params,
         &[(5, &partials.buf), (4, &out.buf), (6, step)],
-        [1, heads as u32, 1],
+        [1, h.heads as u32, 1],
     )?;
     Ok(vec![split, merge])
 }
