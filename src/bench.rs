@@ -53,7 +53,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// What `bench` reports for one request, medians over the measured runs.
+/// The lowest and highest of `v` (NaN-free timings; (NaN, NaN) for none).
+fn range(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::NAN, f64::NAN), |(lo, hi), &x| {
+        (if lo <= x { lo } else { x }, if hi >= x { hi } else { x })
+    })
+}
+
+/// A rate's lowest and highest over the runs, from each run's `amount` and milliseconds.
+fn rate_range(amount: f64, ms: &[f64]) -> (f64, f64) {
+    let (fast, slow) = range(ms);
+    (amount / (slow / 1e3), amount / (fast / 1e3))
+}
+
+/// What `bench` reports for one request, medians over the measured runs, and the spread of
+/// the runs: a machine's speed moves between runs (on a shared CPU device by up to a quarter),
+/// so one figure alone overstates its precision.
 struct Measurement {
     prompt_tokens: usize,
     visual_tokens: usize,
@@ -66,6 +81,10 @@ struct Measurement {
     kv: u64,
     /// Bytes one decode step reads: every decoder weight and the valid KV-cache rows.
     step_bytes: f64,
+    /// Each measured run's prefill, time to first token and decode, ms.
+    prefill_runs: Vec<f64>,
+    ttft_runs: Vec<f64>,
+    decode_runs: Vec<f64>,
 }
 
 impl Measurement {
@@ -77,6 +96,12 @@ impl Measurement {
     }
     fn decode_bandwidth(&self) -> f64 {
         self.step_bytes * self.decode_tps()
+    }
+    fn prefill_tps_range(&self) -> (f64, f64) {
+        rate_range(self.prompt_tokens as f64, &self.prefill_runs)
+    }
+    fn decode_tps_range(&self) -> (f64, f64) {
+        rate_range(self.decoded as f64, &self.decode_runs)
     }
 }
 
@@ -111,14 +136,20 @@ fn measure(
         .iter()
         .map(|&t| t as f64 + (decoded as f64 + 1.0) / 2.0)
         .sum();
+    let prefill_runs: Vec<f64> = runs.iter().map(|o| o.timings_ms.prefill).collect();
+    let ttft_runs: Vec<f64> = runs.iter().map(time_to_first_token).collect();
+    let decode_runs: Vec<f64> = runs.iter().map(|o| o.timings_ms.decode).collect();
     Ok(Measurement {
         prompt_tokens: first.prompt_tokens,
         visual_tokens: first.visual_tokens,
         decoded,
         encode_ms: median(runs.iter().map(|o| o.timings_ms.encode).collect()),
-        prefill_ms: median(runs.iter().map(|o| o.timings_ms.prefill).collect()),
-        ttft_ms: median(runs.iter().map(time_to_first_token).collect()),
-        decode_ms: median(runs.iter().map(|o| o.timings_ms.decode).collect()),
+        prefill_ms: median(prefill_runs.clone()),
+        ttft_ms: median(ttft_runs.clone()),
+        decode_ms: median(decode_runs.clone()),
+        prefill_runs,
+        ttft_runs,
+        decode_runs,
         peak: runs.iter().filter_map(|o| o.peak_gpu_bytes).max(),
         kv: first.kv_cache_bytes,
         step_bytes: llm.decode_weight_bytes() as f64 + 2.0 * rows * d_kv * 4.0,
@@ -164,6 +195,10 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
             "prefill_ms": m.prefill_ms, "prefill_tokens_per_s": m.prefill_tps(),
             "time_to_first_token_ms": m.ttft_ms,
             "decode_ms": m.decode_ms, "decode_tokens_per_s": m.decode_tps(),
+            "runs": m.decode_runs.len(),
+            "prefill_tokens_per_s_range": m.prefill_tps_range(),
+            "time_to_first_token_ms_range": range(&m.ttft_runs),
+            "decode_tokens_per_s_range": m.decode_tps_range(),
             "weight_bytes": weights, "kv_cache_bytes": m.kv, "peak_gpu_bytes": m.peak,
             "decode_bytes_per_token": m.step_bytes,
             "decode_bandwidth_gb_s": gb(m.decode_bandwidth()),
@@ -210,6 +245,17 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
         mib(m.kv),
         m.peak.map_or("n/a".into(), |p| format!("{:.1}", mib(p)))
     );
+    if m.decode_runs.len() > 1 {
+        let (p0, p1) = m.prefill_tps_range();
+        let (t0, t1) = range(&m.ttft_runs);
+        let (d0, d1) = m.decode_tps_range();
+        println!();
+        println!(
+            "spread over the {} runs (slowest-fastest): prefill {p0:.1}-{p1:.1} tok/s, time to \
+             first token {t0:.1}-{t1:.1} ms, decode {d0:.2}-{d1:.2} tok/s",
+            m.decode_runs.len()
+        );
+    }
     println!();
     println!(
         "decode reads {:.1} MB per token (weights and KV cache): {:.2} GB/s effective, \
@@ -447,7 +493,15 @@ pub fn check_args(args: &BenchArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::median_round_ratio;
+    use super::{median_round_ratio, range, rate_range};
+
+    #[test]
+    fn spread_is_the_slowest_and_fastest_run() {
+        assert_eq!(range(&[3.0, 1.0, 2.0]), (1.0, 3.0));
+        assert_eq!(range(&[5.0]), (5.0, 5.0));
+        // 64 tokens in 2 s and in 1 s: 32 to 64 tok/s
+        assert_eq!(rate_range(64.0, &[1000.0, 2000.0, 1500.0]), (32.0, 64.0));
+    }
 
     #[test]
     fn speed_up_is_the_median_of_the_ratios_within_rounds() {

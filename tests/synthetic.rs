@@ -270,6 +270,43 @@ fn bench_into_a_pipe_prints_the_tables_and_no_progress() {
     assert!(rows[3].starts_with("| none | 576 |"), "{stdout}");
 }
 
+/// Next to each median, bench gives the slowest and fastest of its runs: in JSON as
+/// `*_range` [low, high] pairs that hold the median, and under the table as one line.
+#[test]
+fn bench_reports_the_spread_of_its_runs() {
+    let args = ["--synthetic", "tiny", "--repeat", "3", "-n", "4"];
+    let lines = bench_lines(&args);
+    let r = &lines[0];
+    assert_eq!(r["runs"], 3, "{r}");
+    for (range, median) in [
+        ("prefill_tokens_per_s_range", "prefill_tokens_per_s"),
+        ("time_to_first_token_ms_range", "time_to_first_token_ms"),
+        ("decode_tokens_per_s_range", "decode_tokens_per_s"),
+    ] {
+        let lh: Vec<f64> = r[range]
+            .as_array()
+            .unwrap_or_else(|| panic!("{range}: {r}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let m = r[median].as_f64().unwrap();
+        assert_eq!(lh.len(), 2, "{range}: {r}");
+        // (the median rate comes from the median time: equal to a bound within rounding)
+        let eps = 1e-9 * m;
+        assert!(
+            lh[0] > 0.0 && lh[0] <= m + eps && m <= lh[1] + eps,
+            "{range}: {r}"
+        );
+    }
+    let (stdout, _) = run_ok(vlm_run().arg("bench").args(args));
+    let spread: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("spread over the 3 runs (slowest-fastest): prefill "))
+        .collect();
+    assert_eq!(spread.len(), 1, "{stdout}");
+    assert!(spread[0].ends_with(" tok/s"), "{stdout}");
+}
+
 /// `scripts/gpu-goals.sh` (the GPU goals in one command) reads bench's JSON into its two
 /// tables: run here on the tiny shape, every row is there with the shape's real sizes.
 #[test]
