@@ -9,7 +9,8 @@
 //! `DECODE=1` times a decode step's attention instead (M = 1: the query of the newest of KV
 //! cached rows, causal or not alike): its kernels (`decode_split` and `decode_merge` on GPUs,
 //! `attn_split` and `attn_merge` with `VLM_RUN_DECODE_ATTN=0`) per step, and the K and V
-//! bytes they read per second.
+//! bytes they read per second. With `TEX=1` on CPU devices, from a cache kept in textures,
+//! as the engine keeps it there.
 use vlm_run::gpu::{Gpu, GpuOptions, Step, Tensor};
 use vlm_run::ops::attention::{self, prefill, DecodeKv, Heads, KvTextures, PrefillKv};
 
@@ -58,8 +59,23 @@ fn main() -> anyhow::Result<()> {
         };
         let step = gpu.uniform_init("step", bytemuck::bytes_of(&step));
         let partials = attention::decode_partials(&gpu, h, kv)?;
-        let kv_bufs = DecodeKv::Buffers { k: &k, v: &v };
-        let ks = attention::decode(&gpu, h, &q, kv_bufs, &partials, &step, &out)?;
+        // TEX=1: the cache in textures where the kernel reads it there (CPU devices' lane
+        // kernels, as the engine keeps a decoder's cache), copied in before the timing
+        let tex = match std::env::var_os("TEX") {
+            Some(_) => KvTextures::new(&gpu, h, kv).filter(|_| h.decode_textures(&gpu)),
+            None => None,
+        };
+        let cache = match &tex {
+            Some(t) => {
+                gpu.run(&[&t.copy(&gpu, &k, &v, kv, None)?])?;
+                DecodeKv::Textures {
+                    tex: t,
+                    new_row: None,
+                }
+            }
+            None => DecodeKv::Buffers { k: &k, v: &v },
+        };
+        let ks = attention::decode(&gpu, h, &q, cache, &partials, &step, &out)?;
         return time(&gpu, &ks, reps, 0.0, (2 * kv * kv_heads * hd * 4) as f64);
     }
     // TEX=1: K and V copied into textures first where the kernel reads them there (the
