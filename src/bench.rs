@@ -91,17 +91,18 @@ impl Measurement {
     fn prefill_tps(&self) -> f64 {
         self.prompt_tokens as f64 / (self.prefill_ms / 1e3)
     }
-    fn decode_tps(&self) -> f64 {
-        self.decoded as f64 / (self.decode_ms / 1e3)
+    /// Decode tokens/s: None where no decode step ran (`-n 1` times the first token only).
+    fn decode_tps(&self) -> Option<f64> {
+        (self.decoded > 0).then(|| self.decoded as f64 / (self.decode_ms / 1e3))
     }
-    fn decode_bandwidth(&self) -> f64 {
-        self.step_bytes * self.decode_tps()
+    fn decode_bandwidth(&self) -> Option<f64> {
+        self.decode_tps().map(|t| self.step_bytes * t)
     }
     fn prefill_tps_range(&self) -> (f64, f64) {
         rate_range(self.prompt_tokens as f64, &self.prefill_runs)
     }
-    fn decode_tps_range(&self) -> (f64, f64) {
-        rate_range(self.decoded as f64, &self.decode_runs)
+    fn decode_tps_range(&self) -> Option<(f64, f64)> {
+        (self.decoded > 0).then(|| rate_range(self.decoded as f64, &self.decode_runs))
     }
 }
 
@@ -175,7 +176,7 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     status.show("bench: copy bandwidth");
     let copy_bw = vlm_run::ops::bandwidth::copy_bandwidth(&engine.gpu, 5)?;
     // on a CPU device the host's cores are the device: their read bandwidth is its roofline
-    let host_bw = if engine.gpu.caps.cpu {
+    let host_bw = if engine.gpu.caps.cpu && m.decoded > 0 {
         status.show("bench: host read bandwidth");
         Some(vlm_run::ops::bandwidth::host_read_bandwidth(512, 5)?)
     } else {
@@ -201,12 +202,14 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
             "decode_tokens_per_s_range": m.decode_tps_range(),
             "weight_bytes": weights, "kv_cache_bytes": m.kv, "peak_gpu_bytes": m.peak,
             "decode_bytes_per_token": m.step_bytes,
-            "decode_bandwidth_gb_s": gb(m.decode_bandwidth()),
+            "decode_bandwidth_gb_s": m.decode_bandwidth().map(gb),
             "copy_bandwidth_gb_s": gb(copy_bw),
-            "decode_bandwidth_pct_of_copy": 100.0 * m.decode_bandwidth() / copy_bw,
+            "decode_bandwidth_pct_of_copy": m.decode_bandwidth().map(|d| 100.0 * d / copy_bw),
             "cpu_device": engine.gpu.caps.cpu,
             "host_read_bandwidth_gb_s": host_bw.map(gb),
-            "decode_bandwidth_pct_of_host_read": host_bw.map(|h| 100.0 * m.decode_bandwidth() / h),
+            "decode_bandwidth_pct_of_host_read": host_bw
+                .zip(m.decode_bandwidth())
+                .map(|(h, d)| 100.0 * d / h),
         });
         println!("{line}");
         return Ok(());
@@ -233,14 +236,14 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     } else {
         "-".into()
     };
+    let decode = m.decode_tps().map_or("-".into(), |t| format!("{t:.2}"));
     println!(
-        "| {} | {encoder} | {:.1} | {:.1} | {:.1} | {} | {:.2} | {:.1} | {:.2} | {} |",
+        "| {} | {encoder} | {:.1} | {:.1} | {:.1} | {} | {decode} | {:.1} | {:.2} | {} |",
         m.prompt_tokens,
         m.prefill_ms,
         m.prefill_tps(),
         m.ttft_ms,
         m.decoded,
-        m.decode_tps(),
         mib(weights),
         mib(m.kv),
         m.peak.map_or("n/a".into(), |p| format!("{:.1}", mib(p)))
@@ -248,21 +251,31 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     if m.decode_runs.len() > 1 {
         let (p0, p1) = m.prefill_tps_range();
         let (t0, t1) = range(&m.ttft_runs);
-        let (d0, d1) = m.decode_tps_range();
+        let decode = m.decode_tps_range().map_or(String::new(), |(d0, d1)| {
+            format!(", decode {d0:.2}-{d1:.2} tok/s")
+        });
         println!();
         println!(
             "spread over the {} runs (slowest-fastest): prefill {p0:.1}-{p1:.1} tok/s, time to \
-             first token {t0:.1}-{t1:.1} ms, decode {d0:.2}-{d1:.2} tok/s",
+             first token {t0:.1}-{t1:.1} ms{decode}",
             m.decode_runs.len()
         );
     }
     println!();
+    let Some(bw) = m.decode_bandwidth() else {
+        println!(
+            "no decode step ran (-n 1 generates only the first token); this device's copy \
+             bandwidth: {:.2} GB/s read + written (copy kernel)",
+            gb(copy_bw)
+        );
+        return Ok(());
+    };
     println!(
         "decode reads {:.1} MB per token (weights and KV cache): {:.2} GB/s effective, \
          {:.0}% of this device's copy bandwidth ({:.2} GB/s read + written, copy kernel)",
         m.step_bytes / 1e6,
-        gb(m.decode_bandwidth()),
-        100.0 * m.decode_bandwidth() / copy_bw,
+        gb(bw),
+        100.0 * bw / copy_bw,
         gb(copy_bw)
     );
     if let Some(h) = host_bw {
@@ -270,7 +283,7 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
             "this device is the host's CPU cores, which read memory at {:.1} GB/s: decode reads \
              {:.0}% of that",
             gb(h),
-            100.0 * m.decode_bandwidth() / h
+            100.0 * bw / h
         );
     }
     Ok(())

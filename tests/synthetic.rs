@@ -268,6 +268,21 @@ fn bench_into_a_pipe_prints_the_tables_and_no_progress() {
     // the report's header and row, the sweep's header and its one row
     assert_eq!(rows.len(), 4, "{stdout}");
     assert!(rows[3].starts_with("| none | 576 |"), "{stdout}");
+    // -n 1: no decode step ran, so decode has no rate (not 0 tok/s) and no bandwidth
+    let cells: Vec<&str> = rows[1].split('|').map(str::trim).collect();
+    assert_eq!((cells[6], cells[7]), ("0", "-"), "{stdout}");
+    assert!(stdout.contains("\nno decode step ran (-n 1"), "{stdout}");
+    assert!(!stdout.contains("decode reads"), "{stdout}");
+    let r = &bench_lines(&["--synthetic", "tiny", "--repeat", "1", "-n", "1"])[0];
+    assert_eq!(r["decoded_tokens"], 0, "{r}");
+    for k in [
+        "decode_tokens_per_s",
+        "decode_tokens_per_s_range",
+        "decode_bandwidth_gb_s",
+        "decode_bandwidth_pct_of_copy",
+    ] {
+        assert!(r[k].is_null(), "{k}: {r}");
+    }
 }
 
 /// Next to each median, bench gives the slowest and fastest of its runs: in JSON as
