@@ -256,7 +256,7 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
         });
         println!();
         println!(
-            "spread over the {} runs (slowest-fastest): prefill {p0:.1}-{p1:.1} tok/s, time to \
+            "spread over the {} runs (lowest-highest): prefill {p0:.1}-{p1:.1} tok/s, time to \
              first token {t0:.1}-{t1:.1} ms{decode}",
             m.decode_runs.len()
         );
@@ -509,7 +509,7 @@ mod tests {
     use super::{median_round_ratio, range, rate_range};
 
     #[test]
-    fn spread_is_the_slowest_and_fastest_run() {
+    fn spread_is_the_lowest_and_highest_of_the_runs() {
         assert_eq!(range(&[3.0, 1.0, 2.0]), (1.0, 3.0));
         assert_eq!(range(&[5.0]), (5.0, 5.0));
         // 64 tokens in 2 s and in 1 s: 32 to 64 tok/s

@@ -124,8 +124,9 @@ pub enum Command {
     /// Measure one request: vision-encoder ms, prefill ms and tokens/s, time to first token,
     /// decode tokens/s and its effective bandwidth against the device's copy bandwidth (on
     /// CPU devices also against the host's memory read bandwidth), and peak GPU memory
-    /// (medians after a warm-up, with the runs' slowest and fastest). --prune-sweep adds time to first token for every pruning
-    /// method at several budgets, next to the speed-up its FLOPs predict.
+    /// (medians after a warm-up, with the runs' lowest and highest). --prune-sweep adds time
+    /// to first token for every pruning method at several budgets, next to the speed-up its
+    /// FLOPs predict.
     Bench(BenchArgs),
     /// Accuracy on a visual-QA file (this repo's synthetic JSONL, or POPE's format), overall
     /// and per category; with --sweep, every pruning method at four budgets, written as a

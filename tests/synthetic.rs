@@ -285,7 +285,7 @@ fn bench_into_a_pipe_prints_the_tables_and_no_progress() {
     }
 }
 
-/// Next to each median, bench gives the slowest and fastest of its runs: in JSON as
+/// Next to each median, bench gives the lowest and highest over its runs: in JSON as
 /// `*_range` [low, high] pairs that hold the median, and under the table as one line.
 #[test]
 fn bench_reports_the_spread_of_its_runs() {
@@ -316,7 +316,7 @@ fn bench_reports_the_spread_of_its_runs() {
     let (stdout, _) = run_ok(vlm_run().arg("bench").args(args));
     let spread: Vec<&str> = stdout
         .lines()
-        .filter(|l| l.starts_with("spread over the 3 runs (slowest-fastest): prefill "))
+        .filter(|l| l.starts_with("spread over the 3 runs (lowest-highest): prefill "))
         .collect();
     assert_eq!(spread.len(), 1, "{stdout}");
     assert!(spread[0].ends_with(" tok/s"), "{stdout}");
