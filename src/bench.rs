@@ -53,11 +53,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The lowest and highest of `v` (NaN-free timings; (NaN, NaN) for none).
+/// The lowest and highest of `v` (timings of at least one run: `--repeat` is at least 1).
 fn range(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::NAN, f64::NAN), |(lo, hi), &x| {
-        (if lo <= x { lo } else { x }, if hi >= x { hi } else { x })
-    })
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
 }
 
 /// A rate's lowest and highest over the runs, from each run's `amount` and milliseconds.
