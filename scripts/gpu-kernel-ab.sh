@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Do the GPU row's newer attention kernels pay on this device? Runs `vlm-run bench` on a
-# synthetic shape with each kernel switch in turn, alternating the order every round so
-# that a slow spell hits every side alike, and prints a markdown table of the medians:
+# Do the GPU row's newer attention kernels, and decoding one step ahead, pay on this device?
+# Runs `vlm-run bench` on a synthetic shape with each switch in turn, alternating the order
+# every round so that a slow spell hits every side alike, and prints a markdown table of
+# the medians:
 #   - default: every newer kernel (flash_attention.wgsl for prefill, decode_attention.wgsl
 #     for decode);
 #   - VLM_RUN_DECODE_ATTN=0: decode attention by attention.wgsl's attn_split and attn_merge;
-#   - VLM_RUN_FLASH_ATTN=0: prefill attention by attention.wgsl's one-row-per-invocation tiles.
+#   - VLM_RUN_FLASH_ATTN=0: prefill attention by attention.wgsl's one-row-per-invocation tiles;
+#   - VLM_RUN_DECODE_AHEAD=0: each decode step submitted only after the previous token is
+#     read back (the default submits one step ahead).
 # With ATTN_PROBE (a release build of examples/attn_probe.rs: `cargo build --release
 # --example attn_probe`, then target/release/examples/attn_probe) it also times each kernel
 # pair alone: decode over 72 and 648 cached keys, prefill at the 7B decoder's and the CLIP-L
@@ -16,7 +19,7 @@
 # SHAPE: llava-1.5-7b (default) or tiny; ROUNDS 2 (each a bench of --repeat 3 per side).
 set -euo pipefail
 if [ $# -lt 1 ]; then
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 BIN=$1
@@ -28,13 +31,16 @@ ROUNDS=${4:-2}
 command -v python3 >/dev/null || { echo "error: python3 is needed to read the JSON" >&2; exit 1; }
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
-SIDES=("default" "VLM_RUN_DECODE_ATTN=0" "VLM_RUN_FLASH_ATTN=0")
+SIDES=("default" "VLM_RUN_DECODE_ATTN=0" "VLM_RUN_FLASH_ATTN=0" "VLM_RUN_DECODE_AHEAD=0")
 side_env() { [ "$1" = default ] && echo "VLM_RUN_UNUSED=0" || echo "$1"; }
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for ((r = 0; r < ROUNDS; r++)); do
   order=("${SIDES[@]}")
-  ((r % 2 == 1)) && order=("${SIDES[2]}" "${SIDES[1]}" "${SIDES[0]}")
+  if ((r % 2 == 1)); then
+    order=()
+    for ((i = ${#SIDES[@]} - 1; i >= 0; i--)); do order+=("${SIDES[$i]}"); done
+  fi
   for side in "${order[@]}"; do
     line=$(env "$(side_env "$side")" "$BIN" bench --synthetic "$SHAPE" --repeat 3 --json | tail -1)
     echo "$line" >&2

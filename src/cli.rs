@@ -35,6 +35,8 @@ pub const DEFAULT_MODEL: &str = "weights/tiny-llava-vqa";
                   (default: on CPU devices, which load storage buffers lane by lane)\n  \
                   VLM_RUN_X_TEXTURES=0|1  keep the decode step's residual stream in a texture too, read by the\n                          \
                   norm GEMVs (default: on CPU devices, which fetch texels faster than they gather)\n  \
+                  VLM_RUN_DECODE_AHEAD=0|1  submit each decode step before the previous token is read back\n                          \
+                  (default: on GPUs; off on CPU devices, whose cores the host would share)\n  \
                   VLM_RUN_GEMM_TILE=K     prefill GEMM kernel: 64 or 32 (workgroup tiles), lanes (lane groups),\n                          \
                   tune (time each on the model at load; cached in VLM_RUN_CACHE_DIR,\n                          \
                   else ~/.cache/vlm-run), auto (default: the device class's table)"

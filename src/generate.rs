@@ -2,7 +2,7 @@
 //! vision encoder and projector (one submit), the decoder prefill (one submit), and one
 //! submit per generated token; the only readback per token is its 4-byte id.
 
-use crate::gpu::{Gpu, GpuOptions, Kernel, Step};
+use crate::gpu::{Gpu, GpuOptions, Kernel, Step, TokenQueue};
 use crate::image as img;
 use crate::model::clip::VisionPass;
 use crate::model::llama::{KvCache, Mode, PassIo};
@@ -480,23 +480,6 @@ impl Engine {
         self.gpu.storage_init("pixels", bytemuck::cast_slice(&px))
     }
 
-    fn submit(
-        &self,
-        kernels: &[&Kernel],
-        readback: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
-    ) -> Result<()> {
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            self.gpu.encode(&mut pass, kernels)?;
-        }
-        if let Some((src, dst)) = readback {
-            enc.copy_buffer_to_buffer(src, 0, dst, 0, 4);
-        }
-        self.gpu.queue.submit([enc.finish()]);
-        Ok(())
-    }
-
     /// The projector's output for an image: [visual_tokens × text hidden], row-major.
     pub fn encode_image(&self, image: &RgbImage, pad_square: bool) -> Result<Vec<f32>> {
         let pixels = self.pixels(image, pad_square)?;
@@ -674,12 +657,7 @@ impl Engine {
         let step = gpu.uniform_init("step", bytemuck::bytes_of(&Step::default()));
         let step_late = gpu.uniform_init("step.late", bytemuck::bytes_of(&Step::default()));
         let token = gpu.storage_buffer("token", 4)?;
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("token readback"),
-            size: 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let mut readback = TokenQueue::new(gpu, &token);
         let io = PassIo {
             cache: &cache,
             positions: &pos_prefill,
@@ -790,9 +768,9 @@ impl Engine {
             }
         };
         let t_last = Instant::now();
-        self.submit(&head.iter().collect::<Vec<_>>(), Some((&token, &staging)))?;
+        readback.submit(&head.iter().collect::<Vec<_>>(), 0)?;
         gpu.sample_memory(); // every buffer of the request is alive here
-        let mut next = self.read_token(&staging)?;
+        let mut next = readback.read(0)?;
         timings.prefill += ms(t_last);
         let prefill_logits = if opts.keep_prefill_logits {
             Some(logits.read(gpu)?)
@@ -800,7 +778,11 @@ impl Engine {
             None
         };
 
-        // 3. Decode, one submit per token.
+        // 3. Decode, one submit per token. Step j samples token j + 1 on the device, where
+        // step j + 1 reads it, so with `decode_ahead` step j + 1 is submitted before token
+        // j + 1 is read back: the device runs a step while the host reads the previous
+        // token and encodes the next step. A step submitted past an end-of-sequence token
+        // is wasted work, nothing more; none is submitted past max_tokens.
         let t = Instant::now();
         let decode = llm.pass(
             gpu,
@@ -815,6 +797,8 @@ impl Engine {
         let kernels: Vec<&Kernel> = decode_in.iter().chain(&decode.kernels).collect();
         let mut stream = TextStream::new(&self.tokenizer);
         let mut tokens = Vec::new();
+        let ahead = usize::from(gpu.decode_ahead());
+        let mut queued = 0; // decode steps submitted
         loop {
             if next as usize >= cfg.vocab_size {
                 bail!("the GPU chose token {next}, outside the vocabulary (device fault?)");
@@ -827,35 +811,42 @@ impl Engine {
             if tokens.len() >= opts.max_tokens {
                 break;
             }
-            let t_new = (tokens.len() - 1) as u32;
-            let pos = prompt_len as u32 + t_new;
-            let rand = rng.next_f32();
-            let s = Step {
-                kv_offset: pos,
-                kv_len: pos + 1,
-                rand,
-                _pad: 0,
-            };
-            gpu.queue.write_buffer(&step, 0, bytemuck::bytes_of(&s));
-            if split.is_some() {
-                let late = late_rows as u32 + t_new;
+            // the next token comes from step k - 1; queue up to step k - 1 + ahead
+            let k = tokens.len();
+            while queued < k + ahead && queued + 1 < opts.max_tokens {
+                let t_new = queued as u32;
+                let pos = prompt_len as u32 + t_new;
+                let rand = rng.next_f32();
                 let s = Step {
-                    kv_offset: late,
-                    kv_len: late + 1,
+                    kv_offset: pos,
+                    kv_len: pos + 1,
                     rand,
                     _pad: 0,
                 };
+                gpu.queue.write_buffer(&step, 0, bytemuck::bytes_of(&s));
+                if split.is_some() {
+                    let late = late_rows as u32 + t_new;
+                    let s = Step {
+                        kv_offset: late,
+                        kv_len: late + 1,
+                        rand,
+                        _pad: 0,
+                    };
+                    gpu.queue
+                        .write_buffer(&step_late, 0, bytemuck::bytes_of(&s));
+                }
                 gpu.queue
-                    .write_buffer(&step_late, 0, bytemuck::bytes_of(&s));
+                    .write_buffer(&pos_decode, 0, bytemuck::bytes_of(&pos));
+                readback.submit(&kernels, queued + 1)?;
+                queued += 1;
             }
-            gpu.queue
-                .write_buffer(&pos_decode, 0, bytemuck::bytes_of(&pos));
-            self.submit(&kernels, Some((&token, &staging)))?;
-            next = self.read_token(&staging)?;
+            next = readback.read(k)?;
         }
         timings.decode = ms(t);
-        // Developer switch (VLM_RUN_PROFILE): each pass's kernels timed alone, to stderr.
-        if let Some(p) = std::env::var_os("VLM_RUN_PROFILE") {
+        // Developer switch (VLM_RUN_PROFILE): each pass's kernels timed alone, to stderr
+        // (not for a warm-up, whose kernels run over empty grids).
+        let profiled = std::env::var_os("VLM_RUN_PROFILE").filter(|_| !gpu.in_empty_grids());
+        if let Some(p) = profiled {
             let passes = ProfiledPasses {
                 encode: _encode_pass.as_ref(),
                 decoder_prune: &decoder_prune,
@@ -940,13 +931,6 @@ impl Engine {
             },
             projector: self.model.projector_flops(projected),
         }
-    }
-
-    fn read_token(&self, staging: &wgpu::Buffer) -> Result<u32> {
-        let b = self.gpu.map_and_read(staging, 4)?;
-        b.try_into()
-            .map(u32::from_le_bytes)
-            .map_err(|_| anyhow!("short token readback"))
     }
 }
 

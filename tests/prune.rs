@@ -786,3 +786,76 @@ fn a_warm_up_beside_a_request_leaves_it_computing() {
         assert_eq!(out.unwrap().tokens, want, "request {i} beside the warm-ups");
     }
 }
+
+#[test]
+fn decoding_one_step_ahead_gives_the_same_tokens() {
+    // Each decode step submitted before the previous token is read back (the GPUs' default)
+    // against one at a time (the CPU devices'): the same tokens, greedy and sampled, with
+    // and without a prune layer (whose later layers step with their own uniform), and on
+    // the trained default model an answer ended by end-of-sequence. (tests/parity.rs runs
+    // its second engine one step ahead, against transformers' greedy tokens.)
+    let e = Engine::load(&deep(), &GpuOptions::default(), &|_| {}).unwrap();
+    let sampled = vlm_run::Sampling {
+        temperature: 1.5,
+        top_p: 0.95,
+    };
+    for (prune, sampling) in [
+        (PruneOptions::default(), vlm_run::Sampling::greedy()),
+        (PruneOptions::default(), sampled),
+        (method(Method::PosPrune, 64), sampled),
+        (method(Method::FastV, 64), vlm_run::Sampling::greedy()),
+    ] {
+        let opts = GenerateOptions {
+            max_tokens: 12,
+            sampling,
+            seed: 5,
+            ignore_eos: true,
+            prune,
+            ..Default::default()
+        };
+        let im = image(&deep(), "a.png");
+        let mut outs = [false, true].map(|ahead| {
+            e.gpu.set_decode_ahead(ahead);
+            e.generate(Some(&im), "What is in the image?", &opts, &mut |_| {})
+                .unwrap()
+                .tokens
+        });
+        assert_eq!(outs[0].len(), 12);
+        assert_eq!(outs[1], outs[0], "{:?} {sampling:?}", opts.prune.method);
+        // the sampled cases really sample: another seed, other tokens
+        if sampling.temperature > 0.0 {
+            let other = GenerateOptions { seed: 6, ..opts };
+            outs[1] = e
+                .generate(Some(&im), "What is in the image?", &other, &mut |_| {})
+                .unwrap()
+                .tokens;
+            assert_ne!(outs[1], outs[0], "seed 6 sampled seed 5's tokens");
+        }
+    }
+    // The trained default model answers in a few tokens and ends with end-of-sequence: one
+    // step is then submitted past it, and its token never shows.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let e = Engine::load(
+        &dir.join("weights/tiny-llava-vqa"),
+        &GpuOptions::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let im = image(&dir.join("tests/fixtures/vqa-sample"), "images/00000.png");
+    let opts = GenerateOptions {
+        max_tokens: 16,
+        ..Default::default()
+    };
+    let [one, ahead] = [false, true].map(|ahead| {
+        e.gpu.set_decode_ahead(ahead);
+        e.generate(Some(&im), "Where is the triangle?", &opts, &mut |_| {})
+            .unwrap()
+    });
+    assert_eq!(ahead.tokens, one.tokens);
+    assert_eq!(ahead.text, "top right");
+    assert!(
+        e.eos.contains(ahead.tokens.last().unwrap()),
+        "{:?}",
+        ahead.tokens
+    );
+}

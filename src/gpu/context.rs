@@ -81,6 +81,11 @@ pub struct GpuOptions {
     /// attention.wgsl's `attn_split` (an invocation per key) and `attn_merge` (`None`: the
     /// first; env `VLM_RUN_DECODE_ATTN=0|1`).
     pub decode_attention: Option<bool>,
+    /// Submit each decode step before the host reads the previous step's token, so that the
+    /// device never waits for the host between steps (`None`: on GPUs; off on CPU devices,
+    /// whose threads the host's encoding would compete with; env `VLM_RUN_DECODE_AHEAD=0|1`;
+    /// see [`super::TokenQueue`]).
+    pub decode_ahead: Option<bool>,
     /// The decode GEMV's layout: 0 for 32-value groups over lane groups of 8, or lane
     /// groups of 8, 16 or 32 lanes stepping over whole 16-byte f16 words or quant blocks
     /// (`None`: 0 on CPU devices, 32 on GPUs; env `VLM_RUN_GEMV_WORD_LANES=0|8|16|32`; see
@@ -125,6 +130,7 @@ impl GpuOptions {
             attention_tiles: flag("VLM_RUN_ATTN_TILES")?,
             flash_attention: flag("VLM_RUN_FLASH_ATTN")?,
             decode_attention: flag("VLM_RUN_DECODE_ATTN")?,
+            decode_ahead: flag("VLM_RUN_DECODE_AHEAD")?,
             gemv_word_lanes: match std::env::var("VLM_RUN_GEMV_WORD_LANES") {
                 Err(_) => None,
                 Ok(v) => match v.as_str() {
@@ -169,6 +175,8 @@ pub struct Gpu {
     flash_attention: std::sync::atomic::AtomicBool,
     /// Whether decode attention there runs `ops::decode_attention`.
     decode_attention: std::sync::atomic::AtomicBool,
+    /// Whether the token loop submits one decode step ahead.
+    decode_ahead: std::sync::atomic::AtomicBool,
     /// The decode GEMV's word lanes (0: the 8-lane 32-value groups).
     gemv_word_lanes: std::sync::atomic::AtomicU32,
 }
@@ -297,6 +305,7 @@ impl Gpu {
                 .into(),
             flash_attention: opts.flash_attention.unwrap_or(true).into(),
             decode_attention: opts.decode_attention.unwrap_or(true).into(),
+            decode_ahead: opts.decode_ahead.unwrap_or(!cpu).into(),
             gemv_word_lanes: opts
                 .gemv_word_lanes
                 .unwrap_or(if info_type == wgpu::DeviceType::Cpu {
@@ -355,6 +364,19 @@ impl Gpu {
     pub fn decode_attention(&self) -> bool {
         self.decode_attention
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the token loop submits each decode step before the host has read the
+    /// previous step's token ([`super::TokenQueue`]): the host's encoding, submission and
+    /// readback then overlap the device's work instead of leaving it idle between steps.
+    pub fn decode_ahead(&self) -> bool {
+        self.decode_ahead.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Choose whether requests from now on submit decode steps one ahead.
+    pub fn set_decode_ahead(&self, on: bool) {
+        self.decode_ahead
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Choose between `ops::decode_attention` and attention.wgsl's `attn_split`.
@@ -620,13 +642,27 @@ impl Gpu {
 
     /// Map a MAP_READ buffer whose copy has been submitted, and return its first `bytes`.
     pub fn map_and_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.map_and_read_after(staging, bytes, None)
+    }
+
+    /// [`Self::map_and_read`], waiting only for submission `after` (the one that fills
+    /// `staging`; None: every submission so far), not for any submitted since.
+    pub fn map_and_read_after(
+        &self,
+        staging: &wgpu::Buffer,
+        bytes: u64,
+        after: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>> {
         let slice = staging.slice(..bytes.next_multiple_of(4));
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: after,
+                timeout: None,
+            })
             .map_err(|e| anyhow!("GPU wait failed: {e}"))?;
         rx.recv()
             .map_err(|_| anyhow!("GPU readback was dropped"))?
@@ -662,6 +698,11 @@ impl Gpu {
         EMPTY_GRIDS.set(true);
         let _restore = Restore;
         f()
+    }
+
+    /// Whether this thread is inside [`Gpu::with_empty_grids`] (its kernels compute nothing).
+    pub fn in_empty_grids(&self) -> bool {
+        EMPTY_GRIDS.get()
     }
 
     /// Encode `kernels` in order into `pass` (over empty grids inside

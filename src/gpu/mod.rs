@@ -6,6 +6,7 @@ mod pipeline;
 pub mod shader;
 mod tensor;
 pub mod tile;
+mod token_queue;
 mod weight_store;
 
 pub use context::{Caps, Gpu, GpuOptions};
@@ -13,6 +14,7 @@ pub use kernel::{Kernel, Step};
 pub use pipeline::{Compiler, Pipeline};
 pub use tensor::{Tensor, Weight, WeightChunk, UNIFORM_X_BYTES};
 pub use tile::{GemmTile, TileChoice};
+pub use token_queue::TokenQueue;
 pub use weight_store::{WeightStore, MIN_TEXTURE_BYTES, TEX_ROW_TEXELS};
 
 /// Split `n` workgroups into a 2-D grid whose x dimension stays within `max_per_dim`.
