@@ -9,6 +9,7 @@
 #   - VLM_RUN_FLASH_ATTN=0: prefill attention by attention.wgsl's one-row-per-invocation tiles;
 #   - VLM_RUN_DECODE_AHEAD=0: each decode step submitted only after the previous token is
 #     read back (the default submits one step ahead).
+# Then the default's passes by kernel, from device timestamps (VLM_RUN_PROFILE=gpu).
 # With ATTN_PROBE (a release build of examples/attn_probe.rs: `cargo build --release
 # --example attn_probe`, then target/release/examples/attn_probe) it also times each kernel
 # pair alone: decode over 72 and 648 cached keys, prefill at the 7B decoder's and the CLIP-L
@@ -19,7 +20,7 @@
 # SHAPE: llava-1.5-7b (default) or tiny; ROUNDS 2 (each a bench of --repeat 3 per side).
 set -euo pipefail
 if [ $# -lt 1 ]; then
-  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 BIN=$1
@@ -65,6 +66,11 @@ for side in rows:
           f"| {med(side, 'decode_bandwidth_pct_of_copy'):.0f}% | {med(side, 'prefill_ms'):.1f} "
           f"| {med(side, 'vision_encoder_ms'):.1f} | {med(side, 'time_to_first_token_ms'):.1f} |")
 PY
+echo
+echo "Where the default's passes go, by kernel (VLM_RUN_PROFILE=gpu: device timestamps, the"
+echo "last of bench's two requests):"
+VLM_RUN_PROFILE=gpu "$BIN" bench --synthetic "$SHAPE" --repeat 1 2>&1 >/dev/null |
+  awk '/^device timestamps/ { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }'
 [ -n "$PROBE" ] || exit 0
 echo
 for side in "${SIDES[@]:0:2}"; do

@@ -6,7 +6,7 @@ use crate::gpu::{Gpu, GpuOptions, Kernel, Step, TokenQueue};
 use crate::image as img;
 use crate::model::clip::VisionPass;
 use crate::model::llama::{KvCache, Mode, PassIo};
-use crate::model::llava::{EncodePass, Llava};
+use crate::model::llava::Llava;
 use crate::ops::sample::Sampling;
 use crate::prompt::{self, Chat, TextStream, IMAGE_TAG};
 use crate::prune::budget::{self, DecoderShape};
@@ -847,7 +847,7 @@ impl Engine {
         // (not for a warm-up, whose kernels run over empty grids).
         let profiled = std::env::var_os("VLM_RUN_PROFILE").filter(|_| !gpu.in_empty_grids());
         if let Some(p) = profiled {
-            let passes = ProfiledPasses {
+            let passes = crate::profile::ProfiledPasses {
                 encode: _encode_pass.as_ref(),
                 decoder_prune: &decoder_prune,
                 prefill: &head,
@@ -931,60 +931,5 @@ impl Engine {
             },
             projector: self.model.projector_flops(projected),
         }
-    }
-}
-
-/// A request's passes for the developer switch `VLM_RUN_PROFILE`: each kernel of the vision
-/// tower, of the projector, of the pruning passes, of the prefill (after any prune layer)
-/// and of a decode step run alone, grouped by kernel and grid, and the tables printed to
-/// stderr. Only after the
-/// request: the replays re-run residual adds. A number above 1 (VLM_RUN_PROFILE=20) sets
-/// the decode step's replays (default 5).
-struct ProfiledPasses<'a> {
-    encode: Option<&'a EncodePass>,
-    decoder_prune: &'a [Kernel],
-    prefill: &'a [Kernel],
-    decode: &'a [&'a Kernel],
-}
-
-impl ProfiledPasses<'_> {
-    fn print(&self, gpu: &Gpu, setting: &std::ffi::OsStr) -> Result<()> {
-        let decode_reps = setting
-            .to_str()
-            .and_then(|s| s.parse().ok())
-            .filter(|&r: &usize| r > 1)
-            .unwrap_or(5);
-        let table = |header: String, ks: &[&Kernel], reps: usize| -> Result<()> {
-            eprintln!("{header}");
-            for (l, n, t) in gpu.profile(ks, reps)? {
-                eprintln!("  {l:<16} x{n:<4} {t:8.2} ms");
-            }
-            Ok(())
-        };
-        let dispatches = |title: &str, n: usize| format!("{title}: {n} dispatches");
-        if let Some(ep) = self.encode {
-            let tower = ep.tower();
-            table(dispatches("vision tower", tower.len()), &tower, 3)?;
-            let projector: Vec<&Kernel> = ep.projector.iter().collect();
-            table(dispatches("projector", projector.len()), &projector, 3)?;
-        }
-        let prune: Vec<&Kernel> = (self.encode.iter())
-            .flat_map(|ep| ep.prune.iter().chain(&ep.prune_after))
-            .chain(self.decoder_prune)
-            .collect();
-        if !prune.is_empty() {
-            table(dispatches("pruning passes", prune.len()), &prune, 3)?;
-        }
-        let prefill: Vec<&Kernel> = self.prefill.iter().collect();
-        let title = "prefill (after any prune layer)";
-        table(dispatches(title, prefill.len()), &prefill, 3)?;
-        let t = Instant::now();
-        gpu.run(self.decode)?;
-        let whole = format!(
-            "decode step: {:.2} ms, {} dispatches",
-            ms(t),
-            self.decode.len()
-        );
-        table(whole, self.decode, decode_reps)
     }
 }

@@ -13,6 +13,7 @@ pub mod image;
 pub mod model;
 pub mod ops;
 pub mod plot;
+pub mod profile;
 pub mod prompt;
 pub mod prune;
 pub mod synthetic;

@@ -1788,3 +1788,64 @@ fn decode_gemv_word_lanes_match_cpu() {
         }
     }
 }
+
+/// Device timestamps (`VLM_RUN_PROFILE=gpu`): each way the device has times every dispatch
+/// of a pass in order, a product over 4M values longer than one over 64, all within the
+/// host's wall time, and the kernels still compute; passes longer than a query set (4096
+/// timestamps) come back whole. lavapipe has both ways.
+#[test]
+fn device_timestamps_time_each_dispatch_in_place() {
+    use vlm_run::gpu::TimestampWay;
+    let gpu = Gpu::new(&GpuOptions::default()).unwrap();
+    let ways = gpu.timestamp_ways();
+    if gpu.caps.cpu {
+        assert_eq!(
+            ways,
+            [TimestampWay::InsidePass, TimestampWay::PassPerDispatch]
+        );
+    }
+    let sized = |n: usize| {
+        let x = Tensor::from_f32(&gpu, "x", 1, n, &vec![1.0f32; n]).unwrap();
+        let y = Tensor::new(&gpu, "y", 1, n).unwrap();
+        let k = ops::elementwise::add(&gpu, &x, &x, &y).unwrap();
+        (k, y)
+    };
+    let (small, small_y) = sized(64);
+    let (big, big_y) = sized(1 << 22);
+    let ks = [&small, &big, &small, &big];
+    for way in ways {
+        let t = gpu.time_dispatches(&ks, way).unwrap();
+        assert_eq!(t.way, way);
+        assert_eq!(t.secs.len(), 4, "{way:?}");
+        assert!(
+            t.secs.iter().all(|s| s.is_finite() && *s >= 0.0),
+            "{way:?} {:?}",
+            t.secs
+        );
+        for (b, s) in [(1, 0), (3, 2), (1, 2), (3, 0)] {
+            assert!(
+                t.secs[b] > t.secs[s],
+                "{way:?}: 4M values not slower: {:?}",
+                t.secs
+            );
+        }
+        assert!(
+            t.total() <= t.wall,
+            "{way:?}: {} s on the device, {} s wall",
+            t.total(),
+            t.wall
+        );
+        let rows = vlm_run::profile::by_kernel(&ks, &t.secs);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].dispatches, rows[0].secs),
+            (2, t.secs[1] + t.secs[3])
+        );
+        assert!(rows[0].kernel.starts_with("add ["), "{}", rows[0].kernel);
+        // more dispatches than a query set has timestamps for
+        let many = vec![&small; 4100];
+        assert_eq!(gpu.time_dispatches(&many, way).unwrap().secs.len(), 4100);
+    }
+    assert_eq!(small_y.read(&gpu).unwrap(), vec![2.0; 64]);
+    assert!(big_y.read(&gpu).unwrap().iter().all(|v| *v == 2.0));
+}

@@ -427,3 +427,59 @@ fn a_bad_gemm_tile_setting_is_a_one_line_error() {
         "VLM_RUN_GEMM_TILE=\"48\"",
     );
 }
+
+/// `VLM_RUN_PROFILE`: after the request (and not after the warm-up at load) one table per
+/// pass, whose rows count every dispatch of the pass once, with device timestamps
+/// (`gpu`) or each kernel alone (`1`).
+#[test]
+fn profile_tables_count_every_dispatch_of_each_pass_once() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-llava");
+    let image = format!("{fixture}/a.png");
+    for (setting, first) in [
+        ("gpu", "device timestamps (timestamps inside one pass)"),
+        ("1", "vision tower: "),
+    ] {
+        let (_, stderr) = run_ok(
+            vlm_run()
+                .env("VLM_RUN_PROFILE", setting)
+                .args(["-m", fixture, "-i", &image, "-p", "Describe it.", "-n", "3"])
+                .args(["--prune", "fastervlm", "--keep", "64"]),
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(lines[0].starts_with(first), "{setting}: {stderr}");
+        let mut titles = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let Some((title, rest)) = l.split_once(": ").filter(|_| !l.starts_with(' ')) else {
+                continue;
+            };
+            let Some(n) = rest
+                .split(" dispatches")
+                .next()
+                .and_then(|s| s.rsplit(' ').next().and_then(|n| n.parse::<usize>().ok()))
+            else {
+                continue;
+            };
+            let rows: usize = lines[i + 1..]
+                .iter()
+                .take_while(|r| r.starts_with("  "))
+                .map(|r| {
+                    let x = r.split_whitespace().find(|w| w.starts_with('x')).unwrap();
+                    x[1..].parse::<usize>().unwrap()
+                })
+                .sum();
+            assert_eq!(rows, n, "{setting}: {title}: {stderr}");
+            titles.push(title);
+        }
+        assert_eq!(
+            titles,
+            [
+                "vision tower",
+                "projector",
+                "pruning passes",
+                "prefill (after any prune layer)",
+                "decode step"
+            ],
+            "{setting}: {stderr}"
+        );
+    }
+}

@@ -227,6 +227,8 @@ impl Gpu {
         if subgroups {
             required |= wgpu::Features::SUBGROUP;
         }
+        // timestamps cost nothing until a profile writes them (VLM_RUN_PROFILE=gpu)
+        required |= super::timestamps::features(features);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vlm-run"),
             required_features: required,

@@ -6,6 +6,7 @@ mod pipeline;
 pub mod shader;
 mod tensor;
 pub mod tile;
+mod timestamps;
 mod token_queue;
 mod weight_store;
 
@@ -14,6 +15,7 @@ pub use kernel::{Kernel, Step};
 pub use pipeline::{Compiler, Pipeline};
 pub use tensor::{Tensor, Weight, WeightChunk, UNIFORM_X_BYTES};
 pub use tile::{GemmTile, TileChoice};
+pub use timestamps::{DispatchTimes, TimestampWay};
 pub use token_queue::TokenQueue;
 pub use weight_store::{WeightStore, MIN_TEXTURE_BYTES, TEX_ROW_TEXELS};
 
