@@ -843,8 +843,8 @@ impl Engine {
             next = readback.read(k)?;
         }
         timings.decode = ms(t);
-        // Developer switch (VLM_RUN_PROFILE): each pass's kernels timed alone, to stderr
-        // (not for a warm-up, whose kernels run over empty grids).
+        // Developer switch (VLM_RUN_PROFILE): each pass's kernels timed, to stderr
+        // (src/profile.rs; not for a warm-up, whose kernels run over empty grids).
         let profiled = std::env::var_os("VLM_RUN_PROFILE").filter(|_| !gpu.in_empty_grids());
         if let Some(p) = profiled {
             let passes = crate::profile::ProfiledPasses {

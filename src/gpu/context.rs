@@ -368,6 +368,12 @@ impl Gpu {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Choose between `ops::decode_attention` and attention.wgsl's `attn_split`.
+    pub fn set_decode_attention(&self, on: bool) {
+        self.decode_attention
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether the token loop submits each decode step before the host has read the
     /// previous step's token ([`super::TokenQueue`]): the host's encoding, submission and
     /// readback then overlap the device's work instead of leaving it idle between steps.
@@ -378,12 +384,6 @@ impl Gpu {
     /// Choose whether requests from now on submit decode steps one ahead.
     pub fn set_decode_ahead(&self, on: bool) {
         self.decode_ahead
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Choose between `ops::decode_attention` and attention.wgsl's `attn_split`.
-    pub fn set_decode_attention(&self, on: bool) {
-        self.decode_attention
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -407,7 +407,7 @@ impl Gpu {
     pub fn describe(&self) -> String {
         format!(
             "{} ({:?}); f16 {}, subgroups {}, max binding {} MiB, weights in {}, GEMM {}, \
-             attention K/V {}",
+             attention K/V {}, decode steps {}",
             self.info.name,
             self.info.backend,
             if self.caps.f16 { "on" } else { "off" },
@@ -423,6 +423,11 @@ impl Gpu {
                 "tiles"
             } else {
                 "direct"
+            },
+            if self.decode_ahead() {
+                "one ahead"
+            } else {
+                "one at a time"
             }
         )
     }
