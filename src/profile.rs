@@ -130,7 +130,7 @@ pub struct KernelRow {
 pub fn by_kernel(ks: &[&Kernel], secs: &[f64]) -> Vec<KernelRow> {
     let mut rows: Vec<KernelRow> = Vec::new();
     for (k, &s) in ks.iter().zip(secs) {
-        let name = format!("{} {:?}", k.label, k.workgroups);
+        let name = k.name();
         match rows.iter_mut().find(|r| r.kernel == name) {
             Some(r) => {
                 r.dispatches += 1;

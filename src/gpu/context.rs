@@ -777,7 +777,7 @@ impl Gpu {
                 self.run(&group)?;
             }
             out.push((
-                format!("{} {:?}", l.0, l.1),
+                group[0].name(),
                 group.len(),
                 t.elapsed().as_secs_f64() * 1e3 / reps as f64,
             ));

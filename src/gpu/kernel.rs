@@ -108,6 +108,11 @@ impl Kernel {
         })
     }
 
+    /// The kernel and its grid, as the profiles name a row: `gemv [4, 1, 1]`.
+    pub fn name(&self) -> String {
+        format!("{} {:?}", self.label, self.workgroups)
+    }
+
     /// Record this dispatch into `pass`; `empty`: over a grid of no workgroups (the
     /// pipeline and bind group are still set; see [`Gpu::with_empty_grids`]).
     /// Waits for the pipeline if a worker is still compiling it, and fails with its error.
