@@ -142,6 +142,75 @@ fn shape_that_disagrees_with_config() {
 }
 
 #[test]
+fn preprocessor_config_out_of_range() {
+    // a shortest edge of 10^11 pixels once asked for a 39 GB resize and aborted; a zero std
+    // would divide every pixel by zero
+    for (key, value, needle) in [
+        (
+            "size",
+            serde_json::json!({ "shortest_edge": 99999999999u64 }),
+            "shortest_edge",
+        ),
+        (
+            "size",
+            serde_json::json!({ "shortest_edge": -1 }),
+            "shortest_edge",
+        ),
+        (
+            "image_std",
+            serde_json::json!([0.27, 0.0, 0.28]),
+            "image_std",
+        ),
+        (
+            "crop_size",
+            serde_json::json!({ "height": 336, "width": 300 }),
+            "crop size",
+        ),
+    ] {
+        let dir = copy_fixture();
+        let cfg = dir.path().join("preprocessor_config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        v[key] = value;
+        std::fs::write(&cfg, v.to_string()).unwrap();
+        let m = dir.path().display().to_string();
+        fails_with(
+            &["--model", &m, "--image", &img_a(), "--prompt", "hi"],
+            &["preprocessor_config.json", needle],
+        );
+    }
+}
+
+/// Pictures of extreme aspect ratio resize to millions of pixels along their long side
+/// (1 x 20000 to 336 x 6 720 000: 6.8 GB as HF materialises it); only the centre crop is
+/// computed, so they answer like any other picture, padded to a square or not.
+#[test]
+fn image_of_extreme_aspect_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("thin.png");
+    image::RgbImage::from_pixel(1, 20000, image::Rgb([200, 40, 90]))
+        .save(&p)
+        .unwrap();
+    let ps = p.display().to_string();
+    let model = fixture().display().to_string();
+    for pad in [None, Some("--pad-square")] {
+        let runtime = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--model", &model, "--image", &ps, "--prompt", "hi", "-n", "2",
+        ];
+        args.extend(pad);
+        let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+            .args(&args)
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(!out.stdout.is_empty(), "{args:?}: no answer");
+    }
+}
+
+#[test]
 fn image_that_is_not_an_image() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("notes.png");

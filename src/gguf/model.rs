@@ -271,6 +271,7 @@ pub fn open(llm_path: &Path, mmproj_path: Option<&Path>) -> Result<GgufModel> {
             if let Some(std) = float_array(&m, "clip.vision.image_std")? {
                 pre.image_std = std;
             }
+            pre.validate(image_size).with_context(|| mp.to_string())?;
             (vc, Some(pre), Some(m))
         }
     };

@@ -228,6 +228,9 @@ impl LlavaConfig {
     }
 }
 
+/// The longest shortest edge preprocessor_config.json may resize images to, in pixels.
+pub const MAX_IMAGE_EDGE: usize = 16384;
+
 /// preprocessor_config.json (CLIPImageProcessor).
 #[derive(Clone, Debug, Deserialize)]
 pub struct PreprocessorConfig {
@@ -267,10 +270,53 @@ impl PreprocessorConfig {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))
+        let cfg: Self =
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
+        cfg.validate(image_size)
+            .with_context(|| path.display().to_string())?;
+        Ok(cfg)
     }
 
-    /// The shortest edge images are resized to.
+    /// Check the values against a vision tower of `image_size` pixels: a shortest edge of
+    /// 1 ..= [`MAX_IMAGE_EDGE`] pixels, a crop of the tower's size, and finite mean, std and
+    /// rescale factor with std and rescale above zero.
+    pub fn validate(&self, image_size: usize) -> Result<()> {
+        let edge = match &self.size {
+            None => None,
+            Some(serde_json::Value::Number(n)) => Some(n.as_u64()),
+            Some(v) => v.get("shortest_edge").map(|x| x.as_u64()),
+        };
+        match edge {
+            Some(Some(e)) if (1..=MAX_IMAGE_EDGE as u64).contains(&e) => {}
+            Some(_) => bail!(
+                "size.shortest_edge {} is not a whole number of pixels in 1..={MAX_IMAGE_EDGE}",
+                self.size.as_ref().map_or(String::new(), |v| v.to_string())
+            ),
+            None => {}
+        }
+        let crop = self.crop(image_size);
+        if crop != (image_size, image_size) {
+            bail!("crop size {crop:?} differs from the vision tower's image size {image_size}");
+        }
+        let finite = self
+            .image_mean
+            .iter()
+            .chain(&self.image_std)
+            .all(|v| v.is_finite());
+        if !finite || self.image_std.iter().any(|&v| v <= 0.0) {
+            bail!(
+                "image_mean {:?} and image_std {:?} must be finite, with std above zero",
+                self.image_mean,
+                self.image_std
+            );
+        }
+        if !(self.rescale_factor.is_finite() && self.rescale_factor > 0.0) {
+            bail!("rescale_factor {} must be above zero", self.rescale_factor);
+        }
+        Ok(())
+    }
+
+    /// The shortest edge images are resized to ([`Self::validate`] bounds it).
     pub fn shortest_edge(&self, fallback: usize) -> usize {
         match &self.size {
             Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as usize),
@@ -281,6 +327,7 @@ impl PreprocessorConfig {
             None => None,
         }
         .unwrap_or(fallback)
+        .clamp(1, MAX_IMAGE_EDGE)
     }
 
     /// The centre crop (height, width).
