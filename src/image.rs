@@ -201,13 +201,19 @@ fn resample(src: &Source, w: usize, h: usize, cols: Range<usize>, rows: Range<us
     let image_cols = src.image_cols();
     let mut tmp = vec![0u8; stride * src_rows.len()];
     on_row_bands(&mut tmp, stride, |first, band| {
-        let mut row = fill.clone();
+        let mut padded = fill.clone();
         for (i, o) in band.chunks_exact_mut(stride).enumerate() {
             let Some(img_row) = src.image_row(src_rows.start + first + i) else {
                 o.copy_from_slice(&fill_out);
                 continue;
             };
-            row[image_cols.start * 3..image_cols.end * 3].copy_from_slice(img_row);
+            // the picture's row: the image's own where it spans the picture
+            let row = if img_row.len() == padded.len() {
+                img_row
+            } else {
+                padded[image_cols.start * 3..image_cols.end * 3].copy_from_slice(img_row);
+                &padded
+            };
             match &hco {
                 Some(co) => {
                     o.copy_from_slice(&fill_out);
@@ -215,7 +221,7 @@ fn resample(src: &Source, w: usize, h: usize, cols: Range<usize>, rows: Range<us
                     let from = co.partition_point(|(x0, k)| x0 + k.len() <= image_cols.start);
                     let to = co.partition_point(|(x0, _)| *x0 < image_cols.end);
                     if from < to {
-                        resample_row(&row, &co[from..to], &mut o[from * 3..to * 3]);
+                        resample_row(row, &co[from..to], &mut o[from * 3..to * 3]);
                     }
                 }
                 None => o.copy_from_slice(&row[cols.start * 3..cols.end * 3]),
