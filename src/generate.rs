@@ -614,7 +614,7 @@ impl Engine {
         let text_len = prompt_len - n_vis;
         let unpruned_len = text_len + n_full;
         let late_rows = text_len + plan.decoder_keep;
-        if prompt_len + opts.max_tokens > cfg.max_position_embeddings {
+        if prompt_len.saturating_add(opts.max_tokens) > cfg.max_position_embeddings {
             bail!(
                 "prompt of {prompt_len} tokens ({n_vis} visual) plus --max-tokens {} exceeds the \
                  model's context of {} tokens",
@@ -658,6 +658,8 @@ impl Engine {
         let step_late = gpu.uniform_init("step.late", bytemuck::bytes_of(&Step::default()));
         let token = gpu.storage_buffer("token", 4)?;
         let mut readback = TokenQueue::new(gpu, &token);
+        // rows keep their prompt positions through pruning; decode adds max_tokens - 1
+        let rope_table = llm.rope_table(gpu, prompt_len + opts.max_tokens)?;
         let io = PassIo {
             cache: &cache,
             positions: &pos_prefill,
@@ -665,6 +667,7 @@ impl Engine {
             late_step: split.map(|k| (k, &step_late)),
             token: &token,
             sampling: opts.sampling,
+            rope_table: &rope_table,
         };
         let mut rng = Rng(opts.seed);
         let mut timings = Timings {

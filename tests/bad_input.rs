@@ -249,6 +249,47 @@ fn prompt_longer_than_the_context() {
 }
 
 #[test]
+fn max_tokens_past_the_context_or_the_device() {
+    let fixture = fixture().display().to_string();
+    let args = |model: &str, n: &'static str| {
+        let v = [
+            "--model",
+            model,
+            "--image",
+            &img_a(),
+            "--prompt",
+            "hi",
+            "-n",
+            n,
+        ];
+        v.map(String::from)
+    };
+    // usize::MAX once wrapped around the context check (into a KV-cache error)
+    let a = args(&fixture, "18446744073709551615");
+    fails_with(
+        &a.each_ref().map(String::as_str),
+        &[
+            "--max-tokens 18446744073709551615",
+            "exceeds the model's context",
+        ],
+    );
+    // a config that claims 2 * 10^9 positions: RoPE's table was built for all of them at
+    // load (a 128 GB allocation, an abort); now a request for 10^8 tokens is refused by
+    // the device's limit
+    let dir = copy_fixture();
+    let cfg = dir.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["text_config"]["max_position_embeddings"] = serde_json::json!(2_000_000_000u64);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let a = args(&dir.path().display().to_string(), "100000000");
+    fails_with(
+        &a.each_ref().map(String::as_str),
+        &["kv.k0", "storage-binding limit"],
+    );
+}
+
+#[test]
 fn zero_max_tokens_and_bad_sampling_options() {
     fails_with(
         &["--image", &img_a(), "--prompt", "hi", "--max-tokens", "0"],

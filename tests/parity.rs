@@ -259,3 +259,33 @@ fn the_first_request_after_load_makes_no_pipeline() {
     assert_eq!(engine.gpu.pipeline_count(), made);
     assert_eq!(got, want);
 }
+
+/// RoPE's table covers the positions requests need, not the config's whole context (which
+/// a config may put at millions): 2048 positions at first, doubled as a request needs more,
+/// never shrunk, with the values `ops::rope::rope_table` computes.
+#[test]
+fn rope_table_grows_with_the_positions_requests_need() {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let cfg = dir.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["text_config"]["max_position_embeddings"] = serde_json::json!(100_000);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let engine = Engine::load(dir.path(), &GpuOptions::default(), &|_| {}).unwrap();
+    let (llm, gpu) = (&engine.model.llm, &engine.gpu);
+    let hd = llm.cfg.head_dim();
+    let bytes = |rows: usize| (4 * rows * hd) as u64;
+    // the first table (made by the load's warm-up, or here): 2048 positions
+    assert_eq!(llm.rope_table(gpu, 10).unwrap().size(), bytes(2048));
+    let grown = llm.rope_table(gpu, 3000).unwrap();
+    assert_eq!(grown.size(), bytes(4096));
+    assert_eq!(llm.rope_table(gpu, 100).unwrap().size(), bytes(4096));
+    let want = vlm_run::ops::rope::rope_table(llm.cfg.theta(), hd, 4096);
+    assert_eq!(gpu.read_f32(&grown, 4096 * hd).unwrap(), want);
+    // past the context: exactly what is asked
+    assert_eq!(llm.rope_table(gpu, 100_003).unwrap().size(), bytes(100_003));
+}

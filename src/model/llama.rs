@@ -32,7 +32,9 @@ pub struct Llama {
     norm: wgpu::Buffer,
     /// None when the head is tied to embed_tokens.
     lm_head: Option<Weight>,
-    rope_table: wgpu::Buffer,
+    /// RoPE's cos/sin table for the positions requests have needed so far (grown by
+    /// [`Llama::rope_table`]; a config's context can be millions of positions).
+    rope: std::sync::Mutex<Option<(usize, wgpu::Buffer)>>,
     /// Every RMSNorm weight as a row of one rgba32float texture (layer i's input norm at row
     /// 2i, its post-attention norm at 2i + 1, the final norm last), for the decode GEMVs
     /// that read x from its texture copy; on devices that do ([`crate::gpu::Caps::x_textures`]).
@@ -192,6 +194,8 @@ pub struct PassIo<'a> {
     /// u32 `[1]`: receives the chosen token.
     pub token: &'a wgpu::Buffer,
     pub sampling: Sampling,
+    /// RoPE's table, covering every position of the request ([`Llama::rope_table`]).
+    pub rope_table: &'a wgpu::Buffer,
 }
 
 impl PassIo<'_> {
@@ -260,7 +264,6 @@ impl Llama {
         } else {
             None
         };
-        let table = ops::rope::rope_table(cfg.theta(), hd, cfg.max_position_embeddings);
         let norm = l.vector(c, "norm.weight", &[d])?;
         let norms: Vec<&wgpu::Buffer> = (layers.iter())
             .flat_map(|l| [&l.input_layernorm, &l.post_attention_layernorm])
@@ -273,11 +276,42 @@ impl Llama {
             layers,
             norm,
             lm_head,
-            rope_table: l
-                .gpu
-                .storage_init("rope_table", bytemuck::cast_slice(&table))?,
+            rope: Default::default(),
             norm_texels,
         })
+    }
+
+    /// RoPE's table for positions `0..positions` at least (at most the config's context),
+    /// on the device. Built on first use and rebuilt larger when a request needs more (to a
+    /// power of two of at least 2048 positions, within the context), so that the table costs
+    /// what requests use rather than the config's whole context; a table past the device's
+    /// binding limit is an error that names it.
+    pub fn rope_table(&self, gpu: &Gpu, positions: usize) -> Result<wgpu::Buffer> {
+        let mut held = self.rope.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((n, table)) = held.as_ref() {
+            if *n >= positions {
+                return Ok(table.clone());
+            }
+        }
+        let max = self.cfg.max_position_embeddings;
+        let n = (positions.checked_next_power_of_two())
+            .unwrap_or(positions)
+            .max(2048)
+            .min(max)
+            .max(positions);
+        let hd = self.cfg.head_dim();
+        let bytes = (n as u64).saturating_mul(4 * hd as u64);
+        if bytes > gpu.caps.max_binding {
+            bail!(
+                "the RoPE table for {n} positions needs {bytes} bytes, past the device's \
+                 storage-binding limit of {} bytes: ask for fewer tokens",
+                gpu.caps.max_binding
+            );
+        }
+        let table = ops::rope::rope_table(self.cfg.theta(), hd, n);
+        let table = gpu.storage_init("rope_table", bytemuck::cast_slice(&table))?;
+        *held = Some((n, table.clone()));
+        Ok(table)
     }
 
     /// Whether every product that adds into the residual stream in decode (o_proj and
@@ -428,7 +462,7 @@ impl Llama {
             let rope = RopeKv {
                 heads: h,
                 positions,
-                table: &self.rope_table,
+                table: io.rope_table,
                 q: &s.q,
                 k_cache: kc,
                 v_cache: vc,

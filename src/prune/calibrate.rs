@@ -203,6 +203,7 @@ pub fn run(engine: &crate::Engine, template: Option<&str>) -> Result<Calibration
             late_step: None,
             token: &token,
             sampling: crate::Sampling::greedy(),
+            rope_table: &llm.rope_table(gpu, rows)?,
         };
         let mut ks = llm.embed(gpu, &ids_buf, &s.x)?;
         ks.push(llm.place_rows(gpu, &ep.out, &s.x, slot)?);
