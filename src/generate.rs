@@ -565,7 +565,10 @@ impl Engine {
             .collect();
         match (with_image, slots.len()) {
             (true, 1) | (false, 0) => {}
-            (true, n) => bail!("the prompt must hold exactly one {IMAGE_TAG} token, found {n}"),
+            (true, n) => bail!(
+                "the prompt must hold exactly one {IMAGE_TAG} token, found {n} (the chat \
+                 template places the image's; leave {IMAGE_TAG} out of --prompt)"
+            ),
             (false, _) => bail!("the prompt holds {IMAGE_TAG} but no image was given"),
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab_size) {

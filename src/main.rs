@@ -139,6 +139,16 @@ fn run(args: cli::Args) -> Result<()> {
     if args.save_keep_map.is_some() && args.image.is_none() {
         bail!("--save-keep-map needs an --image");
     }
+    // fail before the run, not after it, where the map cannot be written
+    if let Some(p) = &args.save_keep_map {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            bail!(
+                "cannot write keep map {}: its directory does not exist",
+                p.display()
+            );
+        }
+    }
     // Read the image first: a bad image should not cost a model load.
     let image = match &args.image {
         Some(p) => Some(vlm_run::image::load(p)?),

@@ -290,6 +290,65 @@ fn max_tokens_past_the_context_or_the_device() {
 }
 
 #[test]
+fn pruning_options_out_of_range() {
+    let (m, a) = (fixture().display().to_string(), img_a());
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir
+        .path()
+        .join("no/such/dir/keep.png")
+        .display()
+        .to_string();
+    for (flags, needles) in [
+        (
+            &["--prune", "fastervlm", "--keep", "0"][..],
+            &["--keep", "at least 1"][..],
+        ),
+        (
+            &["--prune", "fastervlm", "--keep", "100000"],
+            &["--keep 100000", "576"],
+        ),
+        (
+            &["--prune", "posprune", "--keep", "64", "--arp-regions", "0"],
+            &["--arp-regions"],
+        ),
+        (
+            &["--prune", "posprune", "--keep", "64", "--mmr-lambda", "NaN"],
+            &["--mmr-lambda"],
+        ),
+        (
+            &["--prune", "pore", "--keep", "300", "--pore-rho", "-1"],
+            &["--pore-rho"],
+        ),
+        (
+            &[
+                "--prune",
+                "visionzip",
+                "--keep",
+                "64",
+                "--visionzip-contextual",
+                "65",
+            ],
+            &["--visionzip-contextual 65", "--keep 64"],
+        ),
+        (
+            &[
+                "--prune",
+                "fastervlm",
+                "--keep",
+                "64",
+                "--save-keep-map",
+                &map,
+            ],
+            &["keep.png", "directory does not exist"],
+        ),
+    ] {
+        let mut args = vec!["--model", &m, "--image", &a, "--prompt", "hi"];
+        args.extend(flags);
+        fails_with(&args, needles);
+    }
+}
+
+#[test]
 fn zero_max_tokens_and_bad_sampling_options() {
     fails_with(
         &["--image", &img_a(), "--prompt", "hi", "--max-tokens", "0"],

@@ -219,6 +219,11 @@ impl PruneOptions {
         if self.visionzip_contextual == Some(0) {
             bail!("--visionzip-contextual must be at least 1");
         }
+        if let (Some(c), Some(b)) = (self.visionzip_contextual, self.keep) {
+            if self.method == Method::VisionZip && c > b {
+                bail!("--visionzip-contextual {c} exceeds --keep {b}: the contextual tokens are part of the budget");
+            }
+        }
         Ok(())
     }
 
