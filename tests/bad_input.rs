@@ -470,4 +470,9 @@ fn gguf_files_that_are_truncated_or_mismatched() {
         &["bench", "--model", &llm, "--prune-sweep"],
         &["--prune-sweep", "no vision encoder"],
     );
+    // (once a crop-size error about a vision tower the file does not have)
+    fails_with(
+        &["calibrate", "--model", &llm],
+        &["calibration", "no vision encoder", "--mmproj"],
+    );
 }

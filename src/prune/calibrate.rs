@@ -153,6 +153,9 @@ pub fn run(engine: &crate::Engine, template: Option<&str>) -> Result<Calibration
     let llm = &model.llm;
     let cfg = &llm.cfg;
     let layers = cfg.num_hidden_layers;
+    if model.vision.is_none() {
+        bail!("calibration needs an image model: this model has no vision encoder (give its --mmproj file)");
+    }
     if layers < 2 {
         bail!("calibration needs a decoder of at least 2 layers (pruning happens at layer K ≥ 1)");
     }
