@@ -63,7 +63,7 @@ pub struct Args {
     #[arg(long, short = 'i', value_name = "PATH")]
     pub image: Option<PathBuf>,
 
-    /// The question or instruction.
+    /// The question or instruction; `-` reads it from standard input.
     #[arg(long, short = 'p', value_name = "TEXT", required = true)]
     pub prompt: Option<String>,
 

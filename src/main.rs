@@ -167,7 +167,16 @@ fn run(args: cli::Args) -> Result<()> {
         ignore_eos: false,
         reuse_vision: false,
     };
-    let prompt = args.prompt.as_deref().unwrap_or_default();
+    let prompt = match args.prompt.as_deref().unwrap_or_default() {
+        "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("--prompt -: cannot read the prompt from standard input")?;
+            text.trim_end_matches(['\n', '\r']).to_string()
+        }
+        p => p.to_string(),
+    };
+    let prompt = prompt.as_str();
     // loading warms up this very request, so that its first token pays no compiling
     let warm_up = WarmUp::Like {
         image: image.is_some(),

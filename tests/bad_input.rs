@@ -399,44 +399,64 @@ fn cli_json_gives_the_reference_tokens_and_nothing_else_on_stdout() {
         .display()
         .to_string();
     let m = fixture().display().to_string();
-    let runtime = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
-        .args([
-            "--model",
-            &m,
-            "--image",
-            &image,
-            "--prompt",
-            case["prompt"].as_str().unwrap(),
-            "--max-tokens",
-            "16",
-            "--json",
-        ])
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        stdout.lines().count(),
-        1,
-        "stdout must be one JSON line: {stdout}"
-    );
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(v["tokens"], case["tokens"]);
-    assert_eq!(v["visual_tokens"], 576);
-    for k in ["text", "prompt_tokens", "kv_cache_bytes"] {
-        assert!(v.get(k).is_some(), "missing {k}");
-    }
-    for k in ["load", "encode", "prefill", "decode"] {
+    let prompt = case["prompt"].as_str().unwrap();
+    // the prompt as an argument, and from standard input with `--prompt -` (its final
+    // line breaks dropped: the same prompt tokens)
+    let mut prompt_tokens = None;
+    for from_stdin in [false, true] {
+        use std::io::Write;
+        let runtime = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vlm-run"))
+            .args([
+                "--model",
+                &m,
+                "--image",
+                &image,
+                "--max-tokens",
+                "16",
+                "--json",
+            ])
+            .args(["--prompt", if from_stdin { "-" } else { prompt }])
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if from_stdin {
+            write!(stdin, "{prompt}\r\n\n").unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
         assert!(
-            v["timings_ms"][k].as_f64().unwrap() >= 0.0,
-            "timings_ms.{k}"
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            stdout.lines().count(),
+            1,
+            "stdout must be one JSON line: {stdout}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(
+            v["tokens"], case["tokens"],
+            "prompt from stdin: {from_stdin}"
+        );
+        assert_eq!(v["visual_tokens"], 576);
+        let n = prompt_tokens.get_or_insert(v["prompt_tokens"].clone());
+        assert_eq!(&v["prompt_tokens"], n, "prompt from stdin: {from_stdin}");
+        for k in ["text", "prompt_tokens", "kv_cache_bytes"] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        for k in ["load", "encode", "prefill", "decode"] {
+            assert!(
+                v["timings_ms"][k].as_f64().unwrap() >= 0.0,
+                "timings_ms.{k}"
+            );
+        }
     }
 }
 
