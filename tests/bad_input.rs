@@ -1,6 +1,8 @@
 //! Bad input through the `vlm-run` binary: each case exits non-zero with one line on stderr
 //! that names the file or limit, and never panics.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,12 +12,7 @@ fn fixture() -> PathBuf {
 
 /// A writable copy of the fixture model.
 fn copy_fixture() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture()).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
-    }
-    dir
+    common::copy_dir(&fixture())
 }
 
 /// Run the CLI; assert failure with a one-line error containing every `needles`.

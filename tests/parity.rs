@@ -265,11 +265,7 @@ fn the_first_request_after_load_makes_no_pipeline() {
 /// never shrunk, with the values `ops::rope::rope_table` computes.
 #[test]
 fn rope_table_grows_with_the_positions_requests_need() {
-    let dir = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture()).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
-    }
+    let dir = common::copy_dir(&fixture());
     let cfg = dir.path().join("config.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();

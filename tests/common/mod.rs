@@ -100,3 +100,13 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     let d = max_abs_diff(got, want);
     assert!(d <= tol, "{what}: max abs diff {d} > {tol}");
 }
+
+/// A writable copy of the files of a fixture directory (a model to edit).
+pub fn copy_dir(src: &std::path::Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    dir
+}
