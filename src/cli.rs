@@ -123,7 +123,7 @@ pub enum Command {
     /// Measure the decoder's positional attention bias on content-free inputs (a mean-colour
     /// image, neutral prompts) and write it, with PoRe's rho, for PBC and PoRe to use.
     Calibrate(CalibrateArgs),
-    /// Measure one request: vision-encoder ms, prefill ms and tokens/s, time to first token,
+    /// Measure one request: image preprocessing and vision-encoder ms, prefill ms and tokens/s, time to first token,
     /// decode tokens/s and its effective bandwidth against the device's copy bandwidth (on
     /// CPU devices also against the host's memory read bandwidth), and peak GPU memory
     /// (medians after a warm-up, with the runs' lowest and highest). --prune-sweep adds time

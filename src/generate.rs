@@ -72,6 +72,8 @@ impl Default for GenerateOptions {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timings {
     pub load: f64,
+    /// The image resized, cropped and normalised on the CPU, and its pixels uploaded.
+    pub preprocess: f64,
     /// Vision tower and projector.
     pub encode: f64,
     /// Pruning passes: encoder side, and decoder side at layer K.
@@ -446,18 +448,23 @@ impl Engine {
 
     /// The vision tower, pruning and projector passes for `image`, with the tower's output
     /// reused from the cache when `opts.reuse_vision` and the pixels match.
+    /// The encoder's passes for `image`; the CPU's preprocessing time is added to
+    /// `preprocess_ms`.
     fn encode_pass(
         &self,
         image: &RgbImage,
         opts: &GenerateOptions,
         plan: &crate::prune::Plan,
+        preprocess_ms: &mut f64,
     ) -> Result<crate::model::llava::EncodePass> {
         let prune = Some((plan, &opts.prune));
         let Some(vision) = &self.model.vision else {
             bail!("this model has no vision encoder: give its --mmproj file to use --image");
         };
         let size = self.model.cfg.vision_config.image_size;
+        let t = Instant::now();
         let px = img::preprocess(image, &self.model.preprocessor, size, opts.pad_square)?;
+        *preprocess_ms += ms(t);
         let mut cache = self.vision_cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((key, vp)) = cache.as_ref().filter(|_| opts.reuse_vision) {
             if *key == px {
@@ -466,7 +473,9 @@ impl Engine {
                     .encode_pass_from(&self.gpu, vp.clone(), false, prune);
             }
         }
+        let t = Instant::now();
         let pixels = self.gpu.storage_init("pixels", bytemuck::cast_slice(&px))?;
+        *preprocess_ms += ms(t);
         let vp = Arc::new(vision.pass(&self.gpu, &pixels)?);
         if opts.reuse_vision {
             *cache = Some((px, vp.clone()));
@@ -691,7 +700,7 @@ impl Engine {
         let mut vis_raster = None;
         let mut _encode_pass = None; // keeps the visual tokens alive until prefill has run
         if let Some(image) = image {
-            let ep = self.encode_pass(image, opts, &plan)?;
+            let ep = self.encode_pass(image, opts, &plan, &mut timings.preprocess)?;
             timed(&ep.tower(), &mut timings.encode)?;
             timed(&ep.prune.iter().collect::<Vec<_>>(), &mut timings.prune)?;
             timed(

@@ -150,10 +150,12 @@ fn run(args: cli::Args) -> Result<()> {
         }
     }
     // Read the image first: a bad image should not cost a model load.
+    let t_image = std::time::Instant::now();
     let image = match &args.image {
         Some(p) => Some(vlm_run::image::load(p)?),
         None => None,
     };
+    let image_ms = t_image.elapsed().as_secs_f64() * 1e3;
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling,
@@ -216,6 +218,13 @@ fn run(args: cli::Args) -> Result<()> {
         save_keep_map(&engine, image, &opts, &out, path)?;
     }
     if args.stats {
+        if let Some(im) = &image {
+            eprintln!(
+                "image {}x{} decoded in {image_ms:.1} ms",
+                im.width(),
+                im.height()
+            );
+        }
         print_stats(&out);
     }
     Ok(())
@@ -314,9 +323,10 @@ fn print_stats(out: &Output) {
         f.projector as f64 / 1e9
     );
     eprintln!(
-        "load {:.0} ms, encode {:.0} ms, prune {:.1} ms, prefill {:.0} ms ({:.1} tok/s), decode \
-         {:.0} ms ({:.1} tok/s)",
+        "load {:.0} ms, preprocess {:.1} ms, encode {:.0} ms, prune {:.1} ms, prefill {:.0} ms \
+         ({:.1} tok/s), decode {:.0} ms ({:.1} tok/s)",
         t.load,
+        t.preprocess,
         t.encode,
         t.prune,
         t.prefill,
