@@ -26,6 +26,13 @@ pub fn load(path: &Path) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
+/// The colour original LLaVA pads with: the mean, `int(x * 255)` per channel (truncated:
+/// (122, 116, 104) for CLIP's mean).
+pub fn pad_colour(cfg: &PreprocessorConfig) -> [u8; 3] {
+    cfg.image_mean
+        .map(|m| (m as f64 * 255.0).clamp(0.0, 255.0) as u8)
+}
+
 /// Pad to a square with `color`, centred (LLaVA's expand2square).
 pub fn pad_square(img: &RgbImage, color: [u8; 3]) -> RgbImage {
     let (w, h) = img.dimensions();
@@ -347,10 +354,7 @@ pub fn model_view(
     pad: bool,
 ) -> Result<RgbImage> {
     let src = if pad {
-        let mean = cfg
-            .image_mean
-            .map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8);
-        Source::padded(img, mean)
+        Source::padded(img, pad_colour(cfg))
     } else {
         Source::plain(img)
     };
@@ -500,6 +504,12 @@ mod tests {
             fill,
             "the padding's colour at the corner"
         );
+    }
+
+    #[test]
+    fn pads_with_llavas_truncated_mean() {
+        let cfg = PreprocessorConfig::for_size(336);
+        assert_eq!(pad_colour(&cfg), [122, 116, 104]);
     }
 
     #[test]

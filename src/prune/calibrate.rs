@@ -161,10 +161,7 @@ pub fn run(engine: &crate::Engine, template: Option<&str>) -> Result<Calibration
     }
     let (n, grid) = (model.visual_tokens(), model.grid());
     let size = model.cfg.vision_config.image_size as u32;
-    let mean = model
-        .preprocessor
-        .image_mean
-        .map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8);
+    let mean = crate::image::pad_colour(&model.preprocessor);
     let blank = image::RgbImage::from_pixel(size, size, image::Rgb(mean));
     let px = crate::image::preprocess(&blank, &model.preprocessor, size as usize, false)?;
     let pixels = gpu.storage_init("pixels", bytemuck::cast_slice(&px))?;
