@@ -260,7 +260,8 @@ fn resample(src: &Source, w: usize, h: usize, cols: Range<usize>, rows: Range<us
     out
 }
 
-/// Resize like PIL's `Image.resize(size, BICUBIC)` (see [`resample`]).
+/// Resize like PIL's `Image.resize(size, BICUBIC)`: a horizontal pass, then a vertical one,
+/// each rounding to uint8, with i32 sums as PIL has them.
 pub fn resize_bicubic(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     let (w, h) = (w as usize, h as usize);
     let out = resample(&Source::plain(img), w, h, 0..w, 0..h);
