@@ -447,9 +447,8 @@ impl Engine {
     }
 
     /// The vision tower, pruning and projector passes for `image`, with the tower's output
-    /// reused from the cache when `opts.reuse_vision` and the pixels match.
-    /// The encoder's passes for `image`; the CPU's preprocessing time is added to
-    /// `preprocess_ms`.
+    /// reused from the cache when `opts.reuse_vision` and the pixels match. The CPU's
+    /// preprocessing time (and the pixels' upload) is added to `preprocess_ms`.
     fn encode_pass(
         &self,
         image: &RgbImage,
