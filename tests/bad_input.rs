@@ -179,13 +179,14 @@ fn preprocessor_config_out_of_range() {
 }
 
 /// Pictures of extreme aspect ratio resize to millions of pixels along their long side
-/// (1 x 20000 to 336 x 6 720 000: 6.8 GB as HF materialises it); only the centre crop is
-/// computed, so they answer like any other picture, padded to a square or not.
+/// (1 x 200000 to 336 x 67 200 000: 68 GB as HF materialises it, and as this engine did
+/// until it aborted on the allocation); only the centre crop is computed, so they answer
+/// like any other picture, padded to a square (row by row) or not.
 #[test]
 fn image_of_extreme_aspect_ratio() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("thin.png");
-    image::RgbImage::from_pixel(1, 20000, image::Rgb([200, 40, 90]))
+    image::RgbImage::from_pixel(1, 200_000, image::Rgb([200, 40, 90]))
         .save(&p)
         .unwrap();
     let ps = p.display().to_string();
