@@ -359,11 +359,8 @@ pub fn model_view(
     } else {
         Source::plain(img)
     };
-    let crop = cfg.crop(size);
-    if crop != (size, size) {
-        bail!("crop size {crop:?} differs from the vision tower's image size {size}");
-    }
-    Ok(crop_resized(&src, cfg.shortest_edge(size), crop))
+    cfg.validate(size)?;
+    Ok(crop_resized(&src, cfg.shortest_edge(size), (size, size)))
 }
 
 #[cfg(test)]

@@ -327,7 +327,6 @@ impl PreprocessorConfig {
             None => None,
         }
         .unwrap_or(fallback)
-        .clamp(1, MAX_IMAGE_EDGE)
     }
 
     /// The centre crop (height, width).
