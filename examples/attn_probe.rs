@@ -8,7 +8,8 @@
 //!
 //! `DECODE=1` times a decode step's attention instead (M = 1: the query of the newest of KV
 //! cached rows, causal or not alike): its kernels (`decode_split` and `decode_merge` on GPUs,
-//! `attn_split` and `attn_merge` with `VLM_RUN_DECODE_ATTN=0`) per step, and the K and V
+//! `decode_one` with `VLM_RUN_DECODE_ONE=1` where KV is at most 256, `attn_split` and
+//! `attn_merge` with `VLM_RUN_DECODE_ATTN=0`) per step, and the K and V
 //! bytes they read per second. With `TEX=1` on CPU devices, from a cache kept in textures,
 //! as the engine keeps it there.
 use vlm_run::gpu::{Gpu, GpuOptions, Step, Tensor};

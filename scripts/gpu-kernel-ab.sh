@@ -6,13 +6,16 @@
 #   - default: every newer kernel (flash_attention.wgsl for prefill, decode_attention.wgsl
 #     for decode);
 #   - VLM_RUN_DECODE_ATTN=0: decode attention by attention.wgsl's attn_split and attn_merge;
+#   - VLM_RUN_DECODE_ONE=1: decode attention over caches of up to 256 rows (the bench's are
+#     72) by decode_one, one workgroup per head walking the cache: one dispatch a layer
+#     instead of decode_split and decode_merge;
 #   - VLM_RUN_FLASH_ATTN=0: prefill attention by attention.wgsl's one-row-per-invocation tiles;
 #   - VLM_RUN_DECODE_AHEAD=0: each decode step submitted only after the previous token is
 #     read back (the default submits one step ahead).
 # Then the default's passes by kernel, from device timestamps (VLM_RUN_PROFILE=gpu).
 # With ATTN_PROBE (a release build of examples/attn_probe.rs: `cargo build --release
 # --example attn_probe`, then target/release/examples/attn_probe) it also times each kernel
-# pair alone: decode over 72 and 648 cached keys, prefill at the 7B decoder's and the CLIP-L
+# pair alone: decode over 72 and 648 cached keys (and decode_one over 72), prefill at the 7B decoder's and the CLIP-L
 # tower's shapes.
 #
 #   scripts/gpu-kernel-ab.sh VLM_RUN [ATTN_PROBE] [SHAPE] [ROUNDS]
@@ -32,7 +35,8 @@ ROUNDS=${4:-2}
 command -v python3 >/dev/null || { echo "error: python3 is needed to read the JSON" >&2; exit 1; }
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
-SIDES=("default" "VLM_RUN_DECODE_ATTN=0" "VLM_RUN_FLASH_ATTN=0" "VLM_RUN_DECODE_AHEAD=0")
+SIDES=("default" "VLM_RUN_DECODE_ATTN=0" "VLM_RUN_DECODE_ONE=1" "VLM_RUN_FLASH_ATTN=0"
+  "VLM_RUN_DECODE_AHEAD=0")
 side_env() { [ "$1" = default ] && echo "VLM_RUN_UNUSED=0" || echo "$1"; }
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -73,13 +77,15 @@ VLM_RUN_PROFILE=gpu "$BIN" bench --synthetic "$SHAPE" --repeat 1 2>&1 >/dev/null
   awk '/^device timestamps/ { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }'
 [ -n "$PROBE" ] || exit 0
 echo
-for side in "${SIDES[@]:0:2}"; do
+for side in "${SIDES[@]:0:3}"; do
   for kv in 72 648; do
+    # decode_one takes caches of up to 256 rows: at 648 it is the default's split pass
+    [ "$side" = "${SIDES[2]}" ] && [ "$kv" -gt 256 ] && continue
     echo "decode, $kv keys, $side:"
     env DECODE=1 "$(side_env "$side")" "$PROBE" 1 "$kv" 32 32 128 0 20
   done
 done
-for side in default "${SIDES[2]}"; do
+for side in default "${SIDES[3]}"; do
   echo "prefill, 584 rows x 32 heads of 128, causal, $side:"
   env "$(side_env "$side")" "$PROBE" 584 584 32 32 128 1 5
   echo "vision tower, 577 rows x 16 heads of 64, $side:"

@@ -1,6 +1,6 @@
-// decode_attention.wgsl: the GPUs' split-KV decode attention. One query row per head over
-// KV cache rows 0 .. step.kv_len, in splits of SPLIT keys, then a merge; no score row in
-// memory. Query head h reads KV head h / (heads / kv_heads). Values: HD (head dim, a
+// decode_attention.wgsl: the GPUs' decode attention. One query row per head over KV cache
+// rows 0 .. step.kv_len, in splits of SPLIT keys then a merge, or (short caches) in one
+// workgroup per head that walks the splits in turn; no score row in memory. Query head h reads KV head h / (heads / kv_heads). Values: HD (head dim, a
 // multiple of 16) and LK (lanes per key in the scores: 8 where HD % 32 == 0, else 4).
 // Every loop over loads has a constant trip count and issues its loads before the sums,
 // so that a workgroup waits out about one memory latency per phase (ops::decode_attention).
@@ -22,6 +22,11 @@
 //   head; dispatch (1, heads, 1). The splits' maxima by a tree, then invocation t sums
 //   column quad t % HQ of splits t / HQ, t / HQ + KG, ... rescaled to the common max; the
 //   groups meet in `v_part` and the quad is divided by the rescaled Σ exp.
+// decode_one: bindings 1 q, 2 k, 3 v, 4 out, 6 step. One workgroup of WG per head; dispatch
+//   (1, heads, 1). decode_split's three phases for chunks of SPLIT keys 0, SPLIT, ... below
+//   kv_len in turn, each chunk raising the running max and rescaling the running sums by
+//   exp(old max - new max); then the key groups' sums meet as in decode_merge. For caches
+//   of up to ops::decode_attention::ONE_KEYS rows: one dispatch a layer instead of two.
 #include "common"
 #include "attention_params"
 
@@ -82,26 +87,10 @@ fn group_scalars() -> f32 {
     return l;
 }
 
-@compute @workgroup_size(WG)
-fn decode_split(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let sp = wid.x;
-    let h = wid.y;
-    let kvh = h / (p.heads / p.kv_heads);
-    let n = step.kv_len;
-    let j0 = sp * SPLIT;
-    let o = (h * p.ctx + sp) * (HD + 2u);
-    if j0 >= n {
-        // a split past this step's keys (the whole workgroup): an empty partial
-        if t == 0u {
-            partials[o + HD] = -3.0e38;
-            partials[o + HD + 1u] = 0.0;
-        }
-        return;
-    }
-    let row = p.kv_stride / 4u;
-    let head = kvh * HQ;
-
-    // 1. scores. Keys past kv_len read row kv_len - 1 and are masked below.
+// A chunk's scores: keys j0 .. j0 + SPLIT of head h (KV row offset `head` in quads, `row`
+// quads per cache row) against the query, scaled, masked past n, in s_key and tree; then
+// their max in tree[0]. Keys past n read row n - 1.
+fn chunk_scores(t: u32, h: u32, j0: u32, n: u32, row: u32, head: u32) {
     let lane = t % LK;
     let kk = t / LK;
     var s0 = 0.0;
@@ -123,8 +112,6 @@ fn decode_split(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) 
         s_part[(kk + KPP) * LK + lane] = s1;
     }
     workgroupBarrier();
-
-    // 2. softmax: key t's score, the split's max
     if t < SPLIT {
         var s = 0.0;
         for (var l = 0u; l < LK; l++) {
@@ -136,13 +123,24 @@ fn decode_split(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) 
     }
     workgroupBarrier();
     tree_max(t, SPLIT);
-    let mx = tree[0];
+}
+
+// The chunk's weights p = exp(s - mx) in place of its scores (0 past n).
+fn chunk_weights(t: u32, j0: u32, n: u32, mx: f32) {
     if t < SPLIT {
         s_key[t] = select(0.0, exp(s_key[t] - mx), j0 + t < n);
     }
     workgroupBarrier();
+}
 
-    // 3. output: column quad c over the keys of group g (s_key now holds their p)
+// Invocation t's share of the chunk's Σ p v (column quad t % HQ over the keys of group
+// t / HQ) in .xyzw of `acc`, and of its Σ p in `l`; zeros for t / HQ past the KG groups.
+struct Share {
+    acc: vec4<f32>,
+    l: f32,
+}
+
+fn chunk_share(t: u32, j0: u32, n: u32, row: u32, head: u32) -> Share {
     let c = t % HQ;
     let g = t / HQ;
     var acc = vec4<f32>(0.0);
@@ -155,23 +153,97 @@ fn decode_split(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) 
             acc += pk * vk;
             l += pk;
         }
-        v_part[t] = acc;
-        if c == 0u {
-            l_part[g] = l;
+    }
+    return Share(acc, l);
+}
+
+// The invocations' shares summed over the key groups: into v_part and l_part, then the
+// column quad t < HQ's total and the Σ p total (for every t < HQ).
+fn share_totals(t: u32, s: Share) -> Share {
+    let g = t / HQ;
+    if g < KG {
+        v_part[t] = s.acc;
+        if t % HQ == 0u {
+            l_part[g] = s.l;
         }
     }
     workgroupBarrier();
     if t < HQ {
-        let a = group_sums(t);
+        return Share(group_sums(t), group_scalars());
+    }
+    return Share(vec4<f32>(0.0), 0.0);
+}
+
+// Column quad c of head h's output.
+fn store_out(h: u32, c: u32, a: vec4<f32>) {
+    let b = h * HD + 4u * c;
+    out[b] = a.x;
+    out[b + 1u] = a.y;
+    out[b + 2u] = a.z;
+    out[b + 3u] = a.w;
+}
+
+@compute @workgroup_size(WG)
+fn decode_split(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let sp = wid.x;
+    let h = wid.y;
+    let kvh = h / (p.heads / p.kv_heads);
+    let n = step.kv_len;
+    let j0 = sp * SPLIT;
+    let o = (h * p.ctx + sp) * (HD + 2u);
+    if j0 >= n {
+        // a split past this step's keys (the whole workgroup): an empty partial
+        if t == 0u {
+            partials[o + HD] = -3.0e38;
+            partials[o + HD + 1u] = 0.0;
+        }
+        return;
+    }
+    let row = p.kv_stride / 4u;
+    let head = kvh * HQ;
+    chunk_scores(t, h, j0, n, row, head);
+    let mx = tree[0];
+    chunk_weights(t, j0, n, mx);
+    let total = share_totals(t, chunk_share(t, j0, n, row, head));
+    if t < HQ {
         let b = o + 4u * t;
-        partials[b] = a.x;
-        partials[b + 1u] = a.y;
-        partials[b + 2u] = a.z;
-        partials[b + 3u] = a.w;
+        partials[b] = total.acc.x;
+        partials[b + 1u] = total.acc.y;
+        partials[b + 2u] = total.acc.z;
+        partials[b + 3u] = total.acc.w;
     }
     if t == 0u {
         partials[o + HD] = mx;
-        partials[o + HD + 1u] = group_scalars();
+        partials[o + HD + 1u] = total.l;
+    }
+}
+
+// One workgroup per head over the whole cache: decode_split's phases per chunk of SPLIT
+// keys, with the running max raised and the running sums rescaled chunk by chunk (an online
+// softmax), then the output written. No partials, no merge.
+@compute @workgroup_size(WG)
+fn decode_one(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.y;
+    let kvh = h / (p.heads / p.kv_heads);
+    let n = step.kv_len;
+    let row = p.kv_stride / 4u;
+    let head = kvh * HQ;
+    var m = -3.0e38;
+    var run = Share(vec4<f32>(0.0), 0.0);
+    for (var j0 = 0u; j0 < n; j0 += SPLIT) {
+        chunk_scores(t, h, j0, n, row, head);
+        // every chunk holds a key (j0 < n), so m_new is a real score and the first
+        // chunk's rescale exp(-3e38 - m_new) is 0
+        let m_new = max(m, tree[0]);
+        chunk_weights(t, j0, n, m_new);
+        let r = exp(m - m_new);
+        let s = chunk_share(t, j0, n, row, head);
+        run = Share(run.acc * r + s.acc, run.l * r + s.l);
+        m = m_new;
+    }
+    let total = share_totals(t, run);
+    if t < HQ {
+        store_out(h, t, total.acc / total.l);
     }
 }
 
@@ -202,18 +274,9 @@ fn decode_merge(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) 
             acc += w * a;
             l += w * partials[o + HD + 1u];
         }
-        v_part[t] = acc;
-        if c == 0u {
-            l_part[g] = l;
-        }
     }
-    workgroupBarrier();
+    let total = share_totals(t, Share(acc, l));
     if t < HQ {
-        let a = group_sums(t) / group_scalars();
-        let b = h * HD + 4u * t;
-        out[b] = a.x;
-        out[b + 1u] = a.y;
-        out[b + 2u] = a.z;
-        out[b + 3u] = a.w;
+        store_out(h, t, total.acc / total.l);
     }
 }

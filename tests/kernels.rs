@@ -1044,18 +1044,29 @@ fn prefill_attention_matches_cpu_causal_and_not_with_gqa() {
 #[test]
 fn decode_attention_over_the_cache_matches_cpu() {
     let mut rng = Rng::new(7);
-    // (attention tiles, decode_attention.wgsl): the GPU row with either kernel, the CPU row
-    for ((name, gpu), (tiles, split)) in variants()
+    // (attention tiles, decode_attention.wgsl, its decode_one): the GPU row with each
+    // kernel, the CPU row
+    let rows = [
+        (true, true, false),
+        (true, true, true),
+        (true, false, false),
+        (false, true, false),
+    ];
+    for ((name, gpu), (tiles, split, walk)) in variants()
         .into_iter()
-        .flat_map(|v| [(true, true), (true, false), (false, true)].map(|t| (v.clone(), t)))
+        .flat_map(|v| rows.map(|t| (v.clone(), t)))
     {
         // decode_split (GPUs; attn_split with VLM_RUN_DECODE_ATTN=0 or head dims that are
-        // no multiple of 16) and, on the CPU-device row with subgroups, attn_lanes_one, or
-        // attn_lanes past ONE_PASS_KEYS cache rows
+        // no multiple of 16), or decode_one for caches of up to ONE_KEYS rows with
+        // VLM_RUN_DECODE_ONE=1, and, on the CPU-device row with subgroups, attn_lanes_one,
+        // or attn_lanes past ONE_PASS_KEYS cache rows
         gpu.set_attention_tiles(tiles);
         gpu.set_decode_attention(split);
+        gpu.set_decode_one(walk);
         let lanes = !tiles && gpu.lane_groups();
-        let name = format!("{name} attention tiles {tiles} decode_attention.wgsl {split}");
+        let name = format!(
+            "{name} attention tiles {tiles} decode_attention.wgsl {split} decode_one {walk}"
+        );
         // 3 splits (or rounds) of 64 keys: kv_len inside the first, at its end, across, and
         // with the last split empty; odd lengths end inside a lane group's 8 keys. Then the
         // longest cache of one pass, all rows used, and one row longer.
@@ -1073,6 +1084,9 @@ fn decode_attention_over_the_cache_matches_cpu() {
             // decode_split's 8 key groups (128) and 4, with 8 quads per lane (256)
             (190, vec![1, 67, 190], 128),
             (130, vec![2, 130], 256),
+            // decode_one's longest cache (4 chunks) and one row past it (splits again)
+            (256, vec![64, 65, 256], 128),
+            (257, vec![1, 257], 64),
             (one, vec![13, one], 16),
             (one + 1, vec![13, one + 1], 16),
             (one + 1, vec![70, one + 1], 64),
@@ -1149,7 +1163,9 @@ fn decode_case(
                 gpu.run(&[&fill]).unwrap();
             }
             let ks = ops::attention::decode(gpu, h, &qt, kv, &partials, &step, &out).unwrap();
+            let walk = split && gpu.decode_one() && ctx <= ops::decode_attention::ONE_KEYS;
             let entry = match (lanes, ctx <= one) {
+                (false, _) if walk => "decode_one",
                 (false, _) if split => "decode_split",
                 (false, _) => "attn_split",
                 (true, true) => "attn_lanes_one",
@@ -1160,8 +1176,16 @@ fn decode_case(
                 assert_eq!(labels.remove(0), "kv_texture", "{name} ctx {ctx} hd {hd}");
             }
             assert_eq!(labels[0], entry, "{name} ctx {ctx} hd {hd}");
-            if split {
+            if split && !walk {
                 assert_eq!(labels[1..], ["decode_merge"], "{name} ctx {ctx} hd {hd}");
+            }
+            if walk {
+                assert_eq!(labels.len(), 1, "{name} ctx {ctx} hd {hd}");
+                assert_eq!(
+                    partials.cols,
+                    h.hd + 2,
+                    "{name}: decode_one needs no partials"
+                );
             }
             gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
             let want = cpu_attention(&q, &k, &v, 1, kv_len, h, false, 0);

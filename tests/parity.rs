@@ -34,6 +34,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 attention_tiles: None,
                 flash_attention: None,
                 decode_attention: None,
+                decode_one: None,
                 decode_ahead: None,
                 weight_textures: None,
                 uniform_x: None,
@@ -52,6 +53,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
                 attention_tiles: Some(true),
                 flash_attention: None,
                 decode_attention: None,
+                decode_one: None,
                 decode_ahead: Some(true),
                 weight_textures: Some(false),
                 uniform_x: Some(false),
@@ -245,6 +247,52 @@ fn sampling_is_reproducible_by_seed() {
     assert!(a
         .iter()
         .all(|&t| (t as usize) < engine.model.llm.cfg.vocab_size));
+}
+
+/// `decode_one` (`VLM_RUN_DECODE_ONE=1`, one workgroup per head walking the cache) on the
+/// GPU row, over a cache short enough for it (FasterVLM keeping 64 of 576 tokens: 77 to 101
+/// rows, two chunks): the tokens of the split kernels, greedy and sampled, and its pipeline made.
+#[test]
+fn decode_one_gives_the_split_kernels_tokens_on_a_pruned_cache() {
+    let opts = GpuOptions {
+        attention_tiles: Some(true),
+        ..Default::default()
+    };
+    let engine = Engine::load(&fixture(), &opts, &|_| {}).unwrap();
+    let img = vlm_run::image::load(&fixture().join("a.png")).unwrap();
+    let run = |temperature| {
+        let opts = GenerateOptions {
+            max_tokens: 24,
+            ignore_eos: true,
+            seed: 3,
+            sampling: vlm_run::Sampling {
+                temperature,
+                top_p: 1.0,
+            },
+            prune: vlm_run::prune::PruneOptions {
+                method: vlm_run::prune::Method::FasterVlm,
+                keep: Some(64),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let out = engine
+            .generate(Some(&img), "What is in the image?", &opts, &mut |_| {})
+            .unwrap();
+        assert!(out.tokens_per_layer.iter().all(|&t| t + 24 <= 256));
+        out.tokens
+    };
+    let one = |on| {
+        engine.gpu.set_decode_one(on);
+        [run(0.0), run(1.0)]
+    };
+    let split = one(false);
+    assert!(!engine.gpu.has_pipeline("decode_attention", "decode_one"));
+    assert!(engine.gpu.has_pipeline("decode_attention", "decode_merge"));
+    let walked = one(true);
+    assert!(engine.gpu.has_pipeline("decode_attention", "decode_one"));
+    assert_eq!(walked, split);
+    assert_eq!(split[1].len(), 24);
 }
 
 /// Loading warms up (`Engine::warm_up`): a question about an image then makes no pipeline

@@ -81,6 +81,11 @@ pub struct GpuOptions {
     /// attention.wgsl's `attn_split` (an invocation per key) and `attn_merge` (`None`: the
     /// first; env `VLM_RUN_DECODE_ATTN=0|1`).
     pub decode_attention: Option<bool>,
+    /// Where those kernels run, caches of up to `ops::decode_attention::ONE_KEYS` rows are
+    /// walked by one workgroup per head (`decode_one`: one dispatch a layer) instead of
+    /// splits and a merge (`None`: splits, until a GPU has timed both; env
+    /// `VLM_RUN_DECODE_ONE=0|1`).
+    pub decode_one: Option<bool>,
     /// Submit each decode step before the host reads the previous step's token, so that the
     /// device never waits for the host between steps (`None`: on GPUs; off on CPU devices,
     /// whose threads the host's encoding would compete with; env `VLM_RUN_DECODE_AHEAD=0|1`;
@@ -130,6 +135,7 @@ impl GpuOptions {
             attention_tiles: flag("VLM_RUN_ATTN_TILES")?,
             flash_attention: flag("VLM_RUN_FLASH_ATTN")?,
             decode_attention: flag("VLM_RUN_DECODE_ATTN")?,
+            decode_one: flag("VLM_RUN_DECODE_ONE")?,
             decode_ahead: flag("VLM_RUN_DECODE_AHEAD")?,
             gemv_word_lanes: match std::env::var("VLM_RUN_GEMV_WORD_LANES") {
                 Err(_) => None,
@@ -175,6 +181,8 @@ pub struct Gpu {
     flash_attention: std::sync::atomic::AtomicBool,
     /// Whether decode attention there runs `ops::decode_attention`.
     decode_attention: std::sync::atomic::AtomicBool,
+    /// Whether it walks short caches in one dispatch (`decode_one`).
+    decode_one: std::sync::atomic::AtomicBool,
     /// Whether the token loop submits one decode step ahead.
     decode_ahead: std::sync::atomic::AtomicBool,
     /// The decode GEMV's word lanes (0: the 8-lane 32-value groups).
@@ -307,6 +315,7 @@ impl Gpu {
                 .into(),
             flash_attention: opts.flash_attention.unwrap_or(true).into(),
             decode_attention: opts.decode_attention.unwrap_or(true).into(),
+            decode_one: opts.decode_one.unwrap_or(false).into(),
             decode_ahead: opts.decode_ahead.unwrap_or(!cpu).into(),
             gemv_word_lanes: opts
                 .gemv_word_lanes
@@ -371,6 +380,18 @@ impl Gpu {
     /// Choose between `ops::decode_attention` and attention.wgsl's `attn_split`.
     pub fn set_decode_attention(&self, on: bool) {
         self.decode_attention
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `ops::decode_attention` walks caches of up to its `ONE_KEYS` rows in one
+    /// dispatch per layer (`decode_one`) rather than splits and a merge.
+    pub fn decode_one(&self) -> bool {
+        self.decode_one.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Choose between `decode_one` and `decode_split` with `decode_merge` for short caches.
+    pub fn set_decode_one(&self, on: bool) {
+        self.decode_one
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -464,6 +485,16 @@ impl Gpu {
         let pipeline = self.compiler.make(source, entry, what)?;
         cache.insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// Whether a pipeline of kernel family `family`'s entry point `entry` (any variant) has
+    /// been made: which kernels a request ran, for tests.
+    pub fn has_pipeline(&self, family: &str, entry: &str) -> bool {
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .any(|(f, e, _)| *f == family && e == entry)
     }
 
     /// How many pipelines have been made so far (each kernel variant once).

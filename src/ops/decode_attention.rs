@@ -5,6 +5,11 @@
 //! the CPU devices' lane kernels: the device class's table stages attention through
 //! workgroup memory ([`crate::gpu::Gpu::attention_tiles`]), it is not turned off
 //! ([`crate::gpu::Gpu::decode_attention`]), and the head dim is a multiple of 16.
+//!
+//! With [`crate::gpu::Gpu::decode_one`], caches of up to [`ONE_KEYS`] rows take `decode_one`
+//! instead: one workgroup per head walks the splits in turn with an online softmax and
+//! writes the output, so a layer's decode attention is one dispatch, not two that wait on
+//! each other. Its chunks run one after another, so it pays only where the cache is short.
 
 use super::attention::Heads;
 use super::Kernel;
@@ -15,6 +20,15 @@ use anyhow::Result;
 /// Invocations per workgroup (the shader's WG): wgpu's default limit, which every backend
 /// meets.
 const INVOCATIONS: usize = 256;
+
+/// The longest cache `decode_one` walks: 4 chunks of 64 keys in turn, against a split
+/// pass and a merge.
+pub const ONE_KEYS: usize = 256;
+
+/// Whether decode attention over a cache of `ctx` rows runs `decode_one` (given [`takes`]).
+pub fn one(gpu: &Gpu, ctx: usize) -> bool {
+    gpu.decode_one() && ctx <= ONE_KEYS
+}
 
 /// Whether decode attention over heads of `hd` dims runs this module's kernels.
 pub fn takes(gpu: &Gpu, hd: usize) -> bool {
@@ -66,8 +80,9 @@ pub fn set_defines(d: &mut Defines, hd: usize) {
         .set("LK", format!("{}u", lanes_per_key(hd)));
 }
 
-/// The split pass and the merge, as [`super::attention::decode`] dispatches them: `params`
-/// are attention.wgsl's, `splits` the splits of the cache's capacity.
+/// The split pass and the merge, or `decode_one` alone where [`one`] says so for the cache's
+/// rows, as [`super::attention::decode`] dispatches them: `params` are attention.wgsl's,
+/// `splits` the splits of the cache's capacity.
 #[allow(clippy::too_many_arguments)]
 pub fn kernels(
     gpu: &Gpu,
@@ -82,6 +97,24 @@ pub fn kernels(
 ) -> Result<Vec<Kernel>> {
     let d = defines(gpu, h.hd);
     let (k, v) = kv;
+    if one(gpu, k.rows) {
+        let walk = Kernel::new(
+            gpu,
+            "decode_attention",
+            "decode_one",
+            &d,
+            params,
+            &[
+                (1, &q.buf),
+                (2, &k.buf),
+                (3, &v.buf),
+                (4, &out.buf),
+                (6, step),
+            ],
+            [1, h.heads as u32, 1],
+        )?;
+        return Ok(vec![walk]);
+    }
     let split = Kernel::new(
         gpu,
         "decode_attention",
