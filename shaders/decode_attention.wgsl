@@ -1,7 +1,8 @@
 // decode_attention.wgsl: the GPUs' decode attention. One query row per head over KV cache
 // rows 0 .. step.kv_len, in splits of SPLIT keys then a merge, or (short caches) in one
-// workgroup per head that walks the splits in turn; no score row in memory. Query head h reads KV head h / (heads / kv_heads). Values: HD (head dim, a
-// multiple of 16) and LK (lanes per key in the scores: 8 where HD % 32 == 0, else 4).
+// workgroup per head that walks the splits in turn; no score row in memory. Query head h
+// reads KV head h / (heads / kv_heads). Values: HD (head dim, a multiple of 16) and LK
+// (lanes per key in the scores: 8 where HD % 32 == 0, else 4).
 // Every loop over loads has a constant trip count and issues its loads before the sums,
 // so that a workgroup waits out about one memory latency per phase (ops::decode_attention).
 //
@@ -11,13 +12,14 @@
 //   dispatch (ceil(ctx / SPLIT), heads, 1). Writes what attention.wgsl's attn_split writes:
 //   per split the unnormalised Σ exp(s - m) v over its keys, then its max m and its Σ exp(s - m)
 //   (0 for a split past kv_len).
-//   1. scores: invocation t takes key t / LK of each pass of WG / LK keys (PASSES passes
-//      cover SPLIT keys) and, as lane t % LK, the key row's quads lane, lane + LK, ...: each
-//      load of LK lanes reads LK * 16 contiguous bytes. The lanes' sums meet in `s_part`.
-//   2. softmax: the split's max by a tree over its SPLIT scores; p = exp(s - max), in place
-//      of the scores.
-//   3. output: invocation t takes column quad t % HQ and key group t / HQ (KG groups: keys
-//      g, g + KG, ...); the groups' sums meet in `v_part`.
+//   Its phases, functions that decode_one shares:
+//   1. scores (chunk_scores): invocation t takes key t / LK of each pass of WG / LK keys
+//      (PASSES passes cover SPLIT keys) and, as lane t % LK, the key row's quads lane,
+//      lane + LK, ...: each load of LK lanes reads LK * 16 contiguous bytes. The lanes'
+//      sums meet in `s_part`; the split's max by a tree over its SPLIT scores.
+//   2. softmax (chunk_weights): p = exp(s - max), in place of the scores.
+//   3. output (chunk_share, share_totals): invocation t takes column quad t % HQ and key
+//      group t / HQ (KG groups: keys g, g + KG, ...); the groups' sums meet in `v_part`.
 // decode_merge: bindings 5 partials, 4 out f32 [heads * HD], 6 step. One workgroup of WG per
 //   head; dispatch (1, heads, 1). The splits' maxima by a tree, then invocation t sums
 //   column quad t % HQ of splits t / HQ, t / HQ + KG, ... rescaled to the common max; the

@@ -251,7 +251,7 @@ fn sampling_is_reproducible_by_seed() {
 
 /// `decode_one` (`VLM_RUN_DECODE_ONE=1`, one workgroup per head walking the cache) on the
 /// GPU row, over a cache short enough for it (FasterVLM keeping 64 of 576 tokens: 77 to 101
-/// rows, two chunks): the tokens of the split kernels, greedy and sampled, and its pipeline made.
+/// rows, two chunks): the split kernels' tokens, greedy and sampled, and its pipeline made.
 #[test]
 fn decode_one_gives_the_split_kernels_tokens_on_a_pruned_cache() {
     let opts = GpuOptions {
