@@ -23,3 +23,9 @@ pub use generate::{Engine, GenerateOptions, Output, WarmUp};
 pub use gpu::GpuOptions;
 pub use ops::sample::Sampling;
 pub use prune::{Method, PruneOptions};
+
+/// README.md's Rust examples, compiled as doctests (`no_run`: they name models and images
+/// that a test machine does not have) so that the library API they show stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
