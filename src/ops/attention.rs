@@ -95,9 +95,7 @@ impl Heads {
 
     /// Decode attention's partials (HD + 2 values each) per head over a cache of `ctx` rows.
     fn partials(&self, gpu: &Gpu, ctx: usize) -> usize {
-        if self.one_pass(gpu, ctx)
-            || (decode_attention::takes(gpu, self.hd) && decode_attention::one(gpu, ctx))
-        {
+        if self.one_pass(gpu, ctx) || decode_attention::one(gpu, self.hd, ctx) {
             return 1; // attn_lanes_one and decode_one write none; one keeps a valid tensor
         }
         ctx.div_ceil(SPLIT) * (SPLIT / self.part_keys(gpu))

@@ -25,9 +25,10 @@ const INVOCATIONS: usize = 256;
 /// pass and a merge.
 pub const ONE_KEYS: usize = 256;
 
-/// Whether decode attention over a cache of `ctx` rows runs `decode_one` (given [`takes`]).
-pub fn one(gpu: &Gpu, ctx: usize) -> bool {
-    gpu.decode_one() && ctx <= ONE_KEYS
+/// Whether decode attention over a cache of `ctx` rows of heads of `hd` dims runs
+/// `decode_one`: this module's kernels, switched on, and a cache short enough.
+pub fn one(gpu: &Gpu, hd: usize, ctx: usize) -> bool {
+    takes(gpu, hd) && gpu.decode_one() && ctx <= ONE_KEYS
 }
 
 /// Whether decode attention over heads of `hd` dims runs this module's kernels.
@@ -97,7 +98,7 @@ pub fn kernels(
 ) -> Result<Vec<Kernel>> {
     let d = defines(gpu, h.hd);
     let (k, v) = kv;
-    if one(gpu, k.rows) {
+    if one(gpu, h.hd, k.rows) {
         let walk = Kernel::new(
             gpu,
             "decode_attention",
