@@ -9,7 +9,8 @@
 //                   x_stride4 for gemm_tokens), and g one of GLEN = k / 4
 //           2 w     vec4<u32> words of one weight chunk of n rows:
 //                   WF16:  f16 rows padded to row_vec4 * 8 values (row_vec4 = cols4 / 8)
-//                   Q4_0 / Q4_1 / Q8_0: gpu::tensor::repack's layout (quants, then scales)
+//                   Q4_0 / Q4_1 / Q8_0 / Q4_K: gpu::tensor::repack's layout (quants, then
+//                   scales; Q4_K's sub-blocks as Q4_1's blocks, its headers q4_k.wgsl's)
 //                   (WTEX: the same words in a texture, weight_texture.wgsl)
 //           3 bias  f32 [out_col + n]          (BIAS)
 //           4 y     f32 [out_col + n]          (GATE_UP: [n / 2])
@@ -26,7 +27,7 @@
 //           11 step (uniform Step); with KV_TEX 9 and 10 are the KV cache's rgba32float
 //           textures (attention.wgsl's KV_TEX), written at texel row step.kv_offset
 //           (LG_ROWS / 2 and HALF multiples of 4, so a lane group's pairs are whole texels)
-// Variants: one of WF16, Q4_0, Q4_1, Q8_0; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
+// Variants: one of WF16, Q4_0, Q4_1, Q8_0, Q4_K; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
 //           (ROPE with HALF = hd / 2, a value, and optionally KV_TEX, or KV_TEX_COPY for
 //           gemm_tokens; either with PAIRS: rows come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
@@ -53,7 +54,8 @@
 //   workgroup memory). TAIL: the groups past the last whole round of 8 go to lane teams
 //   (team t = lane % TAIL takes group t of them, its 8 / TAIL lanes split the rows), so
 //   that no lane idles there (k = 576: 18 groups, 3 rounds of lane work become 2¼).
-//   Q4_0 / Q4_1 nibbles are masked in place, not shifted down; x is pre-scaled to match.
+//   Q4_0 / Q4_1 / Q4_K nibbles are masked in place, not shifted down; x is pre-scaled to
+//   match. A Q4_K sub-block is a Q4_1 block whose d and m come from its super-block's header.
 //   GATE_UP: a lane group computes gate rows j..j+LG_ROWS/2 and the same up rows (n/2
 //   further on), and writes silu(gate) * up. ROPE: a lane group computes
 //   LG_ROWS/2 rotation pairs (rows h*hd + i and h*hd + i + hd/2 of head h) and writes them
@@ -90,6 +92,9 @@
 //   HALF multiples of 4).
 #include "common"
 #include "linear_store"
+#ifdef Q4_K
+#include "q4_k"
+#endif
 
 struct Params {
     n: u32,
@@ -234,6 +239,22 @@ fn nib_hi(q: u32) -> vec4<f32> {
 // comes out times 256^j (exact in f32), so x_group scales x by 256^-j to match (X_NIB).
 const NIB_MASK = vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u);
 const X_NIB = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
+// What the decode GEMV scales x by: X_NIB for the nibble formats, else 1.
+#ifdef Q4_0
+const X_SCALE = X_NIB;
+#endif
+#ifdef Q4_1
+const X_SCALE = X_NIB;
+#endif
+#ifdef Q4_K
+const X_SCALE = X_NIB;
+#endif
+#ifdef WF16
+const X_SCALE = vec4<f32>(1.0);
+#endif
+#ifdef Q8_0
+const X_SCALE = vec4<f32>(1.0);
+#endif
 fn nib_lo_masked(q: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) & NIB_MASK));
 }
@@ -269,19 +290,21 @@ fn x_group(row0: u32, gi: u32) -> XGroup {
         }
 #endif
         tot += v;
-        // nibble_dot's masked nibbles (Q4_0 and Q4_1 only) come out times 256^j
-#ifdef Q4_0
-        v *= X_NIB;
-#endif
-#ifdef Q4_1
-        v *= X_NIB;
-#endif
-        xg.v[j] = v;
+        // nibble_dot's masked nibbles come out times 256^j
+        xg.v[j] = v * X_SCALE;
     }
     xg.sum = dot(tot, vec4<f32>(1.0));
     xg.sq = dot(sq, vec4<f32>(1.0));
     return xg;
 }
+
+#ifdef Q4_K
+// The header of the super-block that holds group i (row * k / 32 + sub-block; k is whole
+// super-blocks): the scale region's vec4 i / 8.
+fn q4k_header(i: u32) -> vec4<u32> {
+    return w_word(p.n * (p.k / 32u) + (i >> 3u));
+}
+#endif
 
 // Word i of the scale region that follows the n * nb groups of QW words.
 fn scale_word(i: u32, qw: u32) -> u32 {
@@ -289,8 +312,8 @@ fn scale_word(i: u32, qw: u32) -> u32 {
     return w_word(s >> 2u)[s & 3u];
 }
 
-// A Q4_0 / Q4_1 block's 32 nibbles (low nibbles values 0..15, high 16..31) · x over its
-// group, x pre-scaled by X_NIB.
+// A Q4_0 / Q4_1 block's (or Q4_K sub-block's) 32 nibbles (low nibbles values 0..15, high
+// 16..31) · x over its group, x pre-scaled by X_NIB.
 fn nibble_dot(q: vec4<u32>, xg: XGroup) -> f32 {
     return dot(nib_lo_masked(q.x), xg.v[0]) + dot(nib_lo_masked(q.y), xg.v[1])
         + dot(nib_lo_masked(q.z), xg.v[2]) + dot(nib_lo_masked(q.w), xg.v[3])
@@ -332,6 +355,12 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
     let i = row * (p.k / 32u) + gi;
     let q = w_word(i);
     let dm = unpack2x16float(scale_word(i, 4u));
+    return dm.x * nibble_dot(q, xg) + dm.y * xg.sum;
+#endif
+#ifdef Q4_K
+    let i = row * (p.k / 32u) + gi;
+    let q = w_word(i);
+    let dm = q4k_dm(q4k_header(i), gi & 7u);
     return dm.x * nibble_dot(q, xg) + dm.y * xg.sum;
 #endif
 }
@@ -429,16 +458,8 @@ fn x_block(gi: u32) -> XGroup {
     v7 *= g_at(c + 7u);
 #endif
     xg.sum = dot(((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)), vec4<f32>(1.0));
-    // nibble_dot's masked nibbles (Q4_0 and Q4_1 only) come out times 256^j
-#ifdef Q4_0
-    let nib = X_NIB;
-#else
-#ifdef Q4_1
-    let nib = X_NIB;
-#else
-    let nib = vec4<f32>(1.0);
-#endif
-#endif
+    // nibble_dot's masked nibbles come out times 256^j
+    let nib = X_SCALE;
     xg.v[0] = v0 * nib;
     xg.v[1] = v1 * nib;
     xg.v[2] = v2 * nib;
@@ -720,7 +741,7 @@ fn x_unit(row0: u32, ui: u32, gu: array<vec4<f32>, GV4>) -> XUnit {
     return xu;
 }
 
-// The 32 nibbles of a Q4_0 / Q4_1 block's 16 quant bytes, in value order (low nibbles are
+// The 32 nibbles of a Q4_0 / Q4_1 block's (or Q4_K sub-block's) 16 quant bytes, in value order (low nibbles are
 // values 0..15, high nibbles 16..31).
 fn block_nibbles(q: vec4<u32>) -> array<vec4<f32>, 8> {
     return array<vec4<f32>, 8>(nib_lo(q.x), nib_lo(q.y), nib_lo(q.z), nib_lo(q.w),
@@ -736,7 +757,7 @@ fn f16_unit(q: vec4<u32>) -> WUnit {
     return wu;
 }
 
-// One weight row over unit ui: every format sets d (f16 through f16_unit), Q4_0/Q4_1 m.
+// One weight row over unit ui: every format sets d (f16 through f16_unit), Q4_0/Q4_1/Q4_K m.
 fn w_unit(row: u32, ui: u32) -> WUnit {
     var wu: WUnit;
 #ifdef WF16
@@ -761,6 +782,14 @@ fn w_unit(row: u32, ui: u32) -> WUnit {
     let i = row * (p.k / 32u) + ui;
     let q = w_word(i);
     let dm = unpack2x16float(scale_word(i, 4u));
+    wu.d = dm.x;
+    wu.m = dm.y;
+    wu.v = block_nibbles(q);
+#endif
+#ifdef Q4_K
+    let i = row * (p.k / 32u) + ui;
+    let q = w_word(i);
+    let dm = q4k_dm(q4k_header(i), ui & 7u);
     wu.d = dm.x;
     wu.m = dm.y;
     wu.v = block_nibbles(q);

@@ -3,18 +3,20 @@
 //
 // Bindings: 0 params (uniform Params)
 //           1 x     f32 [m, x_stride], columns 0..k used (k a multiple of 32)
-//           2 w     u32 words. Q4_0/Q4_1/Q8_0 are repacked at upload (gpu::tensor::repack):
+//           2 w     u32 words. Q4_0/Q4_1/Q8_0/Q4_K are repacked at upload (gpu::tensor::repack):
 //                   the 16 (Q4) or 32 (Q8) quant bytes of group (n, g) at word (n*nb + g)*QW,
 //                   then the scales from word n_rows*nb*QW on (Q4_1: one d|m word per
-//                   group; Q4_0/Q8_0: one f16 d per group, two per word). K-quants keep the
-//                   file's bytes: row n starts at byte n * row_bytes
+//                   group; Q4_0/Q8_0: one f16 d per group, two per word; Q4_K: one 4-word
+//                   header per 256-value super-block, q4_k.wgsl). Q6_K keeps the file's
+//                   bytes: row n starts at byte n * row_bytes
 //           3 bias  f32 [out_col + n] (only with BIAS)
 //           4 y     f32 [m, out_stride]
 //           5 ids   u32 [m] (embed_rows only)
 // Variants: one of Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE;
 //           WTEX (w's words in a texture, weight_texture.wgsl).
 // Every format is read as groups of 32 consecutive values: the block itself (Q4_0, Q4_1,
-// Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q6_K).
+// Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q6_K; Q4_K's sub-block
+// quants are repacked as Q4_1's).
 // Entry points:
 //   gemv: m == 1. 8 output rows per workgroup of 64 invocations, 8 per row striding over the
 //         row's groups, then a workgroup-memory sum. Dispatch fold(ceil(n / 8)).
@@ -27,6 +29,9 @@
 //         invocation per (t, c) of m x k. Dispatch fold(ceil(m * k / 64)).
 #include "common"
 #include "linear_store"
+#ifdef Q4_K
+#include "q4_k"
+#endif
 
 struct Params {
     m: u32,
@@ -80,7 +85,7 @@ const QW: u32 = 4u;
 const QW: u32 = 8u;
 #endif
 #ifdef Q4_K
-const QW: u32 = 0u; // not repacked
+const QW: u32 = 4u;
 #endif
 #ifdef Q6_K
 const QW: u32 = 0u;
@@ -100,10 +105,10 @@ fn packed_half(i: u32) -> f32 {
 // A group's 32 values are q[l] * scale + offset (q as unsigned or signed integers), with
 // a different scale for values 16..32 in Q6_K. Group = (byte offsets, scales).
 struct Group {
-    // Repacked formats: word index of the group's quants. K-quants: byte offset of the
-    // first quant byte (the nibble / low-bits stream).
+    // Repacked formats (Q4_K too): word index of the group's quants. Q6_K: byte offset of
+    // the first quant byte (the low-bits stream).
     qs: u32,
-    // Q6_K only: byte offset of the high 2-bit stream.
+    // Q6_K only: byte offset of the high 2-bit stream, and the shifts of both streams.
     qh: u32,
     shift: u32,
     hshift: u32,
@@ -138,26 +143,14 @@ fn group(row: u32, g: u32) -> Group {
     r.scale1 = d;
 #endif
 #ifdef Q4_K
-    let rb = row * p.row_bytes;
-    let b = rb + (g >> 3u) * 144u;
-    let j = g & 7u;
-    let d = half_at(b);
-    let dmin = half_at(b + 2u);
-    let s = b + 4u;
-    var sc: u32;
-    var mn: u32;
-    if j < 4u {
-        sc = byte_at(s + j) & 63u;
-        mn = byte_at(s + j + 4u) & 63u;
-    } else {
-        sc = (byte_at(s + j + 4u) & 15u) | ((byte_at(s + j - 4u) >> 6u) << 4u);
-        mn = (byte_at(s + j + 4u) >> 4u) | ((byte_at(s + j) >> 6u) << 4u);
-    }
-    r.qs = b + 16u + 32u * (j >> 1u);
-    r.shift = 4u * (j & 1u);
-    r.scale0 = d * f32(sc);
-    r.scale1 = r.scale0;
-    r.offset = -dmin * f32(mn);
+    // the super-block's header: word (row * k / 256 + g / 8) * 4 of the scales
+    let i = packed_group(row, g);
+    let h = scales_base() + 4u * (i >> 3u);
+    let dm = q4k_dm(vec4<u32>(w_u32(h), w_u32(h + 1u), w_u32(h + 2u), w_u32(h + 3u)), g & 7u);
+    r.qs = i * QW;
+    r.scale0 = dm.x;
+    r.scale1 = dm.x;
+    r.offset = dm.y;
 #endif
 #ifdef Q6_K
     let rb = row * p.row_bytes;
@@ -181,7 +174,7 @@ fn u8x4(q: u32) -> vec4<f32> {
     return vec4<f32>(f32(q & 0xffu), f32((q >> 8u) & 0xffu), f32((q >> 16u) & 0xffu), f32(q >> 24u));
 }
 
-// Q4_0 / Q4_1: values 0..16 are the low nibbles of bytes 0..16, values 16..32 the high ones.
+// Q4_0 / Q4_1 / Q4_K: values 0..16 are the low nibbles of bytes 0..16, values 16..32 the high ones.
 fn nibbles(gr: Group, l: u32) -> vec4<f32> {
     let wd = w_u32(gr.qs + ((l & 15u) >> 2u));
     return u8x4((wd >> select(0u, 4u, l >= 16u)) & 0x0f0f0f0fu);
@@ -201,7 +194,7 @@ fn quads(gr: Group, l: u32) -> vec4<f32> {
     return u8x4(q) - 32.0;
 #endif
 #ifdef Q4_K
-    return u8x4((word_at(gr.qs + l) >> gr.shift) & 0x0f0f0f0fu);
+    return nibbles(gr, l);
 #endif
 #ifdef Q4_0
     return nibbles(gr, l);

@@ -4,17 +4,18 @@
 //
 // fill: 32-bit words w[i], i < words, grid-stride. A word is either two f16 values drawn
 // uniformly from [-amp, amp] (f16 weights; quant scales), or 32 random bits (quants):
-//   - i >= split                             -> two f16 (repacked Q4_0/Q4_1/Q8_0: the scales
-//                                               come after every group's quant bytes)
-//   - block_words > 0 and i % block_words == 0 -> two f16 (Q4_K: d and dmin open each block)
-//   - otherwise                              -> random bits
+//   - i >= split, and header_words == 0 or (i - split) % header_words == 0
+//                  -> two f16 (the repacked formats' scales, which come after every group's
+//                     quant bytes; Q4_K: d and dmin open each super-block's header)
+//   - otherwise    -> random bits (quants; the rest of a Q4_K header, its packed 6-bit
+//                     scales and mins)
 //   F16 weights pass split = 0.
-//   Bindings: 0 params {words, split, block_words, seed, amp}, 1 w array<u32> [words]
+//   Bindings: 0 params {words, split, header_words, seed, amp}, 1 w array<u32> [words]
 //   Dispatch (workgroups, 1, 1) of 64 invocations.
 struct Params {
     words: u32,
     split: u32,
-    block_words: u32,
+    header_words: u32,
     seed: u32,
     amp: f32,
     pad0: u32,
@@ -41,7 +42,7 @@ fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let stride = nwg.x * 64u;
     for (var i = gid.x; i < p.words; i += stride) {
         let h = mix32(i ^ mix32(p.seed));
-        let scales = i >= p.split || (p.block_words > 0u && i % p.block_words == 0u);
+        let scales = i >= p.split && (p.header_words == 0u || (i - p.split) % p.header_words == 0u);
         if (scales) {
             // two uniforms in [-1, 1) from the hash's halves
             let lo = f32(h & 0xffffu) / 32768.0 - 1.0;

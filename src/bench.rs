@@ -7,6 +7,7 @@ use crate::cli::BenchArgs;
 use anyhow::{bail, Result};
 use image::RgbImage as Image;
 use std::io::IsTerminal;
+use vlm_run::gguf::quant::GgmlType;
 use vlm_run::prune::Method;
 use vlm_run::{Engine, GenerateOptions, Output, PruneOptions, WarmUp};
 
@@ -191,6 +192,10 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     let weights = engine.model.weight_bytes;
     let gb = |b: f64| b / 1e9;
     if args.json {
+        let by_type: serde_json::Map<String, serde_json::Value> =
+            (engine.model.llm.matrix_bytes_by_type().into_iter())
+                .map(|(ty, b)| (ty.name().to_string(), b.into()))
+                .collect();
         let line = serde_json::json!({
             "device": engine.gpu.describe(),
             "model": engine.model_dir.display().to_string(),
@@ -207,6 +212,7 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
             "time_to_first_token_ms_range": range(&m.ttft_runs),
             "decode_tokens_per_s_range": m.decode_tps_range(),
             "weight_bytes": weights, "kv_cache_bytes": m.kv, "peak_gpu_bytes": m.peak,
+            "decoder_matrix_bytes_by_type": by_type,
             "decode_bytes_per_token": m.step_bytes,
             "decode_bandwidth_gb_s": m.decode_bandwidth().map(gb),
             "copy_bandwidth_gb_s": gb(copy_bw),
@@ -223,10 +229,11 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     let llm = &engine.model.llm;
     println!("device: {}", engine.gpu.describe());
     println!(
-        "model: {} ({} layers, width {}{}), {} runs after a warm-up, medians",
+        "model: {} ({} layers, width {}, decoder matrices {}{}), {} runs after a warm-up, medians",
         engine.model_dir.display(),
         llm.cfg.num_hidden_layers,
         llm.cfg.hidden_size,
+        type_mix(&llm.matrix_bytes_by_type()),
         image.map_or(String::new(), |i| format!(
             "; image {}, {} visual tokens",
             i.1, m.visual_tokens
@@ -296,6 +303,18 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
         );
     }
     Ok(())
+}
+
+/// The decoder's storage types: "Q4_1" alone, or "Q4_1 84%, Q4_K 16%" by bytes.
+fn type_mix(by_type: &[(GgmlType, u64)]) -> String {
+    let total: u64 = by_type.iter().map(|t| t.1).sum();
+    match by_type {
+        [(ty, _)] => ty.name().to_string(),
+        _ => (by_type.iter())
+            .map(|(ty, b)| format!("{} {:.0}%", ty.name(), 100.0 * *b as f64 / total as f64))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// `--prune-sweep`: time to first token for each method at each budget (best of `--repeat`,

@@ -7,7 +7,7 @@ use crate::gguf::quant::GgmlType;
 use crate::gpu::{Gpu, Weight};
 use crate::model::config::LlavaConfig;
 use crate::weights::{Component, TensorSource};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::collections::HashMap;
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
@@ -108,22 +108,30 @@ pub struct Synthetic {
     pub tokenizer: Tokenizer,
 }
 
+/// The type a decoder matrix of `cols` columns is made in when `dtype` is asked for:
+/// `dtype` where each row is whole blocks of it. Otherwise, as llama.cpp's quantizer does for
+/// rows that are not whole 256-value k-quant blocks, a 32-value type: Q4_1 for Q4_K (llama.cpp
+/// takes Q5_0, which this engine does not read; Q4_1 is the nearest in bits per weight), and
+/// F16 for rows that are not whole 32-value blocks either. SmolLM2-135M's 576-wide rows thus
+/// become Q4_1 under `--dtype q4_k`, its 1536-wide down projection Q4_K.
+pub fn storage_type(dtype: GgmlType, cols: usize) -> GgmlType {
+    if cols.is_multiple_of(dtype.block_values()) {
+        dtype
+    } else if dtype == GgmlType::Q4K && cols.is_multiple_of(GgmlType::Q4_1.block_values()) {
+        GgmlType::Q4_1
+    } else {
+        GgmlType::F16
+    }
+}
+
 /// Build the preset's config, a weight source that makes the decoder's matrices in `dtype`
-/// (the vision tower and projector in f16, as llama.cpp's mmproj files keep them), and a
-/// word-level tokenizer whose every word is `<unk>`: prompts keep their length in tokens.
+/// (or [`storage_type`]'s fallback where their rows cannot be whole blocks of it; the vision
+/// tower and projector in f16, as llama.cpp's mmproj files keep them), and a word-level
+/// tokenizer whose every word is `<unk>`: prompts keep their length in tokens.
 pub fn build(preset: Preset, dtype: GgmlType) -> Result<Synthetic> {
     let (text, has_vision) = preset.config();
     let cfg: LlavaConfig = serde_json::from_str(text)?;
     cfg.validate()?;
-    let d = cfg.text_config.hidden_size;
-    let block = dtype.block_values();
-    if !d.is_multiple_of(block) || !cfg.text_config.intermediate_size.is_multiple_of(block) {
-        bail!(
-            "synthetic {}: width {d} is not whole {} blocks",
-            preset.name(),
-            dtype.name()
-        );
-    }
     let vocab = cfg.text_config.vocab_size;
     let image = cfg.image_token() as usize;
     let mut words: HashMap<String, u32> = (0..vocab as u32).map(|i| (format!("t{i}"), i)).collect();
@@ -169,10 +177,10 @@ fn small_values(seed: u64, n: usize, amp: f32) -> Vec<f32> {
 }
 
 impl SyntheticSource {
-    /// The type the matrices of `c` are made in.
-    fn ty(&self, c: Component) -> GgmlType {
+    /// The type a matrix of `c` with `cols` columns is made in.
+    fn ty(&self, c: Component, cols: usize) -> GgmlType {
         match c {
-            Component::Language | Component::LmHead => self.dtype,
+            Component::Language | Component::LmHead => storage_type(self.dtype, cols),
             Component::Vision | Component::Projector => GgmlType::F16,
         }
     }
@@ -198,8 +206,8 @@ impl TensorSource for SyntheticSource {
             .map(|&x| half::f16::from_f32(x).to_bits())
             .collect())
     }
-    fn generated(&self, c: Component) -> Option<GgmlType> {
-        Some(self.ty(c))
+    fn generates(&self) -> bool {
+        true
     }
     fn weight(
         &self,
@@ -209,6 +217,13 @@ impl TensorSource for SyntheticSource {
         rows: usize,
         cols: usize,
     ) -> Result<Weight> {
-        Weight::random(gpu, name, self.ty(c), rows, cols, seed_of(c, name) as u32)
+        Weight::random(
+            gpu,
+            name,
+            self.ty(c, cols),
+            rows,
+            cols,
+            seed_of(c, name) as u32,
+        )
     }
 }

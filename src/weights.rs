@@ -243,11 +243,10 @@ pub trait TensorSource {
         let data = self.f16(c, name, &[rows, cols])?;
         Ok((GgmlType::F16, bytemuck::cast_slice(&data).to_vec()))
     }
-    /// For a source that makes its weights on the GPU instead of reading them (a synthetic
-    /// model): the type it makes the matrices of `c` in. Stacked weights then come from
-    /// [`TensorSource::weight`] at their full size.
-    fn generated(&self, _c: Component) -> Option<GgmlType> {
-        None
+    /// Whether the source makes its weights on the GPU instead of reading them (a synthetic
+    /// model). Stacked weights then come from [`TensorSource::weight`] at their full size.
+    fn generates(&self) -> bool {
+        false
     }
     /// A weight matrix [rows, cols] on the GPU: f16, or quantized blocks.
     fn weight(

@@ -24,6 +24,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q4_1"],
             vec!["Q8_0", "ACCUMULATE"],
             vec!["Q4_K", "BIAS", "ACT_GELU"],
+            vec!["Q4_K", "WTEX", "ACCUMULATE"],
             vec!["Q6_K", "BIAS", "ACT_QUICK_GELU"],
             vec!["Q4_1", "WTEX"],
             vec!["Q6_K", "WTEX", "ACCUMULATE"],
@@ -59,6 +60,13 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q4_0", "GV_LANES", "NORM"],
             vec!["Q4_1", "GV_LANES", "NORM", "ROPE", "PAIRS"],
             vec!["Q8_0", "GV_LANES", "BIAS", "ACCUMULATE"],
+            // Q4_K's sub-blocks as Q4_1 blocks, d and m from their super-block's header
+            vec!["Q4_K", "GV_LANES", "NORM", "GATE_UP", "PAIRS"],
+            vec![
+                "Q4_K", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL", "XTEX", "KV_TEX",
+            ],
+            vec!["Q4_K", "WTEX", "TOKENS", "NORM", "GATE_UP"],
+            vec!["Q4_K", "WTEX", "ACCUMULATE", "TAIL", "K_WHOLE", "YTEX"],
             // lane teams over the groups past the whole rounds (TAIL gets a value)
             vec!["Q4_1", "NORM", "GATE_UP", "PAIRS", "TAIL"],
             vec!["WF16", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL"],
@@ -302,12 +310,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 7 (each in two tiles), gemv 37, layer_tail 3, norm 7,
+    // matmul 8 and matmul_quant 8 (each in two tiles), gemv 41, layer_tail 3, norm 7,
     // elementwise 3,
     // rope 3, attention 9, flash_attention 4, decode_attention 3, embed 3, kv_texture 3, sample, bandwidth,
     // random_fill 1 each, prune_select 6, prune_score 6 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 7) + 37 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
+        4 * (2 * (8 + 8) + 41 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
     );
 }

@@ -109,16 +109,17 @@ pub struct WeightChunk {
     pub rows: usize,
 }
 
-/// The GPU layout of Q4_0, Q4_1 and Q8_0 rows (`bytes`: whole rows of blocks), so that
-/// kernels read every quant with aligned 16-byte loads: all groups' quant bytes first (16
-/// or 32 per group, in file order), then the scales (Q4_1: d and m as one 4-byte word per
-/// group; Q4_0, Q8_0: one f16 d per group, two per word). The size changes by at most 2
-/// bytes. Other types keep the file's layout (None).
+/// The GPU layout of Q4_0, Q4_1, Q8_0 and Q4_K rows (`bytes`: whole rows of blocks), so
+/// that kernels read every quant with aligned 16-byte loads: all groups' quant bytes first
+/// (16 or 32 per group, in file order), then the scales (Q4_1: d and m as one 4-byte word
+/// per group; Q4_0, Q8_0: one f16 d per group, two per word). The size changes by at most 2
+/// bytes. Q4_K: [`repack_q4_k`]. Other types keep the file's layout (None).
 pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
     let (scale_bytes, quant_bytes) = match ty {
         GgmlType::Q4_0 => (2, 16),
         GgmlType::Q4_1 => (4, 16),
         GgmlType::Q8_0 => (2, 32),
+        GgmlType::Q4K => return Some(repack_q4_k(bytes)),
         _ => return None,
     };
     let block = scale_bytes + quant_bytes;
@@ -131,6 +132,28 @@ pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
     }
     quants.extend_from_slice(&scales);
     Some(quants)
+}
+
+/// Q4_K super-blocks (144 bytes: d, dmin, 12 bytes of packed 6-bit scales and mins, 128
+/// bytes of nibbles) in the GPU layout, the same size: first every sub-block's 32 nibbles as
+/// a Q4_1 block holds them (16 bytes, byte i = value i | value i + 16 << 4; the file keeps
+/// sub-blocks 2c and 2c + 1 in the low and high nibbles of the same 32 bytes), then every
+/// super-block's first 16 bytes as they are (shaders/q4_k.wgsl reads them). So the decode
+/// kernels read a Q4_K sub-block as a Q4_1 block whose d and m its header gives.
+pub fn repack_q4_k(bytes: &[u8]) -> Vec<u8> {
+    let mut quants = Vec::with_capacity(bytes.len());
+    let mut headers = Vec::with_capacity(bytes.len() / 9);
+    for b in bytes.chunks_exact(144) {
+        headers.extend_from_slice(&b[..16]);
+        for pair in b[16..].chunks_exact(32) {
+            for shift in [0, 4] {
+                let v = |l: usize| (pair[l] >> shift) & 15;
+                quants.extend((0..16).map(|i| v(i) | (v(i + 16) << 4)));
+            }
+        }
+    }
+    quants.extend_from_slice(&headers);
+    quants
 }
 
 /// A weight matrix [rows, cols]. As f16 (`ty` F16), each row is padded with zeros to `cols4`
@@ -281,13 +304,13 @@ impl Weight {
         cols: usize,
         seed: u32,
     ) -> Result<Self> {
-        // (bytes of scales per block in the repacked layout, words per block when each
-        // block opens with its scales)
-        let (scale_bytes, block_words) = match ty {
+        // (bytes of scales per block in the repacked layout, and for Q4_K the words of each
+        // super-block's header there, of which only the first, d|dmin, holds f16 values)
+        let (scale_bytes, header_words) = match ty {
             GgmlType::F16 => (0, 0),
             GgmlType::Q4_0 | GgmlType::Q8_0 => (2, 0),
             GgmlType::Q4_1 => (4, 0),
-            GgmlType::Q4K => (0, ty.block_bytes() / 4),
+            GgmlType::Q4K => (16, 4),
             _ => bail!(
                 "{name}: random weights of type {} are not supported",
                 ty.name()
@@ -313,11 +336,7 @@ impl Weight {
             let words = bytes.div_ceil(4);
             let split = match ty {
                 GgmlType::F16 => 0,
-                _ if scale_bytes > 0 => {
-                    let groups = bytes / ty.block_bytes();
-                    groups * (ty.block_bytes() - scale_bytes) / 4
-                }
-                _ => words,
+                _ => (bytes / ty.block_bytes()) * (ty.block_bytes() - scale_bytes) / 4,
             };
             let buf_words = WeightStore::buffer_words(gpu, words);
             let buf = gpu.storage_buffer(name, 4 * buf_words as u64)?;
@@ -326,7 +345,7 @@ impl Weight {
             let params = [
                 words as u32,
                 split as u32,
-                block_words as u32,
+                header_words as u32,
                 chunk_seed,
                 amp.to_bits(),
                 0,

@@ -59,7 +59,7 @@ impl Loader<'_> {
     /// The weights `parts` (name, rows), each [rows, cols], stacked by rows into one when
     /// their types agree, so that one dispatch computes them all.
     pub fn stacked(&self, c: Component, parts: &[(String, usize)], cols: usize) -> Result<Stacked> {
-        if self.src.generated(c).is_some() {
+        if self.src.generates() {
             let rows = parts.iter().map(|p| p.1).sum();
             let name = format!("{}.weight", parts[0].0);
             return Ok(Stacked::One(self.weight(c, &name, rows, cols)?));

@@ -4,6 +4,7 @@
 
 use super::clip::{Linear, Loader, Stacked};
 use super::config::LlamaConfig;
+use crate::gguf::quant::GgmlType;
 use crate::gpu::Step;
 use crate::gpu::{Gpu, Kernel, Tensor, Weight};
 use crate::ops::attention::{DecodeKv, Heads, KvTextures, PrefillKv};
@@ -23,6 +24,22 @@ struct DecoderLayer {
     post_attention_layernorm: wgpu::Buffer,
     gate_up: Stacked,
     down_proj: Linear,
+}
+
+impl DecoderLayer {
+    /// The layer's matrices, stacked ones as they are held.
+    fn matrices(&self) -> Vec<&Weight> {
+        let mut out = Vec::new();
+        for s in [&self.qkv, &self.gate_up] {
+            match s {
+                Stacked::One(w) => out.push(w),
+                Stacked::Apart(ws) => out.extend(ws),
+            }
+        }
+        out.push(&self.o_proj.w);
+        out.push(&self.down_proj.w);
+        out
+    }
 }
 
 pub struct Llama {
@@ -333,42 +350,38 @@ impl Llama {
     /// The matrices of the first layer, which every layer repeats: what the GEMM autotuner
     /// times.
     pub fn layer_weights(&self) -> Vec<&Weight> {
-        let Some(l) = self.layers.first() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for s in [&l.qkv, &l.gate_up] {
-            match s {
-                Stacked::One(w) => out.push(w),
-                Stacked::Apart(ws) => out.extend(ws),
-            }
-        }
-        out.push(&l.o_proj.w);
-        out.push(&l.down_proj.w);
-        out
+        self.layers
+            .first()
+            .map_or_else(Vec::new, DecoderLayer::matrices)
     }
 
     /// Bytes of weights one decode step reads: every layer's matrices and norms, the final
     /// norm and the LM head (one embedding row aside).
     pub fn decode_weight_bytes(&self) -> u64 {
-        let stacked = |s: &Stacked| match s {
-            Stacked::One(w) => w.gpu_bytes(),
-            Stacked::Apart(ws) => ws.iter().map(Weight::gpu_bytes).sum(),
-        };
         let d = self.cfg.hidden_size as u64;
-        let layers: u64 = self
-            .layers
-            .iter()
-            .map(|l| {
-                stacked(&l.qkv)
-                    + l.o_proj.w.gpu_bytes()
-                    + stacked(&l.gate_up)
-                    + l.down_proj.w.gpu_bytes()
-                    + 2 * 4 * d
-            })
+        let layers: u64 = (self.layers.iter())
+            .map(|l| l.matrices().iter().map(|w| w.gpu_bytes()).sum::<u64>() + 2 * 4 * d)
             .sum();
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         layers + 4 * d + head.gpu_bytes()
+    }
+
+    /// Bytes of the decoder's matrices on the device (every layer's, the embedding table and
+    /// an untied LM head) per storage type, most bytes first: the mix of types a GGUF file
+    /// (Q4_K_M's Q4_K and Q6_K, say) or a synthetic model's fallback gives.
+    pub fn matrix_bytes_by_type(&self) -> Vec<(GgmlType, u64)> {
+        let mut by: Vec<(GgmlType, u64)> = Vec::new();
+        let matrices = (self.layers.iter().flat_map(DecoderLayer::matrices))
+            .chain([&self.embed_tokens])
+            .chain(self.lm_head.as_ref());
+        for w in matrices {
+            match by.iter_mut().find(|e| e.0 == w.ty) {
+                Some(e) => e.1 += w.gpu_bytes(),
+                None => by.push((w.ty, w.gpu_bytes())),
+            }
+        }
+        by.sort_by_key(|e| std::cmp::Reverse(e.1));
+        by
     }
 
     pub fn heads(&self) -> Heads {
