@@ -9,8 +9,9 @@
 //                   x_stride4 for gemm_tokens), and g one of GLEN = k / 4
 //           2 w     vec4<u32> words of one weight chunk of n rows:
 //                   WF16:  f16 rows padded to row_vec4 * 8 values (row_vec4 = cols4 / 8)
-//                   Q4_0 / Q4_1 / Q8_0 / Q4_K: gpu::tensor::repack's layout (quants, then
-//                   scales; Q4_K's sub-blocks as Q4_1's blocks, its headers q4_k.wgsl's)
+//                   Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K: gpu::tensor::repack's layout (quants,
+//                   then scales; Q4_K's sub-blocks as Q4_1's blocks, its headers q4_k.wgsl's;
+//                   Q6_K's low nibbles as Q4_1's, then regions of highs, scales and d's)
 //                   (WTEX: the same words in a texture, weight_texture.wgsl)
 //           3 bias  f32 [out_col + n]          (BIAS)
 //           4 y     f32 [out_col + n]          (GATE_UP: [n / 2])
@@ -27,7 +28,7 @@
 //           11 step (uniform Step); with KV_TEX 9 and 10 are the KV cache's rgba32float
 //           textures (attention.wgsl's KV_TEX), written at texel row step.kv_offset
 //           (LG_ROWS / 2 and HALF multiples of 4, so a lane group's pairs are whole texels)
-// Variants: one of WF16, Q4_0, Q4_1, Q8_0, Q4_K; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
+// Variants: one of WF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
 //           (ROPE with HALF = hd / 2, a value, and optionally KV_TEX, or KV_TEX_COPY for
 //           gemm_tokens; either with PAIRS: rows come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
@@ -55,7 +56,9 @@
 //   (team t = lane % TAIL takes group t of them, its 8 / TAIL lanes split the rows), so
 //   that no lane idles there (k = 576: 18 groups, 3 rounds of lane work become 2¼).
 //   Q4_0 / Q4_1 / Q4_K nibbles are masked in place, not shifted down; x is pre-scaled to
-//   match. A Q4_K sub-block is a Q4_1 block whose d and m come from its super-block's header.
+//   match. A Q4_K sub-block is a Q4_1 block whose d and m come from its super-block's header;
+//   a Q6_K sub-block's nibbles take their 2-bit highs into the same bytes (6-bit quants,
+//   masked alike), with one scale for values 0..16 and one for 16..32.
 //   GATE_UP: a lane group computes gate rows j..j+LG_ROWS/2 and the same up rows (n/2
 //   further on), and writes silu(gate) * up. ROPE: a lane group computes
 //   LG_ROWS/2 rotation pairs (rows h*hd + i and h*hd + i + hd/2 of head h) and writes them
@@ -225,6 +228,8 @@ struct XGroup {
     v: array<vec4<f32>, 8>,
     sum: f32,
     sq: f32,
+    // Q6_K: the sum of values 0..16 alone
+    lo: f32,
 }
 
 // Nibbles to floats through i32 (CPUs convert signed integers in one instruction), shifted
@@ -254,6 +259,9 @@ const X_SCALE = vec4<f32>(1.0);
 #endif
 #ifdef Q8_0
 const X_SCALE = vec4<f32>(1.0);
+#endif
+#ifdef Q6_K
+const X_SCALE = X_NIB;
 #endif
 fn nib_lo_masked(q: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) & NIB_MASK));
@@ -290,6 +298,11 @@ fn x_group(row0: u32, gi: u32) -> XGroup {
         }
 #endif
         tot += v;
+#ifdef Q6_K
+        if j == 3u {
+            xg.lo = dot(tot, vec4<f32>(1.0));
+        }
+#endif
         // nibble_dot's masked nibbles come out times 256^j
         xg.v[j] = v * X_SCALE;
     }
@@ -297,6 +310,50 @@ fn x_group(row0: u32, gi: u32) -> XGroup {
     xg.sq = dot(sq, vec4<f32>(1.0));
     return xg;
 }
+
+#ifdef Q6_K
+// A Q6_K sub-block in the GPU layout (gpu::tensor::repack_q6_k): its low nibbles in Q4_1's
+// order, its two words of highs (values 0..16, 16..32; value 4c + j's at bits 8j + 2c), and
+// d times its two scales (values 0..16, 16..32).
+struct Q6Group {
+    q: vec4<u32>,
+    h: vec2<u32>,
+    sc: vec2<f32>,
+}
+
+// Group i (row * k / 32 + sub-block; k is whole super-blocks) of the chunk's G groups: the
+// nibbles are vec4 i, the highs half of vec4 G + i / 2, the super-block's 16 int8 scales
+// vec4 G + G / 2 + i / 8, and its f16 d one of the 8 in vec4 G + G / 2 + G / 8 + i / 64.
+fn q6k_group(i: u32) -> Q6Group {
+    let groups = p.n * (p.k / 32u);
+    var g: Q6Group;
+    g.q = w_word(i);
+    let h = w_word(groups + (i >> 1u));
+    g.h = select(h.xy, h.zw, (i & 1u) == 1u);
+    let sb = i >> 3u;
+    let j = i & 7u;
+    let sc = w_word(groups + groups / 2u + sb)[j >> 1u] >> (16u * (j & 1u));
+    let dw = w_word(groups + groups / 2u + groups / 8u + (sb >> 3u));
+    let d = unpack2x16float(dw[(sb >> 1u) & 3u])[sb & 1u];
+    g.sc = d * vec2<f32>(f32(extractBits(i32(sc), 0u, 8u)), f32(extractBits(i32(sc), 8u, 8u)));
+    return g;
+}
+
+// Values 4c .. 4c + 4 of a half: the low nibbles in q's bytes (bits 8j .. 8j + 4) with their
+// highs from h (bits 8j + 2c), as 6-bit quants; masked in place (byte j's times 256^j, as
+// nib_lo_masked), or shifted down (six).
+const SIX_MASK = vec4<u32>(0x3Fu, 0x3F00u, 0x3F0000u, 0x3F000000u);
+fn six_word(q: u32, h: u32, c: u32) -> u32 {
+    return (q & 0x0f0f0f0fu) | (((h >> (2u * c)) & 0x03030303u) << 4u);
+}
+fn six_masked(q: u32, h: u32, c: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(six_word(q, h, c)) & SIX_MASK));
+}
+fn six(q: u32, h: u32, c: u32) -> vec4<f32> {
+    let w = vec4<u32>(six_word(q, h, c)) >> vec4<u32>(0u, 8u, 16u, 24u);
+    return vec4<f32>(bitcast<vec4<i32>>(w & vec4<u32>(63u)));
+}
+#endif
 
 #ifdef Q4_K
 // The header of the super-block that holds group i (row * k / 32 + sub-block; k is whole
@@ -362,6 +419,16 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
     let q = w_word(i);
     let dm = q4k_dm(q4k_header(i), gi & 7u);
     return dm.x * nibble_dot(q, xg) + dm.y * xg.sum;
+#endif
+#ifdef Q6_K
+    let g = q6k_group(row * (p.k / 32u) + gi);
+    let lo = dot(six_masked(g.q.x, g.h.x, 0u), xg.v[0]) + dot(six_masked(g.q.y, g.h.x, 1u), xg.v[1])
+        + dot(six_masked(g.q.z, g.h.x, 2u), xg.v[2]) + dot(six_masked(g.q.w, g.h.x, 3u), xg.v[3]);
+    let hi = dot(six_masked(g.q.x >> 4u, g.h.y, 0u), xg.v[4])
+        + dot(six_masked(g.q.y >> 4u, g.h.y, 1u), xg.v[5])
+        + dot(six_masked(g.q.z >> 4u, g.h.y, 2u), xg.v[6])
+        + dot(six_masked(g.q.w >> 4u, g.h.y, 3u), xg.v[7]);
+    return g.sc.x * (lo - 32.0 * xg.lo) + g.sc.y * (hi - 32.0 * (xg.sum - xg.lo));
 #endif
 }
 
@@ -457,7 +524,8 @@ fn x_block(gi: u32) -> XGroup {
     v6 *= g_at(c + 6u);
     v7 *= g_at(c + 7u);
 #endif
-    xg.sum = dot(((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)), vec4<f32>(1.0));
+    xg.lo = dot((v0 + v1) + (v2 + v3), vec4<f32>(1.0));
+    xg.sum = xg.lo + dot((v4 + v5) + (v6 + v7), vec4<f32>(1.0));
     // nibble_dot's masked nibbles come out times 256^j
     let nib = X_SCALE;
     xg.v[0] = v0 * nib;
@@ -793,6 +861,16 @@ fn w_unit(row: u32, ui: u32) -> WUnit {
     wu.d = dm.x;
     wu.m = dm.y;
     wu.v = block_nibbles(q);
+#endif
+#ifdef Q6_K
+    // the two scales folded into the values: d 1, m 0
+    let g = q6k_group(row * (p.k / 32u) + ui);
+    wu.d = 1.0;
+    wu.v = array<vec4<f32>, GV4>(
+        (six(g.q.x, g.h.x, 0u) - 32.0) * g.sc.x, (six(g.q.y, g.h.x, 1u) - 32.0) * g.sc.x,
+        (six(g.q.z, g.h.x, 2u) - 32.0) * g.sc.x, (six(g.q.w, g.h.x, 3u) - 32.0) * g.sc.x,
+        (six(g.q.x >> 4u, g.h.y, 0u) - 32.0) * g.sc.y, (six(g.q.y >> 4u, g.h.y, 1u) - 32.0) * g.sc.y,
+        (six(g.q.z >> 4u, g.h.y, 2u) - 32.0) * g.sc.y, (six(g.q.w >> 4u, g.h.y, 3u) - 32.0) * g.sc.y);
 #endif
     return wu;
 }

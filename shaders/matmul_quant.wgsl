@@ -3,20 +3,21 @@
 //
 // Bindings: 0 params (uniform Params)
 //           1 x     f32 [m, x_stride], columns 0..k used (k a multiple of 32)
-//           2 w     u32 words. Q4_0/Q4_1/Q8_0/Q4_K are repacked at upload (gpu::tensor::repack):
-//                   the 16 (Q4) or 32 (Q8) quant bytes of group (n, g) at word (n*nb + g)*QW,
-//                   then the scales from word n_rows*nb*QW on (Q4_1: one d|m word per
-//                   group; Q4_0/Q8_0: one f16 d per group, two per word; Q4_K: one 4-word
-//                   header per 256-value super-block, q4_k.wgsl). Q6_K keeps the file's
-//                   bytes: row n starts at byte n * row_bytes
+//           2 w     u32 words, repacked at upload (gpu::tensor::repack): the 16 (Q4, and
+//                   Q6_K's low nibbles) or 32 (Q8) quant bytes of group (n, g) at word
+//                   (n*nb + g)*QW, then the scales from word n_rows*nb*QW on (Q4_1: one d|m
+//                   word per group; Q4_0/Q8_0: one f16 d per group, two per word; Q4_K: one
+//                   4-word header per 256-value super-block, q4_k.wgsl; Q6_K: two words of
+//                   2-bit highs per group, then 4 words of int8 scales per super-block, then
+//                   its f16 d's, two per word)
 //           3 bias  f32 [out_col + n] (only with BIAS)
 //           4 y     f32 [m, out_stride]
 //           5 ids   u32 [m] (embed_rows only)
 // Variants: one of Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE;
 //           WTEX (w's words in a texture, weight_texture.wgsl).
 // Every format is read as groups of 32 consecutive values: the block itself (Q4_0, Q4_1,
-// Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q6_K; Q4_K's sub-block
-// quants are repacked as Q4_1's).
+// Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q6_K; their low
+// nibbles are repacked in Q4_1's order).
 // Entry points:
 //   gemv: m == 1. 8 output rows per workgroup of 64 invocations, 8 per row striding over the
 //         row's groups, then a workgroup-memory sum. Dispatch fold(ceil(n / 8)).
@@ -37,7 +38,7 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    row_bytes: u32,
+    row_bytes: u32, // (bytes per row; every format is repacked, so no kernel reads it)
     x_stride: u32,
     out_stride: u32,
     out_col: u32,
@@ -59,22 +60,6 @@ fn w_u32(i: u32) -> u32 { return w[i]; }
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> ids: array<u32>;
 
-// Byte, f16 and 4-byte word at any byte offset o (f16 at even offsets).
-fn byte_at(o: u32) -> u32 {
-    return (w_u32(o >> 2u) >> ((o & 3u) << 3u)) & 0xffu;
-}
-fn half_at(o: u32) -> f32 {
-    return unpack2x16float((w_u32(o >> 2u) >> ((o & 2u) << 3u)) & 0xffffu).x;
-}
-fn word_at(o: u32) -> u32 {
-    let s = (o & 3u) << 3u;
-    let a = w_u32(o >> 2u);
-    if s == 0u {
-        return a;
-    }
-    return (a >> s) | (w_u32((o >> 2u) + 1u) << (32u - s));
-}
-
 #ifdef Q4_0
 const QW: u32 = 4u;
 #endif
@@ -88,7 +73,7 @@ const QW: u32 = 8u;
 const QW: u32 = 4u;
 #endif
 #ifdef Q6_K
-const QW: u32 = 0u;
+const QW: u32 = 4u;
 #endif
 
 // Repacked formats: word index of group (row, g)'s quants, and its scale word / f16.
@@ -105,13 +90,10 @@ fn packed_half(i: u32) -> f32 {
 // A group's 32 values are q[l] * scale + offset (q as unsigned or signed integers), with
 // a different scale for values 16..32 in Q6_K. Group = (byte offsets, scales).
 struct Group {
-    // Repacked formats (Q4_K too): word index of the group's quants. Q6_K: byte offset of
-    // the first quant byte (the low-bits stream).
+    // Word index of the group's quants (Q6_K: its low nibbles).
     qs: u32,
-    // Q6_K only: byte offset of the high 2-bit stream, and the shifts of both streams.
+    // Q6_K only: word index of the group's two words of 2-bit highs.
     qh: u32,
-    shift: u32,
-    hshift: u32,
     scale0: f32,
     scale1: f32,
     offset: f32,
@@ -153,19 +135,17 @@ fn group(row: u32, g: u32) -> Group {
     r.offset = dm.y;
 #endif
 #ifdef Q6_K
-    let rb = row * p.row_bytes;
-    let b = rb + (g >> 3u) * 210u;
-    let j = g & 7u;
-    let half_ = j >> 2u;
-    let quarter = j & 3u;
-    let d = half_at(b + 208u);
-    r.qs = b + 64u * half_ + 32u * (quarter & 1u);
-    r.shift = 4u * (quarter >> 1u);
-    r.qh = b + 128u + 32u * half_;
-    r.hshift = 2u * quarter;
-    let s = b + 192u + 8u * half_ + 2u * quarter;
-    r.scale0 = d * f32(extractBits(i32(byte_at(s)), 0u, 8u));
-    r.scale1 = d * f32(extractBits(i32(byte_at(s + 1u)), 0u, 8u));
+    // regions after the low nibbles (4 words a group): highs (2 words a group), scales (4
+    // words a super-block: scales 2j and 2j + 1 of sub-block j in word j / 2), d's
+    let i = packed_group(row, g);
+    let groups = scales_base() / QW;
+    let sb = i >> 3u;
+    let sc = w_u32(6u * groups + 4u * sb + ((g & 7u) >> 1u)) >> (16u * (g & 1u));
+    let d = unpack2x16float(w_u32(6u * groups + groups / 2u + (sb >> 1u)))[sb & 1u];
+    r.qs = i * QW;
+    r.qh = 4u * groups + 2u * i;
+    r.scale0 = d * f32(extractBits(i32(sc), 0u, 8u));
+    r.scale1 = d * f32(extractBits(i32(sc), 8u, 8u));
 #endif
     return r;
 }
@@ -188,10 +168,12 @@ fn quads(gr: Group, l: u32) -> vec4<f32> {
                      f32(extractBits(v, 16u, 8u)), f32(extractBits(v, 24u, 8u)));
 #endif
 #ifdef Q6_K
-    let lo = (word_at(gr.qs + l) >> gr.shift) & 0x0f0f0f0fu;
-    let hi = ((word_at(gr.qh + l) >> gr.hshift) & 0x03030303u) << 4u;
-    let q = lo | hi;
-    return u8x4(q) - 32.0;
+    // values l .. l + 4: the low nibbles as Q4_1's, their highs at bits 2c of each byte
+    let c = (l & 15u) >> 2u;
+    let hi16 = select(0u, 1u, l >= 16u);
+    let lo = (w_u32(gr.qs + c) >> (4u * hi16)) & 0x0f0f0f0fu;
+    let hi = ((w_u32(gr.qh + hi16) >> (2u * c)) & 0x03030303u) << 4u;
+    return u8x4(lo | hi) - 32.0;
 #endif
 #ifdef Q4_K
     return nibbles(gr, l);

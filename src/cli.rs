@@ -223,8 +223,9 @@ pub struct BenchArgs {
     /// parity fixture's LLaVA), smollm2-135m (text only) or llava-1.5-7b.
     #[arg(long, value_name = "NAME")]
     pub synthetic: Option<vlm_run::synthetic::Preset>,
-    /// Storage type of a synthetic decoder's matrices: f16, q8_0, q4_0, q4_1 or q4_k (the
-    /// vision tower and projector stay f16).
+    /// Storage type of a synthetic decoder's matrices: f16, q8_0, q4_0, q4_1, q4_k or q6_k
+    /// (the vision tower and projector stay f16; rows that are not whole blocks of a k-quant
+    /// take llama.cpp's fallback: q4_1 for q4_k, q8_0 for q6_k).
     #[arg(long, default_value = "f16", value_parser = vlm_run::synthetic::parse_dtype,
           requires = "synthetic")]
     pub dtype: vlm_run::gguf::quant::GgmlType,

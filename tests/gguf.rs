@@ -341,7 +341,7 @@ fn malformed_gguf_files_are_clear_errors() {
 /// block of 4) and of gemm_tokens (f16 rows of k <= 64; 70 rows: a full workgroup of 64 rows,
 /// 2 per invocation, and a partial one, x in a uniform buffer on CPU devices; and an odd
 /// number of rows past UNIFORM_X_BYTES, x in storage) against CPU arithmetic: RMSNorm of x on load, SwiGLU over a stacked
-/// [gate; up] weight, and accumulation, for f16 and every repacked block format (Q4_K too), with and
+/// [gate; up] weight, and accumulation, for f16 and every block format, with and
 /// without subgroups (their lane sums differ).
 #[test]
 fn fused_gemv_and_gemm_lanes_match_cpu() {
@@ -352,6 +352,7 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
         Some(GgmlType::Q4_1),
         Some(GgmlType::Q8_0),
         Some(GgmlType::Q4K),
+        Some(GgmlType::Q6K),
     ];
     for (variant, gpu) in variants() {
         gpu.set_gemm_tile(GemmTile::Lanes);
@@ -373,14 +374,14 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
         // exactly, and 96 (3 groups) leaves some lanes idle instead. k = 288 also spans a
         // partial lane round of gemm_lanes; k = 44 (five and a half units of 8) is short
         // enough for gemm_tokens, whose invocations walk all of k alone. Q4_K's rows are
-        // whole 256-value super-blocks: k = 256 and 768 (one and three rounds of 8 groups).
+        // whole 256-value super-blocks (Q6_K's too): k = 256 and 768 (one and three rounds of 8 groups).
         // gemm_tokens' x past its uniform array (k = 44: 176 bytes a row)
         let past = vlm_run::gpu::UNIFORM_X_BYTES as usize / 176 + 3;
         let cases = formats
             .into_iter()
             .flat_map(|t| {
                 let (ks, lanes_k): (&[usize], usize) = match t {
-                    Some(GgmlType::Q4K) => (&[256, 768], 768),
+                    Some(GgmlType::Q4K | GgmlType::Q6K) => (&[256, 768], 768),
                     _ => (&[288, 576, 128, 256, 96], 288),
                 };
                 (ks.iter().map(move |&k| (t, 1usize, k, "gemv"))).chain([(

@@ -67,6 +67,10 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             ],
             vec!["Q4_K", "WTEX", "TOKENS", "NORM", "GATE_UP"],
             vec!["Q4_K", "WTEX", "ACCUMULATE", "TAIL", "K_WHOLE", "YTEX"],
+            // Q6_K's nibbles with their 2-bit highs, two scales a group
+            vec!["Q6_K", "GV_LANES", "NORM", "ROPE", "PAIRS"],
+            vec!["Q6_K", "WTEX", "NORM", "GATE_UP", "PAIRS", "XUBO"],
+            vec!["Q6_K", "WTEX", "TOKENS", "ACCUMULATE"],
             // lane teams over the groups past the whole rounds (TAIL gets a value)
             vec!["Q4_1", "NORM", "GATE_UP", "PAIRS", "TAIL"],
             vec!["WF16", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL"],
@@ -310,12 +314,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 8 (each in two tiles), gemv 41, layer_tail 3, norm 7,
+    // matmul 8 and matmul_quant 8 (each in two tiles), gemv 44, layer_tail 3, norm 7,
     // elementwise 3,
     // rope 3, attention 9, flash_attention 4, decode_attention 3, embed 3, kv_texture 3, sample, bandwidth,
     // random_fill 1 each, prune_select 6, prune_score 6 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 8) + 41 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
+        4 * (2 * (8 + 8) + 44 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
     );
 }

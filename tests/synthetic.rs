@@ -63,6 +63,7 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
         GgmlType::Q4_1,
         GgmlType::Q8_0,
         GgmlType::Q4K,
+        GgmlType::Q6K,
     ] {
         let cols = 256;
         let w = Weight::random(&gpu, "w", ty, rows, cols, 7).unwrap();
@@ -76,6 +77,7 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
             _ => {
                 // repacked: every group's quant bytes, then the scales (Q4_K: a 16-byte
                 // header per super-block, d and dmin then 12 bytes of packed 6-bit scales)
+                // (Q6_K: its nibbles, highs and int8 scales, then its d's)
                 let scale_bytes = match ty {
                     GgmlType::Q4_1 => 4,
                     GgmlType::Q4K => 16,
@@ -132,8 +134,8 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
             "{what}: another seed must give another weight"
         );
     }
-    let Err(e) = Weight::random(&gpu, "w", GgmlType::Q6K, 2, 256, 1) else {
-        panic!("Q6_K random weights must be refused");
+    let Err(e) = Weight::random(&gpu, "w", GgmlType::BF16, 2, 256, 1) else {
+        panic!("BF16 random weights must be refused");
     };
     assert!(e.to_string().contains("not supported"), "{e}");
 }
@@ -395,6 +397,8 @@ fn synthetic_rows_that_a_type_cannot_hold_take_a_fallback_type() {
     assert_eq!(storage_type(GgmlType::Q4K, 100), GgmlType::F16);
     assert_eq!(storage_type(GgmlType::Q4_0, 96), GgmlType::Q4_0);
     assert_eq!(storage_type(GgmlType::Q8_0, 100), GgmlType::F16);
+    assert_eq!(storage_type(GgmlType::Q6K, 576), GgmlType::Q8_0);
+    assert_eq!(storage_type(GgmlType::Q6K, 11008), GgmlType::Q6K);
     let (stdout, _) = run_ok(vlm_run().args([
         "bench",
         "--synthetic",

@@ -113,13 +113,15 @@ pub struct WeightChunk {
 /// that kernels read every quant with aligned 16-byte loads: all groups' quant bytes first
 /// (16 or 32 per group, in file order), then the scales (Q4_1: d and m as one 4-byte word
 /// per group; Q4_0, Q8_0: one f16 d per group, two per word). The size changes by at most 2
-/// bytes. Q4_K: [`repack_q4_k`]. Other types keep the file's layout (None).
+/// bytes. Q4_K: [`repack_q4_k`], Q6_K: [`repack_q6_k`]. Other types keep the file's
+/// layout (None).
 pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
     let (scale_bytes, quant_bytes) = match ty {
         GgmlType::Q4_0 => (2, 16),
         GgmlType::Q4_1 => (4, 16),
         GgmlType::Q8_0 => (2, 32),
         GgmlType::Q4K => return Some(repack_q4_k(bytes)),
+        GgmlType::Q6K => return Some(repack_q6_k(bytes)),
         _ => return None,
     };
     let block = scale_bytes + quant_bytes;
@@ -156,10 +158,60 @@ pub fn repack_q4_k(bytes: &[u8]) -> Vec<u8> {
     quants
 }
 
+/// Q6_K super-blocks (210 bytes: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales
+/// of 16 values each, f16 d; value = d · scale · (q - 32) for its 6-bit q) in the GPU layout,
+/// the same size, in four regions: every 32-value sub-block's low nibbles as a Q4_1 block
+/// holds them (16 bytes: byte i = value i | value i + 16 << 4); then its highs (8 bytes: two
+/// words, values 0..16 and 16..32, value 4c + j of each at bits 8j + 2c, so that
+/// `(word >> 2c) & 0x03030303` puts the highs of values 4c .. 4c + 4 under their nibbles'
+/// bytes); then each super-block's 16 scales as they are; then each super-block's d.
+pub fn repack_q6_k(bytes: &[u8]) -> Vec<u8> {
+    let blocks = bytes.len() / 210;
+    let mut lows = Vec::with_capacity(blocks * 128);
+    let mut highs = Vec::with_capacity(blocks * 64);
+    let mut scales = Vec::with_capacity(blocks * 16);
+    let mut ds = Vec::with_capacity(blocks * 2);
+    for b in bytes.chunks_exact(210) {
+        let q = q6k_quants(b);
+        for sub in q.chunks_exact(32) {
+            lows.extend((0..16).map(|i| (sub[i] & 15) | ((sub[i + 16] & 15) << 4)));
+            for half in sub.chunks_exact(16) {
+                let mut word = 0u32;
+                for (v, &x) in half.iter().enumerate() {
+                    word |= ((x >> 4) as u32) << (8 * (v % 4) + 2 * (v / 4));
+                }
+                highs.extend(word.to_le_bytes());
+            }
+        }
+        scales.extend_from_slice(&b[192..208]);
+        ds.extend_from_slice(&b[208..210]);
+    }
+    [lows, highs, scales, ds].concat()
+}
+
+/// A Q6_K super-block's 256 unsigned 6-bit quants in value order (ggml's layout: each half
+/// of 128 values takes 64 bytes of low nibbles and 32 of highs, four values to a high byte).
+fn q6k_quants(b: &[u8]) -> [u8; 256] {
+    let (ql, qh) = (&b[..128], &b[128..192]);
+    let mut q = [0u8; 256];
+    for n in 0..2 {
+        for l in 0..32 {
+            let (lo, hi) = (ql[64 * n + l], ql[64 * n + l + 32]);
+            let h = qh[32 * n + l];
+            let v = &mut q[128 * n..];
+            v[l] = (lo & 15) | ((h & 3) << 4);
+            v[l + 32] = (hi & 15) | (((h >> 2) & 3) << 4);
+            v[l + 64] = (lo >> 4) | (((h >> 4) & 3) << 4);
+            v[l + 96] = (hi >> 4) | (((h >> 6) & 3) << 4);
+        }
+    }
+    q
+}
+
 /// A weight matrix [rows, cols]. As f16 (`ty` F16), each row is padded with zeros to `cols4`
 /// (a multiple of 8) so that kernels can read 4 values, or one 16-byte word of 8, at a
 /// time. Quantized (`ty` a ggml block type), rows are the file's blocks, `row_bytes` each,
-/// unpadded, in `repack`'s layout; each chunk's buffer is padded at its end to whole 4-byte
+/// unpadded, in `repack`'s layout; each chunk's buffer is padded at its end to whole 16-byte
 /// words.
 pub struct Weight {
     pub rows: usize,
@@ -260,7 +312,7 @@ impl Weight {
                 data.len()
             );
         }
-        let rows_per_chunk = rows_per_chunk(gpu, name, row_bytes, 4)?;
+        let rows_per_chunk = rows_per_chunk(gpu, name, row_bytes, 16)?;
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
@@ -268,11 +320,12 @@ impl Weight {
             let bytes = &data[row0 * row_bytes..(row0 + n) * row_bytes];
             let repacked = repack(ty, bytes);
             let bytes = repacked.as_deref().unwrap_or(bytes);
-            let store = if bytes.len().is_multiple_of(4) {
+            // whole 16-byte words: the kernels load the scale regions' last words whole
+            let store = if bytes.len().is_multiple_of(16) {
                 WeightStore::new(gpu, name, bytes)?
             } else {
                 let mut padded = bytes.to_vec();
-                padded.resize(bytes.len().next_multiple_of(4), 0);
+                padded.resize(bytes.len().next_multiple_of(16), 0);
                 WeightStore::new(gpu, name, &padded)?
             };
             chunks.push(WeightChunk {
@@ -295,7 +348,7 @@ impl Weight {
     /// A weight of type `ty` filled on the GPU with seeded pseudo-random values, in the same
     /// layout [`Weight::upload_data`] gives: f16 values in ±0.05, or random quant bits with
     /// scales in ±0.003. Nothing is uploaded, so shapes of any size can be benchmarked without
-    /// a file (`vlm-run bench --synthetic`). F16, Q4_0, Q4_1, Q8_0 and Q4_K.
+    /// a file (`vlm-run bench --synthetic`). F16, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K.
     pub fn random(
         gpu: &Gpu,
         name: &str,
@@ -311,6 +364,8 @@ impl Weight {
             GgmlType::Q4_0 | GgmlType::Q8_0 => (2, 0),
             GgmlType::Q4_1 => (4, 0),
             GgmlType::Q4K => (16, 4),
+            // the d's close the layout, after the nibbles, highs and int8 scales
+            GgmlType::Q6K => (2, 0),
             _ => bail!(
                 "{name}: random weights of type {} are not supported",
                 ty.name()
@@ -323,7 +378,7 @@ impl Weight {
             let Some(rb) = ty.row_bytes(cols) else {
                 bail!("{name}: {cols} columns are not whole {} blocks", ty.name());
             };
-            (cols, rb, 4)
+            (cols, rb, 16)
         };
         let rows_per_chunk = rows_per_chunk(gpu, name, row_bytes, reserve)?;
         let mut chunks = Vec::new();
@@ -338,7 +393,8 @@ impl Weight {
                 GgmlType::F16 => 0,
                 _ => (bytes / ty.block_bytes()) * (ty.block_bytes() - scale_bytes) / 4,
             };
-            let buf_words = WeightStore::buffer_words(gpu, words);
+            // whole 16-byte words, as upload_quantized pads them (the fill leaves zeros)
+            let buf_words = WeightStore::buffer_words(gpu, words.next_multiple_of(4));
             let buf = gpu.storage_buffer(name, 4 * buf_words as u64)?;
             let amp = if ty == GgmlType::F16 { 0.05f32 } else { 0.003 };
             let chunk_seed = seed ^ (filled.len() as u32).wrapping_mul(0x9e37_79b9);
