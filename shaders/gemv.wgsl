@@ -28,9 +28,9 @@
 //           11 step (uniform Step); with KV_TEX 9 and 10 are the KV cache's rgba32float
 //           textures (attention.wgsl's KV_TEX), written at texel row step.kv_offset
 //           (LG_ROWS / 2 and HALF multiples of 4, so a lane group's pairs are whole texels)
-// Variants: one of WF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; WTEX; LG_ROWS (value, even); NORM; GATE_UP | ROPE
-//           (ROPE with HALF = hd / 2, a value, and optionally KV_TEX, or KV_TEX_COPY for
-//           gemm_tokens; either with PAIRS: rows come in pairs); BIAS;
+// Variants: one of WF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; WTEX; LG_ROWS (value, even); NORM;
+//           GATE_UP | ROPE (ROPE with HALF = hd / 2, a value, and optionally KV_TEX, or
+//           KV_TEX_COPY for gemm_tokens; either with PAIRS: rows come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
 //           shuffles; the host sets it only when subgroups hold at least 8 invocations);
 //           TAIL (a value: ceil(k / 32) % 8 where it divides 8; gemv only); K_WHOLE (k a
@@ -244,7 +244,8 @@ fn nib_hi(q: u32) -> vec4<f32> {
 // comes out times 256^j (exact in f32), so x_group scales x by 256^-j to match (X_NIB).
 const NIB_MASK = vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u);
 const X_NIB = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
-// What the decode GEMV scales x by: X_NIB for the nibble formats, else 1.
+// What the decode GEMV scales x by: X_NIB where it masks quants in place (Q4_0, Q4_1, Q4_K
+// nibbles, Q6_K's 6-bit quants), else 1.
 #ifdef Q4_0
 const X_SCALE = X_NIB;
 #endif
@@ -809,8 +810,8 @@ fn x_unit(row0: u32, ui: u32, gu: array<vec4<f32>, GV4>) -> XUnit {
     return xu;
 }
 
-// The 32 nibbles of a Q4_0 / Q4_1 block's (or Q4_K sub-block's) 16 quant bytes, in value order (low nibbles are
-// values 0..15, high nibbles 16..31).
+// The 32 nibbles of a Q4_0 / Q4_1 block's (or Q4_K sub-block's) 16 quant bytes, in value
+// order (low nibbles are values 0..15, high nibbles 16..31).
 fn block_nibbles(q: vec4<u32>) -> array<vec4<f32>, 8> {
     return array<vec4<f32>, 8>(nib_lo(q.x), nib_lo(q.y), nib_lo(q.z), nib_lo(q.w),
                                nib_hi(q.x), nib_hi(q.y), nib_hi(q.z), nib_hi(q.w));
@@ -866,11 +867,13 @@ fn w_unit(row: u32, ui: u32) -> WUnit {
     // the two scales folded into the values: d 1, m 0
     let g = q6k_group(row * (p.k / 32u) + ui);
     wu.d = 1.0;
+    let lo = g.q;
+    let hi = g.q >> vec4<u32>(4u);
     wu.v = array<vec4<f32>, GV4>(
-        (six(g.q.x, g.h.x, 0u) - 32.0) * g.sc.x, (six(g.q.y, g.h.x, 1u) - 32.0) * g.sc.x,
-        (six(g.q.z, g.h.x, 2u) - 32.0) * g.sc.x, (six(g.q.w, g.h.x, 3u) - 32.0) * g.sc.x,
-        (six(g.q.x >> 4u, g.h.y, 0u) - 32.0) * g.sc.y, (six(g.q.y >> 4u, g.h.y, 1u) - 32.0) * g.sc.y,
-        (six(g.q.z >> 4u, g.h.y, 2u) - 32.0) * g.sc.y, (six(g.q.w >> 4u, g.h.y, 3u) - 32.0) * g.sc.y);
+        (six(lo.x, g.h.x, 0u) - 32.0) * g.sc.x, (six(lo.y, g.h.x, 1u) - 32.0) * g.sc.x,
+        (six(lo.z, g.h.x, 2u) - 32.0) * g.sc.x, (six(lo.w, g.h.x, 3u) - 32.0) * g.sc.x,
+        (six(hi.x, g.h.y, 0u) - 32.0) * g.sc.y, (six(hi.y, g.h.y, 1u) - 32.0) * g.sc.y,
+        (six(hi.z, g.h.y, 2u) - 32.0) * g.sc.y, (six(hi.w, g.h.y, 3u) - 32.0) * g.sc.y);
 #endif
     return wu;
 }

@@ -8,7 +8,8 @@
 //                  -> two f16 (the repacked formats' scales, which come after every group's
 //                     quant bytes; Q4_K: d and dmin open each super-block's header)
 //   - otherwise    -> random bits (quants; the rest of a Q4_K header, its packed 6-bit
-//                     scales and mins)
+//                     scales and mins; Q6_K's highs and int8 scales, which come before
+//                     its d's: split is where the d's start)
 //   F16 weights pass split = 0.
 //   Bindings: 0 params {words, split, header_words, seed, amp}, 1 w array<u32> [words]
 //   Dispatch (workgroups, 1, 1) of 64 invocations.

@@ -109,12 +109,12 @@ pub struct WeightChunk {
     pub rows: usize,
 }
 
-/// The GPU layout of Q4_0, Q4_1, Q8_0 and Q4_K rows (`bytes`: whole rows of blocks), so
-/// that kernels read every quant with aligned 16-byte loads: all groups' quant bytes first
+/// The GPU layout of quantized rows (`bytes`: whole rows of blocks), so that kernels read
+/// every quant with aligned 16-byte loads. Q4_0, Q4_1, Q8_0: all groups' quant bytes first
 /// (16 or 32 per group, in file order), then the scales (Q4_1: d and m as one 4-byte word
-/// per group; Q4_0, Q8_0: one f16 d per group, two per word). The size changes by at most 2
-/// bytes. Q4_K: [`repack_q4_k`], Q6_K: [`repack_q6_k`]. Other types keep the file's
-/// layout (None).
+/// per group; Q4_0, Q8_0: one f16 d per group, two per word); the size changes by at most 2
+/// bytes. Q4_K: [`repack_q4_k`], Q6_K: [`repack_q6_k`], the same size. Types that are not
+/// blocks (None) keep their bytes.
 pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
     let (scale_bytes, quant_bytes) = match ty {
         GgmlType::Q4_0 => (2, 16),
