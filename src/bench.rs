@@ -229,7 +229,7 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
     let llm = &engine.model.llm;
     println!("device: {}", engine.gpu.describe());
     println!(
-        "model: {} ({} layers, width {}, decoder matrices {}{}), {} runs after a warm-up, medians",
+        "model: {} ({} layers, width {}, decoder matrices {}{}), {} after a warm-up, medians",
         engine.model_dir.display(),
         llm.cfg.num_hidden_layers,
         llm.cfg.hidden_size,
@@ -238,7 +238,11 @@ pub fn run(engine: &Engine, args: &BenchArgs, image: Option<(&Image, &str)>) -> 
             "; image {}, {} visual tokens",
             i.1, m.visual_tokens
         )),
-        args.repeat
+        if args.repeat == 1 {
+            "1 run".to_string()
+        } else {
+            format!("{} runs", args.repeat)
+        }
     );
     println!();
     println!("| prompt tokens | preprocess ms | vision encoder ms | prefill ms | prefill tok/s | time to first token ms | decoded tokens | decode tok/s | weights MiB | KV cache MiB | peak GPU MiB |");
