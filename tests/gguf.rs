@@ -134,7 +134,7 @@ fn quantized_gemv_gemm_and_embedding_match_cpu_dequantisation() {
                 let what = format!("{variant} {} {m}x{k}x{n}", ty.name());
                 let ks = ops::matmul::linear(&gpu, &xt, &wt, None, &y, Act::None, false).unwrap();
                 if m > 1 {
-                    // Q4_0/Q4_1/Q8_0 go to the lane kernel when the tile asks for it
+                    // every block type goes to the lane kernel when the tile asks for it
                     let lanes = tile == GemmTile::Lanes
                         && ops::matmul::gemv_reads(&wt)
                         && k >= ops::matmul::lane_min_k(wt.ty);
