@@ -9,9 +9,11 @@
 //                   x_stride4 for gemm_tokens), and g one of GLEN = k / 4
 //           2 w     vec4<u32> words of one weight chunk of n rows:
 //                   WF16:  f16 rows padded to row_vec4 * 8 values (row_vec4 = cols4 / 8)
-//                   Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K: gpu::tensor::repack's layout (quants,
-//                   then scales; Q4_K's sub-blocks as Q4_1's blocks, its headers q4_k.wgsl's;
-//                   Q6_K's low nibbles as Q4_1's, then regions of highs, scales and d's)
+//                   the block types: gpu::tensor::repack's layout (quants, then scales;
+//                   Q4_K's sub-blocks as Q4_1's blocks, its headers q4_k.wgsl's; Q5_0,
+//                   Q5_1, Q5_K as Q4_0, Q4_1, Q4_K with a region of high-bit words, one a
+//                   group, before the scales; Q6_K's low nibbles as Q4_1's, then regions of
+//                   highs, scales and d's)
 //                   (WTEX: the same words in a texture, weight_texture.wgsl)
 //           3 bias  f32 [out_col + n]          (BIAS)
 //           4 y     f32 [out_col + n]          (GATE_UP: [n / 2])
@@ -28,7 +30,7 @@
 //           11 step (uniform Step); with KV_TEX 9 and 10 are the KV cache's rgba32float
 //           textures (attention.wgsl's KV_TEX), written at texel row step.kv_offset
 //           (LG_ROWS / 2 and HALF multiples of 4, so a lane group's pairs are whole texels)
-// Variants: one of WF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; WTEX; LG_ROWS (value, even); NORM;
+// Variants: one of WF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; WTEX; LG_ROWS (value, even); NORM;
 //           GATE_UP | ROPE (ROPE with HALF = hd / 2, a value, and optionally KV_TEX, or
 //           KV_TEX_COPY for gemm_tokens; either with PAIRS: rows come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
@@ -57,8 +59,9 @@
 //   that no lane idles there (k = 576: 18 groups, 3 rounds of lane work become 2¼).
 //   Q4_0 / Q4_1 / Q4_K nibbles are masked in place, not shifted down; x is pre-scaled to
 //   match. A Q4_K sub-block is a Q4_1 block whose d and m come from its super-block's header;
-//   a Q6_K sub-block's nibbles take their 2-bit highs into the same bytes (6-bit quants,
-//   masked alike), with one scale for values 0..16 and one for 16..32.
+//   the Q5 formats' and Q6_K's nibbles take their high bits into the same bytes (5- or 6-bit
+//   quants, masked alike), and a Q5_K sub-block is a Q5_1 block as a Q4_K one is a Q4_1
+//   block; Q6_K has one scale for values 0..16 and one for 16..32.
 //   GATE_UP: a lane group computes gate rows j..j+LG_ROWS/2 and the same up rows (n/2
 //   further on), and writes silu(gate) * up. ROPE: a lane group computes
 //   LG_ROWS/2 rotation pairs (rows h*hd + i and h*hd + i + hd/2 of head h) and writes them
@@ -96,6 +99,9 @@
 #include "common"
 #include "linear_store"
 #ifdef Q4_K
+#include "q4_k"
+#endif
+#ifdef Q5_K
 #include "q4_k"
 #endif
 
@@ -244,8 +250,8 @@ fn nib_hi(q: u32) -> vec4<f32> {
 // comes out times 256^j (exact in f32), so x_group scales x by 256^-j to match (X_NIB).
 const NIB_MASK = vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u);
 const X_NIB = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
-// What the decode GEMV scales x by: X_NIB where it masks quants in place (Q4_0, Q4_1, Q4_K
-// nibbles, Q6_K's 6-bit quants), else 1.
+// What the decode GEMV scales x by: X_NIB where it masks quants in place (the Q4 formats'
+// nibbles, the Q5 formats' 5-bit and Q6_K's 6-bit quants), else 1.
 #ifdef Q4_0
 const X_SCALE = X_NIB;
 #endif
@@ -262,6 +268,15 @@ const X_SCALE = vec4<f32>(1.0);
 const X_SCALE = vec4<f32>(1.0);
 #endif
 #ifdef Q6_K
+const X_SCALE = X_NIB;
+#endif
+#ifdef Q5_0
+const X_SCALE = X_NIB;
+#endif
+#ifdef Q5_1
+const X_SCALE = X_NIB;
+#endif
+#ifdef Q5_K
 const X_SCALE = X_NIB;
 #endif
 fn nib_lo_masked(q: u32) -> vec4<f32> {
@@ -363,6 +378,40 @@ fn q4k_header(i: u32) -> vec4<u32> {
     return w_word(p.n * (p.k / 32u) + (i >> 3u));
 }
 #endif
+#ifdef Q5_K
+// As Q4_K's, after the highs' region (a word a group; the groups are whole super-blocks,
+// so the region is whole vec4s).
+fn q4k_header(i: u32) -> vec4<u32> {
+    let groups = p.n * (p.k / 32u);
+    return w_word(groups + groups / 4u + (i >> 3u));
+}
+#endif
+
+// Values 16h + 4c .. 16h + 4c + 4 of a Q5 group: q's nibbles (bits 8j .. 8j + 4, shifted
+// down for h = 1 by the caller) with their fifth bits from hs = the highs word >> (4h + c)
+// (bit 8j, gpu::tensor::repack_q5), masked in place (byte j's times 256^j, as
+// nib_lo_masked), or shifted down (five).
+const FIVE_MASK = vec4<u32>(0x1Fu, 0x1F00u, 0x1F0000u, 0x1F000000u);
+fn five_word(q: u32, hs: u32) -> u32 {
+    return (q & 0x0f0f0f0fu) | ((hs & 0x01010101u) << 4u);
+}
+fn five_masked(q: u32, hs: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(five_word(q, hs)) & FIVE_MASK));
+}
+fn five(q: u32, hs: u32) -> vec4<f32> {
+    let w = vec4<u32>(five_word(q, hs)) >> vec4<u32>(0u, 8u, 16u, 24u);
+    return vec4<f32>(bitcast<vec4<i32>>(w & vec4<u32>(31u)));
+}
+
+// A Q5 group's 32 quants (nibbles q, highs word h) · x over its group, x pre-scaled by X_NIB.
+fn five_dot(q: vec4<u32>, h: u32, xg: XGroup) -> f32 {
+    return dot(five_masked(q.x, h), xg.v[0]) + dot(five_masked(q.y, h >> 1u), xg.v[1])
+        + dot(five_masked(q.z, h >> 2u), xg.v[2]) + dot(five_masked(q.w, h >> 3u), xg.v[3])
+        + dot(five_masked(q.x >> 4u, h >> 4u), xg.v[4])
+        + dot(five_masked(q.y >> 4u, h >> 5u), xg.v[5])
+        + dot(five_masked(q.z >> 4u, h >> 6u), xg.v[6])
+        + dot(five_masked(q.w >> 4u, h >> 7u), xg.v[7]);
+}
 
 // Word i of the scale region that follows the n * nb groups of QW words.
 fn scale_word(i: u32, qw: u32) -> u32 {
@@ -420,6 +469,23 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
     let q = w_word(i);
     let dm = q4k_dm(q4k_header(i), gi & 7u);
     return dm.x * nibble_dot(q, xg) + dm.y * xg.sum;
+#endif
+#ifdef Q5_0
+    // quants, then a highs word a group, then the d's (two a word)
+    let i = row * (p.k / 32u) + gi;
+    let groups = p.n * (p.k / 32u);
+    let d = unpack2x16float(scale_word(groups + (i >> 1u), 4u))[i & 1u];
+    return d * (five_dot(w_word(i), scale_word(i, 4u), xg) - 16.0 * xg.sum);
+#endif
+#ifdef Q5_1
+    let i = row * (p.k / 32u) + gi;
+    let dm = unpack2x16float(scale_word(p.n * (p.k / 32u) + i, 4u));
+    return dm.x * five_dot(w_word(i), scale_word(i, 4u), xg) + dm.y * xg.sum;
+#endif
+#ifdef Q5_K
+    let i = row * (p.k / 32u) + gi;
+    let dm = q4k_dm(q4k_header(i), gi & 7u);
+    return dm.x * five_dot(w_word(i), scale_word(i, 4u), xg) + dm.y * xg.sum;
 #endif
 #ifdef Q6_K
     let g = q6k_group(row * (p.k / 32u) + gi);
@@ -817,6 +883,14 @@ fn block_nibbles(q: vec4<u32>) -> array<vec4<f32>, 8> {
                                nib_hi(q.x), nib_hi(q.y), nib_hi(q.z), nib_hi(q.w));
 }
 
+// A Q5 group's 32 quants in value order: nibbles q with the fifth bits of highs word h.
+fn block_fives(q: vec4<u32>, h: u32) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(five(q.x, h), five(q.y, h >> 1u), five(q.z, h >> 2u),
+                               five(q.w, h >> 3u), five(q.x >> 4u, h >> 4u),
+                               five(q.y >> 4u, h >> 5u), five(q.z >> 4u, h >> 6u),
+                               five(q.w >> 4u, h >> 7u));
+}
+
 // One 16-byte word of f16 weights as a unit.
 fn f16_unit(q: vec4<u32>) -> WUnit {
     var wu: WUnit;
@@ -826,7 +900,8 @@ fn f16_unit(q: vec4<u32>) -> WUnit {
     return wu;
 }
 
-// One weight row over unit ui: every format sets d (f16 through f16_unit), Q4_0/Q4_1/Q4_K m.
+// One weight row over unit ui: every format sets d (f16 through f16_unit), all but Q8_0 and
+// Q6_K m.
 fn w_unit(row: u32, ui: u32) -> WUnit {
     var wu: WUnit;
 #ifdef WF16
@@ -862,6 +937,26 @@ fn w_unit(row: u32, ui: u32) -> WUnit {
     wu.d = dm.x;
     wu.m = dm.y;
     wu.v = block_nibbles(q);
+#endif
+#ifdef Q5_0
+    let i = row * (p.k / 32u) + ui;
+    wu.d = unpack2x16float(scale_word(p.n * (p.k / 32u) + (i >> 1u), 4u))[i & 1u];
+    wu.m = -16.0 * wu.d;
+    wu.v = block_fives(w_word(i), scale_word(i, 4u));
+#endif
+#ifdef Q5_1
+    let i = row * (p.k / 32u) + ui;
+    let dm = unpack2x16float(scale_word(p.n * (p.k / 32u) + i, 4u));
+    wu.d = dm.x;
+    wu.m = dm.y;
+    wu.v = block_fives(w_word(i), scale_word(i, 4u));
+#endif
+#ifdef Q5_K
+    let i = row * (p.k / 32u) + ui;
+    let dm = q4k_dm(q4k_header(i), ui & 7u);
+    wu.d = dm.x;
+    wu.m = dm.y;
+    wu.v = block_fives(w_word(i), scale_word(i, 4u));
 #endif
 #ifdef Q6_K
     // the two scales folded into the values: d 1, m 0

@@ -4,20 +4,21 @@
 // Bindings: 0 params (uniform Params)
 //           1 x     f32 [m, x_stride], columns 0..k used (k a multiple of 32)
 //           2 w     u32 words, repacked at upload (gpu::tensor::repack): the 16 (Q4, and
-//                   Q6_K's low nibbles) or 32 (Q8) quant bytes of group (n, g) at word
-//                   (n*nb + g)*QW, then the scales from word n_rows*nb*QW on (Q4_1: one d|m
-//                   word per group; Q4_0/Q8_0: one f16 d per group, two per word; Q4_K: one
-//                   4-word header per 256-value super-block, q4_k.wgsl; Q6_K: two words of
-//                   2-bit highs per group, then 4 words of int8 scales per super-block, then
-//                   its f16 d's, two per word)
+//                   the Q5s' and Q6_K's low nibbles) or 32 (Q8) quant bytes of group (n, g)
+//                   at word (n*nb + g)*QW, then the scales from word n_rows*nb*QW on (Q4_1:
+//                   one d|m word per group; Q4_0/Q8_0: one f16 d per group, two per word;
+//                   Q4_K: one 4-word header per 256-value super-block, q4_k.wgsl; Q5_0,
+//                   Q5_1, Q5_K: one word of high bits per group first, then their Q4_0,
+//                   Q4_1, Q4_K scales; Q6_K: two words of 2-bit highs per group, then 4
+//                   words of int8 scales per super-block, then its f16 d's, two per word)
 //           3 bias  f32 [out_col + n] (only with BIAS)
 //           4 y     f32 [m, out_stride]
 //           5 ids   u32 [m] (embed_rows only)
-// Variants: one of Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE;
+// Variants: one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE;
 //           WTEX (w's words in a texture, weight_texture.wgsl).
 // Every format is read as groups of 32 consecutive values: the block itself (Q4_0, Q4_1,
-// Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q6_K; their low
-// nibbles are repacked in Q4_1's order).
+// Q5_0, Q5_1, Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q5_K,
+// Q6_K; their low nibbles are repacked in Q4_1's order).
 // Entry points:
 //   gemv: m == 1. 8 output rows per workgroup of 64 invocations, 8 per row striding over the
 //         row's groups, then a workgroup-memory sum. Dispatch fold(ceil(n / 8)).
@@ -31,6 +32,9 @@
 #include "common"
 #include "linear_store"
 #ifdef Q4_K
+#include "q4_k"
+#endif
+#ifdef Q5_K
 #include "q4_k"
 #endif
 
@@ -75,6 +79,15 @@ const QW: u32 = 4u;
 #ifdef Q6_K
 const QW: u32 = 4u;
 #endif
+#ifdef Q5_0
+const QW: u32 = 4u;
+#endif
+#ifdef Q5_1
+const QW: u32 = 4u;
+#endif
+#ifdef Q5_K
+const QW: u32 = 4u;
+#endif
 
 // Repacked formats: word index of group (row, g)'s quants, and its scale word / f16.
 fn packed_group(row: u32, g: u32) -> u32 {
@@ -92,7 +105,7 @@ fn packed_half(i: u32) -> f32 {
 struct Group {
     // Word index of the group's quants (Q6_K: its low nibbles).
     qs: u32,
-    // Q6_K only: word index of the group's two words of 2-bit highs.
+    // Q5_0, Q5_1, Q5_K, Q6_K: word index of the group's word (Q6_K: two words) of highs.
     qh: u32,
     scale0: f32,
     scale1: f32,
@@ -134,6 +147,39 @@ fn group(row: u32, g: u32) -> Group {
     r.scale1 = dm.x;
     r.offset = dm.y;
 #endif
+#ifdef Q5_0
+    // the highs' region (a word a group) comes before the d's
+    let i = packed_group(row, g);
+    let groups = scales_base() / QW;
+    let d = unpack2x16float(w_u32(5u * groups + (i >> 1u)))[i & 1u];
+    r.qs = i * QW;
+    r.qh = 4u * groups + i;
+    r.scale0 = d;
+    r.scale1 = d;
+    r.offset = -16.0 * d;
+#endif
+#ifdef Q5_1
+    let i = packed_group(row, g);
+    let groups = scales_base() / QW;
+    let dm = unpack2x16float(w_u32(5u * groups + i));
+    r.qs = i * QW;
+    r.qh = 4u * groups + i;
+    r.scale0 = dm.x;
+    r.scale1 = dm.x;
+    r.offset = dm.y;
+#endif
+#ifdef Q5_K
+    // the super-block's header, after the highs' region: as Q4_K's
+    let i = packed_group(row, g);
+    let groups = scales_base() / QW;
+    let h = 5u * groups + 4u * (i >> 3u);
+    let dm = q4k_dm(vec4<u32>(w_u32(h), w_u32(h + 1u), w_u32(h + 2u), w_u32(h + 3u)), g & 7u);
+    r.qs = i * QW;
+    r.qh = 4u * groups + i;
+    r.scale0 = dm.x;
+    r.scale1 = dm.x;
+    r.offset = dm.y;
+#endif
 #ifdef Q6_K
     // regions after the low nibbles (4 words a group): highs (2 words a group), scales (4
     // words a super-block: scales 2j and 2j + 1 of sub-block j in word j / 2), d's
@@ -160,6 +206,15 @@ fn nibbles(gr: Group, l: u32) -> vec4<f32> {
     return u8x4((wd >> select(0u, 4u, l >= 16u)) & 0x0f0f0f0fu);
 }
 
+// Q5_0 / Q5_1 / Q5_K: the nibbles with their fifth bits, value 16h + 4c + j's at bit
+// 8j + 4h + c of the group's highs word (gpu::tensor::repack_q5).
+fn fives(gr: Group, l: u32) -> vec4<f32> {
+    let hs = select(0u, 4u, l >= 16u) + ((l & 15u) >> 2u);
+    let hi = ((w_u32(gr.qh) >> hs) & 0x01010101u) << 4u;
+    let wd = w_u32(gr.qs + ((l & 15u) >> 2u));
+    return u8x4(((wd >> select(0u, 4u, l >= 16u)) & 0x0f0f0f0fu) | hi);
+}
+
 // The four integer quants of values l .. l + 4 (l a multiple of 4) of a group.
 fn quads(gr: Group, l: u32) -> vec4<f32> {
 #ifdef Q8_0
@@ -177,6 +232,15 @@ fn quads(gr: Group, l: u32) -> vec4<f32> {
 #endif
 #ifdef Q4_K
     return nibbles(gr, l);
+#endif
+#ifdef Q5_0
+    return fives(gr, l);
+#endif
+#ifdef Q5_1
+    return fives(gr, l);
+#endif
+#ifdef Q5_K
+    return fives(gr, l);
 #endif
 #ifdef Q4_0
     return nibbles(gr, l);

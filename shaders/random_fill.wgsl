@@ -6,10 +6,11 @@
 // uniformly from [-amp, amp] (f16 weights; quant scales), or 32 random bits (quants):
 //   - i >= split, and header_words == 0 or (i - split) % header_words == 0
 //                  -> two f16 (the repacked formats' scales, which come after every group's
-//                     quant bytes; Q4_K: d and dmin open each super-block's header)
-//   - otherwise    -> random bits (quants; the rest of a Q4_K header, its packed 6-bit
-//                     scales and mins; Q6_K's highs and int8 scales, which come before
-//                     its d's: split is where the d's start)
+//                     quant bytes; Q4_K, Q5_K: d and dmin open each super-block's header)
+//   - otherwise    -> random bits (quants; the rest of a Q4_K / Q5_K header, its packed
+//                     6-bit scales and mins; the highs of Q5_0, Q5_1, Q5_K and Q6_K and
+//                     Q6_K's int8 scales, which come before the scales or d's: split is
+//                     where those start)
 //   F16 weights pass split = 0.
 //   Bindings: 0 params {words, split, header_words, seed, amp}, 1 w array<u32> [words]
 //   Dispatch (workgroups, 1, 1) of 64 invocations.

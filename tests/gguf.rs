@@ -15,11 +15,14 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/quant-types.gguf")
 }
 
-const TYPES: [GgmlType; 5] = [
+const TYPES: [GgmlType; 8] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q4K,
+    GgmlType::Q5K,
     GgmlType::Q6K,
 ];
 
@@ -38,7 +41,7 @@ fn reader_and_dequantisation_agree_with_the_gguf_package() {
         serde_json::from_str(&std::fs::read_to_string(fixture().with_extension("json")).unwrap())
             .unwrap();
     let reference = reference.as_object().unwrap();
-    assert_eq!(reference.len(), 7);
+    assert_eq!(reference.len(), 10);
     for (name, r) in reference {
         let t = f.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(t.ty.name(), r["type"].as_str().unwrap(), "{name}");
@@ -80,12 +83,12 @@ fn random_blocks(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u
             b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes())
         };
         match ty {
-            GgmlType::Q4K => {
+            GgmlType::Q4K | GgmlType::Q5K => {
                 put(0, 0.01 * rng.uniform());
                 put(2, 0.01 * rng.uniform());
             }
             GgmlType::Q6K => put(208, 0.002 * rng.uniform()),
-            GgmlType::Q4_1 => {
+            GgmlType::Q4_1 | GgmlType::Q5_1 => {
                 put(0, 0.1 * rng.uniform());
                 put(2, rng.uniform());
             }
@@ -181,14 +184,15 @@ fn quantized_gemv_gemm_and_embedding_match_cpu_dequantisation() {
 
 #[test]
 fn quantized_weights_split_by_rows_over_the_binding_limit() {
-    // 600 bytes per chunk: Q6_K rows of 210 bytes (not a multiple of 4) go 2 to a chunk.
+    // 600 bytes per chunk: Q6_K rows of 210 bytes (not a multiple of 4) go 2 to a chunk,
+    // Q5_0 rows of 176 bytes (16-byte quants, 4-byte highs, 2-byte d's a block) 3.
     let gpu = Gpu::new(&GpuOptions {
         max_binding: Some(600),
         ..Default::default()
     })
     .unwrap();
     let mut rng = Rng::new(3);
-    for ty in [GgmlType::Q6K, GgmlType::Q8_0] {
+    for ty in [GgmlType::Q6K, GgmlType::Q5_0, GgmlType::Q8_0] {
         let (k, n) = (256, 9);
         let raw = random_blocks(&mut rng, ty, n, k);
         let w = dequantize(ty, &raw).unwrap();
@@ -319,8 +323,10 @@ fn malformed_gguf_files_are_clear_errors() {
     // Unknown tensor type and unknown metadata type.
     let b = gguf_bytes(&[], &[("t", vec![32], 99, 0)], 64);
     assert!(open_bytes("unknown_type.gguf", &b).contains("unknown ggml type 99"));
-    let b = gguf_bytes(&[], &[("t", vec![32], 6, 0)], 64);
-    assert!(open_bytes("unsupported_type.gguf", &b).contains("not supported"));
+    let b = gguf_bytes(&[], &[("t", vec![256], 10, 0)], 128);
+    assert!(
+        open_bytes("unsupported_type.gguf", &b).contains("ggml type 10 (Q2_K) is not supported")
+    );
     let b = gguf_bytes(&[("k", 77, vec![0; 8])], &[], 0);
     assert!(open_bytes("unknown_value.gguf", &b).contains("value type 77"));
 
@@ -351,7 +357,10 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
         Some(GgmlType::Q4_0),
         Some(GgmlType::Q4_1),
         Some(GgmlType::Q8_0),
+        Some(GgmlType::Q5_0),
+        Some(GgmlType::Q5_1),
         Some(GgmlType::Q4K),
+        Some(GgmlType::Q5K),
         Some(GgmlType::Q6K),
     ];
     for (variant, gpu) in variants() {
@@ -374,14 +383,15 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
         // exactly, and 96 (3 groups) leaves some lanes idle instead. k = 288 also spans a
         // partial lane round of gemm_lanes; k = 44 (five and a half units of 8) is short
         // enough for gemm_tokens, whose invocations walk all of k alone. Q4_K's rows are
-        // whole 256-value super-blocks (Q6_K's too): k = 256 and 768 (one and three rounds of 8 groups).
+        // whole 256-value super-blocks (Q5_K's and Q6_K's too): k = 256 and 768 (one and three
+        // rounds of 8 groups).
         // gemm_tokens' x past its uniform array (k = 44: 176 bytes a row)
         let past = vlm_run::gpu::UNIFORM_X_BYTES as usize / 176 + 3;
         let cases = formats
             .into_iter()
             .flat_map(|t| {
                 let (ks, lanes_k): (&[usize], usize) = match t {
-                    Some(GgmlType::Q4K | GgmlType::Q6K) => (&[256, 768], 768),
+                    Some(GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) => (&[256, 768], 768),
                     _ => (&[288, 576, 128, 256, 96], 288),
                 };
                 (ks.iter().map(move |&k| (t, 1usize, k, "gemv"))).chain([(

@@ -61,8 +61,11 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
         GgmlType::F16,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q8_0,
         GgmlType::Q4K,
+        GgmlType::Q5K,
         GgmlType::Q6K,
     ] {
         let cols = 256;
@@ -77,24 +80,21 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
             _ => {
                 // repacked: every group's quant bytes, then the scales (Q4_K: a 16-byte
                 // header per super-block, d and dmin then 12 bytes of packed 6-bit scales)
-                // (Q6_K: its nibbles, highs and int8 scales, then its d's)
+                // (the Q5 formats, Q6_K: their nibbles and highs (Q6_K's int8 scales too),
+                // then their scales, as the Q4 formats' or d's)
                 let scale_bytes = match ty {
-                    GgmlType::Q4_1 => 4,
-                    GgmlType::Q4K => 16,
+                    GgmlType::Q4_1 | GgmlType::Q5_1 => 4,
+                    GgmlType::Q4K | GgmlType::Q5K => 16,
                     _ => 2,
                 };
+                // the header bytes after d and dmin, over all chunks (the last may be short)
+                let mut packed = std::collections::BTreeSet::new();
                 for (i, b) in chunks.iter().enumerate() {
                     let groups = b.len() / ty.block_bytes();
                     let split = groups * (ty.block_bytes() - scale_bytes);
                     let scales = &b[split..];
-                    let f16s: Vec<u8> = if ty == GgmlType::Q4K {
-                        let packed: std::collections::BTreeSet<u8> = (scales.chunks_exact(16))
-                            .flat_map(|h| h[4..].to_vec())
-                            .collect();
-                        assert!(
-                            packed.len() > 200,
-                            "{what} chunk {i}: packed scales not random"
-                        );
+                    let f16s: Vec<u8> = if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) {
+                        packed.extend(scales.chunks_exact(16).flat_map(|h| h[4..].to_vec()));
                         (scales.chunks_exact(16))
                             .flat_map(|h| h[..4].to_vec())
                             .collect()
@@ -108,6 +108,9 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
                         distinct.len() > 200,
                         "{what} chunk {i}: quant bytes not random"
                     );
+                }
+                if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) {
+                    assert!(packed.len() > 200, "{what}: packed scales not random");
                 }
             }
         }
@@ -387,13 +390,17 @@ fn bench_fails_in_one_line(args: &[&str], env: &[(&str, &str)], needle: &str) {
 }
 
 /// A matrix whose rows are not whole blocks of `--dtype` is made in a fallback type, as
-/// llama.cpp's quantizer does (Q4_1 for Q4_K's 256-value blocks, else F16), and bench names
-/// the mix: the tiny shape's 96- and 160-wide rows are all Q4_1 under q4_k.
+/// llama.cpp's quantizer does (Q5_0 for Q4_K's 256-value blocks, Q5_1 for Q5_K's, Q8_0 for
+/// Q6_K's, else F16), and bench names the mix: the tiny shape's 96- and 160-wide rows are all
+/// Q5_0 under q4_k.
 #[test]
 fn synthetic_rows_that_a_type_cannot_hold_take_a_fallback_type() {
     use vlm_run::synthetic::storage_type;
     assert_eq!(storage_type(GgmlType::Q4K, 1536), GgmlType::Q4K);
-    assert_eq!(storage_type(GgmlType::Q4K, 576), GgmlType::Q4_1);
+    assert_eq!(storage_type(GgmlType::Q4K, 576), GgmlType::Q5_0);
+    assert_eq!(storage_type(GgmlType::Q5K, 576), GgmlType::Q5_1);
+    assert_eq!(storage_type(GgmlType::Q5K, 4096), GgmlType::Q5K);
+    assert_eq!(storage_type(GgmlType::Q5_0, 100), GgmlType::F16);
     assert_eq!(storage_type(GgmlType::Q4K, 100), GgmlType::F16);
     assert_eq!(storage_type(GgmlType::Q4_0, 96), GgmlType::Q4_0);
     assert_eq!(storage_type(GgmlType::Q8_0, 100), GgmlType::F16);
@@ -411,17 +418,17 @@ fn synthetic_rows_that_a_type_cannot_hold_take_a_fallback_type() {
         "2",
     ]));
     assert!(
-        stdout.contains("(2 layers, width 96, decoder matrices Q4_1; image "),
+        stdout.contains("(2 layers, width 96, decoder matrices Q5_0; image "),
         "{stdout}"
     );
     let r = &bench_lines(&["--synthetic", "tiny", "--dtype", "q4_k", "--repeat", "1"])[0];
     // the matrices' bytes: 2 layers of q|k|v (96 + 2·32 rows), o (96), [gate; up] (320) at
-    // 96 columns, down (96 rows) at 160, and the 302-row embedding table and LM head; Q4_1
-    // takes 20 bytes per 32 values
+    // 96 columns, down (96 rows) at 160, and the 302-row embedding table and LM head; Q5_0
+    // takes 22 bytes per 32 values
     let values = 2 * ((160 + 96 + 320) * 96 + 96 * 160) + 2 * 302 * 96;
     assert_eq!(
         r["decoder_matrix_bytes_by_type"],
-        serde_json::json!({"Q4_1": values / 32 * 20}),
+        serde_json::json!({"Q5_0": values / 32 * 22}),
         "{r}"
     );
 }

@@ -5,9 +5,15 @@
 //! - Q4_0: 32 values in 18 bytes: d, then 16 bytes; value j = d·(nibble − 8), low nibbles
 //!   holding values 0..16 and high nibbles 16..32.
 //! - Q4_1: 32 values in 20 bytes: d, m, 16 bytes of nibbles (same order); value = d·q + m.
+//! - Q5_0: 32 values in 22 bytes: d, a 32-bit word of high bits (bit j for value j), 16
+//!   bytes of nibbles (Q4_0's order); value = d·(q − 16) for the 5-bit q.
+//! - Q5_1: 32 values in 24 bytes: d, m, the high bits, the nibbles; value = d·q + m.
 //! - Q8_0: 32 values in 34 bytes: d, 32 signed bytes; value = d·q.
 //! - Q4_K: 256 values in 144 bytes: d, dmin, 12 bytes of packed 6-bit (scale, min) pairs for
 //!   8 sub-blocks of 32, then 128 bytes of nibbles; value = d·sc·q − dmin·mn.
+//! - Q5_K: 256 values in 176 bytes: Q4_K's d, dmin and scales, 32 bytes of high bits (bit
+//!   2p of byte l for value 64p + l, bit 2p + 1 for value 64p + 32 + l), then Q4_K's 128
+//!   bytes of nibbles; value = d·sc·q − dmin·mn for the 5-bit q.
 //! - Q6_K: 256 values in 210 bytes: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs,
 //!   16 signed 8-bit scales (one per 16 values), d; value = d·sc·(q − 32).
 
@@ -21,8 +27,11 @@ pub enum GgmlType {
     BF16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
+    Q5K,
     Q6K,
 }
 
@@ -34,12 +43,24 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
             12 => Self::Q4K,
+            13 => Self::Q5K,
             14 => Self::Q6K,
             30 => Self::BF16,
-            6 | 7 | 9 | 10 | 11 | 13 | 15..=29 => {
-                bail!("ggml type {id} is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)")
+            9..=11 | 15..=29 => {
+                const NAMES: [&str; 21] = [
+                    "Q8_1", "Q2_K", "Q3_K", "", "", "", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS",
+                    "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64",
+                    "F64", "IQ1_M",
+                ];
+                bail!(
+                    "ggml type {id} ({}) is not supported \
+                     (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)",
+                    NAMES[id as usize - 9]
+                )
             }
             _ => bail!("unknown ggml type {id}"),
         })
@@ -52,8 +73,11 @@ impl GgmlType {
             Self::BF16 => "BF16",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
             Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
         }
     }
@@ -62,8 +86,8 @@ impl GgmlType {
     pub fn block_values(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => 32,
-            Self::Q4K | Self::Q6K => 256,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
     }
 
@@ -74,8 +98,11 @@ impl GgmlType {
             Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
+            Self::Q5K => 176,
             Self::Q6K => 210,
         }
     }
@@ -97,8 +124,11 @@ impl GgmlType {
         match self {
             Self::Q4_0 => Some("Q4_0"),
             Self::Q4_1 => Some("Q4_1"),
+            Self::Q5_0 => Some("Q5_0"),
+            Self::Q5_1 => Some("Q5_1"),
             Self::Q8_0 => Some("Q8_0"),
             Self::Q4K => Some("Q4_K"),
+            Self::Q5K => Some("Q5_K"),
             Self::Q6K => Some("Q6_K"),
             _ => None,
         }
@@ -138,6 +168,21 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
                 out[j + 16] = d * (qs[j] >> 4) as f32 + m;
             }
         }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let d = half(b, 0);
+            let (m, at) = if t == GgmlType::Q5_1 {
+                (half(b, 2), 4)
+            } else {
+                (-16.0 * d, 2)
+            };
+            let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            let qs = &b[at + 4..at + 20];
+            let high = |j: usize| (((qh >> j) & 1) << 4) as u8;
+            for j in 0..16 {
+                out[j] = d * ((qs[j] & 0xF) | high(j)) as f32 + m;
+                out[j + 16] = d * ((qs[j] >> 4) | high(j + 16)) as f32 + m;
+            }
+        }
         GgmlType::Q8_0 => {
             let d = half(b, 0);
             for j in 0..32 {
@@ -154,6 +199,23 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
                 for l in 0..32 {
                     out[64 * pair + l] = d * s1 as f32 * (q[l] & 0xF) as f32 - dmin * m1 as f32;
                     out[64 * pair + 32 + l] = d * s2 as f32 * (q[l] >> 4) as f32 - dmin * m2 as f32;
+                }
+            }
+        }
+        GgmlType::Q5K => {
+            let (d, dmin) = (half(b, 0), half(b, 2));
+            let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+            for pair in 0..4 {
+                let (s1, m1) = q4k_scale_min(scales, 2 * pair);
+                let (s2, m2) = q4k_scale_min(scales, 2 * pair + 1);
+                let q = &qs[32 * pair..32 * pair + 32];
+                for l in 0..32 {
+                    let h1 = ((qh[l] >> (2 * pair)) & 1) << 4;
+                    let h2 = ((qh[l] >> (2 * pair + 1)) & 1) << 4;
+                    out[64 * pair + l] =
+                        d * s1 as f32 * ((q[l] & 0xF) | h1) as f32 - dmin * m1 as f32;
+                    out[64 * pair + 32 + l] =
+                        d * s2 as f32 * ((q[l] >> 4) | h2) as f32 - dmin * m2 as f32;
                 }
             }
         }

@@ -113,14 +113,17 @@ pub struct WeightChunk {
 /// every quant with aligned 16-byte loads. Q4_0, Q4_1, Q8_0: all groups' quant bytes first
 /// (16 or 32 per group, in file order), then the scales (Q4_1: d and m as one 4-byte word
 /// per group; Q4_0, Q8_0: one f16 d per group, two per word); the size changes by at most 2
-/// bytes. Q4_K: [`repack_q4_k`], Q6_K: [`repack_q6_k`], the same size. Types that are not
-/// blocks (None) keep their bytes.
+/// bytes. Q5_0, Q5_1: [`repack_q5`]; Q4_K: [`repack_q4_k`]; Q5_K: [`repack_q5_k`]; Q6_K:
+/// [`repack_q6_k`]; the same size. Types that are not blocks (None) keep their bytes.
 pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
     let (scale_bytes, quant_bytes) = match ty {
         GgmlType::Q4_0 => (2, 16),
         GgmlType::Q4_1 => (4, 16),
         GgmlType::Q8_0 => (2, 32),
+        GgmlType::Q5_0 => return Some(repack_q5(bytes, 2)),
+        GgmlType::Q5_1 => return Some(repack_q5(bytes, 4)),
         GgmlType::Q4K => return Some(repack_q4_k(bytes)),
+        GgmlType::Q5K => return Some(repack_q5_k(bytes)),
         GgmlType::Q6K => return Some(repack_q6_k(bytes)),
         _ => return None,
     };
@@ -156,6 +159,66 @@ pub fn repack_q4_k(bytes: &[u8]) -> Vec<u8> {
     }
     quants.extend_from_slice(&headers);
     quants
+}
+
+/// The GPU word of a 32-value group's high bits (`high(v)`: value v's fifth bit): value
+/// 16h + 4c + j's at bit 8j + 4h + c, so that `(word >> (4h + c)) & 0x01010101` puts the
+/// highs of values 16h + 4c .. 16h + 4c + 4 under their nibbles' bytes (bit 8j), as Q6_K's
+/// highs words do two bits at a time.
+fn five_highs(high: impl Fn(usize) -> bool) -> [u8; 4] {
+    let mut word = 0u32;
+    for v in 0..32 {
+        let (h, c, j) = (v / 16, v % 16 / 4, v % 4);
+        word |= (high(v) as u32) << (8 * j + 4 * h + c);
+    }
+    word.to_le_bytes()
+}
+
+/// Q5_0 / Q5_1 blocks (22 / 24 bytes: `scale_bytes` of d (and m), a 32-bit word of high
+/// bits, bit v for value v, then 16 bytes of nibbles in Q4_1's order) in the GPU layout, the
+/// same size, in three regions: every block's nibbles as they are, then its highs as
+/// [`five_highs`] words them, then its scales as they are (Q5_0: one f16 d per block, two to
+/// a word; Q5_1: d and m as one word).
+pub fn repack_q5(bytes: &[u8], scale_bytes: usize) -> Vec<u8> {
+    let block = scale_bytes + 20;
+    let blocks = bytes.len() / block;
+    let mut quants = Vec::with_capacity(blocks * block + 2);
+    let mut highs = Vec::with_capacity(blocks * 4);
+    let mut scales = Vec::with_capacity(blocks * scale_bytes);
+    for b in bytes.chunks_exact(block) {
+        scales.extend_from_slice(&b[..scale_bytes]);
+        let h = &b[scale_bytes..scale_bytes + 4];
+        highs.extend(five_highs(|v| (h[v / 8] >> (v % 8)) & 1 == 1));
+        quants.extend_from_slice(&b[scale_bytes + 4..]);
+    }
+    quants.extend(highs);
+    quants.extend(scales);
+    quants
+}
+
+/// Q5_K super-blocks (176 bytes: Q4_K's 16-byte header, 32 bytes of high bits, bit 2p of
+/// byte l for value 64p + l and bit 2p + 1 for 64p + 32 + l, then Q4_K's 128 bytes of
+/// nibbles) in the GPU layout, the same size: every sub-block's nibbles as
+/// [`repack_q4_k`] orders them, then its highs as [`five_highs`] words them, then every
+/// super-block's header as it is. So a Q5_K sub-block is a Q5_1 block whose d and m its
+/// header gives.
+pub fn repack_q5_k(bytes: &[u8]) -> Vec<u8> {
+    let blocks = bytes.len() / 176;
+    let mut quants = Vec::with_capacity(bytes.len());
+    let mut highs = Vec::with_capacity(blocks * 32);
+    let mut headers = Vec::with_capacity(blocks * 16);
+    for b in bytes.chunks_exact(176) {
+        headers.extend_from_slice(&b[..16]);
+        let qh = &b[16..48];
+        for (p, pair) in b[48..].chunks_exact(32).enumerate() {
+            for (s, shift) in [0, 4].into_iter().enumerate() {
+                let v = |l: usize| (pair[l] >> shift) & 15;
+                quants.extend((0..16).map(|i| v(i) | (v(i + 16) << 4)));
+                highs.extend(five_highs(|l| (qh[l] >> (2 * p + s)) & 1 == 1));
+            }
+        }
+    }
+    [quants, highs, headers].concat()
 }
 
 /// Q6_K super-blocks (210 bytes: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales
@@ -348,7 +411,7 @@ impl Weight {
     /// A weight of type `ty` filled on the GPU with seeded pseudo-random values, in the same
     /// layout [`Weight::upload_data`] gives: f16 values in ±0.05, or random quant bits with
     /// scales in ±0.003. Nothing is uploaded, so shapes of any size can be benchmarked without
-    /// a file (`vlm-run bench --synthetic`). F16, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K.
+    /// a file (`vlm-run bench --synthetic`). F16 and every block type.
     pub fn random(
         gpu: &Gpu,
         name: &str,
@@ -361,9 +424,10 @@ impl Weight {
         // super-block's header there, of which only the first, d|dmin, holds f16 values)
         let (scale_bytes, header_words) = match ty {
             GgmlType::F16 => (0, 0),
-            GgmlType::Q4_0 | GgmlType::Q8_0 => (2, 0),
-            GgmlType::Q4_1 => (4, 0),
-            GgmlType::Q4K => (16, 4),
+            // (Q5_0, Q5_1: the highs' words lie between the nibbles and the scales)
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => (2, 0),
+            GgmlType::Q4_1 | GgmlType::Q5_1 => (4, 0),
+            GgmlType::Q4K | GgmlType::Q5K => (16, 4),
             // the d's close the layout, after the nibbles, highs and int8 scales
             GgmlType::Q6K => (2, 0),
             _ => bail!(

@@ -505,12 +505,12 @@ fn gemv_defines(gpu: &Gpu, w: &Weight) -> Defines {
 }
 
 /// Whether gemv.wgsl reads `w`'s format: f16 with rows of whole 16-byte words and k a
-/// multiple of 4, or repacked Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K (every block type).
+/// multiple of 4, or any repacked block type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+/// Q6_K).
 pub fn gemv_reads(w: &Weight) -> bool {
     match w.ty {
         GgmlType::F16 => w.cols.is_multiple_of(4) && w.cols4.is_multiple_of(8),
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K => true,
-        _ => false,
+        ty => ty.is_quantized(),
     }
 }
 
@@ -545,7 +545,7 @@ fn gemv_rows(gpu: &Gpu, w: &Weight, rows: usize) -> usize {
 
 /// The decode GEMV's lanes per lane group and whether they take the GPU layout (gemv.wgsl's
 /// GV_LANES), for weight `w`: on GPUs lane groups of 32 lanes step over whole 16-byte words
-/// of f16 rows, or whole 32-value blocks of Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K rows, at a stride of 32, with
+/// of f16 rows, or whole 32-value blocks of rows of any block type, at a stride of 32, with
 /// x and the row sums in registers (no run-time-indexed arrays). CPU devices keep lane groups
 /// of 8 over 32-value groups. Measured on an H100 (Vulkan, 2026-11-24, `examples/gemm_probe.rs`),
 /// llava-1.5-7b's 4096 × 4096 f16: the 32-value groups took 105-108 us (320 GB/s); words over
@@ -553,15 +553,7 @@ fn gemv_rows(gpu: &Gpu, w: &Weight, rows: usize) -> usize {
 /// (loads issued ahead); its decode went from 19 to 115-120 tokens/s. The setting is the device's
 /// ([`Gpu::gemv_word_lanes`], env `VLM_RUN_GEMV_WORD_LANES`).
 pub fn gemv_lanes(gpu: &Gpu, w: &Weight) -> (usize, bool) {
-    let gpu_layout = matches!(
-        w.ty,
-        GgmlType::F16
-            | GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q8_0
-            | GgmlType::Q4K
-            | GgmlType::Q6K
-    );
+    let gpu_layout = w.ty == GgmlType::F16 || w.ty.is_quantized();
     match gpu.gemv_word_lanes() {
         n @ (8 | 16 | 32) if gpu_layout => (n as usize, true),
         _ => (8, false),
