@@ -118,6 +118,10 @@ struct Params {
     kv_heads: u32,
     kv_stride: u32,
     g_row: u32,      // XTEX with NORM: the RMSNorm weight's row of its texture
+    head0: u32,      // gemv's ROPE: w's rows are q|k|v's from head head0 on (a part)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -777,14 +781,15 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var r = 0u; r < LG_ROWS / 2u; r += 4u) {
         if base + r < valid {
             let h = LG_ROWS / 2u;
-            rope_store4(base + r, vec4<f32>(acc[r], acc[r + 1u], acc[r + 2u], acc[r + 3u]),
+            rope_store4(p.head0 * HALF + base + r,
+                        vec4<f32>(acc[r], acc[r + 1u], acc[r + 2u], acc[r + 3u]),
                         vec4<f32>(acc[h + r], acc[h + r + 1u], acc[h + r + 2u], acc[h + r + 3u]));
         }
     }
 #else
     for (var r = 0u; r < LG_ROWS / 2u; r++) {
         if base + r < valid {
-            rope_store(base + r, acc[r], acc[r + LG_ROWS / 2u]);
+            rope_store(p.head0 * HALF + base + r, acc[r], acc[r + LG_ROWS / 2u]);
         }
     }
 #endif

@@ -508,21 +508,45 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
 /// the rotated queries, key row and value row must match RMSNorm, the CPU product and
 /// rotate-half, and no other cache row may change. On CPU devices it also writes a cache
 /// kept in textures (ROPE with KV_TEX), where a lane group's pairs are whole texels: then
-/// the textures' row must match and the buffers stay as they were.
+/// the textures' row must match and the buffers stay as they were. q|k|v in two parts of
+/// different types (llama.cpp's K-quant mixes): one GEMV a part, from its first head on.
 #[test]
 fn qkv_gemv_rotates_into_the_kv_cache() {
     let mut rng = Rng::new(29);
     let (k, ctx, at, pos) = (288usize, 6usize, 3u32, 37u32);
-    let cases = [
-        (4usize, 2usize, 16usize, None, false),
-        (4, 2, 16, Some(GgmlType::Q4_1), false),
-        (4, 2, 16, Some(GgmlType::Q8_0), false),
+    // (heads, kv_heads, hd, type, into textures, parts apart: (first head of the second
+    // part, its type)); None types are f16
+    type Split = Option<(usize, Option<GgmlType>)>;
+    let cases: [(usize, usize, usize, Option<GgmlType>, bool, Split); 11] = [
+        (4, 2, 16, None, false, None),
+        (4, 2, 16, Some(GgmlType::Q4_1), false, None),
+        (4, 2, 16, Some(GgmlType::Q8_0), false, None),
         // 512 rows: lane groups of 8 rows, 4 pairs, one texel each of K or V
-        (8, 4, 32, Some(GgmlType::Q4_1), false),
-        (8, 4, 32, Some(GgmlType::Q4_1), true),
-        (8, 4, 32, None, true),
-        // 128 rows: lane groups of 2 rows, so the row goes to the buffers after all
-        (4, 2, 16, Some(GgmlType::Q8_0), true),
+        (8, 4, 32, Some(GgmlType::Q4_1), false, None),
+        (8, 4, 32, Some(GgmlType::Q4_1), true, None),
+        (8, 4, 32, None, true, None),
+        // 128 rows: lane groups of at least 8 rows where the row goes to textures
+        (4, 2, 16, Some(GgmlType::Q8_0), true, None),
+        // q|k and v apart (v_proj with more bits), into buffers and into textures
+        (
+            4,
+            2,
+            16,
+            Some(GgmlType::Q5_0),
+            false,
+            Some((6, Some(GgmlType::Q8_0))),
+        ),
+        (8, 4, 32, Some(GgmlType::Q5_1), true, Some((12, None))),
+        // q and k|v apart: the second part's keys still rotate
+        (4, 2, 16, None, false, Some((4, Some(GgmlType::Q5_0)))),
+        (
+            8,
+            4,
+            32,
+            Some(GgmlType::Q4_0),
+            true,
+            Some((8, Some(GgmlType::Q8_0))),
+        ),
     ];
     // and the GPUs' layout of the GEMV (word lanes 8 and 32), which writes the buffers
     let runs = variants()
@@ -531,7 +555,7 @@ fn qkv_gemv_rotates_into_the_kv_cache() {
     for ((variant, gpu), lanes) in runs {
         gpu.set_gemv_word_lanes(lanes);
         let variant = format!("{variant} word lanes {lanes}");
-        for &(heads, kv_heads, hd, ty, to_tex) in &cases {
+        for &(heads, kv_heads, hd, ty, to_tex, split) in &cases {
             if lanes > 0 && to_tex {
                 continue;
             }
@@ -550,24 +574,47 @@ fn qkv_gemv_rotates_into_the_kv_cache() {
                 None
             };
             let name = format!(
-                "{variant} {} {heads}+2x{kv_heads}x{hd}{}",
+                "{variant} {} {heads}+2x{kv_heads}x{hd}{}{}",
                 ty.map_or("F16", |t| t.name()),
-                if to_tex { " textures" } else { "" }
+                if to_tex { " textures" } else { "" },
+                split.map_or(String::new(), |(h, t)| format!(
+                    " apart from head {h} in {}",
+                    t.map_or("F16", |t| t.name())
+                ))
             );
-            let (w, wt) = match ty {
-                Some(ty) => {
-                    let raw = random_blocks(&mut rng, ty, n, k);
-                    let wt = Weight::upload_quantized(&gpu, "w", ty, n, k, &raw).unwrap();
-                    (dequantize(ty, &raw).unwrap(), wt)
+            // rows of q|k|v of one type: their values and the weight
+            let mut make = |ty: Option<GgmlType>, rows: usize| -> (Vec<f32>, Weight) {
+                match ty {
+                    Some(ty) => {
+                        let raw = random_blocks(&mut rng, ty, rows, k);
+                        let wt = Weight::upload_quantized(&gpu, "w", ty, rows, k, &raw).unwrap();
+                        (dequantize(ty, &raw).unwrap(), wt)
+                    }
+                    None => {
+                        let bits: Vec<u16> = rng
+                            .vec(rows * k, 0.2)
+                            .iter()
+                            .map(|&v| half::f16::from_f32(v).to_bits())
+                            .collect();
+                        let w = bits.iter().map(|&b| half::f16::from_bits(b).to_f32());
+                        (
+                            w.collect(),
+                            Weight::upload(&gpu, "w", rows, k, &bits).unwrap(),
+                        )
+                    }
                 }
+            };
+            // the parts and the heads they start at
+            let (w, parts) = match split {
                 None => {
-                    let bits: Vec<u16> = rng
-                        .vec(n * k, 0.2)
-                        .iter()
-                        .map(|&v| half::f16::from_f32(v).to_bits())
-                        .collect();
-                    let w = bits.iter().map(|&b| half::f16::from_bits(b).to_f32());
-                    (w.collect(), Weight::upload(&gpu, "w", n, k, &bits).unwrap())
+                    let (w, wt) = make(ty, n);
+                    (w, vec![(None, wt)])
+                }
+                Some((h, ty2)) => {
+                    let (mut w, a) = make(ty, h * hd);
+                    let (w2, b) = make(ty2, n - h * hd);
+                    w.extend(w2);
+                    (w, vec![(Some(0), a), (Some(h), b)])
                 }
             };
             let x = rng.vec(k, 2.0);
@@ -608,16 +655,21 @@ fn qkv_gemv_rotates_into_the_kv_cache() {
                 step: &sb,
                 into_textures: tex.as_ref().map(|t| (t, &sb)),
             };
-            let into_tex = ops::matmul::rope_into_textures(&gpu, &wt, &rope);
-            assert_eq!(into_tex, to_tex && hd == 32, "{name}: into textures");
-            let e = ops::matmul::Epilogue {
-                norm: Some((&gb, eps)),
-                rope: Some(rope),
-                ..Default::default()
-            };
-            let ks = ops::matmul::gemv(&gpu, &xt, &wt, &q, e).unwrap().unwrap();
-            assert_eq!(ks.len(), 1, "{name}: one dispatch");
-            gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+            let into_tex =
+                (parts.iter()).all(|(_, w)| ops::matmul::rope_into_textures(&gpu, w, &rope));
+            // CPU devices' lane groups take 8 rows or more where they write the textures
+            assert_eq!(into_tex, to_tex, "{name}: into textures");
+            for (from, wt) in &parts {
+                let e = ops::matmul::Epilogue {
+                    norm: Some((&gb, eps)),
+                    rope: Some(rope),
+                    rope_from: *from,
+                    ..Default::default()
+                };
+                let ks = ops::matmul::gemv(&gpu, &xt, wt, &q, e).unwrap().unwrap();
+                assert_eq!(ks.len(), 1, "{name}: one dispatch a part");
+                gpu.run(&ks.iter().collect::<Vec<_>>()).unwrap();
+            }
 
             // rotate-half at `pos`, in f64
             let rotate = |head: &[f32]| -> Vec<f32> {

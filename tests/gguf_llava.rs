@@ -146,3 +146,34 @@ fn mmproj_mistakes_are_clear_errors() {
         "{e}"
     );
 }
+
+/// A llama.cpp-style K-quant mix of the tiny decoder (tests/fixtures/make_kquant_mix_gguf.py):
+/// q|k|v in parts of different types (q|k and v, q and k|v), gate and up apart, every
+/// 32-value block type. Its greedy tokens (prefill, then decode steps whose q|k|v GEMVs run
+/// a part each with RoPE and the cache write) must be those of an f64 numpy forward over
+/// gguf's own dequantisation of the same file, its prefill logits close to numpy's.
+#[test]
+fn kquant_mix_decodes_as_numpy_does_over_the_dequantised_weights() {
+    let path = dir("tiny-llava-gguf").join("tiny-llava-mix.json");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let e = open("tiny-llava-mix.gguf", None);
+    let opts = GenerateOptions {
+        max_tokens: 8,
+        keep_prefill_logits: true,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompt = "What is in the picture today";
+    let ids = e.prompt_ids(prompt, &opts, false).unwrap();
+    eprintln!("prompt ids {ids:?}");
+    let want_ids: Vec<u32> = serde_json::from_value(r["prompt_ids"].clone()).unwrap();
+    assert_eq!(ids, want_ids, "the fixture's prompt ids");
+    let out = e.generate(None, prompt, &opts, &mut |_| {}).unwrap();
+    let want_logits: Vec<f32> = serde_json::from_value(r["last_logits"].clone()).unwrap();
+    let d = max_abs_diff(out.prefill_logits.as_ref().unwrap(), &want_logits);
+    eprintln!("K-quant mix: logits max abs diff vs numpy {d:.2e}");
+    assert!(d <= LOGITS_TOL, "logits differ by {d}");
+    let want: Vec<u32> = serde_json::from_value(r["tokens"].clone()).unwrap();
+    assert_eq!(out.tokens, want);
+}

@@ -3,6 +3,7 @@
 //! layer `vision_feature_layer` (−2), so only the layers up to it are loaded and run.
 
 use super::config::ClipVisionConfig;
+use crate::gguf::quant::GgmlType;
 use crate::gpu::{Gpu, Kernel, Tensor, Weight};
 use crate::ops::{self, attention::Heads, matmul::Act};
 use crate::weights::{Component, TensorSource};
@@ -57,7 +58,9 @@ pub enum Stacked {
 
 impl Loader<'_> {
     /// The weights `parts` (name, rows), each [rows, cols], stacked by rows into one when
-    /// their types agree, so that one dispatch computes them all.
+    /// their types agree, so that one dispatch computes them all; else apart, each run of
+    /// neighbours of one type stacked (llama.cpp's K-quant mixes give v_proj more bits than
+    /// q_proj and k_proj in some layers: q|k and v).
     pub fn stacked(&self, c: Component, parts: &[(String, usize)], cols: usize) -> Result<Stacked> {
         if self.src.generates() {
             let rows = parts.iter().map(|p| p.1).sum();
@@ -79,9 +82,20 @@ impl Loader<'_> {
             (self.on_bytes)(w.gpu_bytes());
             return Ok(Stacked::One(w));
         }
-        let mut ws = Vec::new();
+        // runs of one type: (first part's name, type, rows, data)
+        let mut runs: Vec<(&str, GgmlType, usize, Vec<u8>)> = Vec::new();
         for ((name, rows), (ty, data)) in parts.iter().zip(datas) {
-            let w = Weight::upload_data(self.gpu, name, ty, *rows, cols, &data)?;
+            match runs.last_mut() {
+                Some(run) if run.1 == ty => {
+                    run.2 += rows;
+                    run.3.extend(data);
+                }
+                _ => runs.push((name, ty, *rows, data)),
+            }
+        }
+        let mut ws = Vec::new();
+        for (name, ty, rows, data) in runs {
+            let w = Weight::upload_data(self.gpu, name, ty, rows, cols, &data)?;
             (self.on_bytes)(w.gpu_bytes());
             ws.push(w);
         }

@@ -641,6 +641,11 @@ impl Llama {
                 return Ok(Roped::Apart);
             }
         }
+        if let (Stacked::Apart(parts), Then::Rope(rope, _), 1) = (w, then, s.rows) {
+            if let Some(roped) = self.rope_parts(gpu, s, parts, (norm, norm_row), rope, ks)? {
+                return Ok(roped);
+            }
+        }
         ks.push(norm_op()?);
         let y = if swiglu { &s.gu } else { &s.qkv };
         let parts: Vec<&Weight> = match w {
@@ -665,6 +670,48 @@ impl Llama {
             ks.push(ops::elementwise::swiglu(gpu, &s.gu, &s.act)?);
         }
         Ok(Roped::Apart)
+    }
+
+    /// Decode's q|k|v held in parts (their storage types differ): one GEMV a part, each
+    /// with the norm on load and RoPE with the KV-cache write as its epilogue, as one
+    /// stacked weight's would be; into the cache's textures only where every part can write
+    /// them. None (nothing pushed) where the GEMV does not take a part.
+    fn rope_parts(
+        &self,
+        gpu: &Gpu,
+        s: &Scratch,
+        parts: &[Weight],
+        (norm, norm_row): (&wgpu::Buffer, usize),
+        rope: &RopeKv,
+        ks: &mut Vec<Kernel>,
+    ) -> Result<Option<Roped>> {
+        let into_tex = (parts.iter()).all(|w| ops::matmul::rope_into_textures(gpu, w, rope));
+        let rope = RopeKv {
+            into_textures: rope.into_textures.filter(|_| into_tex),
+            ..*rope
+        };
+        let mut kernels = Vec::new();
+        let mut from = 0;
+        for w in parts {
+            let e = Epilogue {
+                norm: Some((norm, self.cfg.rms_norm_eps as f32)),
+                norm_texels: self.norm_texel_row(norm_row),
+                rope: Some(rope),
+                rope_from: Some(from),
+                ..Default::default()
+            };
+            match ops::matmul::gemv(gpu, &s.x, w, rope.q, e)? {
+                Some(k) => kernels.extend(k),
+                None => return Ok(None),
+            }
+            from += w.rows / rope.heads.hd;
+        }
+        ks.extend(kernels);
+        Ok(Some(if into_tex {
+            Roped::IntoTextures
+        } else {
+            Roped::Fused
+        }))
     }
 
     /// Final norm of row `row` of `x`, the LM head into `logits`, and the token choice.

@@ -278,8 +278,9 @@ fn gemm_lanes(
     // workgroup tile is faster. RoPE runs only as gemm_tokens' epilogue.
     let m = x.rows;
     let by_token = by_token(m, w);
+    // (a part of q|k|v, rope_from, is the decode GEMV's alone)
     if !fusable(w, &e)
-        || (e.rope.is_some() && !by_token)
+        || (e.rope.is_some() && (!by_token || e.rope_from.is_some()))
         || !x.cols.is_multiple_of(4)
         || w.cols < lane_min_k(w.ty)
     {
@@ -441,6 +442,10 @@ pub struct Epilogue<'a> {
     /// With `rope` over a prefill's rows: also write K and V into these textures, the ones
     /// the prefill attention's `KV_TEX` variant reads (gemv.wgsl's KV_TEX_COPY).
     pub kv_copy: Option<&'a KvTextures>,
+    /// With `rope` in the decode GEMV: w is a part of the stacked q|k|v, whole heads from
+    /// this one on (q|k|v's parts apart where their storage types differ, as in llama.cpp's
+    /// K-quant mixes, each still one dispatch with RoPE and the cache write).
+    pub rope_from: Option<usize>,
 }
 
 #[repr(C)]
@@ -461,6 +466,9 @@ struct GemvParams {
     kv_stride: u32,
     /// XTEX with NORM: the norm weight's row of its texture.
     g_row: u32,
+    /// The decode GEMV's ROPE: w's rows are q|k|v's from this head on.
+    head0: u32,
+    pad: [u32; 3],
 }
 
 /// The grid of an m×n output in blocks of rows_per × m_per: (n blocks, m blocks, 1), or an
@@ -562,13 +570,16 @@ pub fn gemv_lanes(gpu: &Gpu, w: &Weight) -> (usize, bool) {
 
 /// Whether the decode GEMV of the stacked q|k|v `w` with `rope` as its epilogue writes K and
 /// V straight into `rope.into_textures` (gemv.wgsl's ROPE with KV_TEX): when it is given,
-/// and a lane group's rotation pairs come in whole texels (LG_ROWS / 2 and hd / 2 multiples
-/// of 4).
+/// and a lane group's rotation pairs can come in whole texels (hd / 2 a multiple of 4; the
+/// lane groups of 8 lanes, not the GPUs' word lanes, then take at least 8 rows, 4 pairs).
+/// Measured on lavapipe: SmolLM2-135M Q4_K_M's v_proj apart (192 rows) wrote its cache
+/// row into the textures from lane groups of 8 rows instead of 4 and saved a copy's
+/// dispatch in 14 of 30 layers.
 pub fn rope_into_textures(gpu: &Gpu, w: &Weight, rope: &RopeKv) -> bool {
     rope.into_textures
         .is_some_and(|(tex, _)| tex.holds(rope.heads, 1))
         && w.chunks.len() == 1
-        && gemv_rows(gpu, w, w.rows) >= 8
+        && !gemv_lanes(gpu, w).1
         && rope.heads.hd.is_multiple_of(8)
 }
 
@@ -578,8 +589,12 @@ fn fusable(w: &Weight, e: &Epilogue) -> bool {
     let whole = w.chunks.len() == 1;
     let rope_fits = e.rope.is_none_or(|r| {
         let h = r.heads;
+        let total = (h.heads + 2 * h.kv_heads) * h.hd;
         whole
-            && w.rows == (h.heads + 2 * h.kv_heads) * h.hd
+            && match e.rope_from {
+                None => w.rows == total,
+                Some(from) => w.rows.is_multiple_of(h.hd) && from * h.hd + w.rows <= total,
+            }
             && !e.gate_up
             && e.bias.is_none()
             && e.act == Act::None
@@ -593,7 +608,8 @@ fn fusable(w: &Weight, e: &Epilogue) -> bool {
 fn check_fit(what: &str, m: usize, x: &Tensor, w: &Weight, y: &Tensor, e: &Epilogue) -> Result<()> {
     let out_cols = match e.rope {
         Some(r) => {
-            r.check(m, w.rows)?;
+            // a part (rope_from) lies inside q|k|v: fusable saw to it
+            r.check(m, (r.heads.heads + 2 * r.heads.kv_heads) * r.heads.hd)?;
             r.heads.heads * r.heads.hd
         }
         None if e.gate_up => w.rows / 2,
@@ -682,6 +698,8 @@ fn fused_params(
         kv_heads: e.rope.map_or(0, |r| r.heads.kv_heads as u32),
         kv_stride: e.rope.map_or(0, |r| r.k_cache.cols as u32),
         g_row: e.norm_texels.map_or(0, |t| t.1),
+        head0: e.rope_from.unwrap_or(0) as u32,
+        pad: [0; 3],
     }
 }
 
@@ -849,8 +867,13 @@ pub fn gemv(
     let tail = if words { 0 } else { w.cols.div_ceil(32) % 8 };
     for chunk in &w.chunks {
         let outputs = if pairs { chunk.rows / 2 } else { chunk.rows };
-        // YTEX: a lane group's rows are whole texels
-        let rows = gemv_rows(gpu, w, chunk.rows).max(if y.texels.is_some() { 4 } else { 2 });
+        // YTEX: a lane group's rows are whole texels; KV_TEX: its pairs are
+        let min_rows = match (y.texels.is_some(), into_textures.is_some()) {
+            (_, true) => 8,
+            (true, false) => 4,
+            (false, false) => 2,
+        };
+        let rows = gemv_rows(gpu, w, chunk.rows).max(min_rows);
         let mut d = d0.clone();
         d.set("LG_ROWS", format!("{rows}u"));
         if tail > 0 && 8 % tail == 0 {
