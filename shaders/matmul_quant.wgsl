@@ -19,9 +19,7 @@
 // Every format is read as groups of 32 consecutive values: the block itself (Q4_0, Q4_1,
 // Q5_0, Q5_1, Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q5_K,
 // Q6_K; their low nibbles are repacked in Q4_1's order).
-// Entry points:
-//   gemv: m == 1. 8 output rows per workgroup of 64 invocations, 8 per row striding over the
-//         row's groups, then a workgroup-memory sum. Dispatch fold(ceil(n / 8)).
+// Entry points (one input row is gemv.wgsl's, which reads every block type):
 //   gemm: (4*TN)x(4*TN) output tile per workgroup of TNxTN invocations (TN, a value define:
 //         16 or 8, as in matmul.wgsl), each computing a 4x4 block of outputs in vec4
 //         registers, K in steps of one group (32) through workgroup memory, dequantised
@@ -112,86 +110,63 @@ struct Group {
     offset: f32,
 }
 
+// The super-block header that holds group i (Q4_K, Q5_K), from word `base` of the regions
+// after the quants: four words a super-block (q4_k.wgsl).
+fn k_header(base: u32, i: u32) -> vec4<u32> {
+    let h = base + 4u * (i >> 3u);
+    return vec4<u32>(w_u32(h), w_u32(h + 1u), w_u32(h + 2u), w_u32(h + 3u));
+}
+
 fn group(row: u32, g: u32) -> Group {
     var r: Group;
-#ifdef Q4_0
     let i = packed_group(row, g);
-    let d = packed_half(i);
+    // groups in the chunk; the quants take QW words each, then come the other regions
+    let groups = scales_base() / QW;
     r.qs = i * QW;
-    r.scale0 = d;
-    r.scale1 = d;
-    r.offset = -8.0 * d;
+    // the Q5 formats: one word of fifth bits a group, before their scales
+    r.qh = 4u * groups + i;
+#ifdef Q4_0
+    r.scale0 = packed_half(i);
+    r.offset = -8.0 * r.scale0;
 #endif
 #ifdef Q4_1
-    let i = packed_group(row, g);
     let dm = unpack2x16float(w_u32(scales_base() + i));
-    r.qs = i * QW;
     r.scale0 = dm.x;
-    r.scale1 = dm.x;
     r.offset = dm.y;
 #endif
 #ifdef Q8_0
-    let i = packed_group(row, g);
-    let d = packed_half(i);
-    r.qs = i * QW;
-    r.scale0 = d;
-    r.scale1 = d;
+    r.scale0 = packed_half(i);
 #endif
 #ifdef Q4_K
-    // the super-block's header: word (row * k / 256 + g / 8) * 4 of the scales
-    let i = packed_group(row, g);
-    let h = scales_base() + 4u * (i >> 3u);
-    let dm = q4k_dm(vec4<u32>(w_u32(h), w_u32(h + 1u), w_u32(h + 2u), w_u32(h + 3u)), g & 7u);
-    r.qs = i * QW;
+    let dm = q4k_dm(k_header(scales_base(), i), g & 7u);
     r.scale0 = dm.x;
-    r.scale1 = dm.x;
     r.offset = dm.y;
 #endif
 #ifdef Q5_0
-    // the highs' region (a word a group) comes before the d's
-    let i = packed_group(row, g);
-    let groups = scales_base() / QW;
-    let d = unpack2x16float(w_u32(5u * groups + (i >> 1u)))[i & 1u];
-    r.qs = i * QW;
-    r.qh = 4u * groups + i;
-    r.scale0 = d;
-    r.scale1 = d;
-    r.offset = -16.0 * d;
+    r.scale0 = unpack2x16float(w_u32(5u * groups + (i >> 1u)))[i & 1u];
+    r.offset = -16.0 * r.scale0;
 #endif
 #ifdef Q5_1
-    let i = packed_group(row, g);
-    let groups = scales_base() / QW;
     let dm = unpack2x16float(w_u32(5u * groups + i));
-    r.qs = i * QW;
-    r.qh = 4u * groups + i;
     r.scale0 = dm.x;
-    r.scale1 = dm.x;
     r.offset = dm.y;
 #endif
 #ifdef Q5_K
-    // the super-block's header, after the highs' region: as Q4_K's
-    let i = packed_group(row, g);
-    let groups = scales_base() / QW;
-    let h = 5u * groups + 4u * (i >> 3u);
-    let dm = q4k_dm(vec4<u32>(w_u32(h), w_u32(h + 1u), w_u32(h + 2u), w_u32(h + 3u)), g & 7u);
-    r.qs = i * QW;
-    r.qh = 4u * groups + i;
+    let dm = q4k_dm(k_header(5u * groups, i), g & 7u);
     r.scale0 = dm.x;
-    r.scale1 = dm.x;
     r.offset = dm.y;
 #endif
 #ifdef Q6_K
     // regions after the low nibbles (4 words a group): highs (2 words a group), scales (4
     // words a super-block: scales 2j and 2j + 1 of sub-block j in word j / 2), d's
-    let i = packed_group(row, g);
-    let groups = scales_base() / QW;
     let sb = i >> 3u;
     let sc = w_u32(6u * groups + 4u * sb + ((g & 7u) >> 1u)) >> (16u * (g & 1u));
     let d = unpack2x16float(w_u32(6u * groups + groups / 2u + (sb >> 1u)))[sb & 1u];
-    r.qs = i * QW;
     r.qh = 4u * groups + 2u * i;
     r.scale0 = d * f32(extractBits(i32(sc), 0u, 8u));
     r.scale1 = d * f32(extractBits(i32(sc), 8u, 8u));
+#else
+    r.scale1 = r.scale0;
 #endif
     return r;
 }
@@ -257,46 +232,6 @@ fn scale_of(gr: Group, l: u32) -> f32 {
 fn x4(m: u32, k: u32) -> vec4<f32> {
     let o = m * p.x_stride + k;
     return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
-}
-
-const GEMV_WG: u32 = 64u;
-const GEMV_ROWS: u32 = 8u;
-const LANES: u32 = 8u; // GEMV_WG / GEMV_ROWS
-
-var<workgroup> gemv_part: array<f32, GEMV_WG>;
-
-@compute @workgroup_size(GEMV_WG)
-fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = linear_wg(wid, nwg) * GEMV_ROWS + lid / LANES;
-    let lane = lid % LANES;
-    var acc = 0.0;
-    if row < p.n {
-        let groups = p.k / 32u;
-        for (var g = lane; g < groups; g += LANES) {
-            let gr = group(row, g);
-            var lo = 0.0;
-            var hi = 0.0;
-            var xs = 0.0;
-            for (var l = 0u; l < 16u; l += 4u) {
-                let xa = x4(0u, g * 32u + l);
-                let xb = x4(0u, g * 32u + 16u + l);
-                lo += dot(xa, quads(gr, l));
-                hi += dot(xb, quads(gr, 16u + l));
-                xs += dot(xa + xb, vec4<f32>(1.0));
-            }
-            acc += gr.scale0 * lo + gr.scale1 * hi + gr.offset * xs;
-        }
-    }
-    gemv_part[lid] = acc;
-    workgroupBarrier();
-    if lane == 0u && row < p.n {
-        var t = 0.0;
-        for (var i = 0u; i < LANES; i++) {
-            t += gemv_part[lid + i];
-        }
-        store(0u, row, t);
-    }
 }
 
 const BM: u32 = 4u * TN;

@@ -87,14 +87,15 @@ pub fn linear_at(
     let mut defines = gpu.base_defines();
     defines.set("TN", tile.threads());
     epilogue_flags(&mut defines, bias.is_some(), act, accumulate);
-    // f16 weights: matmul.wgsl (k4 = padded row length, 4 GEMV rows per workgroup).
-    // ggml blocks: matmul_quant.wgsl reads them in place (k4 = bytes per row, 8 GEMV rows).
-    let (family, k4, gemv_rows) = match w.ty.shader_flag() {
+    // f16 weights: matmul.wgsl (k4 = padded row length). ggml blocks: matmul_quant.wgsl's
+    // GEMM reads them in place (k4 = bytes per row), also for one row where gemv.wgsl, which
+    // reads every block type, declines.
+    let (family, k4) = match w.ty.shader_flag() {
         Some(flag) => {
             defines.flag(flag);
-            ("matmul_quant", w.row_bytes, 8)
+            ("matmul_quant", w.row_bytes)
         }
-        None => ("matmul", w.cols4, 4),
+        None => ("matmul", w.cols4),
     };
     let epilogue = Epilogue {
         bias,
@@ -132,8 +133,9 @@ pub fn linear_at(
         if let Some(b) = bias {
             bindings.push((3, b));
         }
-        let (entry, grid) = if m == 1 {
-            let groups = (chunk.rows as u32).div_ceil(gemv_rows);
+        let (entry, grid) = if m == 1 && family == "matmul" {
+            // matmul.wgsl's GEMV: 4 rows a workgroup
+            let groups = (chunk.rows as u32).div_ceil(4);
             (
                 "gemv",
                 fold_workgroups(groups, gpu.caps.max_workgroups_per_dim),
