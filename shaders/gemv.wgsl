@@ -10,6 +10,7 @@
 //           2 w     vec4<u32> words of one weight chunk of n rows:
 //                   WF16:  f16 rows padded to row_vec4 * 8 values (row_vec4 = cols4 / 8)
 //                   the block types: gpu::tensor::repack's layout (quants, then scales;
+//                   Q3_K's 2-bit lows and high bits as Q6_K's and the Q5s' highs;
 //                   Q4_K's sub-blocks as Q4_1's blocks, its headers q4_k.wgsl's; Q5_0,
 //                   Q5_1, Q5_K as Q4_0, Q4_1, Q4_K with a region of high-bit words, one a
 //                   group, before the scales; Q6_K's low nibbles as Q4_1's, then regions of
@@ -30,7 +31,7 @@
 //           11 step (uniform Step); with KV_TEX 9 and 10 are the KV cache's rgba32float
 //           textures (attention.wgsl's KV_TEX), written at texel row step.kv_offset
 //           (LG_ROWS / 2 and HALF multiples of 4, so a lane group's pairs are whole texels)
-// Variants: one of WF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; WTEX; LG_ROWS (value, even); NORM;
+// Variants: one of WF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K; WTEX; LG_ROWS (value, even); NORM;
 //           GATE_UP | ROPE (ROPE with HALF = hd / 2, a value, and optionally KV_TEX, or
 //           KV_TEX_COPY for gemm_tokens; either with PAIRS: rows come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
@@ -61,7 +62,8 @@
 //   match. A Q4_K sub-block is a Q4_1 block whose d and m come from its super-block's header;
 //   the Q5 formats' and Q6_K's nibbles take their high bits into the same bytes (5- or 6-bit
 //   quants, masked alike), and a Q5_K sub-block is a Q5_1 block as a Q4_K one is a Q4_1
-//   block; Q6_K has one scale for values 0..16 and one for 16..32.
+//   block; Q3_K's 3-bit quants are its 2-bit lows with their high bits, masked alike; Q3_K
+//   and Q6_K have one scale for values 0..16 and one for 16..32.
 //   GATE_UP: a lane group computes gate rows j..j+LG_ROWS/2 and the same up rows (n/2
 //   further on), and writes silu(gate) * up. ROPE: a lane group computes
 //   LG_ROWS/2 rotation pairs (rows h*hd + i and h*hd + i + hd/2 of head h) and writes them
@@ -103,6 +105,9 @@
 #endif
 #ifdef Q5_K
 #include "q4_k"
+#endif
+#ifdef Q3_K
+#include "q3_k"
 #endif
 
 struct Params {
@@ -238,7 +243,7 @@ struct XGroup {
     v: array<vec4<f32>, 8>,
     sum: f32,
     sq: f32,
-    // Q6_K: the sum of values 0..16 alone
+    // Q3_K, Q6_K: the sum of values 0..16 alone
     lo: f32,
 }
 
@@ -283,6 +288,9 @@ const X_SCALE = X_NIB;
 #ifdef Q5_K
 const X_SCALE = X_NIB;
 #endif
+#ifdef Q3_K
+const X_SCALE = X_NIB;
+#endif
 fn nib_lo_masked(q: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) & NIB_MASK));
 }
@@ -319,6 +327,11 @@ fn x_group(row0: u32, gi: u32) -> XGroup {
 #endif
         tot += v;
 #ifdef Q6_K
+        if j == 3u {
+            xg.lo = dot(tot, vec4<f32>(1.0));
+        }
+#endif
+#ifdef Q3_K
         if j == 3u {
             xg.lo = dot(tot, vec4<f32>(1.0));
         }
@@ -372,6 +385,49 @@ fn six_masked(q: u32, h: u32, c: u32) -> vec4<f32> {
 fn six(q: u32, h: u32, c: u32) -> vec4<f32> {
     let w = vec4<u32>(six_word(q, h, c)) >> vec4<u32>(0u, 8u, 16u, 24u);
     return vec4<f32>(bitcast<vec4<i32>>(w & vec4<u32>(63u)));
+}
+#endif
+
+#ifdef Q3_K
+// A Q3_K sub-block in the GPU layout (gpu::tensor::repack_q3_k): its two words of 2-bit
+// lows (values 0..16, 16..32; value 4c + j's at bits 8j + 2c), its word of high bits (value
+// 16h + 4c + j's at bit 8j + 4h + c) and d times its two scales less 32.
+struct Q3Group {
+    lo: vec2<u32>,
+    h: u32,
+    sc: vec2<f32>,
+}
+
+// Group i (row * k / 32 + sub-block; k is whole super-blocks) of the chunk's G groups: the
+// lows are half of vec4 i / 2, the highs word 2G + i, the super-block's scales words
+// 3G + 3 (i / 8) .. + 3, and its f16 d one of the two in word 3G + 3G / 8 + i / 16.
+fn q3k_group(i: u32) -> Q3Group {
+    let groups = p.n * (p.k / 32u);
+    var g: Q3Group;
+    let l = w_word(i >> 1u);
+    g.lo = select(l.xy, l.zw, (i & 1u) == 1u);
+    g.h = scale_word(2u * groups + i, 0u);
+    let sb = i >> 3u;
+    let s = 3u * groups + 3u * sb;
+    let sw = vec3<u32>(scale_word(s, 0u), scale_word(s + 1u, 0u), scale_word(s + 2u, 0u));
+    let d = unpack2x16float(scale_word(3u * groups + 3u * (groups / 8u) + (sb >> 1u), 0u))[sb & 1u];
+    g.sc = d * q3k_scales(sw, i & 7u);
+    return g;
+}
+
+// Values 4c .. 4c + 4 of a half: the 2-bit lows of word lo (bits 8j + 2c) with their high
+// bits from hs = the highs word >> (4h + c) (bit 8j), as 3-bit quants; masked in place
+// (byte j's times 256^j, as nib_lo_masked), or shifted down (three).
+const THREE_MASK = vec4<u32>(0x7u, 0x700u, 0x70000u, 0x7000000u);
+fn three_word(lo: u32, c: u32, hs: u32) -> u32 {
+    return ((lo >> (2u * c)) & 0x03030303u) | ((hs & 0x01010101u) << 2u);
+}
+fn three_masked(lo: u32, c: u32, hs: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(three_word(lo, c, hs)) & THREE_MASK));
+}
+fn three(lo: u32, c: u32, hs: u32) -> vec4<f32> {
+    let w = vec4<u32>(three_word(lo, c, hs)) >> vec4<u32>(0u, 8u, 16u, 24u);
+    return vec4<f32>(bitcast<vec4<i32>>(w & vec4<u32>(7u)));
 }
 #endif
 
@@ -490,6 +546,18 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
     let i = row * (p.k / 32u) + gi;
     let dm = q4k_dm(q4k_header(i), gi & 7u);
     return dm.x * five_dot(w_word(i), scale_word(i, 4u), xg) + dm.y * xg.sum;
+#endif
+#ifdef Q3_K
+    let g = q3k_group(row * (p.k / 32u) + gi);
+    let lo = dot(three_masked(g.lo.x, 0u, g.h), xg.v[0])
+        + dot(three_masked(g.lo.x, 1u, g.h >> 1u), xg.v[1])
+        + dot(three_masked(g.lo.x, 2u, g.h >> 2u), xg.v[2])
+        + dot(three_masked(g.lo.x, 3u, g.h >> 3u), xg.v[3]);
+    let hi = dot(three_masked(g.lo.y, 0u, g.h >> 4u), xg.v[4])
+        + dot(three_masked(g.lo.y, 1u, g.h >> 5u), xg.v[5])
+        + dot(three_masked(g.lo.y, 2u, g.h >> 6u), xg.v[6])
+        + dot(three_masked(g.lo.y, 3u, g.h >> 7u), xg.v[7]);
+    return g.sc.x * (lo - 4.0 * xg.lo) + g.sc.y * (hi - 4.0 * (xg.sum - xg.lo));
 #endif
 #ifdef Q6_K
     let g = q6k_group(row * (p.k / 32u) + gi);
@@ -962,6 +1030,16 @@ fn w_unit(row: u32, ui: u32) -> WUnit {
     wu.d = dm.x;
     wu.m = dm.y;
     wu.v = block_fives(w_word(i), scale_word(i, 4u));
+#endif
+#ifdef Q3_K
+    // the two scales folded into the values: d 1, m 0
+    let g = q3k_group(row * (p.k / 32u) + ui);
+    wu.d = 1.0;
+    wu.v = array<vec4<f32>, GV4>(
+        (three(g.lo.x, 0u, g.h) - 4.0) * g.sc.x, (three(g.lo.x, 1u, g.h >> 1u) - 4.0) * g.sc.x,
+        (three(g.lo.x, 2u, g.h >> 2u) - 4.0) * g.sc.x, (three(g.lo.x, 3u, g.h >> 3u) - 4.0) * g.sc.x,
+        (three(g.lo.y, 0u, g.h >> 4u) - 4.0) * g.sc.y, (three(g.lo.y, 1u, g.h >> 5u) - 4.0) * g.sc.y,
+        (three(g.lo.y, 2u, g.h >> 6u) - 4.0) * g.sc.y, (three(g.lo.y, 3u, g.h >> 7u) - 4.0) * g.sc.y);
 #endif
 #ifdef Q6_K
     // the two scales folded into the values: d 1, m 0

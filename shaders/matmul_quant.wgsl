@@ -10,15 +10,18 @@
 //                   Q4_K: one 4-word header per 256-value super-block, q4_k.wgsl; Q5_0,
 //                   Q5_1, Q5_K: one word of high bits per group first, then their Q4_0,
 //                   Q4_1, Q4_K scales; Q6_K: two words of 2-bit highs per group, then 4
-//                   words of int8 scales per super-block, then its f16 d's, two per word)
+//                   words of int8 scales per super-block, then its f16 d's, two per word;
+//                   Q3_K: two words of 2-bit lows per group (QW 2), one of high bits, then
+//                   3 words of packed scales per super-block, q3_k.wgsl, then its d's)
 //           3 bias  f32 [out_col + n] (only with BIAS)
 //           4 y     f32 [m, out_stride]
 //           5 ids   u32 [m] (embed_rows only)
-// Variants: one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE;
+// Variants: one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE;
 //           WTEX (w's words in a texture, weight_texture.wgsl).
 // Every format is read as groups of 32 consecutive values: the block itself (Q4_0, Q4_1,
-// Q5_0, Q5_1, Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q4_K, Q5_K,
-// Q6_K; their low nibbles are repacked in Q4_1's order).
+// Q5_0, Q5_1, Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q3_K, Q4_K,
+// Q5_K, Q6_K; their low nibbles are repacked in Q4_1's order, Q3_K's 2-bit lows as Q6_K's
+// highs).
 // Entry points (one input row is gemv.wgsl's, which reads every block type):
 //   gemm: (4*TN)x(4*TN) output tile per workgroup of TNxTN invocations (TN, a value define:
 //         16 or 8, as in matmul.wgsl), each computing a 4x4 block of outputs in vec4
@@ -34,6 +37,9 @@
 #endif
 #ifdef Q5_K
 #include "q4_k"
+#endif
+#ifdef Q3_K
+#include "q3_k"
 #endif
 
 struct Params {
@@ -86,6 +92,9 @@ const QW: u32 = 4u;
 #ifdef Q5_K
 const QW: u32 = 4u;
 #endif
+#ifdef Q3_K
+const QW: u32 = 2u;
+#endif
 
 // Repacked formats: word index of group (row, g)'s quants, and its scale word / f16.
 fn packed_group(row: u32, g: u32) -> u32 {
@@ -103,7 +112,8 @@ fn packed_half(i: u32) -> f32 {
 struct Group {
     // Word index of the group's quants (Q6_K: its low nibbles).
     qs: u32,
-    // Q5_0, Q5_1, Q5_K, Q6_K: word index of the group's word (Q6_K: two words) of highs.
+    // Q5_0, Q5_1, Q3_K, Q5_K, Q6_K: word index of the group's word (Q6_K: two words) of
+    // highs.
     qh: u32,
     scale0: f32,
     scale1: f32,
@@ -156,6 +166,17 @@ fn group(row: u32, g: u32) -> Group {
     r.scale0 = dm.x;
     r.offset = dm.y;
 #endif
+#ifdef Q3_K
+    // regions after the lows (2 words a group): highs (a word a group), scales (3 words a
+    // super-block), d's
+    let sb = i >> 3u;
+    let s = 3u * groups + 3u * sb;
+    let sc = q3k_scales(vec3<u32>(w_u32(s), w_u32(s + 1u), w_u32(s + 2u)), g & 7u);
+    let d = unpack2x16float(w_u32(3u * groups + 3u * (groups / 8u) + (sb >> 1u)))[sb & 1u];
+    r.qh = 2u * groups + i;
+    r.scale0 = d * sc.x;
+    r.scale1 = d * sc.y;
+#endif
 #ifdef Q6_K
     // regions after the low nibbles (4 words a group): highs (2 words a group), scales (4
     // words a super-block: scales 2j and 2j + 1 of sub-block j in word j / 2), d's
@@ -166,7 +187,9 @@ fn group(row: u32, g: u32) -> Group {
     r.scale0 = d * f32(extractBits(i32(sc), 0u, 8u));
     r.scale1 = d * f32(extractBits(i32(sc), 8u, 8u));
 #else
+#ifndef Q3_K
     r.scale1 = r.scale0;
+#endif
 #endif
     return r;
 }
@@ -196,6 +219,15 @@ fn quads(gr: Group, l: u32) -> vec4<f32> {
     let v = i32(w_u32(gr.qs + (l >> 2u)));
     return vec4<f32>(f32(extractBits(v, 0u, 8u)), f32(extractBits(v, 8u, 8u)),
                      f32(extractBits(v, 16u, 8u)), f32(extractBits(v, 24u, 8u)));
+#endif
+#ifdef Q3_K
+    // values l .. l + 4: the 2-bit lows at bits 2c of each byte of the half's word, their
+    // high bits at bit 4h + c of each byte of the highs word
+    let c = (l & 15u) >> 2u;
+    let hi16 = select(0u, 1u, l >= 16u);
+    let lo = (w_u32(gr.qs + hi16) >> (2u * c)) & 0x03030303u;
+    let hi = ((w_u32(gr.qh) >> (4u * hi16 + c)) & 0x01010101u) << 2u;
+    return u8x4(lo | hi) - 4.0;
 #endif
 #ifdef Q6_K
     // values l .. l + 4: the low nibbles as Q4_1's, their highs at bits 2c of each byte

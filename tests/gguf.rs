@@ -15,12 +15,13 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/quant-types.gguf")
 }
 
-const TYPES: [GgmlType; 8] = [
+const TYPES: [GgmlType; 9] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
+    GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
@@ -41,7 +42,7 @@ fn reader_and_dequantisation_agree_with_the_gguf_package() {
         serde_json::from_str(&std::fs::read_to_string(fixture().with_extension("json")).unwrap())
             .unwrap();
     let reference = reference.as_object().unwrap();
-    assert_eq!(reference.len(), 10);
+    assert_eq!(reference.len(), 11);
     for (name, r) in reference {
         let t = f.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(t.ty.name(), r["type"].as_str().unwrap(), "{name}");
@@ -88,6 +89,7 @@ fn random_blocks(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u
                 put(2, 0.01 * rng.uniform());
             }
             GgmlType::Q6K => put(208, 0.002 * rng.uniform()),
+            GgmlType::Q3K => put(108, 0.002 * rng.uniform()),
             GgmlType::Q4_1 | GgmlType::Q5_1 => {
                 put(0, 0.1 * rng.uniform());
                 put(2, rng.uniform());
@@ -192,7 +194,7 @@ fn quantized_weights_split_by_rows_over_the_binding_limit() {
     })
     .unwrap();
     let mut rng = Rng::new(3);
-    for ty in [GgmlType::Q6K, GgmlType::Q5_0, GgmlType::Q8_0] {
+    for ty in [GgmlType::Q6K, GgmlType::Q5_0, GgmlType::Q3K, GgmlType::Q8_0] {
         let (k, n) = (256, 9);
         let raw = random_blocks(&mut rng, ty, n, k);
         let w = dequantize(ty, &raw).unwrap();
@@ -359,6 +361,7 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
         Some(GgmlType::Q8_0),
         Some(GgmlType::Q5_0),
         Some(GgmlType::Q5_1),
+        Some(GgmlType::Q3K),
         Some(GgmlType::Q4K),
         Some(GgmlType::Q5K),
         Some(GgmlType::Q6K),
@@ -391,7 +394,9 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
             .into_iter()
             .flat_map(|t| {
                 let (ks, lanes_k): (&[usize], usize) = match t {
-                    Some(GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) => (&[256, 768], 768),
+                    Some(GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) => {
+                        (&[256, 768], 768)
+                    }
                     _ => (&[288, 576, 128, 256, 96], 288),
                 };
                 (ks.iter().map(move |&k| (t, 1usize, k, "gemv"))).chain([(

@@ -32,6 +32,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q5_0", "BIAS"],
             vec!["Q5_1", "WTEX", "ACCUMULATE"],
             vec!["Q5_K", "WTEX", "BIAS", "ACT_GELU"],
+            vec!["Q3_K", "WTEX", "ACCUMULATE"],
         ],
         "gemv" => vec![
             vec!["WF16"],
@@ -82,6 +83,10 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q5_1", "GV_LANES", "ACCUMULATE", "K_WHOLE"],
             vec!["Q5_K", "GV_LANES", "NORM", "GATE_UP", "PAIRS"],
             vec!["Q5_K", "WTEX", "TOKENS", "ACCUMULATE"],
+            // Q3_K's 2-bit lows with their high bits, two scales a group
+            vec!["Q3_K", "GV_LANES", "NORM", "ROPE", "PAIRS"],
+            vec!["Q3_K", "WTEX", "NORM", "GATE_UP", "PAIRS", "TAIL", "XUBO"],
+            vec!["Q3_K", "WTEX", "TOKENS", "ACCUMULATE"],
             // lane teams over the groups past the whole rounds (TAIL gets a value)
             vec!["Q4_1", "NORM", "GATE_UP", "PAIRS", "TAIL"],
             vec!["WF16", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL"],
@@ -325,12 +330,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 11 (each in two tiles), gemv 50, layer_tail 3, norm 7,
+    // matmul 8 and matmul_quant 12 (each in two tiles), gemv 53, layer_tail 3, norm 7,
     // elementwise 3,
     // rope 3, attention 9, flash_attention 4, decode_attention 3, embed 3, kv_texture 3, sample, bandwidth,
     // random_fill 1 each, prune_select 6, prune_score 6 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 11) + 50 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
+        4 * (2 * (8 + 12) + 53 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
     );
 }

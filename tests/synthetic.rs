@@ -64,6 +64,7 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q3K,
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
@@ -80,8 +81,8 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
             _ => {
                 // repacked: every group's quant bytes, then the scales (Q4_K: a 16-byte
                 // header per super-block, d and dmin then 12 bytes of packed 6-bit scales)
-                // (the Q5 formats, Q6_K: their nibbles and highs (Q6_K's int8 scales too),
-                // then their scales, as the Q4 formats' or d's)
+                // (the Q5 formats, Q3_K, Q6_K: their nibbles or lows and highs (Q3_K's packed
+                // and Q6_K's int8 scales too), then their scales, as the Q4 formats', or d's)
                 let scale_bytes = match ty {
                     GgmlType::Q4_1 | GgmlType::Q5_1 => 4,
                     GgmlType::Q4K | GgmlType::Q5K => 16,
@@ -401,6 +402,8 @@ fn synthetic_rows_that_a_type_cannot_hold_take_a_fallback_type() {
     assert_eq!(storage_type(GgmlType::Q5K, 576), GgmlType::Q5_1);
     assert_eq!(storage_type(GgmlType::Q5K, 4096), GgmlType::Q5K);
     assert_eq!(storage_type(GgmlType::Q5_0, 100), GgmlType::F16);
+    assert_eq!(storage_type(GgmlType::Q3K, 576), GgmlType::Q4_0);
+    assert_eq!(storage_type(GgmlType::Q3K, 4096), GgmlType::Q3K);
     assert_eq!(storage_type(GgmlType::Q4K, 100), GgmlType::F16);
     assert_eq!(storage_type(GgmlType::Q4_0, 96), GgmlType::Q4_0);
     assert_eq!(storage_type(GgmlType::Q8_0, 100), GgmlType::F16);

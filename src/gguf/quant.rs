@@ -9,6 +9,10 @@
 //!   bytes of nibbles (Q4_0's order); value = d·(q − 16) for the 5-bit q.
 //! - Q5_1: 32 values in 24 bytes: d, m, the high bits, the nibbles; value = d·q + m.
 //! - Q8_0: 32 values in 34 bytes: d, 32 signed bytes; value = d·q.
+//! - Q3_K: 256 values in 110 bytes: 32 bytes of high bits (bit p of byte l for value 32p +
+//!   l), 64 bytes of 2-bit lows (bits 2s of byte 32h + l for value 128h + 32s + l), 12 bytes
+//!   of sixteen packed 6-bit scales (one per 16 values), d; value = d·(sc − 32)·(q − 4) for
+//!   the 3-bit q.
 //! - Q4_K: 256 values in 144 bytes: d, dmin, 12 bytes of packed 6-bit (scale, min) pairs for
 //!   8 sub-blocks of 32, then 128 bytes of nibbles; value = d·sc·q − dmin·mn.
 //! - Q5_K: 256 values in 176 bytes: Q4_K's d, dmin and scales, 32 bytes of high bits (bit
@@ -30,6 +34,7 @@ pub enum GgmlType {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
@@ -46,19 +51,20 @@ impl GgmlType {
             6 => Self::Q5_0,
             7 => Self::Q5_1,
             8 => Self::Q8_0,
+            11 => Self::Q3K,
             12 => Self::Q4K,
             13 => Self::Q5K,
             14 => Self::Q6K,
             30 => Self::BF16,
-            9..=11 | 15..=29 => {
+            9 | 10 | 15..=29 => {
                 const NAMES: [&str; 21] = [
-                    "Q8_1", "Q2_K", "Q3_K", "", "", "", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS",
+                    "Q8_1", "Q2_K", "", "", "", "", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS",
                     "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64",
                     "F64", "IQ1_M",
                 ];
                 bail!(
                     "ggml type {id} ({}) is not supported \
-                     (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)",
+                     (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K)",
                     NAMES[id as usize - 9]
                 )
             }
@@ -77,6 +83,7 @@ impl GgmlType {
             Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
             Self::Q4K => "Q4_K",
+            Self::Q3K => "Q3_K",
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
         }
@@ -87,7 +94,7 @@ impl GgmlType {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
-            Self::Q4K | Self::Q5K | Self::Q6K => 256,
+            Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
     }
 
@@ -102,6 +109,7 @@ impl GgmlType {
             Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
+            Self::Q3K => 110,
             Self::Q5K => 176,
             Self::Q6K => 210,
         }
@@ -128,6 +136,7 @@ impl GgmlType {
             Self::Q5_1 => Some("Q5_1"),
             Self::Q8_0 => Some("Q8_0"),
             Self::Q4K => Some("Q4_K"),
+            Self::Q3K => Some("Q3_K"),
             Self::Q5K => Some("Q5_K"),
             Self::Q6K => Some("Q6_K"),
             _ => None,
@@ -149,6 +158,12 @@ pub fn q4k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
             (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
         )
     }
+}
+
+/// Q3_K's 6-bit scale `i` (0..16, one per 16 values) from its 12 packed bytes: the low 4
+/// bits in byte i % 8 (its high nibble for i ≥ 8), the high 2 in byte 8 + i % 4, bits 2(i / 4).
+pub fn q3k_scale(s: &[u8], i: usize) -> u8 {
+    ((s[i % 8] >> (4 * (i / 8))) & 15) | (((s[8 + i % 4] >> (2 * (i / 4))) & 3) << 4)
 }
 
 fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
@@ -200,6 +215,18 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
                     out[64 * pair + l] = d * s1 as f32 * (q[l] & 0xF) as f32 - dmin * m1 as f32;
                     out[64 * pair + 32 + l] = d * s2 as f32 * (q[l] >> 4) as f32 - dmin * m2 as f32;
                 }
+            }
+        }
+        GgmlType::Q3K => {
+            let (hmask, qs, scales) = (&b[0..32], &b[32..96], &b[96..108]);
+            let d = half(b, 108);
+            for (v, o) in out.iter_mut().enumerate() {
+                let (h, s, l) = (v / 128, v % 128 / 32, v % 32);
+                let low = (qs[32 * h + l] >> (2 * s)) & 3;
+                let high = (hmask[l] >> (4 * h + s)) & 1;
+                *o = d
+                    * (q3k_scale(scales, v / 16) as f32 - 32.0)
+                    * ((low | high << 2) as f32 - 4.0);
             }
         }
         GgmlType::Q5K => {

@@ -20,6 +20,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         "linear_store",
         include_str!("../../shaders/linear_store.wgsl"),
     ),
+    ("q3_k", include_str!("../../shaders/q3_k.wgsl")),
     ("q4_k", include_str!("../../shaders/q4_k.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     (

@@ -113,8 +113,8 @@ pub struct WeightChunk {
 /// every quant with aligned 16-byte loads. Q4_0, Q4_1, Q8_0: all groups' quant bytes first
 /// (16 or 32 per group, in file order), then the scales (Q4_1: d and m as one 4-byte word
 /// per group; Q4_0, Q8_0: one f16 d per group, two per word); the size changes by at most 2
-/// bytes. Q5_0, Q5_1: [`repack_q5`]; Q4_K: [`repack_q4_k`]; Q5_K: [`repack_q5_k`]; Q6_K:
-/// [`repack_q6_k`]; the same size. Types that are not blocks (None) keep their bytes.
+/// bytes. Q5_0, Q5_1: [`repack_q5`]; Q3_K: [`repack_q3_k`]; Q4_K: [`repack_q4_k`]; Q5_K:
+/// [`repack_q5_k`]; Q6_K: [`repack_q6_k`]; the same size. Types that are not blocks (None) keep their bytes.
 pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
     let (scale_bytes, quant_bytes) = match ty {
         GgmlType::Q4_0 => (2, 16),
@@ -122,6 +122,7 @@ pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
         GgmlType::Q8_0 => (2, 32),
         GgmlType::Q5_0 => return Some(repack_q5(bytes, 2)),
         GgmlType::Q5_1 => return Some(repack_q5(bytes, 4)),
+        GgmlType::Q3K => return Some(repack_q3_k(bytes)),
         GgmlType::Q4K => return Some(repack_q4_k(bytes)),
         GgmlType::Q5K => return Some(repack_q5_k(bytes)),
         GgmlType::Q6K => return Some(repack_q6_k(bytes)),
@@ -221,6 +222,41 @@ pub fn repack_q5_k(bytes: &[u8]) -> Vec<u8> {
     [quants, highs, headers].concat()
 }
 
+/// Two bits of each of 16 values (`bits(v)`) as one word: value 4c + j's at bits 8j + 2c,
+/// so that `(word >> 2c) & 0x03030303` puts those of values 4c .. 4c + 4 in bytes 0..4.
+fn two_bit_word(bits: impl Fn(usize) -> u8) -> [u8; 4] {
+    let mut word = 0u32;
+    for v in 0..16 {
+        word |= ((bits(v) & 3) as u32) << (8 * (v % 4) + 2 * (v / 4));
+    }
+    word.to_le_bytes()
+}
+
+/// Q3_K super-blocks (110 bytes: 32 bytes of high bits, 64 of 2-bit lows, 12 of packed 6-bit
+/// scales, f16 d) in the GPU layout, the same size, in four regions: every 32-value
+/// sub-block's lows as two [`two_bit_word`]s (values 0..16, 16..32), then its high bits as
+/// a [`five_highs`] word, then every super-block's 12 scale bytes as they are, then its d.
+pub fn repack_q3_k(bytes: &[u8]) -> Vec<u8> {
+    let blocks = bytes.len() / 110;
+    let mut lows = Vec::with_capacity(blocks * 64);
+    let mut highs = Vec::with_capacity(blocks * 32);
+    let mut scales = Vec::with_capacity(blocks * 12);
+    let mut ds = Vec::with_capacity(blocks * 2);
+    for b in bytes.chunks_exact(110) {
+        let (hmask, qs) = (&b[..32], &b[32..96]);
+        for sub in 0..8 {
+            let (h, s) = (sub / 4, sub % 4);
+            let low = |l: usize| qs[32 * h + l] >> (2 * s);
+            lows.extend(two_bit_word(low));
+            lows.extend(two_bit_word(|l| low(l + 16)));
+            highs.extend(five_highs(|l| (hmask[l] >> sub) & 1 == 1));
+        }
+        scales.extend_from_slice(&b[96..108]);
+        ds.extend_from_slice(&b[108..110]);
+    }
+    [lows, highs, scales, ds].concat()
+}
+
 /// Q6_K super-blocks (210 bytes: 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales
 /// of 16 values each, f16 d; value = d · scale · (q - 32) for its 6-bit q) in the GPU layout,
 /// the same size, in four regions: every 32-value sub-block's low nibbles as a Q4_1 block
@@ -239,11 +275,7 @@ pub fn repack_q6_k(bytes: &[u8]) -> Vec<u8> {
         for sub in q.chunks_exact(32) {
             lows.extend((0..16).map(|i| (sub[i] & 15) | ((sub[i + 16] & 15) << 4)));
             for half in sub.chunks_exact(16) {
-                let mut word = 0u32;
-                for (v, &x) in half.iter().enumerate() {
-                    word |= ((x >> 4) as u32) << (8 * (v % 4) + 2 * (v / 4));
-                }
-                highs.extend(word.to_le_bytes());
+                highs.extend(two_bit_word(|v| half[v] >> 4));
             }
         }
         scales.extend_from_slice(&b[192..208]);
@@ -428,8 +460,9 @@ impl Weight {
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => (2, 0),
             GgmlType::Q4_1 | GgmlType::Q5_1 => (4, 0),
             GgmlType::Q4K | GgmlType::Q5K => (16, 4),
-            // the d's close the layout, after the nibbles, highs and int8 scales
-            GgmlType::Q6K => (2, 0),
+            // the d's close the layout, after the nibbles (Q3_K: 2-bit lows), highs and
+            // scales
+            GgmlType::Q3K | GgmlType::Q6K => (2, 0),
             _ => bail!(
                 "{name}: random weights of type {} are not supported",
                 ty.name()
