@@ -31,7 +31,7 @@
 //           11 step (uniform Step); with KV_TEX 9 and 10 are the KV cache's rgba32float
 //           textures (attention.wgsl's KV_TEX), written at texel row step.kv_offset
 //           (LG_ROWS / 2 and HALF multiples of 4, so a lane group's pairs are whole texels)
-// Variants: one of WF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K; WTEX; LG_ROWS (value, even); NORM;
+// Variants: one of WF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q3_K, Q4_K, Q5_K, Q6_K; WTEX; LG_ROWS (value, even); NORM;
 //           GATE_UP | ROPE (ROPE with HALF = hd / 2, a value, and optionally KV_TEX, or
 //           KV_TEX_COPY for gemm_tokens; either with PAIRS: rows come in pairs); BIAS;
 //           ACT_GELU | ACT_QUICK_GELU; ACCUMULATE; SUBGROUPS (lane sums by subgroup
@@ -108,6 +108,9 @@
 #endif
 #ifdef Q3_K
 #include "q3_k"
+#endif
+#ifdef IQ4_NL
+#include "iq4_nl"
 #endif
 
 struct Params {
@@ -290,6 +293,9 @@ const X_SCALE = X_NIB;
 #endif
 #ifdef Q3_K
 const X_SCALE = X_NIB;
+#endif
+#ifdef IQ4_NL
+const X_SCALE = vec4<f32>(1.0);
 #endif
 fn nib_lo_masked(q: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) & NIB_MASK));
@@ -546,6 +552,16 @@ fn group_dot(row: u32, gi: u32, xg: XGroup) -> f32 {
     let i = row * (p.k / 32u) + gi;
     let dm = q4k_dm(q4k_header(i), gi & 7u);
     return dm.x * five_dot(w_word(i), scale_word(i, 4u), xg) + dm.y * xg.sum;
+#endif
+#ifdef IQ4_NL
+    // Q4_0's layout; the nibbles index the levels
+    let i = row * (p.k / 32u) + gi;
+    let q = w_word(i);
+    let d = unpack2x16float(scale_word(i >> 1u, 4u))[i & 1u];
+    return d * (dot(iq4nl(q.x, 0u), xg.v[0]) + dot(iq4nl(q.y, 0u), xg.v[1])
+        + dot(iq4nl(q.z, 0u), xg.v[2]) + dot(iq4nl(q.w, 0u), xg.v[3])
+        + dot(iq4nl(q.x, 4u), xg.v[4]) + dot(iq4nl(q.y, 4u), xg.v[5])
+        + dot(iq4nl(q.z, 4u), xg.v[6]) + dot(iq4nl(q.w, 4u), xg.v[7]));
 #endif
 #ifdef Q3_K
     let g = q3k_group(row * (p.k / 32u) + gi);
@@ -1030,6 +1046,13 @@ fn w_unit(row: u32, ui: u32) -> WUnit {
     wu.d = dm.x;
     wu.m = dm.y;
     wu.v = block_fives(w_word(i), scale_word(i, 4u));
+#endif
+#ifdef IQ4_NL
+    let i = row * (p.k / 32u) + ui;
+    let q = w_word(i);
+    wu.d = unpack2x16float(scale_word(i >> 1u, 4u))[i & 1u];
+    wu.v = array<vec4<f32>, GV4>(iq4nl(q.x, 0u), iq4nl(q.y, 0u), iq4nl(q.z, 0u), iq4nl(q.w, 0u),
+                                 iq4nl(q.x, 4u), iq4nl(q.y, 4u), iq4nl(q.z, 4u), iq4nl(q.w, 4u));
 #endif
 #ifdef Q3_K
     // the two scales folded into the values: d 1, m 0

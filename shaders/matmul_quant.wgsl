@@ -16,10 +16,10 @@
 //           3 bias  f32 [out_col + n] (only with BIAS)
 //           4 y     f32 [m, out_stride]
 //           5 ids   u32 [m] (embed_rows only)
-// Variants: one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE;
+// Variants: one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q3_K, Q4_K, Q5_K, Q6_K; BIAS; ACT_GELU | ACT_QUICK_GELU; ACCUMULATE;
 //           WTEX (w's words in a texture, weight_texture.wgsl).
 // Every format is read as groups of 32 consecutive values: the block itself (Q4_0, Q4_1,
-// Q5_0, Q5_1, Q8_0), or one of the 8 sub-blocks of a 256-value super-block (Q3_K, Q4_K,
+// Q5_0, Q5_1, Q8_0, IQ4_NL: Q4_0's layout, its nibbles indexing iq4_nl.wgsl's levels), or one of the 8 sub-blocks of a 256-value super-block (Q3_K, Q4_K,
 // Q5_K, Q6_K; their low nibbles are repacked in Q4_1's order, Q3_K's 2-bit lows as Q6_K's
 // highs).
 // Entry points (one input row is gemv.wgsl's, which reads every block type):
@@ -40,6 +40,9 @@
 #endif
 #ifdef Q3_K
 #include "q3_k"
+#endif
+#ifdef IQ4_NL
+#include "iq4_nl"
 #endif
 
 struct Params {
@@ -95,6 +98,9 @@ const QW: u32 = 4u;
 #ifdef Q3_K
 const QW: u32 = 2u;
 #endif
+#ifdef IQ4_NL
+const QW: u32 = 4u;
+#endif
 
 // Repacked formats: word index of group (row, g)'s quants, and its scale word / f16.
 fn packed_group(row: u32, g: u32) -> u32 {
@@ -145,6 +151,9 @@ fn group(row: u32, g: u32) -> Group {
     r.offset = dm.y;
 #endif
 #ifdef Q8_0
+    r.scale0 = packed_half(i);
+#endif
+#ifdef IQ4_NL
     r.scale0 = packed_half(i);
 #endif
 #ifdef Q4_K
@@ -219,6 +228,9 @@ fn quads(gr: Group, l: u32) -> vec4<f32> {
     let v = i32(w_u32(gr.qs + (l >> 2u)));
     return vec4<f32>(f32(extractBits(v, 0u, 8u)), f32(extractBits(v, 8u, 8u)),
                      f32(extractBits(v, 16u, 8u)), f32(extractBits(v, 24u, 8u)));
+#endif
+#ifdef IQ4_NL
+    return iq4nl(w_u32(gr.qs + ((l & 15u) >> 2u)), select(0u, 4u, l >= 16u));
 #endif
 #ifdef Q3_K
     // values l .. l + 4: the 2-bit lows at bits 2c of each byte of the half's word, their

@@ -48,7 +48,7 @@ pub struct Args {
     /// Model: a directory in the llava-hf layout (config.json, *.safetensors,
     /// tokenizer.json, preprocessor_config.json), e.g. a download of
     /// llava-hf/llava-1.5-7b-hf; or a Llama-family GGUF file (F32, F16, BF16, Q8_0, Q4_0,
-    /// Q4_1, Q5_0, Q5_1, Q3_K, Q4_K, Q5_K, Q6_K), e.g. weights/SmolLM2-135M-Instruct.Q4_1.gguf.
+    /// Q4_1, Q5_0, Q5_1, IQ4_NL, Q3_K, Q4_K, Q5_K, Q6_K), e.g. weights/SmolLM2-135M-Instruct.Q4_1.gguf.
     /// Default: the trained tiny LLaVA in weights/tiny-llava-vqa (it knows scenes of
     /// coloured shapes: try tests/fixtures/vqa-sample/images).
     #[arg(long, short = 'm', value_name = "DIR|FILE.gguf")]
@@ -224,9 +224,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "NAME")]
     pub synthetic: Option<vlm_run::synthetic::Preset>,
     /// Storage type of a synthetic decoder's matrices: f16, q8_0, q4_0, q4_1, q5_0, q5_1,
-    /// q3_k, q4_k, q5_k or q6_k (the vision tower and projector stay f16; rows that are not
-    /// whole blocks of a k-quant take llama.cpp's fallback: q5_0 for q4_k, q5_1 for q5_k,
-    /// q8_0 for q6_k; q4_0 for q3_k, where llama.cpp takes IQ4_NL).
+    /// iq4_nl, q3_k, q4_k, q5_k or q6_k (the vision tower and projector stay f16; rows that
+    /// are not whole blocks of a k-quant take llama.cpp's fallback: iq4_nl for q3_k, q5_0 for
+    /// q4_k, q5_1 for q5_k, q8_0 for q6_k).
     #[arg(long, default_value = "f16", value_parser = vlm_run::synthetic::parse_dtype,
           requires = "synthetic")]
     pub dtype: vlm_run::gguf::quant::GgmlType,

@@ -95,13 +95,14 @@ pub fn parse_dtype(s: &str) -> std::result::Result<GgmlType, String> {
         "q4_1" => Ok(GgmlType::Q4_1),
         "q5_0" => Ok(GgmlType::Q5_0),
         "q5_1" => Ok(GgmlType::Q5_1),
+        "iq4_nl" => Ok(GgmlType::IQ4NL),
         "q3_k" => Ok(GgmlType::Q3K),
         "q4_k" => Ok(GgmlType::Q4K),
         "q5_k" => Ok(GgmlType::Q5K),
         "q6_k" => Ok(GgmlType::Q6K),
         _ => Err(format!(
-            "unknown --dtype {s:?} (known: f16, q8_0, q4_0, q4_1, q5_0, q5_1, q3_k, q4_k, q5_k, \
-             q6_k)"
+            "unknown --dtype {s:?} (known: f16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q3_k, q4_k, \
+             q5_k, q6_k)"
         )),
     }
 }
@@ -117,8 +118,7 @@ pub struct Synthetic {
 /// The type a decoder matrix of `cols` columns is made in when `dtype` is asked for:
 /// `dtype` where each row is whole blocks of it. Otherwise, as llama.cpp's quantizer does for
 /// rows that are not whole 256-value k-quant blocks, a 32-value type: Q5_0 for Q4_K, Q5_1
-/// for Q5_K and Q8_0 for Q6_K; Q4_0 for Q3_K (llama.cpp takes IQ4_NL, which this engine
-/// does not read, at Q4_0's 4.5 bits a value); F16 for rows that are not whole 32-value
+/// for Q5_K, IQ4_NL for Q3_K and Q8_0 for Q6_K; F16 for rows that are not whole 32-value
 /// blocks either.
 /// SmolLM2-135M's 576-wide rows thus become Q5_0 under `--dtype q4_k`, its 1536-wide down
 /// projection Q4_K, as in llama.cpp's Q4_K_M files of it.
@@ -126,7 +126,7 @@ pub fn storage_type(dtype: GgmlType, cols: usize) -> GgmlType {
     let fallback = match dtype {
         GgmlType::Q4K => GgmlType::Q5_0,
         GgmlType::Q5K => GgmlType::Q5_1,
-        GgmlType::Q3K => GgmlType::Q4_0,
+        GgmlType::Q3K => GgmlType::IQ4NL,
         GgmlType::Q6K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };

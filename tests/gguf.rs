@@ -15,12 +15,13 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/quant-types.gguf")
 }
 
-const TYPES: [GgmlType; 9] = [
+const TYPES: [GgmlType; 10] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
+    GgmlType::IQ4NL,
     GgmlType::Q3K,
     GgmlType::Q4K,
     GgmlType::Q5K,
@@ -42,7 +43,7 @@ fn reader_and_dequantisation_agree_with_the_gguf_package() {
         serde_json::from_str(&std::fs::read_to_string(fixture().with_extension("json")).unwrap())
             .unwrap();
     let reference = reference.as_object().unwrap();
-    assert_eq!(reference.len(), 11);
+    assert_eq!(reference.len(), 12);
     for (name, r) in reference {
         let t = f.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(t.ty.name(), r["type"].as_str().unwrap(), "{name}");
@@ -361,6 +362,7 @@ fn fused_gemv_and_gemm_lanes_match_cpu() {
         Some(GgmlType::Q8_0),
         Some(GgmlType::Q5_0),
         Some(GgmlType::Q5_1),
+        Some(GgmlType::IQ4NL),
         Some(GgmlType::Q3K),
         Some(GgmlType::Q4K),
         Some(GgmlType::Q5K),

@@ -33,6 +33,7 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q5_1", "WTEX", "ACCUMULATE"],
             vec!["Q5_K", "WTEX", "BIAS", "ACT_GELU"],
             vec!["Q3_K", "WTEX", "ACCUMULATE"],
+            vec!["IQ4_NL", "BIAS", "ACT_GELU"],
         ],
         "gemv" => vec![
             vec!["WF16"],
@@ -87,6 +88,12 @@ fn family_variants(family: &str) -> Vec<Vec<&'static str>> {
             vec!["Q3_K", "GV_LANES", "NORM", "ROPE", "PAIRS"],
             vec!["Q3_K", "WTEX", "NORM", "GATE_UP", "PAIRS", "TAIL", "XUBO"],
             vec!["Q3_K", "WTEX", "TOKENS", "ACCUMULATE"],
+            // IQ4_NL's nibbles indexing its levels
+            vec!["IQ4_NL", "GV_LANES", "NORM", "GATE_UP", "PAIRS"],
+            vec![
+                "IQ4_NL", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL", "XUBO", "KV_TEX",
+            ],
+            vec!["IQ4_NL", "WTEX", "TOKENS", "NORM"],
             // lane teams over the groups past the whole rounds (TAIL gets a value)
             vec!["Q4_1", "NORM", "GATE_UP", "PAIRS", "TAIL"],
             vec!["WF16", "WTEX", "NORM", "ROPE", "PAIRS", "TAIL"],
@@ -330,12 +337,12 @@ fn every_kernel_variant_translates_to_msl_and_hlsl() {
             }
         }
     }
-    // matmul 8 and matmul_quant 12 (each in two tiles), gemv 53, layer_tail 3, norm 7,
+    // matmul 8 and matmul_quant 13 (each in two tiles), gemv 56, layer_tail 3, norm 7,
     // elementwise 3,
     // rope 3, attention 9, flash_attention 4, decode_attention 3, embed 3, kv_texture 3, sample, bandwidth,
     // random_fill 1 each, prune_select 6, prune_score 6 and prune_gather 1.
     assert_eq!(
         count,
-        4 * (2 * (8 + 12) + 53 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
+        4 * (2 * (8 + 13) + 56 + 3 + 7 + 3 + 3 + 9 + 4 + 3 + 3 + 3 + 3 + 6 + 6 + 1)
     );
 }

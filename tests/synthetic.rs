@@ -64,6 +64,7 @@ fn random_weights_keep_the_layout_and_stay_in_range() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::IQ4NL,
         GgmlType::Q3K,
         GgmlType::Q4K,
         GgmlType::Q5K,
@@ -402,7 +403,7 @@ fn synthetic_rows_that_a_type_cannot_hold_take_a_fallback_type() {
     assert_eq!(storage_type(GgmlType::Q5K, 576), GgmlType::Q5_1);
     assert_eq!(storage_type(GgmlType::Q5K, 4096), GgmlType::Q5K);
     assert_eq!(storage_type(GgmlType::Q5_0, 100), GgmlType::F16);
-    assert_eq!(storage_type(GgmlType::Q3K, 576), GgmlType::Q4_0);
+    assert_eq!(storage_type(GgmlType::Q3K, 576), GgmlType::IQ4NL);
     assert_eq!(storage_type(GgmlType::Q3K, 4096), GgmlType::Q3K);
     assert_eq!(storage_type(GgmlType::Q4K, 100), GgmlType::F16);
     assert_eq!(storage_type(GgmlType::Q4_0, 96), GgmlType::Q4_0);

@@ -9,6 +9,7 @@
 //!   bytes of nibbles (Q4_0's order); value = d·(q − 16) for the 5-bit q.
 //! - Q5_1: 32 values in 24 bytes: d, m, the high bits, the nibbles; value = d·q + m.
 //! - Q8_0: 32 values in 34 bytes: d, 32 signed bytes; value = d·q.
+//! - IQ4_NL: 32 values in 18 bytes: Q4_0's, but value = d·`IQ4NL_VALUES[nibble]`.
 //! - Q3_K: 256 values in 110 bytes: 32 bytes of high bits (bit p of byte l for value 32p +
 //!   l), 64 bytes of 2-bit lows (bits 2s of byte 32h + l for value 128h + 32s + l), 12 bytes
 //!   of sixteen packed 6-bit scales (one per 16 values), d; value = d·(sc − 32)·(q − 4) for
@@ -34,6 +35,7 @@ pub enum GgmlType {
     Q5_0,
     Q5_1,
     Q8_0,
+    IQ4NL,
     Q3K,
     Q4K,
     Q5K,
@@ -55,16 +57,18 @@ impl GgmlType {
             12 => Self::Q4K,
             13 => Self::Q5K,
             14 => Self::Q6K,
+            20 => Self::IQ4NL,
             30 => Self::BF16,
-            9 | 10 | 15..=29 => {
+            9 | 10 | 15..=19 | 21..=29 => {
                 const NAMES: [&str; 21] = [
                     "Q8_1", "Q2_K", "", "", "", "", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS",
-                    "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64",
-                    "F64", "IQ1_M",
+                    "IQ1_S", "", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64",
+                    "IQ1_M",
                 ];
                 bail!(
                     "ggml type {id} ({}) is not supported \
-                     (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K)",
+                     (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q3_K, Q4_K, Q5_K, \
+                     Q6_K)",
                     NAMES[id as usize - 9]
                 )
             }
@@ -83,6 +87,7 @@ impl GgmlType {
             Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
             Self::Q4K => "Q4_K",
+            Self::IQ4NL => "IQ4_NL",
             Self::Q3K => "Q3_K",
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
@@ -93,7 +98,7 @@ impl GgmlType {
     pub fn block_values(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::IQ4NL => 32,
             Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
     }
@@ -109,6 +114,7 @@ impl GgmlType {
             Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
+            Self::IQ4NL => 18,
             Self::Q3K => 110,
             Self::Q5K => 176,
             Self::Q6K => 210,
@@ -136,6 +142,7 @@ impl GgmlType {
             Self::Q5_1 => Some("Q5_1"),
             Self::Q8_0 => Some("Q8_0"),
             Self::Q4K => Some("Q4_K"),
+            Self::IQ4NL => Some("IQ4_NL"),
             Self::Q3K => Some("Q3_K"),
             Self::Q5K => Some("Q5_K"),
             Self::Q6K => Some("Q6_K"),
@@ -159,6 +166,12 @@ pub fn q4k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
         )
     }
 }
+
+/// IQ4_NL's 16 levels, which its nibbles index (ggml's `kvalues_iq4nl`; shaders/iq4_nl.wgsl
+/// holds the same bytes).
+pub const IQ4NL_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 /// Q3_K's 6-bit scale `i` (0..16, one per 16 values) from its 12 packed bytes: the low 4
 /// bits in byte i % 8 (its high nibble for i ≥ 8), the high 2 in byte 8 + i % 4, bits 2(i / 4).
@@ -196,6 +209,13 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
             for j in 0..16 {
                 out[j] = d * ((qs[j] & 0xF) | high(j)) as f32 + m;
                 out[j + 16] = d * ((qs[j] >> 4) | high(j + 16)) as f32 + m;
+            }
+        }
+        GgmlType::IQ4NL => {
+            let d = half(b, 0);
+            for j in 0..16 {
+                out[j] = d * IQ4NL_VALUES[(b[2 + j] & 15) as usize] as f32;
+                out[j + 16] = d * IQ4NL_VALUES[(b[2 + j] >> 4) as usize] as f32;
             }
         }
         GgmlType::Q8_0 => {

@@ -21,6 +21,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/linear_store.wgsl"),
     ),
     ("q3_k", include_str!("../../shaders/q3_k.wgsl")),
+    ("iq4_nl", include_str!("../../shaders/iq4_nl.wgsl")),
     ("q4_k", include_str!("../../shaders/q4_k.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     (

@@ -110,14 +110,14 @@ pub struct WeightChunk {
 }
 
 /// The GPU layout of quantized rows (`bytes`: whole rows of blocks), so that kernels read
-/// every quant with aligned 16-byte loads. Q4_0, Q4_1, Q8_0: all groups' quant bytes first
+/// every quant with aligned 16-byte loads. Q4_0, IQ4_NL, Q4_1, Q8_0: all groups' quant bytes first
 /// (16 or 32 per group, in file order), then the scales (Q4_1: d and m as one 4-byte word
-/// per group; Q4_0, Q8_0: one f16 d per group, two per word); the size changes by at most 2
+/// per group; Q4_0, IQ4_NL, Q8_0: one f16 d per group, two per word); the size changes by at most 2
 /// bytes. Q5_0, Q5_1: [`repack_q5`]; Q3_K: [`repack_q3_k`]; Q4_K: [`repack_q4_k`]; Q5_K:
 /// [`repack_q5_k`]; Q6_K: [`repack_q6_k`]; the same size. Types that are not blocks (None) keep their bytes.
 pub fn repack(ty: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
     let (scale_bytes, quant_bytes) = match ty {
-        GgmlType::Q4_0 => (2, 16),
+        GgmlType::Q4_0 | GgmlType::IQ4NL => (2, 16),
         GgmlType::Q4_1 => (4, 16),
         GgmlType::Q8_0 => (2, 32),
         GgmlType::Q5_0 => return Some(repack_q5(bytes, 2)),
@@ -457,7 +457,7 @@ impl Weight {
         let (scale_bytes, header_words) = match ty {
             GgmlType::F16 => (0, 0),
             // (Q5_0, Q5_1: the highs' words lie between the nibbles and the scales)
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => (2, 0),
+            GgmlType::Q4_0 | GgmlType::IQ4NL | GgmlType::Q5_0 | GgmlType::Q8_0 => (2, 0),
             GgmlType::Q4_1 | GgmlType::Q5_1 => (4, 0),
             GgmlType::Q4K | GgmlType::Q5K => (16, 4),
             // the d's close the layout, after the nibbles (Q3_K: 2-bit lows), highs and
