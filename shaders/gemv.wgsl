@@ -250,59 +250,49 @@ struct XGroup {
     lo: f32,
 }
 
-// Nibbles to floats through i32 (CPUs convert signed integers in one instruction), shifted
-// down to 0..15: gemm_lanes decodes a block once for TOKENS rows of x, so it keeps x as is.
+// Quant bytes to floats through i32 (CPUs convert signed integers in one instruction), each
+// byte of w cut to its low `bits` bits (a constant once inlined). Shifted down (bytes_down):
+// gemm_lanes decodes a block once for TOKENS rows of x, so it keeps x as is. Masked in place
+// and never shifted (bytes_masked), for the decode GEMV: byte j's quant comes out times
+// 256^j (exact in f32), so x_group scales x by 256^-j to match (X_NIB).
+fn bytes_down(w: u32, bits: u32) -> vec4<f32> {
+    let q = (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>((1u << bits) - 1u);
+    return vec4<f32>(bitcast<vec4<i32>>(q));
+}
+fn bytes_masked(w: u32, bits: u32) -> vec4<f32> {
+    let m = vec4<u32>((1u << bits) - 1u) << vec4<u32>(0u, 8u, 16u, 24u);
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) & m));
+}
+// A Q4 word's nibbles: the low ones (values 4c .. 4c + 4 of a group), the high (16 + 4c ..).
 fn nib_lo(q: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(q) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u)));
+    return bytes_down(q, 4u);
 }
 fn nib_hi(q: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(q) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u)));
+    return bytes_down(q >> 4u, 4u);
 }
-// The decode GEMV's nibbles, masked in place and never shifted down: byte j's low nibble
-// comes out times 256^j (exact in f32), so x_group scales x by 256^-j to match (X_NIB).
-const NIB_MASK = vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u);
-const X_NIB = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
-// What the decode GEMV scales x by: X_NIB where it masks quants in place (the Q4 formats'
-// nibbles, the Q5 formats' 5-bit and Q6_K's 6-bit quants), else 1.
-#ifdef Q4_0
-const X_SCALE = X_NIB;
-#endif
-#ifdef Q4_1
-const X_SCALE = X_NIB;
-#endif
-#ifdef Q4_K
-const X_SCALE = X_NIB;
-#endif
-#ifdef WF16
-const X_SCALE = vec4<f32>(1.0);
-#endif
-#ifdef Q8_0
-const X_SCALE = vec4<f32>(1.0);
-#endif
-#ifdef Q6_K
-const X_SCALE = X_NIB;
-#endif
-#ifdef Q5_0
-const X_SCALE = X_NIB;
-#endif
-#ifdef Q5_1
-const X_SCALE = X_NIB;
-#endif
-#ifdef Q5_K
-const X_SCALE = X_NIB;
-#endif
-#ifdef Q3_K
-const X_SCALE = X_NIB;
-#endif
-#ifdef IQ4_NL
-const X_SCALE = vec4<f32>(1.0);
-#endif
 fn nib_lo_masked(q: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) & NIB_MASK));
+    return bytes_masked(q, 4u);
 }
 fn nib_hi_masked(q: u32) -> vec4<f32> {
-    return nib_lo_masked(q >> 4u);
+    return bytes_masked(q >> 4u, 4u);
 }
+const X_NIB = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
+// What the decode GEMV scales x by: 1 for f16 words, Q8_0's signed bytes and IQ4_NL's
+// levels; X_NIB for the formats whose quants it masks in place (the Q4 formats' nibbles,
+// the Q5 formats', Q3_K's and Q6_K's quants with their high bits).
+#ifdef WF16
+const X_SCALE = vec4<f32>(1.0);
+#else
+#ifdef Q8_0
+const X_SCALE = vec4<f32>(1.0);
+#else
+#ifdef IQ4_NL
+const X_SCALE = vec4<f32>(1.0);
+#else
+const X_SCALE = X_NIB;
+#endif
+#endif
+#endif
 fn i8x4(q: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(q)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
@@ -379,19 +369,13 @@ fn q6k_group(i: u32) -> Q6Group {
 }
 
 // Values 4c .. 4c + 4 of a half: the low nibbles in q's bytes (bits 8j .. 8j + 4) with their
-// highs from h (bits 8j + 2c), as 6-bit quants; masked in place (byte j's times 256^j, as
-// nib_lo_masked), or shifted down (six).
-const SIX_MASK = vec4<u32>(0x3Fu, 0x3F00u, 0x3F0000u, 0x3F000000u);
+// highs from h (bits 8j + 2c), as 6-bit quants in the word's bytes (bytes_masked or
+// bytes_down with 6 bits).
 fn six_word(q: u32, h: u32, c: u32) -> u32 {
     return (q & 0x0f0f0f0fu) | (((h >> (2u * c)) & 0x03030303u) << 4u);
 }
-fn six_masked(q: u32, h: u32, c: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(six_word(q, h, c)) & SIX_MASK));
-}
-fn six(q: u32, h: u32, c: u32) -> vec4<f32> {
-    let w = vec4<u32>(six_word(q, h, c)) >> vec4<u32>(0u, 8u, 16u, 24u);
-    return vec4<f32>(bitcast<vec4<i32>>(w & vec4<u32>(63u)));
-}
+fn six_masked(q: u32, h: u32, c: u32) -> vec4<f32> { return bytes_masked(six_word(q, h, c), 6u); }
+fn six(q: u32, h: u32, c: u32) -> vec4<f32> { return bytes_down(six_word(q, h, c), 6u); }
 #endif
 
 #ifdef Q3_K
@@ -422,19 +406,15 @@ fn q3k_group(i: u32) -> Q3Group {
 }
 
 // Values 4c .. 4c + 4 of a half: the 2-bit lows of word lo (bits 8j + 2c) with their high
-// bits from hs = the highs word >> (4h + c) (bit 8j), as 3-bit quants; masked in place
-// (byte j's times 256^j, as nib_lo_masked), or shifted down (three).
-const THREE_MASK = vec4<u32>(0x7u, 0x700u, 0x70000u, 0x7000000u);
+// bits from hs = the highs word >> (4h + c) (bit 8j), as 3-bit quants in the word's bytes
+// (bytes_masked or bytes_down with 3 bits).
 fn three_word(lo: u32, c: u32, hs: u32) -> u32 {
     return ((lo >> (2u * c)) & 0x03030303u) | ((hs & 0x01010101u) << 2u);
 }
 fn three_masked(lo: u32, c: u32, hs: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(three_word(lo, c, hs)) & THREE_MASK));
+    return bytes_masked(three_word(lo, c, hs), 3u);
 }
-fn three(lo: u32, c: u32, hs: u32) -> vec4<f32> {
-    let w = vec4<u32>(three_word(lo, c, hs)) >> vec4<u32>(0u, 8u, 16u, 24u);
-    return vec4<f32>(bitcast<vec4<i32>>(w & vec4<u32>(7u)));
-}
+fn three(lo: u32, c: u32, hs: u32) -> vec4<f32> { return bytes_down(three_word(lo, c, hs), 3u); }
 #endif
 
 #ifdef Q4_K
@@ -455,19 +435,13 @@ fn q4k_header(i: u32) -> vec4<u32> {
 
 // Values 16h + 4c .. 16h + 4c + 4 of a Q5 group: q's nibbles (bits 8j .. 8j + 4, shifted
 // down for h = 1 by the caller) with their fifth bits from hs = the highs word >> (4h + c)
-// (bit 8j, gpu::tensor::repack_q5), masked in place (byte j's times 256^j, as
-// nib_lo_masked), or shifted down (five).
-const FIVE_MASK = vec4<u32>(0x1Fu, 0x1F00u, 0x1F0000u, 0x1F000000u);
+// (bit 8j, gpu::tensor::repack_q5), as 5-bit quants in the word's bytes (bytes_masked or
+// bytes_down with 5 bits).
 fn five_word(q: u32, hs: u32) -> u32 {
     return (q & 0x0f0f0f0fu) | ((hs & 0x01010101u) << 4u);
 }
-fn five_masked(q: u32, hs: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(five_word(q, hs)) & FIVE_MASK));
-}
-fn five(q: u32, hs: u32) -> vec4<f32> {
-    let w = vec4<u32>(five_word(q, hs)) >> vec4<u32>(0u, 8u, 16u, 24u);
-    return vec4<f32>(bitcast<vec4<i32>>(w & vec4<u32>(31u)));
-}
+fn five_masked(q: u32, hs: u32) -> vec4<f32> { return bytes_masked(five_word(q, hs), 5u); }
+fn five(q: u32, hs: u32) -> vec4<f32> { return bytes_down(five_word(q, hs), 5u); }
 
 // A Q5 group's 32 quants (nibbles q, highs word h) · x over its group, x pre-scaled by X_NIB.
 fn five_dot(q: vec4<u32>, h: u32, xg: XGroup) -> f32 {
